@@ -1,0 +1,80 @@
+"""The collector's app factory."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from clicktrail import config, keys, redis_client
+from clicktrail.errors import RequestError
+from collector.buffer import EventBuffer
+from collector.context import Services
+from collector.metrics import LATENCY, REQUESTS, StreamCollector
+
+
+def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
+    """Build the collector: defaults, then ``CLICKTRAIL_*`` environment, then ``overrides``."""
+    settings = config.load(overrides)
+    app = Flask(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_BYTES"]
+    app.json.sort_keys = False
+    app.json.compact = True
+    # One client per process; its pool reconnects by itself after gunicorn forks.
+    client = redis_client.fast(settings["REDIS_URL"], settings["REDIS_TIMEOUT_MS"])
+    app.extensions["clicktrail"] = Services(
+        settings=settings,
+        buffer=EventBuffer(client, settings["STREAM_MAX_LEN"], settings["RETRY_AFTER_S"]),
+        redis=client,
+        stream_metrics=StreamCollector(client, keys.EVENTS_STREAM, keys.SINK_GROUP, keys.DEAD_LETTER_STREAM),
+    )
+    _register_blueprints(app)
+    _register_handlers(app)
+    return app
+
+
+def _register_blueprints(app: Flask) -> None:
+    from collector import browser, events_api, health
+
+    app.register_blueprint(browser.bp)
+    app.register_blueprint(events_api.bp)
+    app.register_blueprint(health.bp)
+    try:
+        from collector import sdk
+    except ImportError:  # the SDK blueprint arrives with the pixel; the collector works without it
+        return
+    app.register_blueprint(sdk.bp)
+
+
+def _register_handlers(app: Flask) -> None:
+    @app.before_request
+    def _start_timer() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _observe(response):
+        endpoint = request.endpoint or "unmatched"
+        REQUESTS.labels(endpoint, str(response.status_code)).inc()
+        started = g.get("started")
+        if started is not None:
+            LATENCY.labels(endpoint).observe(time.perf_counter() - started)
+        return response
+
+    @app.errorhandler(RequestError)
+    def _request_error(exc: RequestError):
+        return jsonify(exc.to_dict()), exc.status
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        # Werkzeug's own refusals (413 from MAX_CONTENT_LENGTH, 404, 405) in our error shape.
+        code = {413: "payload_too_large", 404: "not_found", 405: "method_not_allowed"}.get(exc.code, "http_error")
+        message = exc.description or exc.name
+        if exc.code == 413:
+            message = f"body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes"
+        body = {"error": {"code": code, "message": message}}
+        if request.path.startswith("/open_api/"):
+            body = {"code": 40002, "message": message, "request_id": "", "data": body}
+        return jsonify(body), exc.code

@@ -1,0 +1,159 @@
+"""Browser events: the pixel's batch endpoint and the no-script image fallback."""
+
+from __future__ import annotations
+
+import base64
+
+from flask import Blueprint, Response, jsonify, request
+
+from clicktrail.errors import BadRequest, Forbidden, RequestError
+from collector import intake
+from collector.context import services
+from collector.metrics import EVENTS_ACCEPTED, EVENTS_REJECTED
+from pixel.events import Context, parse_events
+
+bp = Blueprint("browser", __name__)
+
+# The smallest transparent GIF: 1x1, one colour, transparent.
+GIF = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+_IMAGE_FIELDS = {"ev", "eid", "ts", "url", "ref", "ttp", "ttclid", "value", "currency", "order_id", "tec", "noscript"}
+
+
+def _context(pixel_id: str, source: str, received_ms: int, skew: int) -> Context:
+    svc = services()
+    s = svc.settings
+    return Context(
+        pixel_id=pixel_id,
+        source=source,
+        received_ms=received_ms,
+        skew_ms=skew,
+        ip=intake.client_ip(request, s["TRUST_PROXY_HEADERS"]),
+        user_agent=request.headers.get("User-Agent", "")[:1024],
+        max_age_ms=s["MAX_EVENT_AGE_S"] * 1000,
+        max_future_ms=s["MAX_FUTURE_S"] * 1000,
+    )
+
+
+def _site_host(events: list) -> str:
+    """The site that sent the events: Origin, else Referer, else the first event's page URL."""
+    host = intake.host_of(request.headers.get("Origin", "")) or intake.host_of(request.headers.get("Referer", ""))
+    if not host:
+        for raw in events:
+            if isinstance(raw, dict) and isinstance(raw.get("page"), dict):
+                host = intake.host_of(str(raw["page"].get("url") or ""))
+                if host:
+                    break
+    if not host:
+        raise Forbidden(
+            "cannot tell which site sent these events: no Origin, Referer or page.url", field="origin",
+            code="unknown_origin",
+        )
+    return host
+
+
+def _cors(response: Response) -> Response:
+    origin = request.headers.get("Origin")
+    if origin:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Allow-Credentials"] = "true"
+        response.headers["Vary"] = "Origin"
+    return response
+
+
+def _batch(body: object, limit: int) -> tuple[list, int | float | None]:
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object with an 'events' list", field="body", code="invalid_field")
+    events = body.get("events")
+    if not isinstance(events, list) or not events:
+        raise BadRequest("events must be a non-empty list", field="events", code="invalid_field")
+    if len(events) > limit:
+        raise BadRequest(f"events must hold at most {limit} events", field="events", code="too_many_events")
+    return events, body.get("sent_at")
+
+
+@bp.route("/e/<pixel_id>", methods=["POST"], provide_automatic_options=False)
+def browser_events(pixel_id: str):
+    svc = services()
+    try:
+        received = intake.now_ms()
+        events, sent_at = _batch(intake.read_json(request, svc.settings["MAX_INFLATED_BYTES"]),
+                                 svc.settings["MAX_BROWSER_EVENTS"])
+        ctx = _context(pixel_id, "browser", received, intake.skew_ms(sent_at, received))
+        records, rejections = parse_events(events, ctx)
+        reasons = [r.reason for r in rejections]
+        svc.buffer.append(pixel_id, records, host=_site_host(events), rejected=reasons)
+    except RequestError as exc:
+        return _cors(_error(exc, "browser"))
+    _count("browser", len(records), reasons)
+    status = 200 if records or not rejections else 400
+    return _cors(jsonify(accepted=len(records), rejected=[r.to_dict() for r in rejections])), status
+
+
+@bp.route("/e/<pixel_id>", methods=["OPTIONS"])
+def browser_preflight(pixel_id: str):
+    """CORS preflight for ``application/json`` bodies: allowed only for the pixel's registered sites."""
+    from pixel.registry import get_pixel  # the preflight path is rare; the pixel sends text/plain
+
+    origin_host = intake.host_of(request.headers.get("Origin", ""))
+    record = get_pixel(services().redis, pixel_id) if origin_host else None
+    domains = record["domains"] if record else []
+    if not any(origin_host == d or origin_host.endswith("." + d) for d in domains):
+        return Response(status=403)
+    response = _cors(Response(status=204))
+    response.headers["Access-Control-Allow-Methods"] = "POST"
+    response.headers["Access-Control-Allow-Headers"] = "Content-Type, Content-Encoding"
+    response.headers["Access-Control-Max-Age"] = "3600"
+    return response
+
+
+def _image_event(args) -> dict:
+    props = {k: args[k] for k in ("value", "currency", "order_id") if args.get(k)}
+    raw: dict = {"event": args.get("ev") or "PageView", "page": {"url": args.get("url") or request.referrer or "",
+                                                                  "referrer": args.get("ref", "")}}
+    for key, target in (("eid", "event_id"), ("ttp", "ttp"), ("ttclid", "ttclid"), ("tec", "test_event_code")):
+        if args.get(key):
+            raw[target] = args[key]
+    if args.get("ts", "").isdigit():
+        raw["timestamp"] = int(args["ts"])
+    if props:
+        raw["properties"] = props
+    for key in args:  # unknown parameters are kept, not dropped
+        if key not in _IMAGE_FIELDS:
+            raw[key] = args.get(key)
+    return raw
+
+
+@bp.route("/e/<pixel_id>.gif", methods=["GET"])
+def image_event(pixel_id: str):
+    """Record one event from query parameters; always answer the GIF, whatever happened."""
+    svc = services()
+    reasons: list[str] = []
+    accepted = 0
+    try:
+        raw = _image_event(request.args)
+        records, rejections = parse_events([raw], _context(pixel_id, "image", intake.now_ms(), 0))
+        reasons = [r.reason for r in rejections]
+        svc.buffer.append(pixel_id, records, host=_site_host([raw]), rejected=reasons)
+        accepted = len(records)
+    except RequestError as exc:
+        reasons = [exc.code]
+    _count("image", accepted, reasons)
+    response = Response(GIF, mimetype="image/gif")
+    response.headers["Cache-Control"] = "no-store, max-age=0"
+    return response
+
+
+def _count(source: str, accepted: int, reasons: list[str]) -> None:
+    if accepted:
+        EVENTS_ACCEPTED.labels(source).inc(accepted)
+    for reason in reasons:
+        EVENTS_REJECTED.labels(source, reason).inc()
+
+
+def _error(exc: RequestError, source: str) -> Response:
+    EVENTS_REJECTED.labels(source, exc.code).inc()
+    response = jsonify(exc.to_dict())
+    response.status_code = exc.status
+    if exc.status == 503:
+        response.headers["Retry-After"] = str(services().buffer.retry_after)
+    return response

@@ -1,0 +1,126 @@
+"""Append validated events to the Redis Stream in one round trip.
+
+A Lua script checks, atomically and in one call: the pixel exists, the site domain or the
+token may send for it, the stream is under its length guard; then it adds every event and
+counts the rejected ones for diagnostics. One call per request, whatever the batch size.
+"""
+
+from __future__ import annotations
+
+import orjson
+import redis
+
+from clicktrail import keys
+from clicktrail.errors import BufferUnavailable, Forbidden, NotFound, Unauthorized
+
+# KEYS: stream, pixels, tokens, rejected counts
+# ARGV: pixel id, host ('' = no domain check), token hash ('' = no token check),
+#       max stream length, rejected reasons as JSON list ('' = none), then one payload per event
+_APPEND_LUA = """
+local raw = redis.call('HGET', KEYS[2], ARGV[1])
+if not raw then return {'unknown_pixel'} end
+local pixel = cjson.decode(raw)
+local adv = pixel['advertiser_id']
+if ARGV[3] ~= '' then
+  local tok = redis.call('HGET', KEYS[3], ARGV[3])
+  if not tok then return {'bad_token'} end
+  tok = cjson.decode(tok)
+  if tok['advertiser_id'] ~= adv then return {'token_advertiser'} end
+  local scoped = false
+  for _, s in ipairs(tok['scopes']) do if s == 'events' then scoped = true end end
+  if not scoped then return {'token_scope'} end
+end
+if ARGV[2] ~= '' then
+  local host = ARGV[2]
+  local allowed = false
+  for _, d in ipairs(pixel['domains']) do
+    if host == d or (#host > #d and string.sub(host, -(#d + 1)) == '.' .. d) then
+      allowed = true
+      break
+    end
+  end
+  if not allowed then return {'domain_not_allowed'} end
+end
+if ARGV[5] ~= '' then
+  for _, reason in ipairs(cjson.decode(ARGV[5])) do
+    redis.call('HINCRBY', KEYS[4], ARGV[1] .. ':' .. reason, 1)
+  end
+end
+local n = #ARGV - 5
+if n > 0 then
+  -- Shed load rather than let Redis run out of memory; never trim what is not yet stored.
+  if redis.call('XLEN', KEYS[1]) + n > tonumber(ARGV[4]) then return {'overloaded'} end
+  for i = 6, #ARGV do
+    redis.call('XADD', KEYS[1], '*', 'a', adv, 'd', ARGV[i])
+  end
+end
+return {'ok', adv}
+"""
+
+
+class EventBuffer:
+    """The collector's handle on the stream."""
+
+    def __init__(self, client: redis.Redis, max_len: int, retry_after_s: int) -> None:
+        self._client = client
+        self._script = client.register_script(_APPEND_LUA)
+        self._max_len = max_len
+        self._retry_after = retry_after_s
+
+    def append(
+        self,
+        pixel_id: str,
+        records: list[dict],
+        *,
+        host: str = "",
+        token_hash: str = "",
+        rejected: list[str] | None = None,
+    ) -> str:
+        """Queue ``records`` for ``pixel_id`` and return the pixel's advertiser id.
+
+        Raises:
+            NotFound: the pixel is not registered.
+            Forbidden: the host is not one of the pixel's domains, or the token may not send for it.
+            Unauthorized: the token is unknown.
+            BufferUnavailable: Redis is unreachable, too slow, or the stream is over its guard.
+        """
+        args = [pixel_id, host, token_hash, self._max_len, orjson.dumps(rejected) if rejected else ""]
+        args.extend(orjson.dumps(r) for r in records)
+        try:
+            result = self._script(keys=_KEYS, args=args)
+        except redis.RedisError as exc:
+            raise BufferUnavailable(
+                "the event buffer is unavailable; retry later", code="buffer_unavailable"
+            ) from exc
+        status = result[0].decode()
+        if status == "ok":
+            return result[1].decode()
+        raise _ERRORS[status](pixel_id, host)
+
+    @property
+    def retry_after(self) -> int:
+        return self._retry_after
+
+
+_KEYS = [keys.EVENTS_STREAM, keys.PIXELS, keys.TOKENS, keys.REJECTED_COUNTS]
+
+_ERRORS = {
+    "unknown_pixel": lambda pixel, host: NotFound(
+        f"pixel {pixel!r} is not registered", field="pixel_id", code="unknown_pixel"
+    ),
+    "domain_not_allowed": lambda pixel, host: Forbidden(
+        f"site {host!r} is not a registered domain of pixel {pixel!r}", field="origin", code="domain_not_allowed"
+    ),
+    "bad_token": lambda pixel, host: Unauthorized(
+        "the access token is not valid", field="Access-Token", code="bad_token"
+    ),
+    "token_scope": lambda pixel, host: Forbidden(
+        "the access token lacks the 'events' scope", field="Access-Token", code="token_scope"
+    ),
+    "token_advertiser": lambda pixel, host: Forbidden(
+        f"the access token's advertiser does not own pixel {pixel!r}", field="Access-Token", code="token_advertiser"
+    ),
+    "overloaded": lambda pixel, host: BufferUnavailable(
+        "the event buffer is full; retry later", code="overloaded"
+    ),
+}

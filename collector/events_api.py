@@ -1,0 +1,106 @@
+"""Server events: TikTok Events API 2.0, ``POST /open_api/v1.3/event/track/``.
+
+The envelope is TikTok's, unchanged, so existing integrations only change the host. Unlike
+TikTok, one bad row does not fail the batch: valid rows are queued and every refused row is
+reported with its index, field and rule.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from flask import Blueprint, jsonify, request
+
+from clicktrail.errors import BadRequest, RequestError, Unauthorized
+from collector import intake
+from collector.context import services
+from collector.metrics import EVENTS_ACCEPTED, EVENTS_REJECTED
+from pixel.events import Context, parse_events
+from pixel.ids import token_hash
+
+bp = Blueprint("events_api", __name__)
+
+EVENT_SOURCES = ("web", "app", "offline", "crm")
+# TikTok's response codes, so clients written for TikTok react the same way.
+CODE_OK = 0
+CODE_AUTH = 40001
+CODE_INVALID = 40002
+CODE_RETRY = 40100
+
+
+def _token() -> str:
+    token = request.headers.get("Access-Token", "").strip()
+    if not token:
+        auth = request.headers.get("Authorization", "")
+        token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+    if not token:
+        raise Unauthorized("the Access-Token header is required", field="Access-Token", code="missing_token")
+    return token
+
+
+def _envelope(body: object, limit: int) -> tuple[str, list, str]:
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object", field="body", code="invalid_field")
+    source = body.get("event_source")
+    if source not in EVENT_SOURCES:
+        raise BadRequest(f"event_source must be one of {', '.join(EVENT_SOURCES)}", field="event_source",
+                         code="invalid_field")
+    pixel_id = body.get("event_source_id")
+    if not isinstance(pixel_id, str) or not pixel_id.strip():
+        raise BadRequest("event_source_id (the pixel id) is required", field="event_source_id",
+                         code="invalid_field")
+    data = body.get("data")
+    if not isinstance(data, list) or not data:
+        raise BadRequest("data must be a non-empty list of events", field="data", code="invalid_field")
+    if len(data) > limit:
+        raise BadRequest(f"data must hold at most {limit} events per request", field="data",
+                         code="too_many_events")
+    code = body.get("test_event_code") or ""
+    if not isinstance(code, str) or len(code) > 64:
+        raise BadRequest("test_event_code must be a string of at most 64 characters", field="test_event_code",
+                         code="invalid_field")
+    return pixel_id.strip(), data, code
+
+
+def _reply(status: int, code: int, message: str, request_id: str, data: dict | None = None):
+    response = jsonify(code=code, message=message, request_id=request_id, data=data or {})
+    response.status_code = status
+    response.headers["X-Request-Id"] = request_id
+    return response
+
+
+@bp.route("/open_api/v1.3/event/track/", methods=["POST"])
+def track():
+    svc = services()
+    s = svc.settings
+    request_id = secrets.token_hex(12)
+    try:
+        token = _token()
+        received = intake.now_ms()
+        body = intake.read_json(request, s["MAX_INFLATED_BYTES"])
+        pixel_id, data, test_code = _envelope(body, s["MAX_SERVER_EVENTS"])
+        sent_at = body.get("sent_at")  # optional extension, unix seconds: corrects the sender's clock
+        skew = intake.skew_ms(sent_at * 1000 if isinstance(sent_at, (int, float)) and not isinstance(sent_at, bool)
+                              else sent_at, received)
+        ctx = Context(pixel_id=pixel_id, source="server", received_ms=received, skew_ms=skew, ip="",
+                      user_agent="", max_age_ms=s["MAX_EVENT_AGE_S"] * 1000,
+                      max_future_ms=s["MAX_FUTURE_S"] * 1000, test_event_code=test_code)
+        records, rejections = parse_events(data, ctx)
+        reasons = [r.reason for r in rejections]
+        svc.buffer.append(pixel_id, records, token_hash=token_hash(token), rejected=reasons)
+    except RequestError as exc:
+        EVENTS_REJECTED.labels("server", exc.code).inc()
+        code = CODE_RETRY if exc.status >= 500 else CODE_AUTH if exc.status in (401, 403) else CODE_INVALID
+        response = _reply(exc.status, code, exc.message, request_id, exc.to_dict())
+        if exc.status == 503:
+            response.headers["Retry-After"] = str(svc.buffer.retry_after)
+        return response
+    if records:
+        EVENTS_ACCEPTED.labels("server").inc(len(records))
+    for reason in reasons:
+        EVENTS_REJECTED.labels("server", reason).inc()
+    data_out = {"accepted": len(records), "rejected": [r.to_dict() for r in rejections]}
+    if not records:
+        return _reply(400, CODE_INVALID, "every event was rejected", request_id, data_out)
+    message = "OK" if not rejections else f"partial success: {len(rejections)} of {len(data)} events rejected"
+    return _reply(200, CODE_OK, message, request_id, data_out)

@@ -1,0 +1,78 @@
+"""Reading a request: body size, gzip, JSON, client IP, site host, clock skew."""
+
+from __future__ import annotations
+
+import time
+import zlib
+from urllib.parse import urlsplit
+
+import orjson
+from flask import Request
+
+from clicktrail.errors import BadRequest, PayloadTooLarge
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _inflate(data: bytes, limit: int) -> bytes:
+    """Gunzip at most ``limit`` bytes: a small body that inflates to gigabytes is refused, not expanded."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error:
+        raise BadRequest("body is not valid gzip", field="body", code="bad_gzip") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge(f"body inflates past {limit} bytes", field="body", code="inflated_too_large")
+    return out
+
+
+def read_json(request: Request, max_inflated: int) -> object:
+    """Return the parsed JSON body, gunzipped when sent with ``Content-Encoding: gzip``.
+
+    The raw size limit is enforced by Flask's ``MAX_CONTENT_LENGTH`` before this runs.
+    """
+    data = request.get_data(cache=False)
+    encoding = (request.headers.get("Content-Encoding") or "").lower()
+    # sendBeacon cannot set headers, so gzip is also recognised by its magic bytes.
+    if encoding == "gzip" or data[:2] == _GZIP_MAGIC:
+        data = _inflate(data, max_inflated)
+    elif encoding not in ("", "identity"):
+        raise BadRequest(f"Content-Encoding {encoding!r} is not supported; use gzip", field="Content-Encoding")
+    if not data:
+        raise BadRequest("body is empty; send a JSON object", field="body", code="empty_body")
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}", field="body", code="malformed_json") from None
+
+
+def client_ip(request: Request, trust_proxy: bool) -> str:
+    if trust_proxy:
+        forwarded = request.headers.get("X-Forwarded-For", "")
+        first = forwarded.split(",")[0].strip()
+        if first:
+            return first
+    return request.remote_addr or ""
+
+
+def host_of(url: str) -> str:
+    """Return the lower-case host of a URL, or "" when there is none."""
+    if not url:
+        return ""
+    try:
+        return (urlsplit(url).hostname or "").rstrip(".")
+    except ValueError:
+        return ""
+
+
+def skew_ms(sent_at: object, received_ms: int, field: str = "sent_at") -> int:
+    """Return how far the client's clock runs ahead of ours, from its send timestamp in ms."""
+    if sent_at is None:
+        return 0
+    if isinstance(sent_at, bool) or not isinstance(sent_at, (int, float)) or sent_at < 10**11:
+        raise BadRequest("sent_at must be unix time in milliseconds", field=field, code="invalid_field")
+    return int(sent_at) - received_ms

@@ -1,0 +1,65 @@
+"""Prometheus metrics, correct under several gunicorn workers.
+
+With ``PROMETHEUS_MULTIPROC_DIR`` set (``clicktrail collector`` sets it before any worker
+starts), each worker writes its samples to memory-mapped files there and ``/metrics`` sums
+them, so a scrape sees every worker, not just the one that answered it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily
+
+EVENTS_ACCEPTED = Counter("clicktrail_events_accepted", "Events queued for storage", ["source"])
+EVENTS_REJECTED = Counter("clicktrail_events_rejected", "Events refused, by reason", ["source", "reason"])
+REQUESTS = Counter("clicktrail_requests", "Collector requests by endpoint and status", ["endpoint", "status"])
+LATENCY = Histogram(
+    "clicktrail_request_seconds",
+    "Collector request latency",
+    ["endpoint"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+
+
+class StreamCollector:
+    """Reads the stream's length, pending and dead-letter counts at scrape time."""
+
+    def __init__(self, redis_client, stream: str, group: str, dead: str) -> None:
+        self._redis = redis_client
+        self._stream, self._group, self._dead = stream, group, dead
+
+    def collect(self):
+        length = GaugeMetricFamily("clicktrail_stream_length", "Entries in the event stream (backlog)")
+        pending = GaugeMetricFamily("clicktrail_stream_pending", "Entries read by a sink but not yet stored")
+        dead = GaugeMetricFamily("clicktrail_dead_letter_length", "Entries in the dead-letter stream")
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.xlen(self._stream)
+            pipe.xlen(self._dead)
+            pipe.xinfo_groups(self._stream) if self._redis.exists(self._stream) else pipe.echo("")
+            stream_len, dead_len, groups = pipe.execute()
+        except Exception:  # a scrape must not fail because Redis is down; the gauges are just absent
+            return []
+        length.add_metric([], stream_len)
+        dead.add_metric([], dead_len)
+        group = next((g for g in groups or [] if _name(g) == self._group), None) if groups else None
+        pending.add_metric([], group["pending"] if group else 0)
+        return [length, pending, dead]
+
+
+def _name(group: dict) -> str:
+    name = group.get("name")
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def render(stream_collector: StreamCollector) -> bytes:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        from prometheus_client import REGISTRY as registry  # single process: tests, dev server
+    scrape = CollectorRegistry()
+    scrape.register(stream_collector)
+    return generate_latest(registry) + generate_latest(scrape)

@@ -1,0 +1,114 @@
+"""The registry of advertisers, their pixels (with allowed site domains) and API tokens.
+
+It lives in Redis (``clicktrail.keys``) because the collector checks a pixel, its domains and a
+token inside the same Lua call that queues the events: one round trip, always current, no cache
+to go stale. Production Redis persists it with AOF along with the stream.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import time
+
+import orjson
+import redis
+
+from clicktrail import keys
+from clicktrail.errors import RegistryError
+from pixel import ids
+
+SCOPES = ("events", "reports", "optimizer", "adserver")
+#: Attribution settings every new advertiser starts with (TikTok's defaults).
+DEFAULT_SETTINGS = {"click_window_days": 7, "view_window_days": 1, "timezone": "UTC", "currency": "USD"}
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+
+
+def normalize_domain(value: str) -> str:
+    """Return a site domain as stored: lower case, no scheme, path or port.
+
+    A pixel accepts events from its domains and their subdomains.
+    """
+    text = value.strip().lower()
+    text = re.sub(r"^[a-z][a-z0-9+.-]*://", "", text).split("/")[0]
+    if text.startswith("[") and "]" in text:  # [::1]:8080
+        text = text[1 : text.index("]")]
+    elif text.count(":") == 1:
+        text = text.split(":")[0]
+    text = text.rstrip(".")
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    if not _HOSTNAME.match(text):
+        raise RegistryError(f"domain {value!r} is not a valid host name (example: shop.example.com)")
+    return text
+
+
+def _check_id(kind: str, value: str) -> str:
+    if not ids.is_valid_id(value):
+        raise RegistryError(f"{kind} {value!r} must be 1-64 characters of letters, digits, '_', '-' or '.'")
+    return value
+
+
+def ensure_advertiser(r: redis.Redis, advertiser_id: str) -> dict:
+    """Return the advertiser, creating it with the default settings if new."""
+    _check_id("advertiser", advertiser_id)
+    record = {"advertiser_id": advertiser_id, "created_at": int(time.time()), "settings": DEFAULT_SETTINGS}
+    r.hsetnx(keys.ADVERTISERS, advertiser_id, orjson.dumps(record))
+    return orjson.loads(r.hget(keys.ADVERTISERS, advertiser_id))
+
+
+def get_advertiser(r: redis.Redis, advertiser_id: str) -> dict | None:
+    raw = r.hget(keys.ADVERTISERS, advertiser_id)
+    return orjson.loads(raw) if raw else None
+
+
+def create_pixel(r: redis.Redis, advertiser_id: str, domains: list[str]) -> str:
+    """Register a new pixel for an advertiser (created if new) and return its id."""
+    if not domains:
+        raise RegistryError("a pixel needs at least one site domain (--domain shop.example.com)")
+    cleaned = sorted({normalize_domain(d) for d in domains})
+    ensure_advertiser(r, advertiser_id)
+    record = {"advertiser_id": advertiser_id, "domains": cleaned, "created_at": int(time.time())}
+    while True:
+        pixel_id = ids.new_pixel_id()
+        if r.hsetnx(keys.PIXELS, pixel_id, orjson.dumps(record)):
+            return pixel_id
+
+
+def get_pixel(r: redis.Redis, pixel_id: str) -> dict | None:
+    raw = r.hget(keys.PIXELS, pixel_id)
+    return orjson.loads(raw) if raw else None
+
+
+def list_pixels(r: redis.Redis, advertiser_id: str) -> dict[str, dict]:
+    found = {}
+    for pixel_id, raw in r.hscan_iter(keys.PIXELS, count=1000):
+        record = orjson.loads(raw)
+        if record["advertiser_id"] == advertiser_id:
+            found[pixel_id.decode()] = record
+    return found
+
+
+def parse_scopes(text: str) -> list[str]:
+    scopes = sorted({s.strip() for s in text.split(",") if s.strip()})
+    unknown = [s for s in scopes if s not in SCOPES]
+    if not scopes or unknown:
+        bad = f"unknown scope {', '.join(unknown)}; " if unknown else ""
+        raise RegistryError(f"{bad}scopes are a comma-separated list from: {', '.join(SCOPES)}")
+    return scopes
+
+
+def create_token(r: redis.Redis, advertiser_id: str, scopes: list[str]) -> str:
+    """Create an API token and return it; only its SHA-256 is stored, so it cannot be shown again."""
+    ensure_advertiser(r, advertiser_id)
+    token = ids.new_token()
+    record = {"advertiser_id": advertiser_id, "scopes": scopes, "created_at": int(time.time())}
+    r.hset(keys.TOKENS, ids.token_hash(token), orjson.dumps(record))
+    return token
+
+
+def lookup_token(r: redis.Redis, token: str) -> dict | None:
+    raw = r.hget(keys.TOKENS, ids.token_hash(token))
+    return orjson.loads(raw) if raw else None
