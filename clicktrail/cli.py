@@ -1,0 +1,163 @@
+"""The ``clicktrail`` command. Each command prints its result alone on stdout; logs go to stderr."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from clicktrail import config
+from clicktrail.errors import ClicktrailError
+
+
+def _settings() -> dict:
+    return config.load()
+
+
+def _redis(settings: dict):
+    from clicktrail import redis_client
+
+    return redis_client.patient(settings["REDIS_URL"])
+
+
+def _setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(stream=sys.stderr, level=level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+class _Group(click.Group):
+    """Turn clicktrail's own errors into one clear line and exit status 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ClicktrailError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+def main() -> None:
+    """clicktrail: self-hosted pixel and conversion tracking."""
+
+
+@main.command()
+def migrate() -> None:
+    """Create or upgrade the ClickHouse schema (idempotent); print the schema version."""
+    from clicktrail import clickhouse, schema
+
+    settings = _settings()
+    url = settings["CLICKHOUSE_URL"]
+    db = clickhouse.database_of(url)
+    client = clickhouse.connect(url, database="default")
+    applied = schema.migrate(client, db)
+    for migration in applied:
+        click.echo(f"applied {migration.version}: {migration.name}", err=True)
+    click.echo(schema.current_version(client, db))
+
+
+@main.command()
+@click.option("--bind", default="127.0.0.1:8080", show_default=True, help="HOST:PORT to listen on")
+@click.option("--workers", default=lambda: os.cpu_count() or 2, type=int, help="processes [default: cores]")
+@click.option("--threads", default=4, show_default=True, type=int, help="threads per process")
+def collector(bind: str, workers: int, threads: int) -> None:
+    """Run the collector under gunicorn with the production settings."""
+    from clicktrail import serve
+
+    settings = _settings()
+    serve.run("collector.app:create_app", bind, workers, threads, settings["DATA_DIR"], "collector")
+
+
+@main.command()
+@click.option("--log-level", default="INFO", show_default=True)
+def sink(log_level: str) -> None:
+    """Move events from the Redis Stream into ClickHouse; several may run at once."""
+    from clicktrail import clickhouse
+    from clicktrail.lifecycle import ForcedStop, StopFlag
+    from sink.worker import Sink
+
+    _setup_logging(log_level)
+    settings = _settings()
+    url = settings["CLICKHOUSE_URL"]
+    stop = StopFlag()
+    stop.install("sink")
+    worker = Sink(settings, _redis(settings), clickhouse.connect(url), clickhouse.database_of(url), stop)
+    try:
+        worker.run()
+    except ForcedStop:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--bind", default="127.0.0.1:8080", show_default=True, help="collector HOST:PORT")
+@click.option("--sinks", default=1, show_default=True, type=int, help="sink processes")
+@click.option("--no-services", is_flag=True, help="do not start Redis or ClickHouse")
+def up(bind: str, sinks: int, no_services: bool) -> None:
+    """Start everything (local Redis and ClickHouse if none runs, migrations, collector, sinks) until Ctrl-C."""
+    from clicktrail import supervisor
+
+    _setup_logging()
+    supervisor.up(_settings(), bind=bind, sinks=sinks, start_services=not no_services)
+
+
+@main.command()
+def services() -> None:
+    """Start local Redis and ClickHouse where none listens; print their URLs."""
+    from clicktrail import services as svc
+
+    settings = _settings()
+    data = Path(settings["DATA_DIR"])
+    svc.ensure_redis(settings["REDIS_URL"], data)
+    svc.ensure_clickhouse(settings["CLICKHOUSE_URL"], data)
+    click.echo(settings["REDIS_URL"])
+    click.echo(settings["CLICKHOUSE_URL"])
+
+
+@main.group()
+def pixel() -> None:
+    """Register pixels and print their snippets."""
+
+
+@pixel.command("create")
+@click.option("--advertiser", required=True, help="advertiser id (created if new)")
+@click.option("--domain", "domains", multiple=True, required=True, help="site domain allowed to send events")
+def pixel_create(advertiser: str, domains: tuple[str, ...]) -> None:
+    """Register a pixel for an advertiser and its site domains; print the pixel id."""
+    from pixel import registry
+
+    click.echo(registry.create_pixel(_redis(_settings()), advertiser, list(domains)))
+
+
+@pixel.command("snippet")
+@click.argument("pixel_id")
+@click.option("--collector-url", default=None, help="collector base URL [default: CLICKTRAIL_PUBLIC_URL]")
+def pixel_snippet(pixel_id: str, collector_url: str | None) -> None:
+    """Print the HTML snippet to paste into a site's <head>."""
+    from pixel import registry, snippet
+
+    settings = _settings()
+    if registry.get_pixel(_redis(settings), pixel_id) is None:
+        raise click.ClickException(f"pixel {pixel_id!r} is not registered (clicktrail pixel create ...)")
+    click.echo(snippet.build_snippet(pixel_id, (collector_url or settings["PUBLIC_URL"]).rstrip("/")))
+
+
+@main.group()
+def token() -> None:
+    """Create API tokens."""
+
+
+@token.command("create")
+@click.option("--advertiser", required=True, help="advertiser id (created if new)")
+@click.option("--scope", "scopes", required=True, help="comma-separated: events, reports, optimizer, adserver")
+def token_create(advertiser: str, scopes: str) -> None:
+    """Create an API token and print it (stored only as a hash: it cannot be shown again)."""
+    from pixel import registry
+
+    click.echo(registry.create_token(_redis(_settings()), advertiser, registry.parse_scopes(scopes)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""The ClickHouse schema as numbered migrations.
+
+Each migration is a list of statements that are safe to run again (``IF NOT EXISTS``), so a
+migration interrupted half way simply runs again. Applied versions are recorded in
+``schema_migrations``. Statements are built for the connected server's version: newer
+features (LowCardinality) are used only where the server has them, so the same code runs on
+Debian's ClickHouse 18.16 and on a current LTS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from clickhouse_driver import Client
+
+from clicktrail.clickhouse import Features, server_features
+
+#: The events table's columns: (name, type) where type may use {lc} for LowCardinality(String).
+EVENT_COLUMNS: list[tuple[str, str]] = [
+    ("advertiser_id", "{lc}"),
+    ("pixel_id", "{lc}"),
+    ("event", "{lc}"),
+    ("event_id", "String"),
+    ("event_time", "DateTime('UTC')"),
+    ("event_ms", "UInt64"),
+    ("client_ms", "UInt64"),
+    ("sent_ms", "UInt64"),
+    ("received_at", "DateTime('UTC')"),
+    ("received_ms", "UInt64"),
+    ("source", "{lc}"),
+    ("id_generated", "UInt8"),
+    ("browser_id", "String"),
+    ("click_id", "String"),
+    ("email_sha256", "String"),
+    ("phone_sha256", "String"),
+    ("external_id_sha256", "String"),
+    ("url", "String"),
+    ("url_host", "{lc}"),
+    ("url_path", "String"),
+    ("referrer", "String"),
+    ("referrer_host", "{lc}"),
+    ("utm_source", "{lc}"),
+    ("utm_medium", "{lc}"),
+    ("utm_campaign", "String"),
+    ("utm_content", "String"),
+    ("utm_term", "String"),
+    ("value", "Float64"),
+    ("currency", "{lc}"),
+    ("order_id", "String"),
+    ("content_type", "{lc}"),
+    ("content_ids", "Array(String)"),
+    ("search_query", "String"),
+    ("properties", "String"),
+    ("extra", "String"),
+    ("ip", "String"),
+    ("user_agent", "String"),
+    ("ua_browser", "{lc}"),
+    ("ua_browser_version", "{lc}"),
+    ("ua_os", "{lc}"),
+    ("ua_os_version", "{lc}"),
+    ("device_type", "{lc}"),
+    ("is_bot", "UInt8"),
+    ("test_event_code", "String"),
+    ("limited_data_use", "UInt8"),
+    ("stream_id", "String"),
+    ("dedup_version", "UInt64"),
+]
+EVENT_COLUMN_NAMES = [name for name, _ in EVENT_COLUMNS]
+#: The key that makes two rows the same event: pixel and server copies, retries, re-deliveries.
+DEDUP_KEY = ("advertiser_id", "pixel_id", "event", "event_id")
+
+
+def _events_table(db: str, f: Features) -> list[str]:
+    columns = ",\n  ".join(f"{name} {ctype.format(lc=f.lc())}" for name, ctype in EVENT_COLUMNS)
+    # ReplacingMergeTree folds copies of one event together as parts merge, keeping the row with the
+    # highest dedup_version (the sink writes max - received_ms, so the first copy received wins).
+    # Merges are eventual, so queries still deduplicate: see events_unique and docs/schema.md.
+    return [
+        f"""CREATE TABLE IF NOT EXISTS {db}.events (
+  {columns}
+) ENGINE = ReplacingMergeTree(dedup_version)
+PARTITION BY toYYYYMM(event_time)
+ORDER BY (advertiser_id, pixel_id, event, toDate(event_time), event_id)"""
+    ]
+
+
+def _events_unique_view(db: str, f: Features) -> list[str]:
+    keyed = set(DEDUP_KEY)
+    # The version is renamed in a subquery: an alias equal to a column used inside another
+    # aggregate is refused by ClickHouse ("aggregate function found inside another").
+    picked = ",\n  ".join(f"argMax({name}, _v) AS {name}" for name in EVENT_COLUMN_NAMES if name not in keyed)
+    return [
+        f"""CREATE VIEW IF NOT EXISTS {db}.events_unique AS
+SELECT
+  {', '.join(DEDUP_KEY)},
+  {picked}
+FROM (SELECT *, dedup_version AS _v FROM {db}.events)
+GROUP BY {', '.join(DEDUP_KEY)}"""
+    ]
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: Callable[[str, Features], list[str]]
+
+
+MIGRATIONS: list[Migration] = [
+    Migration(1, "events table", _events_table),
+    Migration(2, "events_unique view: one row per (advertiser, pixel, event, event_id)", _events_unique_view),
+]
+
+
+def _ensure_bookkeeping(client: Client, db: str) -> None:
+    client.execute(f"CREATE DATABASE IF NOT EXISTS {db}")
+    client.execute(
+        f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations "
+        "(version UInt32, name String, applied_at DateTime('UTC')) ENGINE = MergeTree ORDER BY version"
+    )
+
+
+def applied_versions(client: Client, db: str) -> set[int]:
+    return {v for (v,) in client.execute(f"SELECT DISTINCT version FROM {db}.schema_migrations")}
+
+
+def migrate(client: Client, db: str) -> list[Migration]:
+    """Apply every migration not yet applied, in order; return those applied now."""
+    features = server_features(client)
+    _ensure_bookkeeping(client, db)
+    done = applied_versions(client, db)
+    applied = []
+    for migration in MIGRATIONS:
+        if migration.version in done:
+            continue
+        for statement in migration.statements(db, features):
+            client.execute(statement)
+        client.execute(
+            f"INSERT INTO {db}.schema_migrations (version, name, applied_at) VALUES",
+            [(migration.version, migration.name, _now())],
+        )
+        applied.append(migration)
+    return applied
+
+
+def current_version(client: Client, db: str) -> int:
+    return max(applied_versions(client, db), default=0)
+
+
+def _now():
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).replace(tzinfo=None)

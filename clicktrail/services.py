@@ -1,0 +1,185 @@
+"""Start local Redis and ClickHouse servers when none is listening where the settings point.
+
+Used by ``clicktrail up`` and by the test suite. A server already listening is used as it is;
+one we start keeps its data under the project's data folder, listens on loopback only, and
+runs as a daemon so it outlives the command that started it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from clicktrail.errors import ServiceError
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1", ""}
+
+
+def is_listening(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host or "127.0.0.1", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(check, what: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise ServiceError(f"{what} did not start within {seconds:.0f}s")
+
+
+def _binary(name: str, package: str) -> str:
+    for candidate in (shutil.which(name), f"/usr/sbin/{name}", f"/usr/bin/{name}"):
+        if candidate and Path(candidate).exists():
+            return candidate
+    raise ServiceError(f"{name} is not installed; install Debian's {package} package (make up does it)")
+
+
+@dataclass
+class Server:
+    """A server we started: where it listens and how to stop it."""
+
+    name: str
+    host: str
+    port: int
+    pid_file: Path
+    started: bool
+
+    def pid(self) -> int | None:
+        try:
+            return int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        import os
+        import signal
+
+        pid = self.pid()
+        if pid is None:
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+
+
+def _host_port(url: str, default_port: int) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or default_port
+
+
+def ensure_redis(url: str, data_dir: Path, *, appendonly: bool = True) -> Server:
+    """Use the Redis at ``url``, or start one there (AOF on, so the stream survives a restart)."""
+    host, port = _host_port(url, 6379)
+    folder = data_dir / f"redis-{port}"
+    server = Server("redis", host, port, folder / "redis.pid", started=False)
+    if is_listening(host, port):
+        return server
+    if host not in LOOPBACK:
+        raise ServiceError(f"no Redis listening at {host}:{port}, and clicktrail only starts local ones")
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [_binary("redis-server", "redis-server"), "--port", str(port), "--bind", "127.0.0.1",
+         "--dir", str(folder.resolve()), "--appendonly", "yes" if appendonly else "no",
+         "--appendfsync", "everysec", "--save", "", "--daemonize", "yes",
+         "--pidfile", str(server.pid_file.resolve()), "--logfile", str((folder / "redis.log").resolve())],
+        check=True,
+    )
+    _wait(lambda: is_listening(host, port), f"Redis on port {port}", 15)
+    server.started = True
+    return server
+
+
+_CLICKHOUSE_CONFIG = """<?xml version="1.0"?>
+<yandex>
+  <logger>
+    <level>warning</level>
+    <log>{folder}/log/server.log</log>
+    <errorlog>{folder}/log/error.log</errorlog>
+    <size>50M</size>
+    <count>2</count>
+  </logger>
+  <listen_host>127.0.0.1</listen_host>
+  <tcp_port>{tcp_port}</tcp_port>
+  <http_port>{http_port}</http_port>
+  <path>{folder}/data/</path>
+  <tmp_path>{folder}/tmp/</tmp_path>
+  <user_files_path>{folder}/user_files/</user_files_path>
+  <format_schema_path>{folder}/format_schemas/</format_schema_path>
+  <timezone>UTC</timezone>
+  <mark_cache_size>268435456</mark_cache_size>
+  <uncompressed_cache_size>268435456</uncompressed_cache_size>
+  <max_concurrent_queries>100</max_concurrent_queries>
+  <default_profile>default</default_profile>
+  <default_database>default</default_database>
+  <users>
+    <default>
+      <password></password>
+      <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+      <profile>default</profile>
+      <quota>default</quota>
+    </default>
+  </users>
+  <profiles><default><max_memory_usage>4000000000</max_memory_usage></default></profiles>
+  <quotas><default></default></quotas>
+</yandex>
+"""
+
+
+def ensure_clickhouse(url: str, data_dir: Path, *, http_port: int | None = None) -> Server:
+    """Use the ClickHouse at ``url``, or start one there with the project's own config and data folder."""
+    host, port = _host_port(url, 9000)
+    folder = (data_dir / f"clickhouse-{port}").resolve()
+    server = Server("clickhouse", host, port, folder / "clickhouse.pid", started=False)
+    if is_listening(host, port):
+        return server
+    if host not in LOOPBACK:
+        raise ServiceError(f"no ClickHouse listening at {host}:{port}, and clicktrail only starts local ones")
+    for sub in ("data", "tmp", "log", "user_files", "format_schemas"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    config = folder / "config.xml"
+    config.write_text(_CLICKHOUSE_CONFIG.format(folder=folder, tcp_port=port, http_port=http_port or free_port()))
+    subprocess.run(
+        [_binary("clickhouse-server", "clickhouse-server"), f"--config-file={config}", "--daemon",
+         f"--pid-file={server.pid_file}"],
+        check=True, cwd=folder, stdout=subprocess.DEVNULL,
+    )
+    _wait(lambda: _clickhouse_answers(host, port), f"ClickHouse on port {port}", 60)
+    server.started = True
+    return server
+
+
+def _clickhouse_answers(host: str, port: int) -> bool:
+    if not is_listening(host, port):
+        return False
+    from clickhouse_driver import Client
+
+    try:
+        Client(host=host, port=port, connect_timeout=1).execute("SELECT 1")
+        return True
+    except Exception:
+        return False

@@ -1,0 +1,68 @@
+"""``clicktrail up``: every part of the system in the foreground, until Ctrl-C."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from clicktrail import clickhouse, schema, services
+
+log = logging.getLogger("clicktrail.up")
+
+
+def _start(name: str, args: list[str]) -> subprocess.Popen:
+    # Children get their own process group, so the terminal's Ctrl-C reaches only us and we stop
+    # them in order (collector first, so nothing arrives that the sinks will not store).
+    return subprocess.Popen([sys.executable, "-m", "clicktrail.cli", *args], start_new_session=True)
+
+
+def _prepare(settings: dict, start_services: bool) -> None:
+    data = Path(settings["DATA_DIR"])
+    if start_services:
+        for server in (services.ensure_redis(settings["REDIS_URL"], data),
+                       services.ensure_clickhouse(settings["CLICKHOUSE_URL"], data)):
+            how = "started, data in " + str(server.pid_file.parent) if server.started else "already running"
+            print(f"{server.name:<11} {server.host}:{server.port} ({how})", flush=True)
+    url = settings["CLICKHOUSE_URL"]
+    client = clickhouse.connect(url, database="default")
+    schema.migrate(client, clickhouse.database_of(url))
+    print(f"{'schema':<11} version {schema.current_version(client, clickhouse.database_of(url))}", flush=True)
+
+
+def up(settings: dict, *, bind: str, sinks: int, start_services: bool) -> None:
+    _prepare(settings, start_services)
+    children: list[tuple[str, subprocess.Popen]] = [("collector", _start("collector", ["collector", "--bind", bind]))]
+    children += [(f"sink-{i + 1}", _start("sink", ["sink"])) for i in range(sinks)]
+    print(f"{'collector':<11} http://{bind} (public URL {settings['PUBLIC_URL']})", flush=True)
+    print(f"{'sinks':<11} {sinks} reading the Redis stream into ClickHouse", flush=True)
+    print("Ready. Register a pixel: clicktrail pixel create --advertiser ADV --domain shop.example.com", flush=True)
+    print("Press Ctrl-C to stop.", flush=True)
+
+    stopping = False
+
+    def _stop(signum, _frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    exit_code = 0
+    while not stopping:
+        for name, proc in children:
+            if proc.poll() is not None:
+                log.error("%s exited with status %s; stopping everything", name, proc.returncode)
+                stopping, exit_code = True, 1
+        time.sleep(0.5)
+    for name, proc in children:  # collector first, then the sinks drain their batches
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        print(f"stopped {name}", flush=True)
+    sys.exit(exit_code)

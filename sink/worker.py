@@ -1,0 +1,247 @@
+"""The sink worker: Redis Stream → ClickHouse, at least once, deduplicated in storage.
+
+One loop: reclaim entries left pending by dead consumers, read a batch (bounded by count and
+time), build rows, insert them in one block, then acknowledge and delete the entries. An entry
+is acknowledged only after its row is stored or it has been moved to the dead-letter stream,
+so a sink killed at any point loses nothing; what it had inserted but not acknowledged is
+inserted again by whoever reclaims it, and the storage's dedup key folds the copies.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import struct
+import time
+
+import redis
+from clickhouse_driver import Client
+from clickhouse_driver import errors as ch_errors
+
+from clicktrail import keys
+from clicktrail.backoff import Backoff
+from clicktrail.clickhouse import NETWORK_ERRORS
+from clicktrail.lifecycle import StopFlag
+from clicktrail.schema import EVENT_COLUMN_NAMES
+from sink.rows import PoisonEntry, RowBuilder, columns
+
+log = logging.getLogger("clicktrail.sink")
+
+#: Server errors that say nothing about the rows: retry the batch as it is, never dead-letter it.
+SYSTEMIC_CODES = {
+    16,  # no such column: the schema is behind, run `clicktrail migrate`
+    60,  # unknown table
+    81,  # unknown database
+    159,  # timeout exceeded
+    164,  # readonly
+    202,  # too many simultaneous queries
+    209,  # socket timeout
+    210,  # network error
+    241,  # memory limit exceeded
+    242,  # table is read only
+    252,  # too many parts: inserts outpace merges
+    425,  # system error
+}
+#: Client-side errors raised while serialising a block: some row holds a value the column cannot take.
+ROW_ERRORS = (TypeError, ValueError, OverflowError, struct.error, UnicodeError)
+
+Entry = tuple[bytes, dict]
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Sink:
+    def __init__(self, settings: dict, r: redis.Redis, ch: Client, database: str, stop: StopFlag,
+                 name: str | None = None) -> None:
+        self.settings = settings
+        self.redis = r
+        self.ch = ch
+        self.name = name or consumer_name()
+        self.stop = stop
+        self.builder = RowBuilder(settings["ANONYMIZE_IP"], settings["UA_CACHE_SIZE"])
+        self.insert_sql = f"INSERT INTO {database}.events ({', '.join(EVENT_COLUMN_NAMES)}) VALUES"
+        self.stored = 0
+        self.dead = 0
+        self._last_reclaim = 0.0
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    def ensure_group(self) -> None:
+        """Create the consumer group from the stream's start, so events queued before any sink ran count."""
+        try:
+            self.redis.xgroup_create(keys.EVENTS_STREAM, keys.SINK_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.ensure_group()
+        log.info("sink %s reading %s as group %s", self.name, keys.EVENTS_STREAM, keys.SINK_GROUP)
+        while not self.stop.is_set:
+            self.run_once()
+        log.info("sink %s stopped: %d events stored, %d dead-lettered", self.name, self.stored, self.dead)
+
+    def run_once(self) -> int:
+        """Reclaim, read and store one batch; return how many entries it settled."""
+        entries = self._reclaim_if_due()
+        entries += self._read_batch(self.settings["SINK_BATCH_SIZE"] - len(entries))
+        if entries:
+            self.store(entries)
+        return len(entries)
+
+    def _read_batch(self, limit: int) -> list[Entry]:
+        """Read up to ``limit`` entries, waiting at most SINK_BATCH_WAIT_MS for the batch to fill."""
+        batch: list[Entry] = []
+        deadline = time.monotonic() + self.settings["SINK_BATCH_WAIT_MS"] / 1000.0
+        while len(batch) < limit and not self.stop.is_set:
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0:
+                break
+            count = min(self.settings["SINK_READ_COUNT"], limit - len(batch))
+            # Block briefly so a stop signal is noticed within half a second.
+            try:
+                reply = self._redis_call(
+                    self.redis.xreadgroup, keys.SINK_GROUP, self.name, {keys.EVENTS_STREAM: ">"},
+                    count=count, block=min(remaining_ms, 500),
+                )
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                self.ensure_group()  # Redis lost the stream (a restart without persistence)
+                continue
+            if reply:
+                batch.extend(reply[0][1])
+            elif batch:
+                break  # the stream is drained: store what we have now rather than wait
+        return batch
+
+    # -- storing -----------------------------------------------------------------------------
+
+    def store(self, entries: list[Entry]) -> None:
+        rows, row_ids, dead = [], [], []
+        for entry_id, fields in entries:
+            if not fields:  # claimed after deletion: nothing left to store
+                dead.append((entry_id, fields, "entry has no fields"))
+                continue
+            try:
+                rows.append(self.builder.row(entry_id, fields))
+                row_ids.append(entry_id)
+            except PoisonEntry as exc:
+                dead.append((entry_id, fields, f"cannot decode: {exc}"))
+        stored_ids, bad = self._insert(rows, row_ids)
+        dead.extend((entry_id, _fields_of(entries, entry_id), reason) for entry_id, reason in bad)
+        self._settle(stored_ids, dead)
+
+    def _insert(self, rows: list[tuple], ids: list[bytes]) -> tuple[list[bytes], list[tuple[bytes, str]]]:
+        """Insert rows, isolating rows ClickHouse cannot take; return (stored ids, [(bad id, reason)])."""
+        if not rows:
+            return [], []
+        backoff = Backoff(cap=self.settings["SINK_BACKOFF_CAP_S"])
+        while True:
+            try:
+                self.ch.execute(self.insert_sql, columns(rows), columnar=True)
+                return ids, []
+            except NETWORK_ERRORS as exc:
+                self._wait_for_storage(backoff, exc)
+            except ch_errors.ServerException as exc:
+                if exc.code in SYSTEMIC_CODES or len(rows) > 1 and backoff.failures < 2:
+                    self._wait_for_storage(backoff, exc)
+                    continue
+                return self._split(rows, ids, exc)
+            except ROW_ERRORS as exc:
+                return self._split(rows, ids, exc)
+
+    def _split(self, rows, ids, exc) -> tuple[list[bytes], list[tuple[bytes, str]]]:
+        """Bisect a refused block so one bad row never holds back the others."""
+        if len(rows) == 1:
+            log.warning("row %s refused by ClickHouse: %s", ids[0].decode(), exc)
+            return [], [(ids[0], f"refused by ClickHouse: {type(exc).__name__}: {str(exc)[:500]}")]
+        mid = len(rows) // 2
+        left_ok, left_bad = self._insert(rows[:mid], ids[:mid])
+        right_ok, right_bad = self._insert(rows[mid:], ids[mid:])
+        return left_ok + right_ok, left_bad + right_bad
+
+    def _wait_for_storage(self, backoff: Backoff, exc: BaseException) -> None:
+        delay = backoff.next_delay()
+        log.warning("ClickHouse insert failed (%s: %s); nothing acknowledged, retrying in %.1fs",
+                    type(exc).__name__, str(exc).splitlines()[0][:200], delay)
+        # Wait even when stopping: the batch must be stored before we may exit (a second signal forces it).
+        time.sleep(delay)
+        self.ch.disconnect()
+
+    def _settle(self, stored_ids: list[bytes], dead: list[tuple[bytes, dict, str]]) -> None:
+        """Acknowledge and delete stored entries; move dead ones to the dead-letter stream first."""
+        if not stored_ids and not dead:
+            return
+        pipe = self.redis.pipeline(transaction=True)
+        for entry_id, fields, reason in dead:
+            record = {b"id": entry_id, b"reason": reason.encode(), b"consumer": self.name.encode()}
+            record.update(fields or {})
+            pipe.xadd(keys.DEAD_LETTER_STREAM, record)
+        settled = stored_ids + [entry_id for entry_id, _, _ in dead]
+        for start in range(0, len(settled), 10_000):
+            chunk = settled[start : start + 10_000]
+            pipe.xack(keys.EVENTS_STREAM, keys.SINK_GROUP, *chunk)
+            pipe.xdel(keys.EVENTS_STREAM, *chunk)
+        self._redis_call(pipe.execute)
+        self.stored += len(stored_ids)
+        self.dead += len(dead)
+        if dead:
+            log.warning("moved %d entries to %s", len(dead), keys.DEAD_LETTER_STREAM)
+
+    # -- reclaiming ----------------------------------------------------------------------------
+
+    def _reclaim_if_due(self) -> list[Entry]:
+        idle_ms = self.settings["SINK_CLAIM_IDLE_MS"]
+        now = time.monotonic()
+        if now - self._last_reclaim < min(idle_ms / 2000.0, 10.0):
+            return []
+        self._last_reclaim = now
+        return self.reclaim(idle_ms)
+
+    def reclaim(self, idle_ms: int) -> list[Entry]:
+        """Take over entries pending longer than ``idle_ms``; dead-letter those delivered too often."""
+        pending = self._redis_call(
+            self.redis.xpending_range, keys.EVENTS_STREAM, keys.SINK_GROUP, min="-", max="+",
+            count=self.settings["SINK_READ_COUNT"], idle=idle_ms,
+        )
+        if not pending:
+            return []
+        deliveries = {p["message_id"]: p["times_delivered"] for p in pending}
+        claimed = self._redis_call(
+            self.redis.xclaim, keys.EVENTS_STREAM, keys.SINK_GROUP, self.name, idle_ms, list(deliveries)
+        )
+        limit = self.settings["SINK_MAX_DELIVERIES"]
+        keep, dead = [], []
+        for entry_id, fields in claimed:
+            if deliveries.get(entry_id, 0) >= limit:
+                dead.append((entry_id, fields, f"not stored after {deliveries[entry_id]} deliveries"))
+            else:
+                keep.append((entry_id, fields))
+        self._settle([], dead)
+        if keep:
+            log.info("reclaimed %d entries left pending by other consumers", len(keep))
+        return keep
+
+    def _redis_call(self, fn, *args, **kwargs):
+        """Call Redis, waiting out an outage: the stream is the only copy of unsettled events."""
+        backoff = Backoff(cap=self.settings["SINK_BACKOFF_CAP_S"])
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                delay = backoff.next_delay()
+                log.warning("Redis unavailable (%s); retrying in %.1fs", exc, delay)
+                time.sleep(delay)
+
+
+def _fields_of(entries: list[Entry], entry_id: bytes) -> dict:
+    for eid, fields in entries:
+        if eid == entry_id:
+            return fields
+    return {}
