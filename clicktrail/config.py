@@ -46,6 +46,9 @@ DEFAULTS: dict[str, Any] = {
     "SINK_MAX_DELIVERIES": 5,  # then the entry goes to the dead-letter stream
     "SINK_BACKOFF_CAP_S": 30.0,
     "UA_CACHE_SIZE": 20_000,
+    # Fault injection for crash-safety tests: "after_insert" makes a sink SIGKILL itself between
+    # a successful insert and the acknowledgement. Never set it in production.
+    "SINK_FAILPOINT": "",
 }
 
 

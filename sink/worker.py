@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import struct
 import time
@@ -134,6 +135,8 @@ class Sink:
             except PoisonEntry as exc:
                 dead.append((entry_id, fields, f"cannot decode: {exc}"))
         stored_ids, bad = self._insert(rows, row_ids)
+        if stored_ids and self.settings["SINK_FAILPOINT"] == "after_insert":
+            os.kill(os.getpid(), signal.SIGKILL)
         dead.extend((entry_id, _fields_of(entries, entry_id), reason) for entry_id, reason in bad)
         self._settle(stored_ids, dead)
 

@@ -60,10 +60,10 @@
 
   var now = () => Date.now();
   var log = (kind, what, data) => dbg && console[kind]('[ttq]', what, data === undefined ? '' : data);
-  var oops = (e) => log('warn', 'error', e);
+  var oops = e => log('warn', 'error', e);
 
   // Wrap f so that nothing it does can throw into the page.
-  var guard = (f) => function () {
+  var guard = f => function () {
     try {
       return f.apply(this, arguments);
     } catch (e) {
@@ -71,12 +71,12 @@
     }
   };
 
-  var rnd = (n) => cr.getRandomValues(new Uint8Array(n));
-  var hex = (buf) => Array.from(new Uint8Array(buf), (b) => (b + 256).toString(16).slice(1)).join('');
+  var rnd = n => cr.getRandomValues(new Uint8Array(n));
+  var hex = buf => Array.from(new Uint8Array(buf), b => (b + 256).toString(16).slice(1)).join('');
 
   // ---- cookies ------------------------------------------------------------------
 
-  var getCookie = (k) => {
+  var getCookie = k => {
     try {
       var m = cookies && d.cookie.match('(?:^|; )' + k + '=([^;]*)');
       return m ? decodeURIComponent(m[1]) : undefined;
@@ -93,14 +93,11 @@
   // The ids always live in memory; cookies only carry them from page to page when allowed.
   var getIds = () => {
     if (!ids) {
-      // ttclid: landing URL, else a same-host referrer, else the cookie.
+      // ttclid: from the landing URL, else from the cookie.
       var c = new URLSearchParams(loc.search).get('ttclid');
-      try {
-        var r = new URL(d.referrer);
-        if (!c && r.host == loc.host) c = r.searchParams.get('ttclid');
-      } catch (e) {}
       ids = {
-        ttp: getCookie('_ttp') || Array.from(rnd(27), (b) => 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'[b & 63]).join(''),
+        // _ttp: 27 random URL-safe characters (base 32: 135 bits).
+        ttp: getCookie('_ttp') || Array.from(rnd(27), b => (b & 31).toString(32)).join(''),
         ttclid: c || getCookie('ttclid'),
         fresh: c // a click id from the URL starts a new 28-day cookie
       };
@@ -124,10 +121,10 @@
 
   // wire field: [identify() key, normaliser]
   var FIELDS = {
-    email: ['email', (v) => v.toLowerCase()],
+    email: ['email', v => v.toLowerCase()],
     // E.164 without guessing a country: the digits as given (at most 15), "+" in front.
-    phone: ['phone_number', (v) => (v = v.replace(/\D/g, '').slice(0, 15)) && '+' + v],
-    external_id: ['external_id', (v) => v]
+    phone: ['phone_number', v => (v = v.replace(/\D/g, '').slice(0, 15)) && '+' + v],
+    external_id: ['external_id', v => v]
   };
 
   // Promise of the SHA-256 hex of the normalised value, or of undefined (drop the field).
@@ -138,7 +135,7 @@
     v = norm(v);
     if (!v) return;
     // Never send a raw value: without Web Crypto (an insecure context) the value is dropped.
-    if (!subtle) return log('warn', 'no Web Crypto here: matching value dropped');
+    if (!subtle) return log('warn', 'no crypto.subtle: dropped');
     return subtle.digest('SHA-256', new TextEncoder().encode(v)).then(hex, oops);
   };
 
@@ -147,13 +144,13 @@
     var r = {v: 0};
     var out = {};
     o = o || {};
-    r.p = Promise.all([prev.p].concat(Object.keys(FIELDS).map((k) => {
+    r.p = Promise.all([prev.p].concat(Object.keys(FIELDS).map(k => {
       var f = FIELDS[k];
       var v = o['sha256_' + f[0]];
-      return Promise.resolve(sha(v == null ? o[f[0]] : v, f[1])).then((h) => {
+      return Promise.resolve(sha(v == null ? o[f[0]] : v, f[1])).then(h => {
         if (h) out[k] = h;
       });
-    }))).then((a) => (r.v = Object.assign({}, a[0], out)));
+    }))).then(a => (r.v = Object.assign({}, a[0], out)));
     return r;
   };
 
@@ -167,26 +164,26 @@
   // One call of page()/track(): one event per target pixel (all loaded pixels by default),
   // sharing one event_id. t: the call time (queued calls keep theirs).
   var track = (targets, name, props, opts, t) => {
-    if (typeof name != 'string' || !name) return log('warn', 'bad event name', name);
+    if (typeof name != 'string' || !name) return log('warn', 'bad event', name);
     opts = opts || {};
     var url = loc.href;
     if (name == 'PageView' && url != lastUrl) {
       ref = lastUrl;
       lastUrl = url;
     }
-    if (consent == 3) return log('log', 'consent revoked, not sent', name);
+    if (consent == 3) return log('log', 'revoked', name);
     if (opts.pixel_code) targets = [byId[opts.pixel_code]].filter(Boolean);
     targets = targets || pixels;
-    if (!targets.length) return log('warn', 'no pixel loaded for', name);
+    if (!targets.length) return log('warn', 'no pixel', name);
     if (props != null) {
       // Copy now: the page may change its object after the call.
-      props = typeof props == 'object' ? JSON.parse(JSON.stringify(props)) : log('warn', 'params must be an object', props);
-      var odd = dbg && props && STD.indexOf(name) >= 0 && Object.keys(props).filter((k) => PARAMS.indexOf(k) < 0);
-      if (odd && odd.length) console.warn('[ttq] unknown parameters for ' + name + ':', odd.join(', '));
+      props = typeof props == 'object' ? JSON.parse(JSON.stringify(props)) : log('warn', 'bad params', props);
+      var odd = dbg && props && STD.indexOf(name) >= 0 && Object.keys(props).filter(k => PARAMS.indexOf(k) < 0);
+      if (odd && odd.length) log('warn', 'unknown params: ' + name, odd);
     }
     var x = getIds();
-    var id = opts.event_id != null && opts.event_id !== '' ? String(opts.event_id) : hex(rnd(16));
-    targets.forEach((p) => {
+    var id = opts.event_id ? String(opts.event_id) : hex(rnd(16));
+    targets.forEach(p => {
       var e = {event: name, event_id: id, timestamp: t, page: {url: url, referrer: ref}, ttp: x.ttp};
       if (x.ttclid) e.ttclid = x.ttclid;
       if (props) e.properties = props;
@@ -201,7 +198,7 @@
       } else {
         // Hashing still running: the event waits for its identity.
         p.wait.push(e);
-        Promise.all([g.p, u.p]).then((a) => {
+        Promise.all([g.p, u.p]).then(a => {
           var i = p.wait.indexOf(e);
           if (i < 0) return; // an unload already moved it to the stored queue
           addUser(e, a[0], a[1]);
@@ -220,12 +217,12 @@
   };
 
   // unload === true: the page is going away (sendBeacon, and stash what is not ready).
-  var flush = (unload) => {
+  var flush = unload => {
     clearTimeout(flushT);
     flushT = 0;
     if (consent & 1) return; // held events stay in memory; revoked ones are gone already
     persist();
-    pixels.forEach((p) => {
+    pixels.forEach(p => {
       var evs = p.out;
       p.out = [];
       // Events whose hashing is still pending go to the stored queue (without their user
@@ -250,18 +247,18 @@
       if (!ok) store(url, evs);
       return;
     }
-    Promise.resolve().then(() => fetch(url, {
+    fetch(url, {
       method: 'POST',
       body: body, // a string body goes as text/plain;charset=UTF-8: no CORS preflight
       // keepalive lets the request outlive the page, but only for small bodies (64 KB in all).
       keepalive: new Blob([body]).size < 6e4,
       credentials: 'include', // so a first-party collector can set _ttp
       mode: 'cors'
-    })).then(
+    }).then(
       // 429 and 5xx are worth retrying; any other answer (2xx, or a 4xx refusal) is final.
-      (r) => r.status != 429 && r.status < 500,
+      r => r.status != 429 && r.status < 500,
       () => 0 // network error (a CORS refusal looks the same)
-    ).then((ok) => {
+    ).then(ok => {
       if (queued) {
         busy = 0;
         if (ok) unstore(url, evs);
@@ -287,12 +284,12 @@
   // The stored events, less those too old to be worth sending (over 7 days).
   var stored = () => {
     var a = ls(Q);
-    return Array.isArray(a) ? a.filter((x) => x && x.e && x.e.timestamp > now() - 7 * DAY) : [];
+    return Array.isArray(a) ? a.filter(x => x && x.e && x.e.timestamp > now() - 7 * DAY) : [];
   };
 
   var store = (url, evs) => {
     if (consent & 1) return;
-    var all = stored().concat(evs.map((e) => ({u: url, e: e})));
+    var all = stored().concat(evs.map(e => ({u: url, e: e})));
     var over = all.length - 500;
     if (over > 0) {
       all = all.slice(over); // drop the oldest, and count them
@@ -303,11 +300,11 @@
   };
 
   // Dedup key on the collector is (pixel, event, event_id); the url holds the pixel.
-  var key = (e) => e.event + ' ' + e.event_id;
+  var key = e => e.event + ' ' + e.event_id;
 
   var unstore = (url, evs) => {
     var sent = evs.map(key);
-    ls(Q, stored().filter((x) => x.u != url || sent.indexOf(key(x.e)) < 0));
+    ls(Q, stored().filter(x => x.u != url || sent.indexOf(key(x.e)) < 0));
   };
 
   // Send the oldest stored batch (one endpoint at a time); after a success the next one follows.
@@ -319,7 +316,7 @@
     if (!all.length) return;
     busy = 1;
     var url = all[0].u;
-    send(url, all.filter((x) => x.u == url).slice(0, 100).map((x) => x.e), 0, 1);
+    send(url, all.filter(x => x.u == url).slice(0, 100).map(x => x.e), 0, 1);
   };
 
   // Exponential backoff: 1 s doubling up to 60 s, with jitter (half to full delay).
@@ -340,7 +337,7 @@
   var spaCheck = () => {
     spaT = spaT || setTimeout(guard(() => {
       spaT = 0;
-      if (loc.href != lastUrl) track(pixels.filter((p) => p.o.auto_spa), 'PageView', null, null, now());
+      if (loc.href != lastUrl) track(pixels.filter(p => p.o.auto_spa), 'PageView', null, null, now());
     }), 0);
   };
 
@@ -348,7 +345,7 @@
     var h = history;
     if (h._ct) return;
     h._ct = 1;
-    ['pushState', 'replaceState'].forEach((m) => {
+    ['pushState', 'replaceState'].forEach(m => {
       var orig = h[m];
       h[m] = function () {
         var r = orig.apply(this, arguments); // the page's own errors still reach the page
@@ -380,12 +377,12 @@
   };
 
   // ttq.instance(id): page/track/identify for that pixel only.
-  var handle = (id) => {
+  var handle = id => {
     id = String(id);
     var h = handles[id];
     if (!h) {
       h = handles[id] = {};
-      ['page', 'track', 'identify'].forEach((m) => {
+      ['page', 'track', 'identify'].forEach(m => {
         h[m] = guard(function () {
           run(m, arguments, id);
           return h;
@@ -396,19 +393,19 @@
   };
 
   var on = (n, f) => typeof f == 'function' && (handlers[n] = handlers[n] || []).push(f);
-  var off = (n, f) => (handlers[n] = (handlers[n] || []).filter((g) => g != f && g.f != f));
-  var emit = (n, a, b) => (handlers[n] || []).slice().forEach((f) => guard(f)(a, b));
+  var off = (n, f) => (handlers[n] = (handlers[n] || []).filter(g => g != f && g.f != f));
+  var emit = (n, a, b) => (handlers[n] || []).slice().forEach(f => guard(f)(a, b));
 
   // Each command gets (arguments, [pixel] for instance calls or 0, call time).
   var CMD = {
-    load: (a) => load(a[0], a[1]),
+    load: a => load(a[0], a[1]),
     page: (a, p, t) => track(p, 'PageView', a[0], a[1], t),
     track: (a, p, t) => track(p, a[0], a[1], a[2], t),
     identify: (a, p) => {
       if (p) p[0].u = identity(p[0].u, a[0]);
       else user0 = identity(user0, a[0]);
     },
-    instance: (a) => handle(a[0]),
+    instance: a => handle(a[0]),
     holdConsent: () => {
       consent = 1;
     },
@@ -419,14 +416,14 @@
     },
     revokeConsent: () => {
       consent = 3;
-      pixels.forEach((p) => {
+      pixels.forEach(p => {
         p.out = [];
         p.wait = [];
       });
       ls(Q, null);
       ls(QD, null);
       var dom = pixels[0] && pixels[0].o.cookie_domain;
-      ['_ttp', 'ttclid'].forEach((k) => {
+      ['_ttp', 'ttclid'].forEach(k => {
         setCookie(k, '', 0);
         if (dom) setCookie(k, '', 0, dom);
       });
@@ -439,12 +436,12 @@
     disableCookie: () => {
       cookies = 0;
     },
-    debug: (a) => {
+    debug: a => {
       dbg = a[0] !== false;
     },
-    on: (a) => on(a[0], a[1]),
-    off: (a) => off(a[0], a[1]),
-    once: (a) => {
+    on: a => on(a[0], a[1]),
+    off: a => off(a[0], a[1]),
+    once: a => {
       var f = a[1];
       var g = function () {
         off(a[0], g);
@@ -453,23 +450,23 @@
       g.f = f;
       on(a[0], g);
     },
-    ready: (a) => typeof a[0] == 'function' && (readyFns ? readyFns.push(a[0]) : guard(a[0])(q))
+    ready: a => typeof a[0] == 'function' && (readyFns ? readyFns.push(a[0]) : guard(a[0])(q))
   };
 
   // Run command m with arguments a, for one pixel (pid) or all, at time t.
   var run = (m, a, pid, t) => {
     var p = pid != null && [byId[pid]];
-    if (p && !p[0]) return log('warn', 'pixel not loaded', pid);
+    if (p && !p[0]) return log('warn', 'no pixel', pid);
     if (CMD.hasOwnProperty(m)) return CMD[m]([].slice.call(a), p, t || now());
   };
 
-  var exec = (c) => c && c.length && run(c[0], c.slice(1), c.i, c.t);
+  var exec = c => c && c.length && run(c[0], c.slice(1), c.i, c.t);
 
   // Take over the stub: the same object (references the page kept still work), real methods,
   // and a push() that runs commands, for stub instance handles made before we loaded.
   var queued = q.slice();
   q.length = 0;
-  METHODS.forEach((m) => {
+  METHODS.forEach(m => {
     q[m] = guard(function () {
       return run(m, arguments);
     });
@@ -482,8 +479,7 @@
   queued.forEach(guard(exec));
   var fns = readyFns;
   readyFns = 0;
-  fns.forEach((f) => guard(f)(q));
-  emit('ready', q);
+  fns.forEach(f => guard(f)(q));
 
   // Flush with sendBeacon when the page goes away or into the background.
   var bye = guard(() => flush(true));
