@@ -217,7 +217,7 @@ def _properties(props: dict, field: str) -> dict:
     if "value" in props and props["value"] not in (None, ""):
         props["value"] = _number(props["value"], f"{field}.value")
     if "currency" in props and props["currency"] not in (None, ""):
-        currency = _string(props["currency"], f"{field}.currency", 3).upper()
+        currency = _string(props["currency"], f"{field}.currency", MAX_SHORT).strip().upper()
         if len(currency) != 3 or not currency.isalpha():
             raise _Invalid(f"{field}.currency", "must be a 3-letter ISO 4217 code")
         props["currency"] = currency
