@@ -45,7 +45,7 @@ SYSTEMIC_CODES = {
     425,  # system error
 }
 #: Client-side errors raised while serialising a block: some row holds a value the column cannot take.
-ROW_ERRORS = (TypeError, ValueError, OverflowError, struct.error, UnicodeError)
+ROW_ERRORS = (TypeError, ValueError, OverflowError, struct.error, UnicodeError, ch_errors.TypeMismatchError)
 
 Entry = tuple[bytes, dict]
 

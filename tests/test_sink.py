@@ -1,0 +1,118 @@
+"""The sink: dead letters, reclaiming, crash safety, graceful stop."""
+
+import json
+import signal
+import time
+
+import orjson
+
+from tests.conftest import query_dicts
+
+STREAM, GROUP, DEAD = "ct:events", "sink", "ct:events:dead"
+
+
+def queue(client, tenant, n, prefix="e"):
+    body = {"events": [{"event": "PageView", "event_id": f"{prefix}{i}", "page": {"url": "https://shop.example/"}}
+                       for i in range(n)]}
+    assert client.post(f"/e/{tenant.pixel_id}", data=json.dumps(body)).json["accepted"] == n
+
+
+def unique_ids(ch, db):
+    return sorted(r["event_id"] for r in query_dicts(ch, f"SELECT event_id FROM {db}.events_unique"))
+
+
+def raw_count(ch, db):
+    return ch.execute(f"SELECT count() FROM {db}.events")[0][0]
+
+
+def test_undecodable_entry_goes_to_dead_letters_and_the_rest_is_stored(client, tenant, sink, r, ch, ch_database):
+    queue(client, tenant, 3, "before")
+    poison_id = r.xadd(STREAM, {"a": tenant.advertiser, "d": b"\xff not json"})
+    queue(client, tenant, 3, "after")
+    sink.drain()
+    assert unique_ids(ch, ch_database) == [f"after{i}" for i in range(3)] + [f"before{i}" for i in range(3)]
+    (dead_id, dead), = r.xrange(DEAD)
+    assert dead[b"id"] == poison_id
+    assert dead[b"reason"].startswith(b"cannot decode")
+    assert dead[b"d"] == b"\xff not json"
+    assert r.xlen(STREAM) == 0 and r.xpending(STREAM, GROUP)["pending"] == 0
+
+
+def test_row_clickhouse_refuses_is_isolated_and_dead_lettered(client, tenant, sink, r, ch, ch_database):
+    queue(client, tenant, 5, "ok")
+    record = orjson.loads(r.xrange(STREAM, count=1)[0][1][b"d"])
+    record.update(event_id="bad", received_ms=-5)  # decodes, but no UInt64 column can hold it
+    bad_id = r.xadd(STREAM, {"a": tenant.advertiser, "d": orjson.dumps(record)})
+    queue(client, tenant, 5, "more")
+    sink.drain()
+    assert len(unique_ids(ch, ch_database)) == 10 and "bad" not in unique_ids(ch, ch_database)
+    (_, dead), = r.xrange(DEAD)
+    assert dead[b"id"] == bad_id and b"refused by ClickHouse" in dead[b"reason"]
+
+
+def test_entries_of_a_dead_consumer_are_reclaimed_and_stored(client, tenant, sink, r, ch, ch_database):
+    queue(client, tenant, 4)
+    r.xreadgroup(GROUP, "crashed-consumer", {STREAM: ">"}, count=10)  # read, then "died"
+    assert sink.run_once() == 0  # nothing new to read, and the pending entries are not idle long enough yet
+    assert raw_count(ch, ch_database) == 0
+    time.sleep(0.05)
+    reclaimed = sink.reclaim(idle_ms=10)
+    sink.store(reclaimed)
+    assert unique_ids(ch, ch_database) == [f"e{i}" for i in range(4)]
+    assert r.xpending(STREAM, GROUP)["pending"] == 0
+
+
+def test_entry_delivered_too_often_is_dead_lettered(client, tenant, sink, r, ch, ch_database):
+    queue(client, tenant, 1)
+    (entry_id, _), = r.xreadgroup(GROUP, "crash-1", {STREAM: ">"})[0][1]
+    for name in ("crash-2", "crash-3", "crash-4", "crash-5"):  # each consumer took it over, then died
+        r.xclaim(STREAM, GROUP, name, 0, [entry_id])
+    time.sleep(0.05)
+    assert sink.reclaim(idle_ms=10) == []
+    (_, dead), = r.xrange(DEAD)
+    assert dead[b"id"] == entry_id and dead[b"reason"] == b"not stored after 5 deliveries"
+    assert raw_count(ch, ch_database) == 0
+
+
+def test_sink_killed_between_insert_and_ack_counts_once(client, tenant, spawn, r, ch, ch_database):
+    queue(client, tenant, 50)
+    crashing = spawn.sink(SINK_FAILPOINT="after_insert")
+    assert crashing.wait(timeout=30) == -signal.SIGKILL
+    assert raw_count(ch, ch_database) == 50  # inserted...
+    assert r.xpending(STREAM, GROUP)["pending"] == 50  # ...but never acknowledged
+    healthy = spawn.sink()
+    deadline = time.monotonic() + 30
+    while r.xlen(STREAM) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert r.xlen(STREAM) == 0
+    assert raw_count(ch, ch_database) == 100  # stored twice before any merge...
+    assert unique_ids(ch, ch_database) == sorted(f"e{i}" for i in range(50))  # ...counted once
+    ch.execute(f"OPTIMIZE TABLE {ch_database}.events FINAL")
+    assert raw_count(ch, ch_database) == 50  # and merges fold the copies away
+    healthy.send_signal(signal.SIGTERM)
+    assert healthy.wait(timeout=10) == 0
+
+
+def test_sigterm_finishes_the_current_batch(client, tenant, spawn, r, ch, ch_database):
+    worker = spawn.sink(SINK_BATCH_WAIT_MS=3000, SINK_BATCH_SIZE=100000)
+    time.sleep(1.0)
+    queue(client, tenant, 30)
+    deadline = time.monotonic() + 5
+    while r.xpending(STREAM, GROUP)["pending"] < 30 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    worker.send_signal(signal.SIGTERM)  # mid-batch: read, not yet stored
+    assert worker.wait(timeout=15) == 0
+    assert unique_ids(ch, ch_database) == sorted(f"e{i}" for i in range(30))
+    assert r.xpending(STREAM, GROUP)["pending"] == 0
+
+
+def test_events_queued_before_any_sink_existed_are_stored(client, tenant, r, ch, ch_database, settings):
+    from clicktrail import clickhouse
+    from clicktrail.lifecycle import StopFlag
+    from sink.worker import Sink
+
+    queue(client, tenant, 3)  # no consumer group yet
+    worker = Sink(settings, r, clickhouse.connect(settings["CLICKHOUSE_URL"]), ch_database, StopFlag(), name="late")
+    worker.ensure_group()
+    worker.run_once()
+    assert unique_ids(ch, ch_database) == ["e0", "e1", "e2"]
