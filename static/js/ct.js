@@ -15,7 +15,6 @@
 ((w, d) => {
   'use strict';
 
-  var VERSION = '1.0.0';
   var METHODS = 'load page track identify instance holdConsent grantConsent revokeConsent enableCookie disableCookie debug on off once ready'.split(' ');
   var Q = '_ct_q'; // localStorage retry queue: [{u: endpoint url, e: wire event}]
   var QD = '_ct_qd'; // count of events dropped because the queue was full
@@ -33,33 +32,33 @@
   var src = (d.currentScript || {}).src || '';
   var BASE = src.slice(0, Math.max(0, src.lastIndexOf('/s/')));
 
-  var pixels = [];
-  var byId = Object.create(null);
-  var handles = Object.create(null);
-  // Consent: 0 = no decision asked for, 1 = held, 2 = granted, 3 = revoked.
-  // Odd means: send nothing, store nothing, write no cookie.
-  var consent = 0;
-  var cookies = 1;
-  var dbg = 0;
-  var ids; // {ttp, ttclid, fresh}: made on first use, so an early disableCookie() is honoured
-  var NONE = {v: {}, p: Promise.resolve({})};
-  var user0 = NONE; // identity from ttq.identify(); instance(id).identify() sets p.u
-  var lastUrl = loc.href; // URL of the last PageView: SPA dedup, and the next one's referrer
-  var ref = d.referrer;
-  var flushT = 0;
-  var retryT = 0;
-  var retryN = 0;
-  var spaT = 0;
-  var busy = 0; // a POST from the stored queue is in flight
-  var handlers = {};
-  var readyFns = [];
+  var pixels = [],
+    byId = Object.create(null),
+    handles = Object.create(null),
+    // Consent: 0 = no decision asked for, 1 = held, 2 = granted, 3 = revoked.
+    // Odd means: send nothing, store nothing, write no cookie.
+    consent = 0,
+    cookies = 1,
+    dbg = 0,
+    ids, // {ttp, ttclid, fresh}: made on first use, so an early disableCookie() is honoured
+    NONE = {v: {}, p: Promise.resolve({})},
+    user0 = NONE, // identity from ttq.identify(); instance(id).identify() sets p.u
+    lastUrl = loc.href, // URL of the last PageView: SPA dedup, and the next one's referrer
+    ref = d.referrer,
+    flushT = 0,
+    retryT = 0,
+    retryN = 0,
+    spaT = 0,
+    busy = 0, // a POST from the stored queue is in flight
+    handlers = {},
+    readyFns = [];
 
   // Only for debug warnings about parameters of standard events.
   var STD = 'AddPaymentInfo AddToCart AddToWishlist ApplicationApproval ClickButton CompletePayment CompleteRegistration Contact CustomizeProduct Download FindLocation InitiateCheckout Lead PageView PlaceAnOrder Purchase Schedule Search StartTrial SubmitApplication SubmitForm Subscribe ViewContent'.split(' ');
   var PARAMS = 'contents content_ids content_id content_type content_name content_category price quantity brand value currency query search_string description order_id status customer_type'.split(' ');
 
   var now = () => Date.now();
-  var log = (kind, what, data) => dbg && console[kind]('[ttq]', what, data === undefined ? '' : data);
+  var log = (kind, ...a) => dbg && console[kind]('[ttq]', ...a);
   var oops = e => log('warn', 'error', e);
 
   // Wrap f so that nothing it does can throw into the page.
@@ -175,20 +174,26 @@
     if (opts.pixel_code) targets = [byId[opts.pixel_code]].filter(Boolean);
     targets = targets || pixels;
     if (!targets.length) return log('warn', 'no pixel', name);
-    if (props != null) {
-      // Copy now: the page may change its object after the call.
-      props = typeof props == 'object' ? JSON.parse(JSON.stringify(props)) : log('warn', 'bad params', props);
-      var odd = dbg && props && STD.indexOf(name) >= 0 && Object.keys(props).filter(k => PARAMS.indexOf(k) < 0);
-      if (odd && odd.length) log('warn', 'unknown params: ' + name, odd);
-    }
+    if (props != null && typeof props != 'object') props = log('warn', 'bad params', props);
+    // Copy now: the page may change its object after the call.
+    props = props ? JSON.parse(JSON.stringify(props)) : undefined;
+    var odd = dbg && props && STD.indexOf(name) >= 0 && Object.keys(props).filter(k => PARAMS.indexOf(k) < 0);
+    if (odd && odd.length) log('warn', 'unknown params: ' + name, odd);
     var x = getIds();
     var id = opts.event_id ? String(opts.event_id) : hex(rnd(16));
     targets.forEach(p => {
-      var e = {event: name, event_id: id, timestamp: t, page: {url: url, referrer: ref}, ttp: x.ttp};
-      if (x.ttclid) e.ttclid = x.ttclid;
-      if (props) e.properties = props;
-      if (p.o.test_event_code) e.test_event_code = String(p.o.test_event_code);
-      if (p.o.limited_data_use != null) e.limited_data_use = !!p.o.limited_data_use;
+      // Fields left undefined are dropped by JSON.stringify.
+      var e = {
+        event: name,
+        event_id: id,
+        timestamp: t,
+        page: {url, referrer: ref},
+        ttp: x.ttp,
+        ttclid: x.ttclid,
+        properties: props,
+        test_event_code: p.o.test_event_code || undefined,
+        limited_data_use: p.o.limited_data_use
+      };
       emit('track', p.id, e);
       var g = user0;
       var u = p.u;
@@ -200,8 +205,10 @@
         p.wait.push(e);
         Promise.all([g.p, u.p]).then(a => {
           var i = p.wait.indexOf(e);
-          if (i < 0) return; // an unload already moved it to the stored queue
           addUser(e, a[0], a[1]);
+          // Stored by an unload meanwhile (the page lives on, e.g. it was only hidden):
+          // give the stored copy its user fields, if it is still waiting there.
+          if (i < 0) return ls(Q, stored().map(x => x.u == p.url && key(x.e) == key(e) ? {u: x.u, e} : x));
           p.wait.splice(i, 1);
           p.out.push(e);
           soon();
@@ -249,7 +256,7 @@
     }
     fetch(url, {
       method: 'POST',
-      body: body, // a string body goes as text/plain;charset=UTF-8: no CORS preflight
+      body, // a string body goes as text/plain;charset=UTF-8: no CORS preflight
       // keepalive lets the request outlive the page, but only for small bodies (64 KB in all).
       keepalive: new Blob([body]).size < 6e4,
       credentials: 'include', // so a first-party collector can set _ttp
@@ -289,7 +296,7 @@
 
   var store = (url, evs) => {
     if (consent & 1) return;
-    var all = stored().concat(evs.map(e => ({u: url, e: e})));
+    var all = stored().concat(evs.map(e => ({u: url, e})));
     var over = all.length - 500;
     if (over > 0) {
       all = all.slice(over); // drop the oldest, and count them
@@ -364,8 +371,8 @@
     if (o.debug) dbg = 1;
     if (byId[id]) return;
     var p = byId[id] = {
-      id: id,
-      o: o,
+      id,
+      o,
       url: (o.collector ? String(o.collector).replace(/\/+$/, '') : BASE) + '/e/' + id,
       out: [],
       wait: [],
@@ -472,7 +479,7 @@
     });
   });
   q.methods = METHODS;
-  q.version = VERSION;
+  q.version = '1.0.0';
   q.push = guard(function () {
     [].forEach.call(arguments, guard(exec));
   });

@@ -1,0 +1,66 @@
+"""The schema and its dedup query pattern on both servers: Debian's 18.16 and a current ClickHouse."""
+
+import orjson
+import pytest
+
+from clicktrail import schema
+from clicktrail.clickhouse import Features, server_features
+from sink.rows import RowBuilder, columns
+from tests.chdb_client import ChdbClient
+
+
+@pytest.fixture(scope="module")
+def current(tmp_path_factory):
+    client = ChdbClient(str(tmp_path_factory.mktemp("chdb")))
+    yield client
+    client.close()
+
+
+def record(event_id: str, received_ms: int, source: str) -> dict:
+    return {"pixel_id": "P1", "source": source, "event": "CompletePayment", "event_id": event_id,
+            "event_ms": received_ms - 1000, "received_ms": received_ms, "url": "https://shop.example/?utm_source=x",
+            "properties": {"value": 5}, "user_agent": "", "ip": "198.51.100.7"}
+
+
+def rows(*records) -> list[tuple]:
+    builder = RowBuilder(anonymize_ip=True, ua_cache_size=10)
+    return [builder.row(f"{i}-0".encode(), {b"a": b"adv", b"d": orjson.dumps(r)}) for i, r in enumerate(records)]
+
+
+def test_current_clickhouse_gets_the_newer_types(current):
+    features = server_features(current)
+    assert features.version >= (24,)
+    schema.migrate(current, "ct")
+    types = dict(current.execute("SELECT name, type FROM system.columns WHERE database = 'ct' AND table = 'events'"))
+    assert types["event"] == "LowCardinality(String)"
+    assert types["event_time"] == "DateTime('UTC')"
+    assert schema.migrate(current, "ct") == []  # idempotent
+    assert schema.current_version(current, "ct") == schema.MIGRATIONS[-1].version
+
+
+def test_old_clickhouse_gets_plain_strings(ch, ch_database):
+    types = dict(ch.execute(f"SELECT name, type FROM system.columns WHERE database = '{ch_database}' "
+                            "AND table = 'events'"))
+    expected = "LowCardinality(String)" if server_features(ch).low_cardinality else "String"
+    assert types["event"] == expected
+
+
+def test_features_gate_on_version():
+    assert Features((18, 16, 1)).lc() == "String"
+    assert Features((25, 8, 1)).lc() == "LowCardinality(String)"
+
+
+@pytest.mark.parametrize("server", ["debian", "current"])
+def test_copies_of_one_event_count_once_and_the_first_received_wins(server, current, ch, ch_database):
+    client, db = (current, "ct") if server == "current" else (ch, ch_database)
+    if server == "current":
+        schema.migrate(current, db)
+        current.execute(f"TRUNCATE TABLE {db}.events")
+    insert = f"INSERT INTO {db}.events ({', '.join(schema.EVENT_COLUMN_NAMES)}) VALUES"
+    first = rows(record("e1", 1_795_000_000_000, "browser"), record("e2", 1_795_000_000_000, "browser"))
+    again = rows(record("e1", 1_795_000_005_000, "server"))
+    client.execute(insert, columns(first), columnar=True)
+    client.execute(insert, columns(again), columnar=True)
+    assert client.execute(f"SELECT count() FROM {db}.events")[0][0] == 3
+    kept = client.execute(f"SELECT event_id, source, ip FROM {db}.events_unique ORDER BY event_id")
+    assert [tuple(r) for r in kept] == [("e1", "browser", "198.51.100.0"), ("e2", "browser", "198.51.100.0")]
