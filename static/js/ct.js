@@ -108,10 +108,9 @@
   var persist = () => {
     if (!cookies || consent & 1) return;
     var x = getIds();
-    var dom = pixels[0] && pixels[0].o.cookie_domain;
-    setCookie('_ttp', x.ttp, 396, dom); // 13 months from the last use
+    setCookie('_ttp', x.ttp, 396, dom()); // 13 months from the last use
     if (x.fresh) {
-      setCookie('ttclid', x.ttclid, 28, dom);
+      setCookie('ttclid', x.ttclid, 28, dom());
       x.fresh = 0;
     }
   };
@@ -162,7 +161,7 @@
 
   // One call of page()/track(): one event per target pixel (all loaded pixels by default),
   // sharing one event_id. t: the call time (queued calls keep theirs).
-  var track = (targets, name, props, opts, t) => {
+  var track = (targets, t, name, props, opts) => {
     if (typeof name != 'string' || !name) return log('warn', 'bad event', name);
     opts = opts || {};
     var url = loc.href;
@@ -344,7 +343,7 @@
   var spaCheck = () => {
     spaT = spaT || setTimeout(guard(() => {
       spaT = 0;
-      if (loc.href != lastUrl) track(pixels.filter(p => p.o.auto_spa), 'PageView', null, null, now());
+      if (loc.href != lastUrl) track(pixels.filter(p => p.o.auto_spa), now(), 'PageView');
     }), 0);
   };
 
@@ -402,17 +401,19 @@
   var on = (n, f) => typeof f == 'function' && (handlers[n] = handlers[n] || []).push(f);
   var off = (n, f) => (handlers[n] = (handlers[n] || []).filter(g => g != f && g.f != f));
   var emit = (n, a, b) => (handlers[n] || []).slice().forEach(f => guard(f)(a, b));
+  var dom = () => pixels[0] && pixels[0].o.cookie_domain;
 
-  // Each command gets (arguments, [pixel] for instance calls or 0, call time).
+  // Every command gets (targets, t, ...its arguments): targets is [pixel] for instance calls
+  // (0 otherwise), t the call time.
   var CMD = {
-    load: a => load(a[0], a[1]),
-    page: (a, p, t) => track(p, 'PageView', a[0], a[1], t),
-    track: (a, p, t) => track(p, a[0], a[1], a[2], t),
-    identify: (a, p) => {
-      if (p) p[0].u = identity(p[0].u, a[0]);
-      else user0 = identity(user0, a[0]);
+    load: (p, t, id, o) => load(id, o),
+    page: (p, t, props, opts) => track(p, t, 'PageView', props, opts),
+    track,
+    identify: (p, t, o) => {
+      if (p) p[0].u = identity(p[0].u, o);
+      else user0 = identity(user0, o);
     },
-    instance: a => handle(a[0]),
+    instance: (p, t, id) => handle(id),
     holdConsent: () => {
       consent = 1;
     },
@@ -429,10 +430,9 @@
       });
       ls(Q, null);
       ls(QD, null);
-      var dom = pixels[0] && pixels[0].o.cookie_domain;
       ['_ttp', 'ttclid'].forEach(k => {
         setCookie(k, '', 0);
-        if (dom) setCookie(k, '', 0, dom);
+        setCookie(k, '', 0, dom());
       });
       ids = 0; // forget the ids as well: a later grant starts afresh
     },
@@ -443,28 +443,27 @@
     disableCookie: () => {
       cookies = 0;
     },
-    debug: a => {
-      dbg = a[0] !== false;
+    debug: (p, t, flag) => {
+      dbg = flag !== false;
     },
-    on: a => on(a[0], a[1]),
-    off: a => off(a[0], a[1]),
-    once: a => {
-      var f = a[1];
+    on: (p, t, n, f) => on(n, f),
+    off: (p, t, n, f) => off(n, f),
+    once: (p, t, n, f) => {
       var g = function () {
-        off(a[0], g);
+        off(n, g);
         return f.apply(this, arguments);
       };
       g.f = f;
-      on(a[0], g);
+      on(n, g);
     },
-    ready: a => typeof a[0] == 'function' && (readyFns ? readyFns.push(a[0]) : guard(a[0])(q))
+    ready: (p, t, f) => typeof f == 'function' && (readyFns ? readyFns.push(f) : guard(f)(q))
   };
 
   // Run command m with arguments a, for one pixel (pid) or all, at time t.
   var run = (m, a, pid, t) => {
     var p = pid != null && [byId[pid]];
     if (p && !p[0]) return log('warn', 'no pixel', pid);
-    if (CMD.hasOwnProperty(m)) return CMD[m]([].slice.call(a), p, t || now());
+    if (CMD.hasOwnProperty(m)) return CMD[m](p, t || now(), ...a);
   };
 
   var exec = c => c && c.length && run(c[0], c.slice(1), c.i, c.t);
