@@ -1,0 +1,442 @@
+#!/usr/bin/env python3
+"""Collector throughput and latency against a bare Flask app under the same gunicorn settings.
+
+Starts, on free loopback ports:
+
+- the real collector, exactly as ``clicktrail collector --bind 127.0.0.1:PORT --workers N`` runs it
+  (production gunicorn options, N = cores by default), pointed at Redis DB 3;
+- ``bench/bare_app.py``: a Flask app answering 204 to everything, under the same options.
+
+Registers a pixel (domain ``bench.example``) and an Events API token in Redis DB 3, builds request
+bodies with current timestamps, checks that one sample of each is accepted in full, then drives each
+scenario with wrk (same threads, connections and duration; a warm-up first) and prints a Markdown
+table: requests/s, events/s, p50/p99 latency, non-2xx and socket errors, CPU the server processes
+spent per request, and the ratio collector/bare for 1-event bodies (target: at least 0.7).
+
+The stream ``ct:events`` of DB 3 is deleted before every scenario (no sink runs during the bench)
+and the collector runs with a very high ``CLICKTRAIL_STREAM_MAX_LEN``, so the memory guard never
+answers 503. The pixel, the token and the stream are removed at the end.
+
+    python bench/collector_bench.py                       # 15 s per scenario, 32 connections
+    python bench/collector_bench.py --duration 5 --json /tmp/collector.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import json
+import os
+import random
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import orjson
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from clicktrail import keys  # noqa: E402
+from clicktrail.services import free_port  # noqa: E402
+from pixel import registry  # noqa: E402
+
+DEFAULT_REDIS = "redis://127.0.0.1:6379/3"
+ADVERTISER = "bench-adv"
+DOMAIN = "bench.example"
+ORIGIN = f"https://{DOMAIN}"
+UA = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+      "Mobile/15E148 musical_ly_34.1.0 JsSdk/2.0 NetType/WIFI Channel/App Store ByteLocale/en Region/US")
+EVENTS = ["PageView", "PageView", "PageView", "ViewContent", "ViewContent", "AddToCart", "InitiateCheckout",
+          "CompletePayment", "Search", "ClickButton"]
+
+# wrk loads this once per thread; done() prints one machine-readable line for the bench to read.
+_LUA = """
+wrk.method = "POST"
+local f = assert(io.open({body_path}, "rb"))
+wrk.body = f:read("*a")
+f:close()
+{headers}
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'CTBENCH {{"requests":%d,"duration_us":%d,"bytes":%d,"connect":%d,"read":%d,"write":%d,' ..
+    '"status":%d,"timeout":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,"mean_us":%.1f}}\\n',
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean))
+end
+"""
+
+
+# -- request bodies ------------------------------------------------------------------------------
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _page(rng: random.Random, i: int) -> dict:
+    path = rng.choice(["/", "/products/sku-%d" % rng.randint(1, 5000), "/cart", "/checkout", "/search",
+                       "/collections/summer"])
+    query = ""
+    if rng.random() < 0.3:
+        query = "?utm_source=tiktok&utm_medium=paid&utm_campaign=spring_%d&ttclid=E.C.P.%s" % (
+            rng.randint(1, 40), _sha(str(i))[:40])
+    return {"url": f"{ORIGIN}{path}{query}", "referrer": f"{ORIGIN}/"}
+
+
+def _properties(rng: random.Random, event: str) -> dict:
+    if event in ("PageView", "ClickButton"):
+        return {}
+    if event == "Search":
+        return {"query": rng.choice(["shoes", "red dress", "gift card", "sneakers 42"])}
+    qty = rng.randint(1, 3)
+    price = round(rng.uniform(5, 120), 2)
+    props = {"value": round(qty * price, 2), "currency": rng.choice(["USD", "EUR", "GBP"]),
+             "contents": [{"content_id": f"sku-{rng.randint(1, 5000)}", "quantity": qty, "price": price}],
+             "content_type": "product"}
+    if event == "CompletePayment":
+        props["order_id"] = f"A-{rng.randint(1, 10**7)}"
+    return props
+
+
+def browser_body(n: int, now_ms: int, rng: random.Random) -> bytes:
+    """A pixel batch as the SDK sends it (docs/wire-format.md), timestamps current."""
+    events = []
+    for i in range(n):
+        name = rng.choice(EVENTS)
+        event = {
+            "event": name,
+            "event_id": "%032x" % rng.getrandbits(128),
+            "timestamp": now_ms - rng.randint(0, 3000),
+            "page": _page(rng, i),
+            "ttp": "%026x" % rng.getrandbits(104),
+            "properties": _properties(rng, name),
+        }
+        if rng.random() < 0.3:
+            event["user"] = {"email": _sha(f"user{i}@example.com"), "phone": _sha(f"+3361234{i:04d}")}
+        events.append(event)
+    return orjson.dumps({"sent_at": now_ms, "events": events})
+
+
+def events_api_body(pixel_id: str, n: int, now_s: int, rng: random.Random) -> bytes:
+    """A TikTok Events API 2.0 body (``event_source: web``), event_time current, in seconds."""
+    data = []
+    for i in range(n):
+        name = rng.choice(EVENTS)
+        data.append({
+            "event": name,
+            "event_id": "%032x" % rng.getrandbits(128),
+            "event_time": now_s - rng.randint(0, 60),
+            "user": {"email": _sha(f"buyer{i}@example.com"), "phone": _sha(f"+1555{i:07d}"),
+                     "external_id": _sha(f"crm-{i}"), "ip": f"203.0.113.{i % 250 + 1}", "user_agent": UA,
+                     "ttclid": "E.C.P.%s" % _sha(str(i))[:40], "ttp": "%026x" % rng.getrandbits(104)},
+            "page": _page(rng, i),
+            "properties": _properties(rng, name),
+        })
+    return orjson.dumps({"event_source": "web", "event_source_id": pixel_id, "data": data})
+
+
+# -- processes -----------------------------------------------------------------------------------
+
+
+def clicktrail_cmd() -> list[str]:
+    script = Path(sys.executable).parent / "clicktrail"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "clicktrail.cli"]
+
+
+def wait_up(port: int, path: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server on port {port} exited with status {proc.returncode}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", path)
+            if conn.getresponse().status < 500:
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"server on port {port} did not answer within {timeout:.0f}s")
+
+
+def stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """SIGTERM the gunicorn master we started (it stops its workers), SIGKILL its group if it lingers."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # its own session: only the processes we started
+        proc.wait(5)
+
+
+def tree_cpu_s(pid: int) -> float:
+    """User+system CPU seconds of a process and its live children (gunicorn master and workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(entry) == pid or int(fields[1]) == pid:
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def redis_cpu_s(r: redis.Redis) -> float:
+    info = r.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+# -- scenarios -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Scenario:
+    name: str
+    server: str  # "collector" or "bare"
+    path: str
+    body: bytes
+    headers: dict
+    events: int  # per request
+    runs: list = field(default_factory=list)
+
+
+def post(port: int, s: Scenario) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("POST", s.path, body=s.body, headers=s.headers)
+    resp = conn.getresponse()
+    return resp.status, resp.read()
+
+
+def check_sample(port: int, s: Scenario) -> None:
+    """One request of the scenario must be accepted in full before it is measured."""
+    status, body = post(port, s)
+    if s.server == "bare":
+        if status != 204:
+            raise SystemExit(f"{s.name}: bare app answered {status}, expected 204")
+        return
+    if status != 200:
+        raise SystemExit(f"{s.name}: collector answered {status}: {body[:500]!r}")
+    reply = orjson.loads(body)
+    accepted = reply["data"]["accepted"] if "data" in reply else reply["accepted"]
+    rejected = reply["data"]["rejected"] if "data" in reply else reply["rejected"]
+    if accepted != s.events or rejected:
+        raise SystemExit(f"{s.name}: {accepted} of {s.events} events accepted, rejected: {rejected}")
+
+
+def run_wrk(args, port: int, s: Scenario, lua: Path, seconds: int) -> tuple[dict, list[str]]:
+    cmd = [args.wrk, f"-t{args.wrk_threads}", f"-c{args.connections}", f"-d{seconds}s", "--timeout", "5s",
+           "-s", str(lua), f"http://127.0.0.1:{port}{s.path}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    for line in out.stdout.splitlines():
+        if line.startswith("CTBENCH "):
+            return json.loads(line[len("CTBENCH "):]), cmd
+    raise RuntimeError(f"wrk printed no result (status {out.returncode}): {out.stdout}\n{out.stderr}")
+
+
+def write_lua(folder: Path, s: Scenario) -> Path:
+    body_path = folder / f"{s.name}.body"
+    body_path.write_bytes(s.body)
+    headers = "\n".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in s.headers.items())
+    lua = folder / f"{s.name}.lua"
+    lua.write_text(_LUA.format(body_path=json.dumps(str(body_path)), headers=headers))
+    return lua
+
+
+def measure(args, r: redis.Redis, procs: dict, ports: dict, s: Scenario, lua: Path) -> dict:
+    port = ports[s.server]
+    r.unlink(keys.EVENTS_STREAM)
+    if args.warmup:
+        run_wrk(args, port, s, lua, args.warmup)
+    r.unlink(keys.EVENTS_STREAM)
+    time.sleep(0.5)
+    cpu0, rcpu0 = tree_cpu_s(procs[s.server].pid), redis_cpu_s(r)
+    result, cmd = run_wrk(args, port, s, lua, args.duration)
+    cpu1, rcpu1 = tree_cpu_s(procs[s.server].pid), redis_cpu_s(r)
+    time.sleep(0.5)  # requests in flight when wrk stopped still land
+    queued = r.xlen(keys.EVENTS_STREAM)
+    r.unlink(keys.EVENTS_STREAM)
+    seconds = result["duration_us"] / 1e6
+    n = result["requests"]
+    run = {
+        "requests": n,
+        "seconds": round(seconds, 2),
+        "rps": n / seconds,
+        "events_per_s": n * s.events / seconds,
+        "p50_ms": result["p50_us"] / 1000,
+        "p90_ms": result["p90_us"] / 1000,
+        "p99_ms": result["p99_us"] / 1000,
+        "max_ms": result["max_us"] / 1000,
+        "non_2xx": result["status"],
+        "socket_errors": result["connect"] + result["read"] + result["write"] + result["timeout"],
+        "server_cpu_ms_per_req": 1000 * (cpu1 - cpu0) / max(n, 1),
+        "redis_cpu_ms_per_req": 1000 * (rcpu1 - rcpu0) / max(n, 1),
+        "queued": queued if s.server == "collector" else None,
+        "expected_min": n * s.events if s.server == "collector" else None,
+        "wrk": " ".join(shlex.quote(c) for c in cmd),
+    }
+    flag = ""
+    if s.server == "collector" and queued < n * s.events:
+        flag = f"  LOST: {queued} queued < {n * s.events}"
+    print(f"  {s.name:28} {run['rps']:8.0f} req/s  p50 {run['p50_ms']:6.2f} ms  p99 {run['p99_ms']:7.2f} ms  "
+          f"non-2xx {run['non_2xx']}  socket errors {run['socket_errors']}{flag}", file=sys.stderr)
+    return run
+
+
+def median_run(runs: list[dict]) -> dict:
+    out = dict(runs[0])
+    for key in ("rps", "events_per_s", "p50_ms", "p90_ms", "p99_ms", "server_cpu_ms_per_req", "redis_cpu_ms_per_req"):
+        out[key] = statistics.median(run[key] for run in runs)
+    for key in ("non_2xx", "socket_errors", "requests"):
+        out[key] = sum(run[key] for run in runs)
+    out["lost"] = any(run["queued"] is not None and run["queued"] < run["expected_min"] for run in runs)
+    return out
+
+
+def table(scenarios: list[Scenario], ratios: list[float], cpu_ratios: list[float], args) -> str:
+    lines = [
+        "| scenario | server | events/request | requests/s | events/s | p50 ms | p99 ms | non-2xx | socket errors "
+        "| server CPU ms/request | all events queued |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for s in scenarios:
+        m = median_run(s.runs)
+        queued = "n/a" if s.server == "bare" else ("NO" if m["lost"] else "yes")
+        lines.append(
+            f"| {s.name} | {s.server} | {s.events} | {m['rps']:,.0f} | {m['events_per_s']:,.0f} | "
+            f"{m['p50_ms']:.2f} | {m['p99_ms']:.2f} | {m['non_2xx']} | {m['socket_errors']} | "
+            f"{m['server_cpu_ms_per_req']:.2f} | {queued} |"
+        )
+    ratio = statistics.median(ratios)
+    verdict = "met" if ratio >= 0.7 else "NOT met"
+    lines.append("")
+    lines.append(f"Ratio collector/bare, 1-event body, requests/s: **{ratio:.2f}** (target >= 0.70: {verdict})"
+                 + (f"; per round: {', '.join(f'{x:.2f}' for x in ratios)}" if len(ratios) > 1 else ""))
+    lines.append(f"Ratio by server CPU per request (bare/collector, less sensitive to noise): "
+                 f"{statistics.median(cpu_ratios):.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Collector vs bare Flask throughput under the same gunicorn settings.")
+    parser.add_argument("--duration", type=int, default=15, help="seconds per measured scenario [15]")
+    parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up before each scenario [3]")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections [32]")
+    parser.add_argument("--wrk-threads", type=int, default=2, help="wrk threads [2]")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="gunicorn workers [cores]")
+    parser.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker [4, as the CLI]")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat every scenario; medians are reported [1]")
+    parser.add_argument("--redis-url", default=DEFAULT_REDIS, help=f"[{DEFAULT_REDIS}]")
+    parser.add_argument("--wrk", default=shutil.which("wrk") or "wrk")
+    parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
+    args = parser.parse_args(argv)
+    if not shutil.which(args.wrk):
+        raise SystemExit("wrk is not installed: apt-get install -y wrk")
+    command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
+
+    r = redis.Redis.from_url(args.redis_url)
+    pixel_id = registry.create_pixel(r, ADVERTISER, [DOMAIN])
+    token = registry.create_token(r, ADVERTISER, ["events"])
+    folder = Path(tempfile.mkdtemp(prefix="ct-collector-bench-"))
+    env = dict(os.environ, CLICKTRAIL_REDIS_URL=args.redis_url, CLICKTRAIL_STREAM_MAX_LEN="1000000000",
+               CLICKTRAIL_DATA_DIR=str(folder / "data"))
+    procs: dict[str, subprocess.Popen] = {}
+    try:
+        ports = {"collector": free_port(), "bare": free_port()}
+        procs["collector"] = subprocess.Popen(
+            [*clicktrail_cmd(), "collector", "--bind", f"127.0.0.1:{ports['collector']}",
+             "--workers", str(args.workers), "--threads", str(args.threads)],
+            env=env, cwd=ROOT, start_new_session=True)
+        procs["bare"] = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "bare_app.py"), "--bind", f"127.0.0.1:{ports['bare']}",
+             "--workers", str(args.workers), "--threads", str(args.threads), "--data-dir", str(folder / "data")],
+            env=env, cwd=ROOT, start_new_session=True)
+        wait_up(ports["collector"], "/healthz", procs["collector"])
+        wait_up(ports["bare"], "/healthz", procs["bare"])
+
+        rng = random.Random(7)
+        now_ms = int(time.time() * 1000)
+        browser_headers = {"Content-Type": "text/plain;charset=UTF-8", "Origin": ORIGIN}
+        api_headers = {"Content-Type": "application/json", "Access-Token": token}
+        one = browser_body(1, now_ms, rng)
+        scenarios = [
+            Scenario("bare, 1-event browser body", "bare", f"/e/{pixel_id}", one, browser_headers, 1),
+            Scenario("browser, 1 event", "collector", f"/e/{pixel_id}", one, browser_headers, 1),
+            Scenario("browser, 20 events", "collector", f"/e/{pixel_id}", browser_body(20, now_ms, rng),
+                     browser_headers, 20),
+            Scenario("Events API, 100 events", "collector", "/open_api/v1.3/event/track/",
+                     events_api_body(pixel_id, 100, now_ms // 1000, rng), api_headers, 100),
+        ]
+        luas = {}
+        for s in scenarios:
+            check_sample(ports[s.server], s)
+            luas[s.name] = write_lua(folder, s)
+        r.unlink(keys.EVENTS_STREAM)
+        print(f"collector :{ports['collector']} and bare :{ports['bare']} up, {args.workers} workers x "
+              f"{args.threads} threads each; samples accepted; measuring {args.duration}s per scenario",
+              file=sys.stderr)
+
+        ratios, cpu_ratios = [], []
+        for round_no in range(args.rounds):
+            print(f"round {round_no + 1}/{args.rounds}", file=sys.stderr)
+            # Alternate which of the pair goes first, so drift in the machine's load does not favour one.
+            order = scenarios if round_no % 2 == 0 else [scenarios[1], scenarios[0], *scenarios[2:]]
+            for s in order:
+                s.runs.append(measure(args, r, procs, ports, s, luas[s.name]))
+            bare, coll = scenarios[0].runs[-1], scenarios[1].runs[-1]
+            ratios.append(coll["rps"] / bare["rps"])
+            cpu_ratios.append(bare["server_cpu_ms_per_req"] / coll["server_cpu_ms_per_req"])
+
+        report = table(scenarios, ratios, cpu_ratios, args)
+        when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        print()
+        print(f"Collector bench, {when}, {os.cpu_count()} cores; gunicorn {args.workers} workers x {args.threads} "
+              f"threads (gthread, production options); wrk {args.wrk_threads} threads, {args.connections} "
+              f"connections, {args.duration}s per scenario after {args.warmup}s warm-up, {args.rounds} round(s).")
+        print()
+        print(report)
+        print()
+        print(f"Command: `{command}`")
+        print(f"wrk, e.g.: `{scenarios[1].runs[-1]['wrk']}`")
+        if args.json:
+            Path(args.json).write_text(json.dumps({
+                "date": when, "cores": os.cpu_count(), "command": command, "workers": args.workers,
+                "threads": args.threads, "connections": args.connections, "wrk_threads": args.wrk_threads,
+                "duration_s": args.duration, "warmup_s": args.warmup, "rounds": args.rounds,
+                "ratio_1_event": statistics.median(ratios), "ratios": ratios,
+                "cpu_ratio_1_event": statistics.median(cpu_ratios),
+                "scenarios": [{"name": s.name, "server": s.server, "events_per_request": s.events,
+                               "body_bytes": len(s.body), "median": median_run(s.runs), "runs": s.runs}
+                              for s in scenarios],
+            }, indent=2))
+        failed = any(median_run(s.runs)["non_2xx"] or median_run(s.runs)["lost"] for s in scenarios)
+        return 1 if failed else 0
+    finally:
+        for proc in procs.values():
+            stop(proc)
+        r.unlink(keys.EVENTS_STREAM)
+        r.hdel(keys.PIXELS, pixel_id)
+        r.hdel(keys.TOKENS, hashlib.sha256(token.encode()).hexdigest())
+        r.hdel(keys.ADVERTISERS, ADVERTISER)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
