@@ -29,6 +29,7 @@ import http.client
 import json
 import os
 import random
+import re
 import shlex
 import shutil
 import signal
@@ -252,10 +253,11 @@ def run_wrk(args, port: int, s: Scenario, lua: Path, seconds: int) -> tuple[dict
 
 
 def write_lua(folder: Path, s: Scenario) -> Path:
-    body_path = folder / f"{s.name}.body"
+    slug = re.sub(r"[^a-z0-9]+", "-", s.name.lower()).strip("-")
+    body_path = folder / f"{slug}.body"
     body_path.write_bytes(s.body)
     headers = "\n".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in s.headers.items())
-    lua = folder / f"{s.name}.lua"
+    lua = folder / f"{slug}.lua"
     lua.write_text(_LUA.format(body_path=json.dumps(str(body_path)), headers=headers))
     return lua
 
@@ -313,8 +315,8 @@ def median_run(runs: list[dict]) -> dict:
 def table(scenarios: list[Scenario], ratios: list[float], cpu_ratios: list[float], args) -> str:
     lines = [
         "| scenario | server | events/request | requests/s | events/s | p50 ms | p99 ms | non-2xx | socket errors "
-        "| server CPU ms/request | all events queued |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| server CPU ms/request | Redis CPU ms/request | all events queued |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for s in scenarios:
         m = median_run(s.runs)
@@ -322,7 +324,7 @@ def table(scenarios: list[Scenario], ratios: list[float], cpu_ratios: list[float
         lines.append(
             f"| {s.name} | {s.server} | {s.events} | {m['rps']:,.0f} | {m['events_per_s']:,.0f} | "
             f"{m['p50_ms']:.2f} | {m['p99_ms']:.2f} | {m['non_2xx']} | {m['socket_errors']} | "
-            f"{m['server_cpu_ms_per_req']:.2f} | {queued} |"
+            f"{m['server_cpu_ms_per_req']:.2f} | {m['redis_cpu_ms_per_req']:.3f} | {queued} |"
         )
     ratio = statistics.median(ratios)
     verdict = "met" if ratio >= 0.7 else "NOT met"
