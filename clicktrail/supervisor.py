@@ -33,10 +33,25 @@ def _prepare(settings: dict, start_services: bool) -> None:
     print(f"{'schema':<11} version {schema.current_version(client, clickhouse.database_of(url))}", flush=True)
 
 
+def _wait_healthy(url: str, proc: subprocess.Popen, seconds: float = 30.0) -> None:
+    """Return once the collector answers, so "Ready" is printed only when it is."""
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    log.error("the collector did not answer at %s", url)
+
+
 def up(settings: dict, *, bind: str, sinks: int, start_services: bool) -> None:
     _prepare(settings, start_services)
     children: list[tuple[str, subprocess.Popen]] = [("collector", _start("collector", ["collector", "--bind", bind]))]
     children += [(f"sink-{i + 1}", _start("sink", ["sink"])) for i in range(sinks)]
+    _wait_healthy(f"http://{bind}/healthz", children[0][1])
     print(f"{'collector':<11} http://{bind} (public URL {settings['PUBLIC_URL']})", flush=True)
     print(f"{'sinks':<11} {sinks} reading the Redis stream into ClickHouse", flush=True)
     print("Ready. Register a pixel: clicktrail pixel create --advertiser ADV --domain shop.example.com", flush=True)

@@ -43,7 +43,7 @@
     ids, // {ttp, ttclid, fresh}: made on first use, so an early disableCookie() is honoured
     NONE = {v: {}, p: Promise.resolve({})},
     user0 = NONE, // identity from ttq.identify(); instance(id).identify() sets p.u
-    lastUrl = loc.href, // URL of the last PageView: SPA dedup, and the next one's referrer
+    lastUrl, // here() at the last PageView: SPA dedup, and the next one's referrer
     ref = d.referrer,
     flushT = 0,
     retryT = 0,
@@ -58,6 +58,10 @@
   var PARAMS = 'contents content_ids content_id content_type content_name content_category price quantity brand value currency query search_string description order_id status customer_type'.split(' ');
 
   var now = () => Date.now();
+  // The URL for PageView purposes: without an in-page anchor (#section), but with a
+  // hash route (#/path or #!path), which single-page apps navigate by.
+  var here = () => loc.href.replace(/#(?![/!]).*/, '');
+  lastUrl = here();
   var log = (kind, ...a) => dbg && console[kind]('[ttq]', ...a);
   var oops = e => log('warn', 'error', e);
 
@@ -165,9 +169,9 @@
     if (typeof name != 'string' || !name) return log('warn', 'bad event', name);
     opts = opts || {};
     var url = loc.href;
-    if (name == 'PageView' && url != lastUrl) {
+    if (name == 'PageView' && here() != lastUrl) {
       ref = lastUrl;
-      lastUrl = url;
+      lastUrl = here();
     }
     if (consent == 3) return log('log', 'revoked', name);
     if (opts.pixel_code) targets = [byId[opts.pixel_code]].filter(Boolean);
@@ -258,7 +262,7 @@
       body, // a string body goes as text/plain;charset=UTF-8: no CORS preflight
       // keepalive lets the request outlive the page, but only for small bodies (64 KB in all).
       keepalive: new Blob([body]).size < 6e4,
-      credentials: 'include', // so a first-party collector can set _ttp
+      credentials: cookies ? 'include' : 'omit', // include: so a first-party collector can set _ttp
       mode: 'cors'
     }).then(
       // 429 and 5xx are worth retrying; any other answer (2xx, or a 4xx refusal) is final.
@@ -343,7 +347,7 @@
   var spaCheck = () => {
     spaT = spaT || setTimeout(guard(() => {
       spaT = 0;
-      if (loc.href != lastUrl) track(pixels.filter(p => p.o.auto_spa), now(), 'PageView');
+      if (here() != lastUrl) track(pixels.filter(p => p.o.auto_spa), now(), 'PageView');
     }), 0);
   };
 

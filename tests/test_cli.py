@@ -1,0 +1,88 @@
+"""The clicktrail command: results alone on stdout, clear errors, `up` running everything."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+from clicktrail import services
+from pixel import registry
+from tests.http import call
+from tests.servers import env_for
+
+
+def run(settings, *args, **overrides):
+    return subprocess.run([sys.executable, "-m", "clicktrail.cli", *args], env=env_for(settings, **overrides),
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_migrate_is_idempotent_and_prints_the_version(settings, ch):
+    from clicktrail.schema import MIGRATIONS
+
+    first, second = run(settings, "migrate"), run(settings, "migrate")
+    assert first.returncode == second.returncode == 0
+    assert first.stdout == second.stdout == f"{MIGRATIONS[-1].version}\n"
+
+
+def test_pixel_and_token_create_print_only_the_id(settings, r):
+    pixel = run(settings, "pixel", "create", "--advertiser", "acme", "--domain", "Shop.Example.com",
+                "--domain", "https://m.shop.example.com:8443/x")
+    assert pixel.returncode == 0
+    pixel_id = pixel.stdout.strip()
+    assert pixel.stdout == pixel_id + "\n" and len(pixel_id) == 20
+    assert registry.get_pixel(r, pixel_id)["domains"] == ["m.shop.example.com", "shop.example.com"]
+    token = run(settings, "token", "create", "--advertiser", "acme", "--scope", "events,reports")
+    assert token.returncode == 0 and token.stdout.startswith("ctk_")
+    assert registry.lookup_token(r, token.stdout.strip())["scopes"] == ["events", "reports"]
+    assert token.stdout.strip().encode() not in b"".join(v for v in r.hvals("ct:tokens"))  # only its hash
+
+
+def test_bad_arguments_fail_with_one_clear_line(settings, r):
+    scope = run(settings, "token", "create", "--advertiser", "acme", "--scope", "events,admin")
+    assert scope.returncode == 2 and scope.stdout == ""
+    assert "unknown scope admin" in scope.stderr and "events, reports, optimizer, adserver" in scope.stderr
+    domain = run(settings, "pixel", "create", "--advertiser", "acme", "--domain", "not a domain!")
+    assert domain.returncode == 2 and "is not a valid host name" in domain.stderr
+    advertiser = run(settings, "pixel", "create", "--advertiser", "a b", "--domain", "x.example")
+    assert advertiser.returncode == 2 and "advertiser 'a b' must be" in advertiser.stderr
+    config = run(settings, "migrate", REDIS_TIMEOUT_MS="fast")
+    assert config.returncode == 2 and "CLICKTRAIL_REDIS_TIMEOUT_MS must be an integer" in config.stderr
+
+
+def test_up_runs_everything_until_interrupted(settings, r, ch, ch_database):
+    port = services.free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "clicktrail.cli", "up", "--bind", f"127.0.0.1:{port}"],
+                            env=env_for(settings), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if line.startswith("Press Ctrl-C") or not line:
+                break
+        out = "".join(lines)
+        assert f"collector   http://127.0.0.1:{port}" in out
+        assert "redis       127.0.0.1:6379 (already running)" in out
+        assert "schema      version" in out
+        pixel_id = registry.create_pixel(r, "acme", ["shop.example"])
+        body = {"events": [{"event": "PageView", "event_id": "up-1", "page": {"url": "https://shop.example/"}}]}
+        deadline = time.monotonic() + 20
+        reply = None
+        while time.monotonic() < deadline:
+            reply = call("POST", f"http://127.0.0.1:{port}/e/{pixel_id}", json.dumps(body).encode())
+            if reply.status == 200:
+                break
+            time.sleep(0.2)
+        assert reply.status == 200
+        while time.monotonic() < deadline:
+            if ch.execute(f"SELECT count() FROM {ch_database}.events_unique")[0][0] == 1:
+                break
+            time.sleep(0.2)
+        assert ch.execute(f"SELECT event_id FROM {ch_database}.events_unique") == [("up-1",)]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert "stopped collector" in rest and "stopped sink-1" in rest
