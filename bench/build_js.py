@@ -9,6 +9,7 @@ are committed; the collector serves them and never needs Node.js or rjsmin at ru
     python bench/build_js.py           # rewrite the .min.js files
     python bench/build_js.py --check   # exit 1 if a .min.js file is out of date
 """
+
 from __future__ import annotations
 
 import sys

@@ -3,6 +3,7 @@
 
 Budgets: stub <= 700 B gzip, SDK <= 4096 B gzip. Exit status 1 when one is over.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -23,7 +24,9 @@ def main() -> int:
         data = (JS_DIR / name).read_bytes()
         gz = gzip_size(data)
         over |= gz > budget
-        print(f"{name:12} {len(data):6} B min  {gz:5} B gzip  (budget {budget} B gzip){'  OVER' if gz > budget else ''}")
+        print(
+            f"{name:12} {len(data):6} B min  {gz:5} B gzip  (budget {budget} B gzip){'  OVER' if gz > budget else ''}"
+        )
     return 1 if over else 0
 
 

@@ -3,6 +3,7 @@
 Register with `app.register_blueprint(bp)`. The body is the committed static/js/ct.min.js;
 its gzip form is computed once, here, at import.
 """
+
 from __future__ import annotations
 
 import gzip

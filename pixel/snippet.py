@@ -3,12 +3,13 @@
 The JavaScript lives in static/js/ (stub.js, ct.js); bench/build_js.py writes the minified
 .min.js files next to them, which are committed, so nothing here needs Node.js or a minifier.
 """
+
 from __future__ import annotations
 
 import hashlib
 import html
 import re
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -17,7 +18,7 @@ JS_DIR = Path(__file__).resolve().parent.parent / "static" / "js"
 PIXEL_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _read(name: str) -> bytes:
     return (JS_DIR / name).read_bytes()
 
@@ -39,8 +40,7 @@ SDK_VERSION = hashlib.sha256(sdk_source()).hexdigest()[:12]
 def validate_pixel_id(pixel_id: str) -> str:
     if not isinstance(pixel_id, str) or not PIXEL_ID_RE.fullmatch(pixel_id):
         raise ValueError(
-            f"invalid pixel id {pixel_id!r}: use 1 to 64 characters, "
-            "each a letter, a digit, '_' or '-'"
+            f"invalid pixel id {pixel_id!r}: use 1 to 64 characters, each a letter, a digit, '_' or '-'"
         )
     return pixel_id
 
@@ -56,7 +56,9 @@ def _collector_base(collector_url: str) -> str:
             "without query or fragment, e.g. https://t.example.com"
         )
     if any(ch.isspace() or ord(ch) < 0x20 for ch in url):
-        raise ValueError(f"invalid collector URL {collector_url!r}: contains whitespace or control characters")
+        raise ValueError(
+            f"invalid collector URL {collector_url!r}: contains whitespace or control characters"
+        )
     return url
 
 

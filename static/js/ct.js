@@ -49,6 +49,7 @@
     retryT = 0,
     retryN = 0,
     spaT = 0,
+    hooked = 0, // history methods wrapped (auto_spa)
     busy = 0, // a POST from the stored queue is in flight
     handlers = {},
     readyFns = [];
@@ -353,8 +354,8 @@
 
   var hookSpa = () => {
     var h = history;
-    if (h._ct) return;
-    h._ct = 1;
+    if (hooked) return;
+    hooked = 1;
     ['pushState', 'replaceState'].forEach(m => {
       var orig = h[m];
       h[m] = function () {
