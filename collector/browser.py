@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 
 from flask import Blueprint, Response, jsonify, request
 
@@ -16,6 +17,7 @@ bp = Blueprint("browser", __name__)
 
 # The smallest transparent GIF: 1x1, one colour, transparent.
 GIF = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+_COOKIE_SAFE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _IMAGE_FIELDS = {"ev", "eid", "ts", "url", "ref", "ttp", "ttclid", "value", "currency", "order_id", "tec", "noscript"}
 
 
@@ -81,12 +83,35 @@ def browser_events(pixel_id: str):
         ctx = _context(pixel_id, "browser", received, intake.skew_ms(sent_at, received))
         records, rejections = parse_events(events, ctx)
         reasons = [r.reason for r in rejections]
-        svc.buffer.append(pixel_id, records, host=_site_host(events), rejected=reasons)
+        appended = svc.buffer.append(pixel_id, records, host=_site_host(events), rejected=reasons)
     except RequestError as exc:
         return _cors(_error(exc, "browser"))
     _count("browser", len(records), reasons)
-    status = 200 if records or not rejections else 400
-    return _cors(jsonify(accepted=len(records), rejected=[r.to_dict() for r in rejections])), status
+    response = jsonify(accepted=len(records), rejected=[r.to_dict() for r in rejections])
+    response.status_code = 200 if records or not rejections else 400
+    _first_party_cookie(response, appended.site_domain, records)
+    return _cors(response)
+
+
+#: TikTok keeps _ttp for 13 months from its last use.
+TTP_MAX_AGE_S = 396 * 86400
+
+
+def _first_party_cookie(response: Response, site_domain: str, records: list[dict]) -> None:
+    """Refresh ``_ttp`` with Set-Cookie when the collector is served from the site's own domain.
+
+    Safari caps cookies written by script at 7 days but not those set by the site's server, so a
+    collector on a subdomain of the site (t.shop.example for shop.example) keeps the browser id
+    for its full 13 months. Not HttpOnly: the pixel reads the id it sends.
+    """
+    collector_host = intake.host_of("//" + request.host)
+    if not site_domain or not (collector_host == site_domain or collector_host.endswith("." + site_domain)):
+        return
+    ttp = next((r["ttp"] for r in records if r.get("ttp")), "")
+    if not ttp or not _COOKIE_SAFE.match(ttp):
+        return
+    response.set_cookie("_ttp", ttp, max_age=TTP_MAX_AGE_S, domain=site_domain, path="/",
+                        secure=request.is_secure, httponly=False, samesite="Lax")
 
 
 @bp.route("/e/<pixel_id>", methods=["OPTIONS"])

@@ -7,6 +7,8 @@ counts the rejected ones for diagnostics. One call per request, whatever the bat
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import orjson
 import redis
 
@@ -21,6 +23,7 @@ local raw = redis.call('HGET', KEYS[2], ARGV[1])
 if not raw then return {'unknown_pixel'} end
 local pixel = cjson.decode(raw)
 local adv = pixel['advertiser_id']
+local matched = ''
 if ARGV[3] ~= '' then
   local tok = redis.call('HGET', KEYS[3], ARGV[3])
   if not tok then return {'bad_token'} end
@@ -32,14 +35,13 @@ if ARGV[3] ~= '' then
 end
 if ARGV[2] ~= '' then
   local host = ARGV[2]
-  local allowed = false
   for _, d in ipairs(pixel['domains']) do
     if host == d or (#host > #d and string.sub(host, -(#d + 1)) == '.' .. d) then
-      allowed = true
+      matched = d
       break
     end
   end
-  if not allowed then return {'domain_not_allowed'} end
+  if matched == '' then return {'domain_not_allowed'} end
 end
 if ARGV[5] ~= '' then
   for _, reason in ipairs(cjson.decode(ARGV[5])) do
@@ -54,8 +56,13 @@ if n > 0 then
     redis.call('XADD', KEYS[1], '*', 'a', adv, 'd', ARGV[i])
   end
 end
-return {'ok', adv}
+return {'ok', adv, matched}
 """
+
+
+class Appended(NamedTuple):
+    advertiser_id: str
+    site_domain: str  # the pixel's registered domain the request's site matched ("" when not checked)
 
 
 class EventBuffer:
@@ -75,8 +82,8 @@ class EventBuffer:
         host: str = "",
         token_hash: str = "",
         rejected: list[str] | None = None,
-    ) -> str:
-        """Queue ``records`` for ``pixel_id`` and return the pixel's advertiser id.
+    ) -> Appended:
+        """Queue ``records`` for ``pixel_id``; return its advertiser and the site domain that matched.
 
         Raises:
             NotFound: the pixel is not registered.
@@ -94,7 +101,7 @@ class EventBuffer:
             ) from exc
         status = result[0].decode()
         if status == "ok":
-            return result[1].decode()
+            return Appended(result[1].decode(), result[2].decode())
         raise _ERRORS[status](pixel_id, host)
 
     @property

@@ -235,3 +235,17 @@ def test_browser_and_server_copies_count_once(client, tenant, sink, ch, ch_datab
         "GROUP BY advertiser_id, pixel_id, event, event_id)"
     )[0]
     assert count == 1
+
+
+def test_collector_on_the_sites_own_domain_sets_the_browser_id_cookie(client, tenant):
+    body = {"events": [{"event": "PageView", "event_id": "fp-1", "ttp": "ABC123xyz",
+                        "page": {"url": "https://www.shop.example/"}}]}
+    first_party = client.post(f"/e/{tenant.pixel_id}", data=json.dumps(body), base_url="https://t.shop.example",
+                              headers={"Origin": "https://www.shop.example"})
+    cookie = first_party.headers["Set-Cookie"]
+    assert cookie.startswith("_ttp=ABC123xyz;")
+    assert "Domain=shop.example" in cookie and "Max-Age=34214400" in cookie and "Secure" in cookie
+    assert "HttpOnly" not in cookie
+    third_party = client.post(f"/e/{tenant.pixel_id}", data=json.dumps(body), base_url="https://collector.other",
+                              headers={"Origin": "https://www.shop.example"})
+    assert "Set-Cookie" not in third_party.headers
