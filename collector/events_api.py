@@ -62,6 +62,13 @@ def _envelope(body: object, limit: int) -> tuple[str, list, str]:
     return pixel_id.strip(), data, code
 
 
+def _seconds_to_ms(value: object) -> object:
+    """``sent_at`` (a clicktrail extension: the sender's clock at sending) is in unix seconds, as event_time."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value * 1000
+    return value
+
+
 def _reply(status: int, code: int, message: str, request_id: str, data: dict | None = None):
     response = jsonify(code=code, message=message, request_id=request_id, data=data or {})
     response.status_code = status
@@ -79,9 +86,7 @@ def track():
         received = intake.now_ms()
         body = intake.read_json(request, s["MAX_INFLATED_BYTES"])
         pixel_id, data, test_code = _envelope(body, s["MAX_SERVER_EVENTS"])
-        sent_at = body.get("sent_at")  # optional extension, unix seconds: corrects the sender's clock
-        skew = intake.skew_ms(sent_at * 1000 if isinstance(sent_at, (int, float)) and not isinstance(sent_at, bool)
-                              else sent_at, received)
+        skew = intake.skew_ms(_seconds_to_ms(body.get("sent_at")), received, "seconds")
         ctx = Context(pixel_id=pixel_id, source="server", received_ms=received, skew_ms=skew, ip="",
                       user_agent="", max_age_ms=s["MAX_EVENT_AGE_S"] * 1000,
                       max_future_ms=s["MAX_FUTURE_S"] * 1000, test_event_code=test_code)

@@ -69,10 +69,10 @@ def host_of(url: str) -> str:
         return ""
 
 
-def skew_ms(sent_at: object, received_ms: int, field: str = "sent_at") -> int:
-    """Return how far the client's clock runs ahead of ours, from its send timestamp in ms."""
+def skew_ms(sent_at: object, received_ms: int, unit: str = "milliseconds") -> int:
+    """Return how far the client's clock runs ahead of ours, from its send timestamp (in ms by now)."""
     if sent_at is None:
         return 0
     if isinstance(sent_at, bool) or not isinstance(sent_at, (int, float)) or sent_at < 10**11:
-        raise BadRequest("sent_at must be unix time in milliseconds", field=field, code="invalid_field")
+        raise BadRequest(f"sent_at must be unix time in {unit}", field="sent_at", code="invalid_field")
     return int(sent_at) - received_ms

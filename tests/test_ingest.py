@@ -249,3 +249,14 @@ def test_collector_on_the_sites_own_domain_sets_the_browser_id_cookie(client, te
     third_party = client.post(f"/e/{tenant.pixel_id}", data=json.dumps(body), base_url="https://collector.other",
                               headers={"Origin": "https://www.shop.example"})
     assert "Set-Cookie" not in third_party.headers
+
+
+def test_server_clock_skew_is_corrected_from_sent_at(client, tenant, sink, ch, ch_database):
+    now = time.time()
+    body = {"event_source": "web", "event_source_id": tenant.pixel_id, "sent_at": now + 3600,  # an hour fast
+            "data": [{"event": "Lead", "event_id": "skewed", "event_time": int(now + 3600 - 10)}]}
+    resp = client.post("/open_api/v1.3/event/track/", json=body, headers={"Access-Token": tenant.token})
+    assert resp.status_code == 200
+    sink.drain()
+    (row,) = stored(ch, ch_database)
+    assert abs(row["received_ms"] - row["event_ms"] - 10_000) < 1500
