@@ -46,7 +46,20 @@ import orjson
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+
+
+def _code_dir(argv: list[str]) -> Path:
+    """The source tree to run: --code DIR (e.g. `git archive HEAD | tar -x -C DIR`), else this checkout."""
+    for i, arg in enumerate(argv):
+        if arg == "--code" and i + 1 < len(argv):
+            return Path(argv[i + 1]).resolve()
+        if arg.startswith("--code="):
+            return Path(arg.split("=", 1)[1]).resolve()
+    return ROOT
+
+
+CODE = _code_dir(sys.argv)
+sys.path.insert(0, str(CODE))
 
 from clicktrail import keys  # noqa: E402
 from clicktrail.services import free_port  # noqa: E402
@@ -200,6 +213,18 @@ def tree_cpu_s(pid: int) -> float:
     return total / tick
 
 
+def queued_events(r: redis.Redis) -> int:
+    """Events in the stream: one entry per event, or one per request with its count in field ``n``.
+
+    Every request of a scenario carries the same body, so one entry's count stands for all.
+    """
+    length = r.xlen(keys.EVENTS_STREAM)
+    first = r.xrange(keys.EVENTS_STREAM, count=1)
+    if not first:
+        return 0
+    return length * int(first[0][1].get(b"n", 1))
+
+
 def redis_cpu_s(r: redis.Redis) -> float:
     info = r.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
@@ -273,7 +298,7 @@ def measure(args, r: redis.Redis, procs: dict, ports: dict, s: Scenario, lua: Pa
     result, cmd = run_wrk(args, port, s, lua, args.duration)
     cpu1, rcpu1 = tree_cpu_s(procs[s.server].pid), redis_cpu_s(r)
     time.sleep(0.5)  # requests in flight when wrk stopped still land
-    queued = r.xlen(keys.EVENTS_STREAM)
+    queued = queued_events(r)
     r.unlink(keys.EVENTS_STREAM)
     seconds = result["duration_us"] / 1e6
     n = result["requests"]
@@ -347,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="repeat every scenario; medians are reported [1]")
     parser.add_argument("--redis-url", default=DEFAULT_REDIS, help=f"[{DEFAULT_REDIS}]")
     parser.add_argument("--wrk", default=shutil.which("wrk") or "wrk")
+    parser.add_argument("--code", metavar="DIR", help="run this source tree (an export of a commit) instead of "
+                        "the checkout this script is in")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
     args = parser.parse_args(argv)
     if not shutil.which(args.wrk):
@@ -359,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(tempfile.mkdtemp(prefix="ct-collector-bench-"))
     env = dict(os.environ, CLICKTRAIL_REDIS_URL=args.redis_url, CLICKTRAIL_STREAM_MAX_LEN="1000000000",
                CLICKTRAIL_DATA_DIR=str(folder / "data"))
+    if CODE != ROOT:  # the servers import clicktrail and collector from there (PYTHONPATH precedes the editable install)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(CODE), os.environ.get("PYTHONPATH", "")) if p)
     procs: dict[str, subprocess.Popen] = {}
     try:
         ports = {"collector": free_port(), "bare": free_port()}
@@ -411,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(f"Collector bench, {when}, {os.cpu_count()} cores; gunicorn {args.workers} workers x {args.threads} "
               f"threads (gthread, production options); wrk {args.wrk_threads} threads, {args.connections} "
-              f"connections, {args.duration}s per scenario after {args.warmup}s warm-up, {args.rounds} round(s).")
+              f"connections, {args.duration}s per scenario after {args.warmup}s warm-up, {args.rounds} round(s); "
+              f"code: {CODE}.")
         print()
         print(report)
         print()
@@ -419,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrk, e.g.: `{scenarios[1].runs[-1]['wrk']}`")
         if args.json:
             Path(args.json).write_text(json.dumps({
-                "date": when, "cores": os.cpu_count(), "command": command, "workers": args.workers,
+                "date": when, "cores": os.cpu_count(), "command": command, "code": str(CODE), "workers": args.workers,
                 "threads": args.threads, "connections": args.connections, "wrk_threads": args.wrk_threads,
                 "duration_s": args.duration, "warmup_s": args.warmup, "rounds": args.rounds,
                 "ratio_1_event": statistics.median(ratios), "ratios": ratios,

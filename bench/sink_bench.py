@@ -8,8 +8,10 @@ then for each K in --sinks:
 
 1. deletes the stream ``ct:events`` (and its consumer group) in Redis DB 3 and truncates
    ``ct_bench.events``;
-2. queues the N entries with pipelined XADD, fields ``a`` (advertiser id) and ``d`` (orjson record),
-   as ``collector/buffer.py`` does;
+2. queues the N events with pipelined XADD in the entry format ``collector/buffer.py`` writes (learnt
+   by queueing one probe request through the real ``EventBuffer``): one entry per event with fields
+   ``a`` (advertiser id) and ``d`` (orjson record), or one entry per request with ``a``, ``n`` (event
+   count) and ``d`` (orjson array of records);
 3. starts K ``clicktrail sink`` processes (CLICKTRAIL_REDIS_URL / CLICKTRAIL_CLICKHOUSE_URL pointed at
    DB 3 / ct_bench) and times them from their start until XLEN is 0 and XPENDING is 0;
 4. stops them (SIGTERM) and checks ``SELECT count() FROM ct_bench.events_unique`` equals N and that
@@ -17,6 +19,9 @@ then for each K in --sinks:
 
 Prints a Markdown table (K, events, seconds, events/s), with CPU seconds spent by the sinks, Redis and
 ClickHouse during the run. Target: 100,000 events/s.
+
+``--code DIR`` runs another source tree (e.g. ``git archive HEAD | tar -x -C DIR``) to compare
+versions; ``--profile`` runs ``Sink.run_once`` in this process instead and prints where the time goes.
 
 Needs the schema: ``CLICKTRAIL_CLICKHOUSE_URL=clickhouse://127.0.0.1:19000/ct_bench clicktrail migrate``.
 
@@ -46,7 +51,20 @@ import orjson
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+
+
+def _code_dir(argv: list[str]) -> Path:
+    """The source tree to run: --code DIR (e.g. `git archive HEAD | tar -x -C DIR`), else this checkout."""
+    for i, arg in enumerate(argv):
+        if arg == "--code" and i + 1 < len(argv):
+            return Path(argv[i + 1]).resolve()
+        if arg.startswith("--code="):
+            return Path(arg.split("=", 1)[1]).resolve()
+    return ROOT
+
+
+CODE = _code_dir(sys.argv)
+sys.path.insert(0, str(CODE))
 
 from clicktrail import clickhouse, keys  # noqa: E402
 from pixel.events import Context, parse_events  # noqa: E402
@@ -195,17 +213,17 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def build_entries(n: int, seed: int = 1) -> list[tuple[bytes, bytes]]:
-    """``n`` (advertiser id, orjson record) pairs built by ``parse_events`` as the collector would."""
+def build_requests(n: int, seed: int = 1) -> list[tuple[bytes, list[dict]]]:
+    """Simulated requests holding ``n`` events in all: (advertiser id, records built by ``parse_events``)."""
     rng = random.Random(seed)
     pop = Population(rng)
     now_ms = int(time.time() * 1000)
-    out: list[tuple[bytes, bytes]] = []
+    out: list[tuple[bytes, list[dict]]] = []
     serial = 0
-    while len(out) < n:
+    while serial < n:
         advertiser, pixel, host = rng.choice(pop.pixels)
         received = now_ms - rng.randint(0, 600_000)
-        batch = min(n - len(out), rng.choice([1, 1, 1, 2, 3, 5, 10, 20]))
+        batch = min(n - serial, rng.choice([1, 1, 1, 2, 3, 5, 10, 20]))
         raws = []
         server = rng.random() < 0.2
         for _ in range(batch):
@@ -247,20 +265,54 @@ def build_entries(n: int, seed: int = 1) -> list[tuple[bytes, bytes]]:
         records, rejections = parse_events(raws, ctx)
         if rejections:
             raise RuntimeError(f"generated events were rejected: {rejections[:3]}")
-        adv = advertiser.encode()
-        out.extend((adv, orjson.dumps(rec)) for rec in records)
+        out.append((advertiser.encode(), records))
     return out
+
+
+# -- the stream's entry format, learnt from the collector's own code -------------------------------
+
+
+def stream_format(r: redis.Redis) -> str:
+    """Queue one request through ``collector.buffer.EventBuffer`` and look at the entry it wrote.
+
+    "event": one entry per event, fields ``a`` and ``d`` (one record). "request": one entry per
+    request, fields ``a``, ``n`` and ``d`` (a JSON array of records). The bench then writes the same.
+    """
+    from collector.buffer import EventBuffer
+    from pixel import registry
+
+    pixel = registry.create_pixel(r, "bench-probe", ["bench.example"])
+    try:
+        r.delete(keys.EVENTS_STREAM)
+        EventBuffer(r, 10**9, 2).append(pixel, [{"event": "PageView", "n": 1}, {"event": "PageView", "n": 2}])
+        entries = r.xrange(keys.EVENTS_STREAM)
+    finally:
+        r.delete(keys.EVENTS_STREAM)
+        r.hdel(keys.PIXELS, pixel)
+        r.hdel(keys.ADVERTISERS, "bench-probe")
+    if len(entries) == 2 and set(entries[0][1]) == {b"a", b"d"}:
+        return "event"
+    if len(entries) == 1 and set(entries[0][1]) == {b"a", b"n", b"d"}:
+        return "request"
+    raise RuntimeError(f"unknown stream entry format written by collector/buffer.py: {entries!r}")
+
+
+def encode(requests: list[tuple[bytes, list[dict]]], fmt: str) -> list[dict]:
+    """The stream entries' fields, as collector/buffer.py writes them."""
+    if fmt == "event":
+        return [{b"a": adv, b"d": orjson.dumps(rec)} for adv, records in requests for rec in records]
+    return [{b"a": adv, b"n": str(len(records)).encode(), b"d": orjson.dumps(records)} for adv, records in requests]
 
 
 # -- Redis, ClickHouse, processes ----------------------------------------------------------------
 
 
-def queue(r: redis.Redis, entries: list[tuple[bytes, bytes]], chunk: int = 10_000) -> float:
+def queue(r: redis.Redis, entries: list[dict], chunk: int = 10_000) -> float:
     started = time.perf_counter()
     for start in range(0, len(entries), chunk):
         pipe = r.pipeline(transaction=False)
-        for adv, payload in entries[start:start + chunk]:
-            pipe.xadd(keys.EVENTS_STREAM, {"a": adv, "d": payload})
+        for fields in entries[start:start + chunk]:
+            pipe.xadd(keys.EVENTS_STREAM, fields)
         pipe.execute()
     return time.perf_counter() - started
 
@@ -323,16 +375,17 @@ def stop_all(procs: list[subprocess.Popen], timeout: float = 60.0) -> None:
             proc.wait(5)
 
 
-def run_once(args, r: redis.Redis, ch, database: str, entries, k: int, env: dict, ch_pid: int | None) -> dict:
-    n = len(entries)
+def run_once(args, r: redis.Redis, ch, database: str, entries: list[dict], n: int, k: int, env: dict,
+             ch_pid: int | None) -> dict:
+    m = len(entries)
     r.delete(keys.EVENTS_STREAM, keys.DEAD_LETTER_STREAM)
     ch.execute(f"TRUNCATE TABLE {database}.events")
     queue_s = queue(r, entries)
-    if r.xlen(keys.EVENTS_STREAM) != n:
-        raise RuntimeError(f"queued {r.xlen(keys.EVENTS_STREAM)} entries, expected {n}")
+    if r.xlen(keys.EVENTS_STREAM) != m:
+        raise RuntimeError(f"queued {r.xlen(keys.EVENTS_STREAM)} entries, expected {m}")
     mem = r.info("memory")["used_memory"]
-    print(f"K={k}: queued {n:,} entries in {queue_s:.1f}s ({n / queue_s:,.0f}/s, Redis {mem / 2**20:,.0f} MiB)",
-          file=sys.stderr)
+    print(f"K={k}: queued {n:,} events in {m:,} entries in {queue_s:.1f}s ({n / queue_s:,.0f} events/s, "
+          f"Redis {mem / 2**20:,.0f} MiB)", file=sys.stderr)
     time.sleep(1)
     procs: list[subprocess.Popen] = []
     cpu_redis0, cpu_ch0 = redis_cpu_s(r), cpu_s(ch_pid, children=False)
@@ -349,7 +402,7 @@ def run_once(args, r: redis.Redis, ch, database: str, entries, k: int, env: dict
             now = time.monotonic()
             for p in procs:
                 sink_cpu[p.pid] = max(sink_cpu[p.pid], cpu_s(p.pid, children=False))
-            if first_progress is None and (length < n or (waiting or 0) > 0):
+            if first_progress is None and (length < m or (waiting or 0) > 0):
                 first_progress = now
             if length == 0 and waiting == 0:
                 break
@@ -359,7 +412,7 @@ def run_once(args, r: redis.Redis, ch, database: str, entries, k: int, env: dict
                 raise RuntimeError(f"not drained after {args.timeout}s: {length} in stream, {waiting} pending")
             if now - last_print >= 5:
                 last_print = now
-                print(f"  {now - started:5.1f}s: {n - length:,} settled, {length:,} left, {waiting} pending",
+                print(f"  {now - started:5.1f}s: {m - length:,} entries settled, {length:,} left, {waiting} pending",
                       file=sys.stderr)
             time.sleep(0.05)
         elapsed = time.monotonic() - started
@@ -371,7 +424,7 @@ def run_once(args, r: redis.Redis, ch, database: str, entries, k: int, env: dict
     unique = ch.execute(f"SELECT count() FROM {database}.events_unique")[0][0]
     dead = r.xlen(keys.DEAD_LETTER_STREAM)
     result = {
-        "sinks": k, "events": n, "seconds": round(elapsed, 2), "events_per_s": n / elapsed,
+        "sinks": k, "events": n, "entries": m, "seconds": round(elapsed, 2), "events_per_s": n / elapsed,
         "seconds_from_first_read": round(steady, 2), "events_per_s_from_first_read": n / steady,
         "rows_inserted": stored, "events_unique": unique, "dead_letters": dead, "ok": unique == n and dead == 0,
         "sink_cpu_s": round(sum(sink_cpu.values()), 1), "redis_cpu_s": round(cpu_redis1 - cpu_redis0, 1),
@@ -381,6 +434,88 @@ def run_once(args, r: redis.Redis, ch, database: str, entries, k: int, env: dict
           f"rows {stored:,}, dead letters {dead}; CPU s: sinks {result['sink_cpu_s']}, Redis "
           f"{result['redis_cpu_s']}, ClickHouse {result['clickhouse_cpu_s']}", file=sys.stderr)
     return result
+
+
+def _drain(r: redis.Redis, sink) -> None:
+    while r.xlen(keys.EVENTS_STREAM) or pending(r):
+        sink.run_once()
+
+
+def profile(args, r: redis.Redis, ch, database: str, entries: list[dict], n: int) -> dict:
+    """Run ``sink.worker.Sink.run_once`` in this process over a pre-filled stream: phases, then cProfile."""
+    import cProfile
+    import io
+    import pstats
+    from collections import defaultdict
+
+    from clicktrail import config, redis_client
+    from clicktrail.lifecycle import StopFlag
+    from sink import worker
+
+    overrides = {"REDIS_URL": args.redis_url, "CLICKHOUSE_URL": args.clickhouse_url}
+    if args.batch_size:
+        overrides["SINK_BATCH_SIZE"] = args.batch_size
+    settings = config.load(overrides)
+
+    def fresh_sink():
+        r.delete(keys.EVENTS_STREAM, keys.DEAD_LETTER_STREAM)
+        ch.execute(f"TRUNCATE TABLE {database}.events")
+        queue(r, entries)
+        sink = worker.Sink(settings, redis_client.patient(args.redis_url), clickhouse.connect(args.clickhouse_url),
+                           database, StopFlag(), name="bench-profile")
+        sink.ensure_group()
+        return sink
+
+    # 1. Wall time per phase, with light wrappers (about 0.3 us per row for the row wrapper).
+    phases: dict[str, float] = defaultdict(float)
+
+    def timed(name, fn):
+        def wrapper(*a, **kw):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                phases[name] += time.perf_counter() - t
+        return wrapper
+
+    sink = fresh_sink()
+    sink._read_batch = timed("read: XREADGROUP + reply parsing", sink._read_batch)
+    for method in ("rows", "row"):  # per entry (one request) or per event, depending on the sink's version
+        if hasattr(sink.builder, method):
+            setattr(sink.builder, method, timed(f"rows: orjson.loads + enrichment (RowBuilder.{method})",
+                                                getattr(sink.builder, method)))
+            break
+    original_columns = worker.columns
+    worker.columns = timed("transpose rows to columns", worker.columns)
+    sink.ch.execute = timed("ClickHouse insert: driver serialisation + server", sink.ch.execute)
+    sink._settle = timed("settle: XACK + XDEL", sink._settle)
+    started = time.perf_counter()
+    try:
+        _drain(r, sink)
+    finally:
+        worker.columns = original_columns
+    wall = time.perf_counter() - started
+    phases["other (loop, reclaim, checks)"] = wall - sum(phases.values())
+    print(f"\nSink.run_once in one process, {n:,} events: {wall:.1f}s = {n / wall:,.0f} events/s "
+          f"(batch size {settings['SINK_BATCH_SIZE']})\n", file=sys.stderr)
+    print("| phase | seconds | us/event | share |\n|---|---:|---:|---:|", file=sys.stderr)
+    for name, secs in sorted(phases.items(), key=lambda kv: -kv[1]):
+        print(f"| {name} | {secs:.2f} | {secs / n * 1e6:.1f} | {secs / wall:.0%} |", file=sys.stderr)
+
+    # 2. cProfile (slows Python code about 2x; read it for proportions, not speed).
+    sink = fresh_sink()
+    prof = cProfile.Profile()
+    prof.enable()
+    _drain(r, sink)
+    prof.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out)
+    stats.sort_stats("tottime").print_stats(25)
+    stats.sort_stats("cumulative").print_stats(25)
+    print(out.getvalue(), file=sys.stderr)
+    r.delete(keys.EVENTS_STREAM, keys.DEAD_LETTER_STREAM)
+    return {"events": n, "seconds": wall, "events_per_s": n / wall,
+            "phases_us_per_event": {k: v / n * 1e6 for k, v in phases.items()}}
 
 
 def table(results: list[dict]) -> str:
@@ -408,6 +543,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clickhouse-url", default=DEFAULT_CLICKHOUSE, help=f"[{DEFAULT_CLICKHOUSE}]")
     parser.add_argument("--timeout", type=float, default=900, help="give up on a run after this many seconds [900]")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--code", metavar="DIR", help="run this source tree (an export of a commit) instead of "
+                        "the checkout this script is in")
+    parser.add_argument("--profile", action="store_true", help="instead of timing sink processes, run "
+                        "Sink.run_once in this process over the pre-filled stream: time per phase, then cProfile")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
     args = parser.parse_args(argv)
     command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
@@ -421,20 +560,39 @@ def main(argv: list[str] | None = None) -> int:
     ch_pid = listener_pid(int(ch_host_port.rsplit(":", 1)[1])) if ":" in ch_host_port else None
 
     t0 = time.perf_counter()
-    entries = build_entries(args.events, args.seed)
-    avg = sum(len(d) for _, d in entries) / len(entries)
-    print(f"built {len(entries):,} records with parse_events in {time.perf_counter() - t0:.1f}s "
-          f"(average record {avg:.0f} bytes)", file=sys.stderr)
+    requests = build_requests(args.events, args.seed)
+    fmt = stream_format(r)
+    entries = encode(requests, fmt)
+    n = sum(len(records) for _, records in requests)
+    avg = sum(len(fields[b"d"]) for fields in entries) / n
+    print(f"built {n:,} records with parse_events in {time.perf_counter() - t0:.1f}s: {len(requests):,} requests, "
+          f"stream format: one entry per {fmt} ({len(entries):,} entries, {avg:.0f} bytes of JSON per event)",
+          file=sys.stderr)
+
+    import sink as sink_package
+
+    sink_code = Path(sink_package.__file__).resolve().parent.parent
+    print(f"sink code: {sink_code}", file=sys.stderr)
+    if args.profile:
+        try:
+            result = profile(args, r, ch, database, entries, n)
+        finally:
+            r.delete(keys.EVENTS_STREAM, keys.DEAD_LETTER_STREAM)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"command": command, "code": str(sink_code), **result}, indent=2))
+        return 0
 
     folder = Path(tempfile.mkdtemp(prefix="ct-sink-bench-"))
     env = dict(os.environ, CLICKTRAIL_REDIS_URL=args.redis_url, CLICKTRAIL_CLICKHOUSE_URL=args.clickhouse_url,
                CLICKTRAIL_DATA_DIR=str(folder))
     if args.batch_size:
         env["CLICKTRAIL_SINK_BATCH_SIZE"] = str(args.batch_size)
+    if CODE != ROOT:  # the sinks import clicktrail and sink from there (PYTHONPATH precedes the editable install)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(CODE), os.environ.get("PYTHONPATH", "")) if p)
     results = []
     try:
         for k in sink_counts:
-            results.append(run_once(args, r, ch, database, entries, k, env, ch_pid))
+            results.append(run_once(args, r, ch, database, entries, n, k, env, ch_pid))
     finally:
         r.delete(keys.EVENTS_STREAM, keys.DEAD_LETTER_STREAM)
         shutil.rmtree(folder, ignore_errors=True)
@@ -442,14 +600,16 @@ def main(argv: list[str] | None = None) -> int:
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     batch = args.batch_size or "default (20000)"
     print()
-    print(f"Sink bench, {when}, {os.cpu_count()} cores (shared with Redis and ClickHouse); {len(entries):,} events "
-          f"(average record {avg:.0f} bytes), SINK_BATCH_SIZE {batch}.")
+    print(f"Sink bench, {when}, {os.cpu_count()} cores (shared with Redis and ClickHouse); {n:,} events "
+          f"({avg:.0f} bytes of JSON each) in {len(entries):,} stream entries (one per {fmt}), "
+          f"SINK_BATCH_SIZE {batch}; sink code: {sink_code}.")
     print()
     print(table(results))
     print()
     print(f"Command: `{command}`")
     if args.json:
         Path(args.json).write_text(json.dumps({"date": when, "cores": os.cpu_count(), "command": command,
+                                               "code": str(sink_code), "stream_format": fmt,
                                                "batch_size": args.batch_size, "average_record_bytes": avg,
                                                "results": results}, indent=2))
     return 0 if all(res["ok"] for res in results) else 1

@@ -33,7 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_SERVER_EVENTS": 1000,  # events per Events API body (TikTok's limit)
     "MAX_EVENT_AGE_S": 7 * 86400,  # older events are rejected
     "MAX_FUTURE_S": 86400,  # events further in the future are rejected
-    "STREAM_MAX_LEN": 5_000_000,  # entries; past this the collector sheds load with 503
+    "STREAM_MAX_LEN": 1_000_000,  # entries (one per request); past this the collector sheds load with 503
     "RETRY_AFTER_S": 2,
     # Privacy.
     "ANONYMIZE_IP": True,  # /24 for IPv4, /48 for IPv6

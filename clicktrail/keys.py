@@ -6,14 +6,16 @@ and so no other application's keys are ever touched.
 
 PREFIX = "ct:"
 
-#: Stream of accepted events, one entry per event: fields ``a`` (advertiser id) and ``d``
-#: (the event as JSON). The sink deletes entries once stored, so its length is the backlog.
+#: Stream of accepted events, one entry per accepted request: fields ``a`` (advertiser id),
+#: ``n`` (number of events) and ``d`` (the events as a JSON array). The sink deletes entries
+#: once stored, so its length is the backlog in requests.
 EVENTS_STREAM = PREFIX + "events"
 
 #: Consumer group of the sink workers on ``EVENTS_STREAM``.
 SINK_GROUP = "sink"
 
-#: Entries the sink gave up on: fields ``id`` (original entry id), ``reason``, ``a``, ``d``.
+#: What the sink gave up on: fields ``id`` (original entry id), ``index`` (the event's position in
+#: the entry, or ``*`` for the whole entry), ``reason``, ``consumer``, ``a`` and ``d`` (the events).
 DEAD_LETTER_STREAM = PREFIX + "events:dead"
 
 #: Hash pixel id -> JSON ``{"advertiser_id", "domains": [...], "created_at"}``.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 from typing import NamedTuple
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import unquote_plus
 
 from user_agents import parse as parse_ua
 
@@ -60,11 +60,22 @@ def make_agent_parser(cache_size: int):
     return lru_cache(maxsize=cache_size)(_parse_agent)
 
 
-@lru_cache(maxsize=65536)
 def anonymize_ip(text: str) -> str:
-    """Zero the host part: /24 of an IPv4 address, /48 of an IPv6 address."""
+    """Zero the host part: /24 of an IPv4 address, /48 of an IPv6 address.
+
+    The collector stored the address in canonical form, so IPv4 needs only string slicing;
+    the ipaddress module costs about 15 us a call, more than the rest of a row.
+    """
     if not text:
         return ""
+    if ":" not in text:
+        head, dot, _ = text.rpartition(".")
+        return head + ".0" if dot else ""
+    return _anonymize_ipv6(text)
+
+
+@lru_cache(maxsize=16384)
+def _anonymize_ipv6(text: str) -> str:
     try:
         address = ipaddress.ip_address(text)
     except ValueError:
@@ -79,23 +90,46 @@ class UrlParts(NamedTuple):
     params: dict[str, str]
 
 
-_EMPTY_URL = UrlParts("", "", {})
+EMPTY_URL = UrlParts("", "", {})
+_WANTED = frozenset(_UTM) | {"ttclid"}
 
 
 def split_url(url: str) -> UrlParts:
+    """Host, path and the parameters we extract (UTM, ttclid) of a URL.
+
+    A hand-written split: urllib's costs 8-15 us for a URL it has not seen, and the sink sees
+    mostly new URLs. Only ``scheme://host/path?query#fragment`` shapes matter here.
+    """
     if not url:
-        return _EMPTY_URL
-    try:
-        parts = urlsplit(url)
-        host = (parts.hostname or "").rstrip(".")
-    except ValueError:
-        return _EMPTY_URL
-    params: dict[str, str] = {}
-    query = parts.query
-    # Most URLs carry neither: skip the query parser for them.
-    if "utm_" in query or "ttclid" in query:
-        params = {k: v[0] for k, v in parse_qs(query).items() if k in _UTM or k == "ttclid"}
-    return UrlParts(host, parts.path, params)
+        return EMPTY_URL
+    start = url.find("://")
+    rest = url[start + 3 :] if start != -1 else url
+    cut = len(rest)
+    for mark in "/?#":
+        at = rest.find(mark, 0, cut)
+        if at != -1:
+            cut = at
+    netloc, tail = rest[:cut], rest[cut:]
+    hash_at = tail.find("#")
+    if hash_at != -1:
+        tail = tail[:hash_at]
+    path, _, query = tail.partition("?")
+    host = netloc.rpartition("@")[2]
+    if host.startswith("["):
+        host = host[1 : host.find("]")]
+    else:
+        host = host.partition(":")[0]
+    params = _params(query) if ("utm_" in query or "ttclid" in query) else {}
+    return UrlParts(host.rstrip(".").lower(), path, params)
+
+
+def _params(query: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for pair in query.split("&"):
+        key, _, value = pair.partition("=")
+        if key in _WANTED and key not in found:
+            found[key] = unquote_plus(value) if ("%" in value or "+" in value) else value
+    return found
 
 
 def click_id(record_ttclid: str, page: UrlParts, referrer: UrlParts) -> str:

@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from typing import NamedTuple
 
 import orjson
 
 from clicktrail.schema import EVENT_COLUMN_NAMES
-from sink import enrich
+from sink.enrich import EMPTY_URL, anonymize_ip, click_id, content_ids, make_agent_parser, split_url
+
+_dumps = orjson.dumps
 
 _MAX_U64 = 2**64 - 1
-_UTC = timezone.utc
 
 
 class PoisonEntry(Exception):
     """An entry that can never be stored (undecodable or malformed): it goes to the dead letters."""
 
 
-def _dt(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms // 1000, _UTC).replace(tzinfo=None)
+class Failure(NamedTuple):
+    """One event of an entry that cannot be stored, and why."""
 
-
-def _text(value) -> str:
-    return value if isinstance(value, str) else "" if value is None else str(value)
+    index: int
+    reason: str
+    record: object
 
 
 class RowBuilder:
@@ -30,68 +31,91 @@ class RowBuilder:
 
     def __init__(self, anonymize_ip: bool, ua_cache_size: int) -> None:
         self._anonymize = anonymize_ip
-        self._agent = enrich.make_agent_parser(ua_cache_size)
+        self._agent = make_agent_parser(ua_cache_size)
 
-    def row(self, entry_id: bytes, fields: dict) -> tuple:
-        """Return one row in ``EVENT_COLUMN_NAMES`` order, or raise ``PoisonEntry``."""
+    def rows(self, entry_id: bytes, fields: dict) -> tuple[list[tuple], list[int], list[Failure]]:
+        """Return the entry's rows in ``EVENT_COLUMN_NAMES`` order, their indexes, and failures.
+
+        Raises ``PoisonEntry`` when the entry itself cannot be decoded.
+        """
         try:
             advertiser = fields[b"a"].decode()
-            record = orjson.loads(fields[b"d"])
-            return self._row(entry_id.decode(), advertiser, record)
-        except (KeyError, ValueError, TypeError, AttributeError, OverflowError) as exc:
+            records = orjson.loads(fields[b"d"])
+        except (KeyError, ValueError, AttributeError) as exc:
             raise PoisonEntry(f"{type(exc).__name__}: {exc}") from exc
+        if not isinstance(records, list):
+            raise PoisonEntry("d must be a JSON array of events")
+        stream_id = entry_id.decode()
+        rows, indexes, failures = [], [], []
+        for index, record in enumerate(records):
+            try:
+                rows.append(self._row(f"{stream_id}/{index}", advertiser, record))
+                indexes.append(index)
+            except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+                failures.append(Failure(index, f"cannot decode: {type(exc).__name__}: {exc}", record))
+        return rows, indexes, failures
 
     def _row(self, stream_id: str, advertiser: str, r: dict) -> tuple:
-        page = enrich.split_url(_text(r.get("url")))
-        ref = enrich.split_url(_text(r.get("referrer")))
-        agent = self._agent(_text(r.get("user_agent")))
-        props = r.get("properties") or {}
-        if not isinstance(props, dict):
-            raise TypeError("properties must be an object")
-        extra = dict(r.get("extra") or {})
-        if r.get("user_extra"):
-            extra["user"] = r["user_extra"]
-        ip = _text(r.get("ip"))
-        event_ms = int(r["event_ms"])
-        received_ms = int(r["received_ms"])
+        # The hot loop of the sink: plain dict lookups, no helper calls where one will do.
+        # Records come from the collector, so types are trusted here; a record that is wrong
+        # anyway fails the insert, and the sink isolates it by bisecting the batch.
+        get = r.get
+        url = get("url") or ""
+        referrer = get("referrer") or ""
+        page = split_url(url)
+        ref = split_url(referrer) if referrer else EMPTY_URL
+        ua = get("user_agent") or ""
+        agent = self._agent(ua)
+        props = get("properties") or {}
+        extra = get("extra")
+        if get("user_extra"):
+            extra = dict(extra or {}, user=r["user_extra"])
+        ip = get("ip") or ""
+        event_ms = r["event_ms"]
+        received_ms = r["received_ms"]
         value = props.get("value")
+        params = page.params
         return (
             advertiser,
             r["pixel_id"],
             r["event"],
             r["event_id"],
-            _dt(event_ms),
+            event_ms // 1000,
             event_ms,
-            int(r.get("client_ms") or 0),
-            int(r.get("sent_ms") or 0),
-            _dt(received_ms),
+            get("client_ms") or 0,
+            get("sent_ms") or 0,
+            received_ms // 1000,
             received_ms,
             r["source"],
-            int(bool(r.get("id_generated"))),
-            _text(r.get("ttp")),
-            enrich.click_id(_text(r.get("ttclid")), page, ref),
-            _text(r.get("email")),
-            _text(r.get("phone")),
-            _text(r.get("external_id")),
-            _text(r.get("url")),
+            1 if get("id_generated") else 0,
+            get("ttp") or "",
+            click_id(get("ttclid") or "", page, ref),
+            get("email") or "",
+            get("phone") or "",
+            get("external_id") or "",
+            url,
             page.host,
             page.path,
-            _text(r.get("referrer")),
+            referrer,
             ref.host,
-            *enrich.utm(page),
-            float(value) if isinstance(value, (int, float)) else 0.0,
-            _text(props.get("currency")),
-            _text(props.get("order_id")),
-            _text(props.get("content_type")),
-            enrich.content_ids(props),
-            _text(props.get("query") or props.get("search_string")),
-            orjson.dumps(props).decode(),
-            orjson.dumps(extra).decode() if extra else "",
-            enrich.anonymize_ip(ip) if self._anonymize else ip,
-            _text(r.get("user_agent")),
+            params.get("utm_source", "") if params else "",
+            params.get("utm_medium", "") if params else "",
+            params.get("utm_campaign", "") if params else "",
+            params.get("utm_content", "") if params else "",
+            params.get("utm_term", "") if params else "",
+            float(value) if value.__class__ in (int, float) else 0.0,
+            props.get("currency") or "",
+            props.get("order_id") or "",
+            props.get("content_type") or "",
+            content_ids(props) if props else [],
+            props.get("query") or props.get("search_string") or "",
+            _dumps(props).decode() if props else "{}",
+            _dumps(extra).decode() if extra else "",
+            (anonymize_ip(ip) if self._anonymize else ip) if ip else "",
+            ua,
             *agent,
-            _text(r.get("test_event_code")),
-            int(bool(r.get("limited_data_use"))),
+            get("test_event_code") or "",
+            1 if get("limited_data_use") else 0,
             stream_id,
             _MAX_U64 - received_ms,
         )

@@ -15,7 +15,9 @@ import signal
 import socket
 import struct
 import time
+from typing import NamedTuple
 
+import orjson
 import redis
 from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
@@ -48,6 +50,13 @@ SYSTEMIC_CODES = {
 ROW_ERRORS = (TypeError, ValueError, OverflowError, struct.error, UnicodeError, ch_errors.TypeMismatchError)
 
 Entry = tuple[bytes, dict]
+
+
+class DeadLetter(NamedTuple):
+    entry_id: bytes
+    index: str  # the event's position in the entry, "*" for the whole entry
+    reason: str
+    fields: dict
 
 
 def consumer_name() -> str:
@@ -89,59 +98,75 @@ class Sink:
 
     def run_once(self) -> int:
         """Reclaim, read and store one batch; return how many entries it settled."""
-        entries = self._reclaim_if_due()
-        entries += self._read_batch(self.settings["SINK_BATCH_SIZE"] - len(entries))
+        entries = self._read_batch(self._reclaim_if_due())
         if entries:
             self.store(entries)
         return len(entries)
 
-    def _read_batch(self, limit: int) -> list[Entry]:
-        """Read up to ``limit`` entries, waiting at most SINK_BATCH_WAIT_MS for the batch to fill."""
-        batch: list[Entry] = []
+    def _read_batch(self, entries: list[Entry]) -> list[Entry]:
+        """Add entries until the batch holds SINK_BATCH_SIZE events or SINK_BATCH_WAIT_MS has passed."""
+        batch = list(entries)
+        events = sum(_event_count(fields) for _, fields in batch)
+        limit = self.settings["SINK_BATCH_SIZE"]
         deadline = time.monotonic() + self.settings["SINK_BATCH_WAIT_MS"] / 1000.0
-        while len(batch) < limit and not self.stop.is_set:
+        while events < limit and not self.stop.is_set:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             if remaining_ms <= 0:
                 break
-            count = min(self.settings["SINK_READ_COUNT"], limit - len(batch))
-            # Block briefly so a stop signal is noticed within half a second.
-            try:
-                reply = self._redis_call(
-                    self.redis.xreadgroup, keys.SINK_GROUP, self.name, {keys.EVENTS_STREAM: ">"},
-                    count=count, block=min(remaining_ms, 500),
-                )
-            except redis.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                self.ensure_group()  # Redis lost the stream (a restart without persistence)
-                continue
+            # Entries hold one request each; size the read by the events per entry seen so far.
+            per_entry = max(1, events // len(batch)) if batch else 1
+            count = max(1, min(self.settings["SINK_READ_COUNT"], (limit - events) // per_entry))
+            reply = self._read(count, block_ms=min(remaining_ms, 500))  # short blocks notice a stop soon
             if reply:
-                batch.extend(reply[0][1])
+                batch.extend(reply)
+                events += sum(_event_count(fields) for _, fields in reply)
             elif batch:
                 break  # the stream is drained: store what we have now rather than wait
         return batch
 
+    def _read(self, count: int, block_ms: int) -> list[Entry]:
+        try:
+            reply = self._redis_call(
+                self.redis.xreadgroup, keys.SINK_GROUP, self.name, {keys.EVENTS_STREAM: ">"},
+                count=count, block=block_ms,
+            )
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self.ensure_group()  # Redis lost the stream (a restart without persistence)
+            return []
+        return reply[0][1] if reply else []
+
     # -- storing -----------------------------------------------------------------------------
 
     def store(self, entries: list[Entry]) -> None:
-        rows, row_ids, dead = [], [], []
+        """Store every event of ``entries``, dead-letter what cannot be stored, then acknowledge them all."""
+        rows: list[tuple] = []
+        owners: list[tuple[bytes, int]] = []
+        dead: list[DeadLetter] = []
         for entry_id, fields in entries:
             if not fields:  # claimed after deletion: nothing left to store
-                dead.append((entry_id, fields, "entry has no fields"))
                 continue
             try:
-                rows.append(self.builder.row(entry_id, fields))
-                row_ids.append(entry_id)
+                built, indexes, failures = self.builder.rows(entry_id, fields)
             except PoisonEntry as exc:
-                dead.append((entry_id, fields, f"cannot decode: {exc}"))
-        stored_ids, bad = self._insert(rows, row_ids)
-        if stored_ids and self.settings["SINK_FAILPOINT"] == "after_insert":
+                dead.append(DeadLetter(entry_id, "*", f"cannot decode: {exc}", fields))
+                continue
+            rows.extend(built)
+            owners.extend((entry_id, index) for index in indexes)
+            dead.extend(DeadLetter(entry_id, str(f.index), f.reason, _one_event(fields, f.record))
+                        for f in failures)
+        stored, refused = self._insert(rows, owners)
+        if stored and self.settings["SINK_FAILPOINT"] == "after_insert":
             os.kill(os.getpid(), signal.SIGKILL)
-        dead.extend((entry_id, _fields_of(entries, entry_id), reason) for entry_id, reason in bad)
-        self._settle(stored_ids, dead)
+        by_id = dict(entries)
+        for (entry_id, index), reason in refused:
+            record = orjson.loads(by_id[entry_id][b"d"])[index]
+            dead.append(DeadLetter(entry_id, str(index), reason, _one_event(by_id[entry_id], record)))
+        self._settle([entry_id for entry_id, _ in entries], dead, events=len(stored))
 
-    def _insert(self, rows: list[tuple], ids: list[bytes]) -> tuple[list[bytes], list[tuple[bytes, str]]]:
-        """Insert rows, isolating rows ClickHouse cannot take; return (stored ids, [(bad id, reason)])."""
+    def _insert(self, rows: list[tuple], ids: list) -> tuple[list, list[tuple[object, str]]]:
+        """Insert rows, isolating rows ClickHouse cannot take; return (stored ids, [(refused id, reason)])."""
         if not rows:
             return [], []
         backoff = Backoff(cap=self.settings["SINK_BACKOFF_CAP_S"])
@@ -159,10 +184,10 @@ class Sink:
             except ROW_ERRORS as exc:
                 return self._split(rows, ids, exc)
 
-    def _split(self, rows, ids, exc) -> tuple[list[bytes], list[tuple[bytes, str]]]:
+    def _split(self, rows, ids, exc) -> tuple[list, list[tuple[object, str]]]:
         """Bisect a refused block so one bad row never holds back the others."""
         if len(rows) == 1:
-            log.warning("row %s refused by ClickHouse: %s", ids[0].decode(), exc)
+            log.warning("row %s refused by ClickHouse: %s", ids[0], exc)
             return [], [(ids[0], f"refused by ClickHouse: {type(exc).__name__}: {str(exc)[:500]}")]
         mid = len(rows) // 2
         left_ok, left_bad = self._insert(rows[:mid], ids[:mid])
@@ -177,25 +202,25 @@ class Sink:
         time.sleep(delay)
         self.ch.disconnect()
 
-    def _settle(self, stored_ids: list[bytes], dead: list[tuple[bytes, dict, str]]) -> None:
-        """Acknowledge and delete stored entries; move dead ones to the dead-letter stream first."""
-        if not stored_ids and not dead:
+    def _settle(self, entry_ids: list[bytes], dead: list[DeadLetter], events: int = 0) -> None:
+        """Acknowledge and delete settled entries, after moving their dead letters aside, in one MULTI."""
+        if not entry_ids:
             return
         pipe = self.redis.pipeline(transaction=True)
-        for entry_id, fields, reason in dead:
-            record = {b"id": entry_id, b"reason": reason.encode(), b"consumer": self.name.encode()}
-            record.update(fields or {})
+        for letter in dead:
+            record = {b"id": letter.entry_id, b"index": letter.index, b"reason": letter.reason.encode(),
+                      b"consumer": self.name.encode()}
+            record.update(letter.fields or {})
             pipe.xadd(keys.DEAD_LETTER_STREAM, record)
-        settled = stored_ids + [entry_id for entry_id, _, _ in dead]
-        for start in range(0, len(settled), 10_000):
-            chunk = settled[start : start + 10_000]
+        for start in range(0, len(entry_ids), 10_000):
+            chunk = entry_ids[start : start + 10_000]
             pipe.xack(keys.EVENTS_STREAM, keys.SINK_GROUP, *chunk)
             pipe.xdel(keys.EVENTS_STREAM, *chunk)
         self._redis_call(pipe.execute)
-        self.stored += len(stored_ids)
+        self.stored += events
         self.dead += len(dead)
         if dead:
-            log.warning("moved %d entries to %s", len(dead), keys.DEAD_LETTER_STREAM)
+            log.warning("moved %d events to %s", len(dead), keys.DEAD_LETTER_STREAM)
 
     # -- reclaiming ----------------------------------------------------------------------------
 
@@ -223,10 +248,10 @@ class Sink:
         keep, dead = [], []
         for entry_id, fields in claimed:
             if deliveries.get(entry_id, 0) >= limit:
-                dead.append((entry_id, fields, f"not stored after {deliveries[entry_id]} deliveries"))
+                dead.append(DeadLetter(entry_id, "*", f"not stored after {deliveries[entry_id]} deliveries", fields))
             else:
                 keep.append((entry_id, fields))
-        self._settle([], dead)
+        self._settle([letter.entry_id for letter in dead], dead)
         if keep:
             log.info("reclaimed %d entries left pending by other consumers", len(keep))
         return keep
@@ -243,8 +268,13 @@ class Sink:
                 time.sleep(delay)
 
 
-def _fields_of(entries: list[Entry], entry_id: bytes) -> dict:
-    for eid, fields in entries:
-        if eid == entry_id:
-            return fields
-    return {}
+def _event_count(fields: dict) -> int:
+    try:
+        return int(fields.get(b"n", 1)) if fields else 0
+    except ValueError:
+        return 1
+
+
+def _one_event(fields: dict, record: object) -> dict:
+    """The fields of a dead letter holding one event of an entry."""
+    return {b"a": fields.get(b"a", b""), b"n": b"1", b"d": orjson.dumps([record])}

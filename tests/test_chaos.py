@@ -113,4 +113,4 @@ def test_frozen_redis_gets_503_not_a_hung_worker(spawn, own_redis):
         os.kill(pid, signal.SIGCONT)
     assert replies == [503, 503, 503]
     assert post_batch(base, pixel_id, "after").status == 200
-    assert own.xlen("ct:events") >= 10
+    assert own.xlen("ct:events") >= 2  # "warm" and "after" (timed-out calls may have run once Redis woke)

@@ -24,7 +24,9 @@ def record(event_id: str, received_ms: int, source: str) -> dict:
 
 def rows(*records) -> list[tuple]:
     builder = RowBuilder(anonymize_ip=True, ua_cache_size=10)
-    return [builder.row(f"{i}-0".encode(), {b"a": b"adv", b"d": orjson.dumps(r)}) for i, r in enumerate(records)]
+    built, _, failures = builder.rows(b"1-0", {b"a": b"adv", b"n": b"1", b"d": orjson.dumps(list(records))})
+    assert failures == []
+    return built
 
 
 def test_current_clickhouse_gets_the_newer_types(current):

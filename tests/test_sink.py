@@ -27,12 +27,12 @@ def raw_count(ch, db):
 
 def test_undecodable_entry_goes_to_dead_letters_and_the_rest_is_stored(client, tenant, sink, r, ch, ch_database):
     queue(client, tenant, 3, "before")
-    poison_id = r.xadd(STREAM, {"a": tenant.advertiser, "d": b"\xff not json"})
+    poison_id = r.xadd(STREAM, {"a": tenant.advertiser, "n": 1, "d": b"\xff not json"})
     queue(client, tenant, 3, "after")
     sink.drain()
     assert unique_ids(ch, ch_database) == [f"after{i}" for i in range(3)] + [f"before{i}" for i in range(3)]
     (dead_id, dead), = r.xrange(DEAD)
-    assert dead[b"id"] == poison_id
+    assert dead[b"id"] == poison_id and dead[b"index"] == b"*"
     assert dead[b"reason"].startswith(b"cannot decode")
     assert dead[b"d"] == b"\xff not json"
     assert r.xlen(STREAM) == 0 and r.xpending(STREAM, GROUP)["pending"] == 0
@@ -40,14 +40,18 @@ def test_undecodable_entry_goes_to_dead_letters_and_the_rest_is_stored(client, t
 
 def test_row_clickhouse_refuses_is_isolated_and_dead_lettered(client, tenant, sink, r, ch, ch_database):
     queue(client, tenant, 5, "ok")
-    record = orjson.loads(r.xrange(STREAM, count=1)[0][1][b"d"])
-    record.update(event_id="bad", received_ms=-5)  # decodes, but no UInt64 column can hold it
-    bad_id = r.xadd(STREAM, {"a": tenant.advertiser, "d": orjson.dumps(record)})
+    records = orjson.loads(r.xrange(STREAM, count=1)[0][1][b"d"])
+    bad = dict(records[0], event_id="bad", received_ms=-5)  # decodes, but no UInt64 column can hold it
+    mixed = [dict(records[1], event_id="good-neighbour"), bad]
+    bad_id = r.xadd(STREAM, {"a": tenant.advertiser, "n": 2, "d": orjson.dumps(mixed)})
     queue(client, tenant, 5, "more")
     sink.drain()
-    assert len(unique_ids(ch, ch_database)) == 10 and "bad" not in unique_ids(ch, ch_database)
+    stored = unique_ids(ch, ch_database)
+    assert len(stored) == 11 and "good-neighbour" in stored and "bad" not in stored
     (_, dead), = r.xrange(DEAD)
-    assert dead[b"id"] == bad_id and b"refused by ClickHouse" in dead[b"reason"]
+    assert dead[b"id"] == bad_id and dead[b"index"] == b"1" and b"refused by ClickHouse" in dead[b"reason"]
+    assert orjson.loads(dead[b"d"]) == [bad]
+    assert r.xlen(STREAM) == 0 and r.xpending(STREAM, GROUP)["pending"] == 0
 
 
 def test_entries_of_a_dead_consumer_are_reclaimed_and_stored(client, tenant, sink, r, ch, ch_database):
@@ -75,18 +79,19 @@ def test_entry_delivered_too_often_is_dead_lettered(client, tenant, sink, r, ch,
 
 
 def test_sink_killed_between_insert_and_ack_counts_once(client, tenant, spawn, r, ch, ch_database):
-    queue(client, tenant, 50)
+    for batch in range(5):
+        queue(client, tenant, 10, f"b{batch}-")
     crashing = spawn.sink(SINK_FAILPOINT="after_insert")
     assert crashing.wait(timeout=30) == -signal.SIGKILL
     assert raw_count(ch, ch_database) == 50  # inserted...
-    assert r.xpending(STREAM, GROUP)["pending"] == 50  # ...but never acknowledged
+    assert r.xpending(STREAM, GROUP)["pending"] == 5  # ...but never acknowledged (one entry per request)
     healthy = spawn.sink()
     deadline = time.monotonic() + 30
     while r.xlen(STREAM) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert r.xlen(STREAM) == 0
     assert raw_count(ch, ch_database) == 100  # stored twice before any merge...
-    assert unique_ids(ch, ch_database) == sorted(f"e{i}" for i in range(50))  # ...counted once
+    assert unique_ids(ch, ch_database) == sorted(f"b{b}-{i}" for b in range(5) for i in range(10))  # once
     ch.execute(f"OPTIMIZE TABLE {ch_database}.events FINAL")
     assert raw_count(ch, ch_database) == 50  # and merges fold the copies away
     healthy.send_signal(signal.SIGTERM)
@@ -98,7 +103,7 @@ def test_sigterm_finishes_the_current_batch(client, tenant, spawn, r, ch, ch_dat
     time.sleep(1.0)
     queue(client, tenant, 30)
     deadline = time.monotonic() + 5
-    while r.xpending(STREAM, GROUP)["pending"] < 30 and time.monotonic() < deadline:
+    while r.xpending(STREAM, GROUP)["pending"] < 1 and time.monotonic() < deadline:
         time.sleep(0.02)
     worker.send_signal(signal.SIGTERM)  # mid-batch: read, not yet stored
     assert worker.wait(timeout=15) == 0

@@ -1,0 +1,429 @@
+"""The pixel in a real browser: Debian's Chromium (Playwright) on pages of another origin, talking to
+a real gunicorn collector, with a real sink process storing into ClickHouse.
+
+Pages come from a threaded http.server reached as http://localhost:<port>; the collector listens on
+http://127.0.0.1:<port>; the pixels are registered for the site domain ``localhost``. Every check
+is made on what lands in ClickHouse (``events_unique``), on the browser's cookies and storage, or
+on the requests the page sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import signal
+import time
+import urllib.request
+
+import pytest
+from playwright.sync_api import sync_playwright
+
+from pixel import registry
+from tests import servers
+from tests.browser import PageServer, RequestLog, launch, page_html, snippet, wait_for
+from tests.conftest import ARTIFACTS, query_dicts
+
+pytestmark = pytest.mark.browser
+
+
+# ---- fixtures ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def playwright():
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright):
+    b = launch(playwright)
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="module")
+def site():
+    server = PageServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def pages(site):
+    site.reset()
+    yield site
+    site.reset()
+
+
+@pytest.fixture
+def context(browser):
+    ctx = browser.new_context()
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture
+def page(context):
+    return context.new_page()
+
+
+@pytest.fixture
+def stack(r, ch, spawn):
+    """A real collector (gunicorn, 2 workers) and a real sink; returns the collector's base URL.
+
+    Asks for ``r`` and ``ch`` before ``spawn`` so the processes are stopped before Redis is flushed."""
+    base = spawn.collector(workers=2)
+    spawn.sink()
+    return base
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def rows(ch, db: str, where: str = "1", columns: str = "*") -> list[dict]:
+    return query_dicts(ch, f"SELECT {columns} FROM {db}.events_unique WHERE {where} ORDER BY event_ms, event")
+
+
+def wait_rows(ch, db: str, where: str, n: int, timeout: float = 20.0, columns: str = "*") -> list[dict]:
+    """Poll until ``events_unique`` holds at least ``n`` rows matching ``where``; return them."""
+    found: list[dict] = []
+
+    def enough():
+        nonlocal found
+        found = rows(ch, db, where, columns)
+        return len(found) >= n
+
+    try:
+        wait_for(enough, timeout, what=f"{n} rows where {where}")
+    except AssertionError:
+        raise AssertionError(f"expected {n} rows where {where} in ClickHouse, found {len(found)}: {found}") from None
+    return found
+
+
+def wait_sdk(page) -> None:
+    """Wait until the SDK has replaced the stub (ttq.version is set)."""
+    page.wait_for_function("() => window.ttq && window.ttq.version")
+
+
+def settle(page) -> None:
+    """Let the page run its pending timers (the SDK flushes on a 0 ms timer) and its fetches start."""
+    page.evaluate("() => new Promise(r => setTimeout(() => setTimeout(r, 50), 0))")
+
+
+def post_event(base: str, pixel_id: str, event: str, origin: str) -> None:
+    """Send one event straight to the collector (a marker, not from the page under test)."""
+    now = int(time.time() * 1000)
+    body = {"sent_at": now, "events": [{"event": event, "event_id": secrets.token_hex(16), "timestamp": now,
+                                        "page": {"url": origin + "/marker"}}]}
+    req = urllib.request.Request(f"{base}/e/{pixel_id}", data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "text/plain;charset=UTF-8", "Origin": origin})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        assert resp.status == 200
+
+
+def local_queue(page) -> list:
+    return page.evaluate("() => JSON.parse(localStorage.getItem('_ct_q') || '[]')")
+
+
+def cookie_map(context, name: str) -> dict[str, str]:
+    """domain -> value of the cookies called ``name``."""
+    return {c["domain"]: c["value"] for c in context.cookies() if c["name"] == name}
+
+
+# ---- 1. ttclid from the landing URL ----------------------------------------------------------------
+
+
+def test_ttclid_from_landing_url_is_kept_in_a_cookie_and_attributed_later(stack, r, ch, ch_database, pages,
+                                                                          context, page):
+    pixel = registry.create_pixel(r, "adv-1", ["localhost"])
+    head = snippet(pixel, stack)
+    pages.add("/landing", page_html("Spring sale", head, "<p>Landing page of an ad click.</p>"))
+    pages.add("/thanks", page_html("Thank you", head + "<script>ttq.track('CompletePayment', "
+                                   "{value: 42.5, currency: 'EUR', order_id: 'A-1001'});</script>",
+                                   "<p>Order A-1001 is confirmed.</p>"))
+    click = "E.C.P." + secrets.token_urlsafe(24)
+
+    page.goto(pages.url(f"/landing?utm_source=tiktok&ttclid={click}"))
+    assert wait_for(lambda: cookie_map(context, "ttclid"), 10, what="the ttclid cookie") == {"localhost": click}
+    ttp = cookie_map(context, "_ttp")["localhost"]
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "pixel-page.png"
+    page.screenshot(path=str(shot))
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # A later page, reached without the click id in its URL nor in a referrer.
+    page.goto(pages.url("/thanks"))
+    assert "ttclid" not in page.url and page.evaluate("document.referrer") == ""
+    (paid,) = wait_rows(ch, ch_database, "event = 'CompletePayment'", 1)
+    assert paid["pixel_id"] == pixel and paid["source"] == "browser"
+    assert paid["click_id"] == click
+    assert paid["url"] == pages.url("/thanks") and paid["referrer"] == ""
+    assert paid["value"] == 42.5 and paid["currency"] == "EUR" and paid["order_id"] == "A-1001"
+    assert paid["browser_id"] == ttp
+    (landing,) = wait_rows(ch, ch_database, "event = 'PageView' AND url_path = '/landing'", 1)
+    assert landing["click_id"] == click and landing["utm_source"] == "tiktok" and landing["browser_id"] == ttp
+
+
+# ---- 2. advanced matching: hashed in the browser -------------------------------------------------
+
+
+def test_identify_hashes_email_and_phone_in_the_browser(stack, r, ch, ch_database, pages, page):
+    pixel = registry.create_pixel(r, "adv-1", ["localhost"])
+    email, phone = "  Jane.Doe+Shop@Example.COM ", "+1 (650) 555-1212"
+    pages.add("/signup", page_html("Sign up", snippet(pixel, stack), "<p>Welcome.</p>"))
+    log = RequestLog(page)
+    page.goto(pages.url("/signup"))
+    wait_sdk(page)
+    page.evaluate("([email, phone]) => { ttq.identify({email, phone_number: phone});"
+                  " ttq.track('CompleteRegistration'); }", [email, phone])
+
+    (row,) = wait_rows(ch, ch_database, "event = 'CompleteRegistration'", 1)
+    settle(page)  # Playwright delivers the page's request events during its own calls
+    assert row["email_sha256"] == sha256("jane.doe+shop@example.com")
+    assert row["phone_sha256"] == sha256("+16505551212")
+    assert row["external_id_sha256"] == ""
+
+    sent = [body for _, method, url, body in log.events() if method == "POST"]
+    assert sent, "the page sent no events"
+    wire = [e for body in sent for e in json.loads(body)["events"] if e["event"] == "CompleteRegistration"]
+    assert wire and wire[0]["user"] == {"email": sha256("jane.doe+shop@example.com"),
+                                        "phone": sha256("+16505551212")}
+    raw_values = ["Jane.Doe", "jane.doe", "Example.COM", "example.com", "650", "555", "1212", "6505551212"]
+    for body in log.bodies():
+        for raw in raw_values:
+            assert raw not in body, f"raw {raw!r} in a request body: {body}"
+    for _, method, url, _ in log.items:
+        for raw in raw_values:
+            assert raw.lower() not in url.lower(), f"raw {raw!r} in a request URL: {url}"
+
+
+# ---- 3. track, then navigate away at once ----------------------------------------------------------
+
+
+def test_event_tracked_right_before_navigating_away_arrives(stack, r, ch, ch_database, pages, page):
+    pixel = registry.create_pixel(r, "adv-1", ["localhost"])
+    pages.add("/product", page_html(
+        "Sneaker", snippet(pixel, stack),
+        "<button id=buy onclick=\"ttq.track('AddToCart', {value: 80, currency: 'USD'});"
+        " location.href = '/elsewhere'\">Add to cart</button>"))
+    pages.add("/elsewhere", page_html("Elsewhere (no pixel here)"))
+    page.goto(pages.url("/product"))
+    wait_sdk(page)
+    with page.expect_navigation():
+        page.click("#buy")
+    assert page.url == pages.url("/elsewhere")
+    (row,) = wait_rows(ch, ch_database, "event = 'AddToCart'", 1)
+    assert row["pixel_id"] == pixel and row["url"] == pages.url("/product") and row["value"] == 80.0
+
+
+# ---- 4. collector down: queued in localStorage, sent once it is back ----------------------------
+
+
+def test_events_queue_while_the_collector_is_down_and_arrive_exactly_once(r, ch, spawn, ch_database, pages, page):
+    port = servers.services.free_port()
+    base = f"http://127.0.0.1:{port}"
+    first = spawn.start("collector", "--bind", f"127.0.0.1:{port}", "--workers", "2")
+    servers.wait_http(base + "/healthz")
+    spawn.sink()
+    pixel = registry.create_pixel(r, "adv-1", ["localhost"])
+    pages.add("/shop", page_html("Shop", snippet(pixel, base) + "<script>window.tracked = [];"
+                                 "ttq.on('track', (id, e) => e.event != 'PageView' && tracked.push(e.event_id));</script>"))
+    page.goto(pages.url("/shop"))
+    wait_sdk(page)
+    wait_rows(ch, ch_database, "event = 'PageView'", 1)
+
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    names = ["ViewContent", "AddToCart", "InitiateCheckout", "AddPaymentInfo", "PlaceAnOrder"]
+    for name in names:
+        page.evaluate("name => ttq.track(name, {content_id: 'sku-1'})", name)
+    tracked = page.evaluate("() => tracked")
+    assert len(tracked) == len(names) == len(set(tracked))
+    queued = wait_for(lambda: len(local_queue(page)) == len(names) and local_queue(page), 10,
+                      what="the events in localStorage _ct_q")
+    assert sorted(x["e"]["event_id"] for x in queued) == sorted(tracked)
+    assert {x["u"] for x in queued} == {f"{base}/e/{pixel}"}
+    assert rows(ch, ch_database, "event != 'PageView'") == []
+
+    spawn.start("collector", "--bind", f"127.0.0.1:{port}", "--workers", "2")
+    servers.wait_http(base + "/healthz")
+    page.reload()
+    got = wait_rows(ch, ch_database, "event != 'PageView'", len(names))
+    wait_for(lambda: local_queue(page) == [], 10, what="an empty _ct_q after the retry")
+    counts = query_dicts(ch, f"SELECT event_id, count() AS n FROM {ch_database}.events_unique "
+                             "WHERE event != 'PageView' GROUP BY event_id")
+    assert {c["event_id"]: c["n"] for c in counts} == {eid: 1 for eid in tracked}
+    assert [g["event"] for g in sorted(got, key=lambda g: tracked.index(g["event_id"]))] == names
+    assert sorted(g["event_id"] for g in got) == sorted(tracked)
+
+
+# ---- 5. consent ----------------------------------------------------------------------------------
+
+
+def test_consent_hold_grant_and_revoke(stack, r, ch, ch_database, pages, context, page):
+    pixel = registry.create_pixel(r, "adv-1", ["localhost"])
+    pages.add("/consent", page_html("Cookie banner", snippet(pixel, stack, before="ttq.holdConsent();")))
+    log = RequestLog(page)
+    click = "E.C.P." + secrets.token_urlsafe(16)
+    page.goto(pages.url(f"/consent?ttclid={click}"))
+    wait_sdk(page)
+    held_ms = page.evaluate("() => { const t = Date.now(); ttq.track('ViewContent', {content_id: 'sku-9'});"
+                            " return t; }")
+    page.wait_for_timeout(300)  # the banner is up; time passes before the visitor decides
+    settle(page)
+    assert log.events() == [], "events were sent while consent was held"
+    assert context.cookies() == [], "a cookie was written while consent was held"
+    assert local_queue(page) == []
+
+    grant_ms = page.evaluate("() => { const t = Date.now(); ttq.grantConsent(); return t; }")
+    got = wait_rows(ch, ch_database, "1", 2)
+    assert sorted(g["event"] for g in got) == ["PageView", "ViewContent"]
+    for g in got:
+        assert g["event_ms"] < grant_ms - 200, f"{g['event']} stored with its send time, not its own"
+        assert g["click_id"] == click
+    (view,) = [g for g in got if g["event"] == "ViewContent"]
+    assert abs(view["event_ms"] - held_ms) <= 50
+    wait_for(lambda: cookie_map(context, "_ttp") and cookie_map(context, "ttclid"), 5, what="cookies after grant")
+    assert cookie_map(context, "ttclid") == {"localhost": click}
+
+    # Hold again, track, then revoke: the held event is dropped, the cookies go, nothing more is sent.
+    page.evaluate("() => { ttq.holdConsent(); ttq.track('AddToCart', {value: 5}); }")
+    settle(page)
+    revoked = time.monotonic()
+    page.evaluate("() => { ttq.revokeConsent(); ttq.track('Purchase', {value: 9}); ttq.page(); }")
+    settle(page)
+    page.wait_for_timeout(300)
+    assert cookie_map(context, "_ttp") == {} and cookie_map(context, "ttclid") == {}
+    assert page.evaluate("document.cookie") == ""
+    assert local_queue(page) == []
+    assert log.events(since=revoked) == [], "events were sent after revokeConsent"
+    # A marker sent after the page went quiet: once it is stored, anything the page sent would be too.
+    post_event(stack, pixel, "Marker", pages.url("").rstrip("/"))
+    wait_rows(ch, ch_database, "event = 'Marker'", 1)
+    assert sorted(g["event"] for g in rows(ch, ch_database)) == ["Marker", "PageView", "ViewContent"]
+
+
+# ---- 6. two pixels on one page -------------------------------------------------------------------
+
+
+def test_two_pixels_plain_track_reaches_both_instance_track_only_one(stack, r, ch, ch_database, pages, page):
+    a = registry.create_pixel(r, "adv-1", ["localhost"])
+    b = registry.create_pixel(r, "adv-2", ["localhost"])
+    head = snippet(a, stack) + f"<script>ttq.load('{b}', {{collector: '{stack}'}});</script>"
+    pages.add("/two", page_html("Two pixels", head))
+    page.goto(pages.url("/two"))
+    wait_sdk(page)
+    page.evaluate(f"() => {{ ttq.track('AddToCart', {{value: 1}}); ttq.instance('{b}').track('Lead', {{value: 2}});"
+                  f" ttq.instance('{a}').track('Contact'); }}")
+    got = wait_rows(ch, ch_database, "event != 'PageView'", 4)
+    settle(page)
+    assert sorted((g["event"], g["pixel_id"], g["advertiser_id"]) for g in rows(ch, ch_database, "event != 'PageView'")) \
+        == sorted([("AddToCart", a, "adv-1"), ("AddToCart", b, "adv-2"), ("Contact", a, "adv-1"), ("Lead", b, "adv-2")])
+    carts = [g for g in got if g["event"] == "AddToCart"]
+    assert carts[0]["event_id"] == carts[1]["event_id"]  # one call, one event id, two pixels
+    # The snippet's ttq.page() ran before the second pixel was loaded: the first pixel's only.
+    assert [(g["pixel_id"]) for g in rows(ch, ch_database, "event = 'PageView'")] == [a]
+
+
+# ---- 7. single-page apps -------------------------------------------------------------------------
+
+
+def test_spa_route_changes_give_one_page_view_each(stack, r, ch, ch_database, pages, page):
+    pixel = registry.create_pixel(r, "adv-1", ["localhost"])
+    pages.add("/app", page_html("SPA", snippet(pixel, stack, auto_spa="true")))
+    log = RequestLog(page)
+    page.goto(pages.url("/app"))
+    wait_sdk(page)
+    routes = ["/app/products", "/app/products/42", "/app/cart#summary", "/app/checkout?step=2"]
+    for route in routes:
+        page.evaluate("route => new Promise(r => { history.pushState({}, '', route); setTimeout(r, 10); })", route)
+    n = len(routes)
+    wait_rows(ch, ch_database, "event = 'PageView'", n + 1)
+    # A push to the URL we are on, and an in-page anchor: no new page.
+    page.evaluate("() => new Promise(r => { history.pushState({}, '', location.href);"
+                  " history.pushState({}, '', location.pathname + location.search + '#faq');"
+                  " setTimeout(r, 10); })")
+    settle(page)
+    page.evaluate("() => ttq.track('Marker')")
+    wait_rows(ch, ch_database, "event = 'Marker'", 1)
+    got = rows(ch, ch_database, "event = 'PageView'")
+    assert len(got) == n + 1
+    assert [g["url"] for g in got] == [pages.url(p) for p in ["/app"] + routes]
+    # Each route's referrer is the route before it (as a page, without its in-page anchor).
+    assert [g["referrer"] for g in got[1:]] == [g["url"].split("#")[0] for g in got[:-1]]
+    wire = [e for _, _, _, body in log.events() if body for e in json.loads(body)["events"]]
+    assert [e["event"] for e in wire].count("PageView") == n + 1
+
+
+# ---- 8. calls before the SDK loaded ----------------------------------------------------------------
+
+
+def test_calls_made_before_the_sdk_loads_are_replayed_in_order(stack, r, ch, ch_database, pages, page):
+    pixel = registry.create_pixel(r, "adv-1", ["localhost"])
+    pages.add("/early", page_html("Early calls", snippet(pixel, stack)))
+    held = []
+    page.route("**/s/ct.js", lambda route: held.append(route))
+    page.goto(pages.url("/early"), wait_until="domcontentloaded")
+    wait_for(lambda: held, 10, what="the SDK request")
+    names = ["Search", "ViewContent", "AddToWishlist", "AddToCart", "InitiateCheckout"]
+    times = page.evaluate("""async ([names, pixel]) => {
+        const times = [];
+        for (const name of names) {
+            await new Promise(r => setTimeout(r, 15));
+            if (ttq.version) throw new Error('the SDK loaded early');
+            times.push(Date.now());
+            if (name == 'AddToWishlist') ttq.instance(pixel).track(name);
+            else ttq.track(name, {query: name});
+        }
+        return times;
+    }""", [names, pixel])
+    assert page.evaluate("() => Array.isArray(ttq) && ttq.length") == len(names) + 2  # load, page, the calls
+    held[0].continue_()
+    wait_sdk(page)
+    got = wait_rows(ch, ch_database, "1", len(names) + 1)
+    assert [g["event"] for g in got] == ["PageView"] + names
+    tracked = [g for g in got if g["event"] != "PageView"]
+    assert [g["client_ms"] for g in tracked] == times
+    ms = [g["event_ms"] for g in tracked]
+    assert ms == sorted(ms) and len(set(ms)) == len(ms)
+    for g, t in zip(tracked, times):
+        assert abs(g["event_ms"] - t) <= 50
+
+
+# ---- 9. first-party collector: _ttp set by the server ------------------------------------------------
+
+
+def test_first_party_collector_sets_ttp_cookie_for_the_site(playwright, stack, r, ch, ch_database, pages):
+    pixel = registry.create_pixel(r, "adv-1", ["shop.test"])
+    port = stack.rsplit(":", 1)[1]
+    collector = f"http://t.shop.test:{port}"
+    pages.add("/fp", page_html("First party", snippet(pixel, collector)))
+    b = launch(playwright, "--host-resolver-rules=MAP *.shop.test 127.0.0.1")
+    try:
+        context = b.new_context()
+        page = context.new_page()
+        posts = []
+        page.on("response", lambda resp: resp.request.method == "POST" and "/e/" in resp.url and posts.append(resp))
+        page.goto(pages.url("/fp", host="www.shop.test"))
+        wait_sdk(page)
+        page.evaluate("() => ttq.track('ViewContent', {content_id: 'sku-1'})")
+        got = wait_rows(ch, ch_database, "1", 2)
+        wait_for(lambda: len(posts) >= 1, 5, what="the POST responses", pump=page)
+        assert posts[0].url == f"{collector}/e/{pixel}" and posts[0].status == 200
+        set_cookie = posts[0].header_value("set-cookie")
+        assert set_cookie and set_cookie.startswith("_ttp=") and "Domain=shop.test" in set_cookie
+        assert {g["browser_id"] for g in got} == {got[0]["browser_id"]} and got[0]["browser_id"]
+        assert {g["url_host"] for g in got} == {"www.shop.test"}
+        ttp = cookie_map(context, "_ttp")
+        assert ttp.get(".shop.test") == got[0]["browser_id"], ttp
+        assert set_cookie.startswith(f"_ttp={got[0]['browser_id']};")
+        context.close()
+    finally:
+        b.close()
