@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from clicktrail import config
-from clicktrail.errors import ClicktrailError
+from clicktrail.errors import ClicktrailError, RequestError
 
 
 def _settings() -> dict:
@@ -35,7 +35,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except ClicktrailError as exc:
-            click.echo(f"error: {exc}", err=True)
+            message = exc.message if isinstance(exc, RequestError) else str(exc)
+            click.echo(f"error: {message}", err=True)
             sys.exit(2)
 
 
@@ -142,6 +143,28 @@ def pixel_snippet(pixel_id: str, collector_url: str | None) -> None:
     if registry.get_pixel(_redis(settings), pixel_id) is None:
         raise click.ClickException(f"pixel {pixel_id!r} is not registered (clicktrail pixel create ...)")
     click.echo(snippet.build_snippet(pixel_id, (collector_url or settings["PUBLIC_URL"]).rstrip("/")))
+
+
+@main.command("click-url")
+@click.option("--advertiser", required=True)
+@click.option("--campaign", required=True)
+@click.option("--adgroup", required=True)
+@click.option("--ad", required=True)
+@click.option("--landing", required=True, help="landing page URL on one of the advertiser's site domains")
+def click_url(advertiser: str, campaign: str, adgroup: str, ad: str, landing: str) -> None:
+    """Print a signed click-tracking URL for an ad."""
+    from attribution.click_urls import check_landing, make_token
+    from clicktrail.errors import RegistryError
+    from pixel import registry
+
+    settings = _settings()
+    host = check_landing(landing)
+    domains = registry.advertiser_domains(_redis(settings), advertiser)
+    if not registry.host_allowed(host, domains):
+        known = ", ".join(domains) or "none; register a pixel first"
+        raise RegistryError(f"landing host {host!r} is not a site domain of advertiser {advertiser!r} ({known})")
+    token = make_token(settings["SECRET_KEY"], advertiser, campaign, adgroup, ad, landing)
+    click.echo(f"{settings['PUBLIC_URL'].rstrip('/')}/r/{token}")
 
 
 @main.group()

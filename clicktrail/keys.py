@@ -7,7 +7,8 @@ and so no other application's keys are ever touched.
 PREFIX = "ct:"
 
 #: Stream of accepted events, one entry per accepted request: fields ``a`` (advertiser id),
-#: ``n`` (number of events) and ``d`` (the events as a JSON array). The sink deletes entries
+#: ``n`` (number of events), ``d`` (the events as a JSON array) and, for clicks recorded by the
+#: redirect, ``k`` = ``t`` (touchpoints). The sink deletes entries
 #: once stored, so its length is the backlog in requests.
 EVENTS_STREAM = PREFIX + "events"
 
@@ -24,8 +25,17 @@ PIXELS = PREFIX + "pixels"
 #: Hash advertiser id -> JSON ``{"advertiser_id", "created_at", "settings": {...}}``.
 ADVERTISERS = PREFIX + "advertisers"
 
+#: Hash advertiser id -> JSON list of every site domain of its pixels (click redirect targets).
+ADVERTISER_DOMAINS = PREFIX + "advertiser_domains"
+
 #: Hash SHA-256(token) -> JSON ``{"advertiser_id", "scopes": [...], "created_at"}``.
 TOKENS = PREFIX + "tokens"
+
+#: Stream of what the attributor must (re)consider, written by the sink in the same MULTI as its
+#: acknowledgements and by imports: fields ``a`` (advertiser), ``k`` (``c`` conversions or ``t``
+#: touchpoints) and ``d`` (JSON list of keys).
+ATTRIBUTION_STREAM = PREFIX + "attribution"
+ATTRIBUTOR_GROUP = "attributor"
 
 #: Hash ``<pixel_id>:<reason>`` -> count of events the collector rejected (diagnostics).
 REJECTED_COUNTS = PREFIX + "stats:rejected"

@@ -72,7 +72,7 @@ DEDUP_KEY = ("advertiser_id", "pixel_id", "event", "event_id")
 
 
 def _events_table(db: str, f: Features) -> list[str]:
-    columns = ",\n  ".join(f"{name} {ctype.format(lc=f.lc())}" for name, ctype in EVENT_COLUMNS)
+    columns = _columns_sql(EVENT_COLUMNS, f)
     # ReplacingMergeTree folds copies of one event together as parts merge, keeping the row with the
     # highest dedup_version (the sink writes max - received_ms, so the first copy received wins).
     # Merges are eventual, so queries still deduplicate: see events_unique and docs/schema.md.
@@ -100,6 +100,100 @@ GROUP BY {', '.join(DEDUP_KEY)}"""
     ]
 
 
+#: Ad clicks and impressions: the touchpoints conversions are attributed to.
+TOUCH_COLUMNS: list[tuple[str, str]] = [
+    ("advertiser_id", "{lc}"),
+    ("kind", "{lc}"),  # click or impression
+    ("touch_id", "String"),  # click id (ttclid) or impression id
+    ("touch_time", "DateTime('UTC')"),
+    ("touch_ms", "UInt64"),
+    ("campaign_id", "String"),
+    ("adgroup_id", "String"),
+    ("ad_id", "String"),
+    ("browser_id", "String"),
+    ("email_sha256", "String"),
+    ("phone_sha256", "String"),
+    ("external_id_sha256", "String"),
+    ("ip", "String"),
+    ("user_agent", "String"),
+    ("source", "{lc}"),  # redirect or import
+    ("received_ms", "UInt64"),
+]
+TOUCH_COLUMN_NAMES = [name for name, _ in TOUCH_COLUMNS]
+
+#: Columns shared by the two attribution tables: the conversion, the revision, the touchpoint.
+_CONVERSION_COLUMNS: list[tuple[str, str]] = [
+    ("advertiser_id", "{lc}"),
+    ("pixel_id", "{lc}"),
+    ("event", "{lc}"),
+    ("event_id", "String"),
+    ("conversion_time", "DateTime('UTC')"),
+    ("conversion_ms", "UInt64"),
+    ("value", "Float64"),
+    ("currency", "{lc}"),
+    ("device_type", "{lc}"),
+    ("os", "{lc}"),
+    ("browser", "{lc}"),
+    ("utm_source", "{lc}"),
+    ("utm_campaign", "String"),
+    ("revision", "UInt32"),
+    ("content_hash", "UInt64"),
+    ("attributed_ms", "UInt64"),
+    ("touch_kind", "{lc}"),  # click, impression, or "" for a conversion with no touchpoint (organic)
+    ("touch_id", "String"),
+    ("touch_time", "DateTime('UTC')"),
+    ("touch_ms", "UInt64"),
+    ("campaign_id", "String"),
+    ("adgroup_id", "String"),
+    ("ad_id", "String"),
+    ("matched_by", "{lc}"),  # click_id, browser_id, external_id, email, phone
+]
+CANDIDATE_COLUMNS = _CONVERSION_COLUMNS
+CANDIDATE_COLUMN_NAMES = [name for name, _ in CANDIDATE_COLUMNS]
+ATTRIBUTION_COLUMNS = _CONVERSION_COLUMNS + [
+    ("model", "{lc}"),
+    ("click_window_days", "UInt8"),
+    ("view_window_days", "UInt8"),
+    ("credit", "Float64"),
+]
+ATTRIBUTION_COLUMN_NAMES = [name for name, _ in ATTRIBUTION_COLUMNS]
+
+
+def _columns_sql(columns: list[tuple[str, str]], f: Features) -> str:
+    return ",\n  ".join(f"{name} {ctype.format(lc=f.lc())}" for name, ctype in columns)
+
+
+def _touchpoints_table(db: str, f: Features) -> list[str]:
+    # Re-posting a touchpoint replaces it: the latest copy received wins (an import may correct one).
+    return [
+        f"""CREATE TABLE IF NOT EXISTS {db}.touchpoints (
+  {_columns_sql(TOUCH_COLUMNS, f)}
+) ENGINE = ReplacingMergeTree(received_ms)
+PARTITION BY toYYYYMM(touch_time)
+ORDER BY (advertiser_id, kind, touch_id)"""
+    ]
+
+
+def _attribution_tables(db: str, f: Features) -> list[str]:
+    # Every revision of a conversion's attribution is written in one insert block, which ClickHouse
+    # stores atomically; readers take the highest revision per conversion. Re-writing the same
+    # revision (a tick re-run after a crash) gives identical rows, folded by the Replacing engine
+    # and by FINAL, since the whole row identity is in the sorting key.
+    key = "advertiser_id, pixel_id, event, event_id, revision"
+    return [
+        f"""CREATE TABLE IF NOT EXISTS {db}.attribution_candidates (
+  {_columns_sql(CANDIDATE_COLUMNS, f)}
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(conversion_time)
+ORDER BY ({key}, touch_kind, touch_id)""",
+        f"""CREATE TABLE IF NOT EXISTS {db}.attributions (
+  {_columns_sql(ATTRIBUTION_COLUMNS, f)}
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(conversion_time)
+ORDER BY ({key}, model, touch_kind, touch_id)""",
+    ]
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -110,6 +204,8 @@ class Migration:
 MIGRATIONS: list[Migration] = [
     Migration(1, "events table", _events_table),
     Migration(2, "events_unique view: one row per (advertiser, pixel, event, event_id)", _events_unique_view),
+    Migration(3, "touchpoints table: ad clicks and impressions", _touchpoints_table),
+    Migration(4, "attribution tables: candidate touchpoints and credited rows, by revision", _attribution_tables),
 ]
 
 

@@ -37,9 +37,10 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
 
 
 def _register_blueprints(app: Flask) -> None:
-    from collector import browser, events_api, health
+    from collector import browser, clicks, events_api, health
 
     app.register_blueprint(browser.bp)
+    app.register_blueprint(clicks.bp)
     app.register_blueprint(events_api.bp)
     app.register_blueprint(health.bp)
     try:

@@ -58,6 +58,24 @@ return {'ok', adv, matched}
 """
 
 
+# KEYS: stream, advertiser domains. ARGV: advertiser, landing host, max stream length, count, payload
+_APPEND_TOUCH_LUA = """
+local raw = redis.call('HGET', KEYS[2], ARGV[1])
+if not raw then return {'domain_not_allowed'} end
+local matched = false
+for _, d in ipairs(cjson.decode(raw)) do
+  if ARGV[2] == d or (#ARGV[2] > #d and string.sub(ARGV[2], -(#d + 1)) == '.' .. d) then
+    matched = true
+    break
+  end
+end
+if not matched then return {'domain_not_allowed'} end
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[3]) then return {'overloaded'} end
+redis.call('XADD', KEYS[1], '*', 'a', ARGV[1], 'k', 't', 'n', ARGV[4], 'd', ARGV[5])
+return {'ok'}
+"""
+
+
 class Appended(NamedTuple):
     advertiser_id: str
     site_domain: str  # the pixel's registered domain the request's site matched ("" when not checked)
@@ -69,6 +87,7 @@ class EventBuffer:
     def __init__(self, client: redis.Redis, max_len: int, retry_after_s: int) -> None:
         self._client = client
         self._script = client.register_script(_APPEND_LUA)
+        self._touch_script = client.register_script(_APPEND_TOUCH_LUA)
         self._max_len = max_len
         self._retry_after = retry_after_s
 
@@ -103,6 +122,23 @@ class EventBuffer:
         if status == "ok":
             return Appended(result[1].decode(), result[2].decode())
         raise _ERRORS[status](pixel_id, host)
+
+    def append_touches(self, advertiser_id: str, landing_host: str, records: list[dict]) -> None:
+        """Queue touchpoints (redirect clicks) through the same stream as events.
+
+        Raises Forbidden when the landing host is not one of the advertiser's site domains, and
+        BufferUnavailable as ``append`` does.
+        """
+        args = [advertiser_id, landing_host, self._max_len, len(records), orjson.dumps(records)]
+        try:
+            status = self._touch_script(keys=[keys.EVENTS_STREAM, keys.ADVERTISER_DOMAINS], args=args)[0].decode()
+        except redis.RedisError as exc:
+            raise BufferUnavailable("the event buffer is unavailable", code="buffer_unavailable") from exc
+        if status == "domain_not_allowed":
+            raise Forbidden(f"landing host {landing_host!r} is not a site domain of advertiser {advertiser_id!r}",
+                            field="landing", code="landing_not_allowed")
+        if status == "overloaded":
+            raise _ERRORS["overloaded"](advertiser_id, landing_host)
 
     @property
     def retry_after(self) -> int:

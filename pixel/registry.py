@@ -74,7 +74,35 @@ def create_pixel(r: redis.Redis, advertiser_id: str, domains: list[str]) -> str:
     while True:
         pixel_id = ids.new_pixel_id()
         if r.hsetnx(keys.PIXELS, pixel_id, orjson.dumps(record)):
-            return pixel_id
+            break
+    _add_advertiser_domains(r, advertiser_id, cleaned)
+    return pixel_id
+
+
+def _add_advertiser_domains(r: redis.Redis, advertiser_id: str, domains: list[str]) -> None:
+    # WATCH makes the read-merge-write safe against another pixel created at the same time.
+    with r.pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(keys.ADVERTISER_DOMAINS)
+                current = pipe.hget(keys.ADVERTISER_DOMAINS, advertiser_id)
+                merged = sorted(set(orjson.loads(current) if current else []) | set(domains))
+                pipe.multi()
+                pipe.hset(keys.ADVERTISER_DOMAINS, advertiser_id, orjson.dumps(merged))
+                pipe.execute()
+                return
+            except redis.WatchError:
+                continue
+
+
+def advertiser_domains(r: redis.Redis, advertiser_id: str) -> list[str]:
+    raw = r.hget(keys.ADVERTISER_DOMAINS, advertiser_id)
+    return orjson.loads(raw) if raw else []
+
+
+def host_allowed(host: str, domains: list[str]) -> bool:
+    """A host is allowed when it is one of the domains or a subdomain of one."""
+    return any(host == d or host.endswith("." + d) for d in domains)
 
 
 def get_pixel(r: redis.Redis, pixel_id: str) -> dict | None:

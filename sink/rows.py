@@ -34,7 +34,7 @@ class RowBuilder:
         self._agent = make_agent_parser(ua_cache_size)
 
     def rows(self, entry_id: bytes, fields: dict) -> tuple[list[tuple], list[int], list[Failure]]:
-        """Return the entry's rows in ``EVENT_COLUMN_NAMES`` order, their indexes, and failures.
+        """Return the entry's rows (events or touchpoints), their indexes in the entry, and failures.
 
         Raises ``PoisonEntry`` when the entry itself cannot be decoded.
         """
@@ -46,10 +46,11 @@ class RowBuilder:
         if not isinstance(records, list):
             raise PoisonEntry("d must be a JSON array of events")
         stream_id = entry_id.decode()
+        make = self._touch_row if is_touch_entry(fields) else self._row
         rows, indexes, failures = [], [], []
         for index, record in enumerate(records):
             try:
-                rows.append(self._row(f"{stream_id}/{index}", advertiser, record))
+                rows.append(make(f"{stream_id}/{index}", advertiser, record))
                 indexes.append(index)
             except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
                 failures.append(Failure(index, f"cannot decode: {type(exc).__name__}: {exc}", record))
@@ -119,6 +120,34 @@ class RowBuilder:
             stream_id,
             _MAX_U64 - received_ms,
         )
+
+
+    def _touch_row(self, stream_id: str, advertiser: str, r: dict) -> tuple:
+        """A touchpoint row in ``TOUCH_COLUMN_NAMES`` order (clicks recorded by the redirect)."""
+        ip = r.get("ip") or ""
+        touch_ms = r["touch_ms"]
+        return (
+            advertiser,
+            r["kind"],
+            r["touch_id"],
+            touch_ms // 1000,
+            touch_ms,
+            r["campaign_id"],
+            r["adgroup_id"],
+            r["ad_id"],
+            r.get("browser_id") or "",
+            r.get("email") or "",
+            r.get("phone") or "",
+            r.get("external_id") or "",
+            (anonymize_ip(ip) if self._anonymize else ip) if ip else "",
+            r.get("user_agent") or "",
+            r.get("source") or "redirect",
+            r["received_ms"],
+        )
+
+
+def is_touch_entry(fields: dict) -> bool:
+    return fields.get(b"k") == b"t"
 
 
 def columns(rows: list[tuple]) -> list[list]:

@@ -26,8 +26,8 @@ from clicktrail import keys
 from clicktrail.backoff import Backoff
 from clicktrail.clickhouse import NETWORK_ERRORS
 from clicktrail.lifecycle import StopFlag
-from clicktrail.schema import EVENT_COLUMN_NAMES
-from sink.rows import PoisonEntry, RowBuilder, columns
+from clicktrail.schema import EVENT_COLUMN_NAMES, TOUCH_COLUMN_NAMES
+from sink.rows import PoisonEntry, RowBuilder, columns, is_touch_entry
 
 log = logging.getLogger("clicktrail.sink")
 
@@ -73,6 +73,7 @@ class Sink:
         self.stop = stop
         self.builder = RowBuilder(settings["ANONYMIZE_IP"], settings["UA_CACHE_SIZE"])
         self.insert_sql = f"INSERT INTO {database}.events ({', '.join(EVENT_COLUMN_NAMES)}) VALUES"
+        self.touch_insert_sql = f"INSERT INTO {database}.touchpoints ({', '.join(TOUCH_COLUMN_NAMES)}) VALUES"
         self.stored = 0
         self.dead = 0
         self._last_reclaim = 0.0
@@ -141,8 +142,7 @@ class Sink:
 
     def store(self, entries: list[Entry]) -> None:
         """Store every event of ``entries``, dead-letter what cannot be stored, then acknowledge them all."""
-        rows: list[tuple] = []
-        owners: list[tuple[bytes, int]] = []
+        tables = {False: _Pending(self.insert_sql), True: _Pending(self.touch_insert_sql)}
         dead: list[DeadLetter] = []
         for entry_id, fields in entries:
             if not fields:  # claimed after deletion: nothing left to store
@@ -152,27 +152,32 @@ class Sink:
             except PoisonEntry as exc:
                 dead.append(DeadLetter(entry_id, "*", f"cannot decode: {exc}", fields))
                 continue
-            rows.extend(built)
-            owners.extend((entry_id, index) for index in indexes)
+            pending = tables[is_touch_entry(fields)]
+            pending.rows.extend(built)
+            pending.owners.extend((entry_id, index) for index in indexes)
             dead.extend(DeadLetter(entry_id, str(f.index), f.reason, _one_event(fields, f.record))
                         for f in failures)
-        stored, refused = self._insert(rows, owners)
-        if stored and self.settings["SINK_FAILPOINT"] == "after_insert":
-            os.kill(os.getpid(), signal.SIGKILL)
         by_id = dict(entries)
-        for (entry_id, index), reason in refused:
-            record = orjson.loads(by_id[entry_id][b"d"])[index]
-            dead.append(DeadLetter(entry_id, str(index), reason, _one_event(by_id[entry_id], record)))
-        self._settle([entry_id for entry_id, _ in entries], dead, events=len(stored))
+        notices: list[tuple] = []
+        for is_touch, pending in tables.items():
+            stored, refused = self._insert(pending.sql, pending.rows, list(range(len(pending.rows))))
+            notices.extend(_notice(is_touch, pending.rows[i]) for i in stored)
+            for i, reason in refused:
+                entry_id, index = pending.owners[i]
+                record = orjson.loads(by_id[entry_id][b"d"])[index]
+                dead.append(DeadLetter(entry_id, str(index), reason, _one_event(by_id[entry_id], record)))
+        if notices and self.settings["SINK_FAILPOINT"] == "after_insert":
+            os.kill(os.getpid(), signal.SIGKILL)
+        self._settle([entry_id for entry_id, _ in entries], dead, notices)
 
-    def _insert(self, rows: list[tuple], ids: list) -> tuple[list, list[tuple[object, str]]]:
+    def _insert(self, sql: str, rows: list[tuple], ids: list) -> tuple[list, list[tuple[object, str]]]:
         """Insert rows, isolating rows ClickHouse cannot take; return (stored ids, [(refused id, reason)])."""
         if not rows:
             return [], []
         backoff = Backoff(cap=self.settings["SINK_BACKOFF_CAP_S"])
         while True:
             try:
-                self.ch.execute(self.insert_sql, columns(rows), columnar=True)
+                self.ch.execute(sql, columns(rows), columnar=True)
                 return ids, []
             except NETWORK_ERRORS as exc:
                 self._wait_for_storage(backoff, exc)
@@ -180,18 +185,18 @@ class Sink:
                 if exc.code in SYSTEMIC_CODES or len(rows) > 1 and backoff.failures < 2:
                     self._wait_for_storage(backoff, exc)
                     continue
-                return self._split(rows, ids, exc)
+                return self._split(sql, rows, ids, exc)
             except ROW_ERRORS as exc:
-                return self._split(rows, ids, exc)
+                return self._split(sql, rows, ids, exc)
 
-    def _split(self, rows, ids, exc) -> tuple[list, list[tuple[object, str]]]:
+    def _split(self, sql, rows, ids, exc) -> tuple[list, list[tuple[object, str]]]:
         """Bisect a refused block so one bad row never holds back the others."""
         if len(rows) == 1:
             log.warning("row %s refused by ClickHouse: %s", ids[0], exc)
             return [], [(ids[0], f"refused by ClickHouse: {type(exc).__name__}: {str(exc)[:500]}")]
         mid = len(rows) // 2
-        left_ok, left_bad = self._insert(rows[:mid], ids[:mid])
-        right_ok, right_bad = self._insert(rows[mid:], ids[mid:])
+        left_ok, left_bad = self._insert(sql, rows[:mid], ids[:mid])
+        right_ok, right_bad = self._insert(sql, rows[mid:], ids[mid:])
         return left_ok + right_ok, left_bad + right_bad
 
     def _wait_for_storage(self, backoff: Backoff, exc: BaseException) -> None:
@@ -202,8 +207,12 @@ class Sink:
         time.sleep(delay)
         self.ch.disconnect()
 
-    def _settle(self, entry_ids: list[bytes], dead: list[DeadLetter], events: int = 0) -> None:
-        """Acknowledge and delete settled entries, after moving their dead letters aside, in one MULTI."""
+    def _settle(self, entry_ids: list[bytes], dead: list[DeadLetter], notices: list[tuple] = ()) -> None:
+        """In one MULTI: dead letters aside, tell the attributor what was stored, acknowledge and delete.
+
+        Being one transaction, a sink that dies before it leaves everything to be redelivered,
+        and one that dies after has told the attributor about every stored row.
+        """
         if not entry_ids:
             return
         pipe = self.redis.pipeline(transaction=True)
@@ -212,12 +221,16 @@ class Sink:
                       b"consumer": self.name.encode()}
             record.update(letter.fields or {})
             pipe.xadd(keys.DEAD_LETTER_STREAM, record)
+        for (advertiser, kind), items in _group_notices(notices).items():
+            # Capped (approximately) so that a deployment without an attributor cannot fill Redis.
+            pipe.xadd(keys.ATTRIBUTION_STREAM, {b"a": advertiser, b"k": kind, b"d": orjson.dumps(items)},
+                      maxlen=1_000_000, approximate=True)
         for start in range(0, len(entry_ids), 10_000):
             chunk = entry_ids[start : start + 10_000]
             pipe.xack(keys.EVENTS_STREAM, keys.SINK_GROUP, *chunk)
             pipe.xdel(keys.EVENTS_STREAM, *chunk)
         self._redis_call(pipe.execute)
-        self.stored += events
+        self.stored += len(notices)
         self.dead += len(dead)
         if dead:
             log.warning("moved %d events to %s", len(dead), keys.DEAD_LETTER_STREAM)
@@ -266,6 +279,27 @@ class Sink:
                 delay = backoff.next_delay()
                 log.warning("Redis unavailable (%s); retrying in %.1fs", exc, delay)
                 time.sleep(delay)
+
+
+class _Pending:
+    """Rows bound for one table, and which entry and index each came from."""
+
+    def __init__(self, sql: str) -> None:
+        self.sql = sql
+        self.rows: list[tuple] = []
+        self.owners: list[tuple[bytes, int]] = []
+
+
+def _notice(is_touch: bool, row: tuple) -> tuple:
+    # (advertiser, kind, key): events by (pixel, event, event_id), touchpoints by (kind, touch id).
+    return (row[0], "t", (row[1], row[2])) if is_touch else (row[0], "c", (row[1], row[2], row[3]))
+
+
+def _group_notices(notices) -> dict[tuple[str, str], list]:
+    grouped: dict[tuple[str, str], list] = {}
+    for advertiser, kind, key in notices:
+        grouped.setdefault((advertiser, kind), []).append(key)
+    return grouped
 
 
 def _event_count(fields: dict) -> int:

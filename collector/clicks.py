@@ -1,0 +1,65 @@
+"""The click redirect: record an ad click, then send the visitor on with ``ttclid`` added."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Response, jsonify, redirect, request
+
+from attribution.click_urls import add_click_id, check_landing, new_click_id, read_token
+from clicktrail.errors import BufferUnavailable, RequestError
+from collector import intake
+from collector.context import services
+from collector.metrics import EVENTS_ACCEPTED, EVENTS_REJECTED
+
+bp = Blueprint("clicks", __name__)
+log = logging.getLogger("clicktrail.clicks")
+
+
+def _click_record(click: dict, click_id: str) -> dict:
+    s = services().settings
+    now = intake.now_ms()
+    return {
+        "kind": "click",
+        "touch_id": click_id,
+        "touch_ms": now,
+        "campaign_id": click["campaign"],
+        "adgroup_id": click["adgroup"],
+        "ad_id": click["ad"],
+        # A collector on the site's own domain also sees the browser id: a direct stitch.
+        "browser_id": request.cookies.get("_ttp", "")[:64],
+        "ip": intake.client_ip(request, s["TRUST_PROXY_HEADERS"]),
+        "user_agent": request.headers.get("User-Agent", "")[:1024],
+        "source": "redirect",
+        "received_ms": now,
+    }
+
+
+@bp.route("/r/<token>", methods=["GET"])
+def click_redirect(token: str) -> Response:
+    svc = services()
+    try:
+        click = read_token(svc.settings["SECRET_KEY"], token)
+        host = check_landing(click["landing"])
+        click_id = new_click_id()
+        svc.buffer.append_touches(click["advertiser"], host, [_click_record(click, click_id)])
+    except BufferUnavailable:
+        # The URL is signed, so its landing was checked when it was made: send the visitor on
+        # rather than break the advertiser's site; the click itself could not be recorded.
+        EVENTS_REJECTED.labels("click", "buffer_unavailable").inc()
+        log.warning("click not recorded: buffer unavailable")
+        return _redirect(click["landing"])
+    except RequestError as exc:
+        EVENTS_REJECTED.labels("click", exc.code).inc()
+        response = jsonify(exc.to_dict())
+        response.status_code = exc.status
+        return response
+    EVENTS_ACCEPTED.labels("click").inc()
+    return _redirect(add_click_id(click["landing"], click_id))
+
+
+def _redirect(location: str) -> Response:
+    response = redirect(location, code=302)
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "no-referrer-when-downgrade"
+    return response
