@@ -73,6 +73,38 @@ def collector(bind: str, workers: int, threads: int) -> None:
 
 
 @main.command()
+@click.option("--bind", default="127.0.0.1:8081", show_default=True, help="HOST:PORT to listen on")
+@click.option("--workers", default=lambda: os.cpu_count() or 2, type=int, help="processes [default: cores]")
+@click.option("--threads", default=4, show_default=True, type=int, help="threads per process")
+def api(bind: str, workers: int, threads: int) -> None:
+    """Run the API (imports, reports, attribution explanations) under gunicorn."""
+    from clicktrail import serve
+
+    settings = _settings()
+    serve.run("attribution.api:create_app", bind, workers, threads, settings["DATA_DIR"], "api")
+
+
+@main.command()
+@click.option("--log-level", default="INFO", show_default=True)
+def attributor(log_level: str) -> None:
+    """Attribute newly stored conversions (and restate those late touchpoints change)."""
+    from attribution.engine import Attributor
+    from clicktrail import clickhouse
+    from clicktrail.lifecycle import ForcedStop, StopFlag
+
+    _setup_logging(log_level)
+    settings = _settings()
+    url = settings["CLICKHOUSE_URL"]
+    stop = StopFlag()
+    stop.install("attributor")
+    worker = Attributor(settings, _redis(settings), clickhouse.connect(url), clickhouse.database_of(url), stop)
+    try:
+        worker.run()
+    except ForcedStop:
+        sys.exit(1)
+
+
+@main.command()
 @click.option("--log-level", default="INFO", show_default=True)
 def sink(log_level: str) -> None:
     """Move events from the Redis Stream into ClickHouse; several may run at once."""
@@ -94,14 +126,16 @@ def sink(log_level: str) -> None:
 
 @main.command()
 @click.option("--bind", default="127.0.0.1:8080", show_default=True, help="collector HOST:PORT")
+@click.option("--api-bind", default="127.0.0.1:8081", show_default=True, help="API HOST:PORT")
 @click.option("--sinks", default=1, show_default=True, type=int, help="sink processes")
 @click.option("--no-services", is_flag=True, help="do not start Redis or ClickHouse")
-def up(bind: str, sinks: int, no_services: bool) -> None:
-    """Start everything (local Redis and ClickHouse if none runs, migrations, collector, sinks) until Ctrl-C."""
+def up(bind: str, api_bind: str, sinks: int, no_services: bool) -> None:
+    """Start everything (local Redis and ClickHouse if none runs, migrations, collector, sinks,
+    attributor, API) until Ctrl-C."""
     from clicktrail import supervisor
 
     _setup_logging()
-    supervisor.up(_settings(), bind=bind, sinks=sinks, start_services=not no_services)
+    supervisor.up(_settings(), bind=bind, api_bind=api_bind, sinks=sinks, start_services=not no_services)
 
 
 @main.command()

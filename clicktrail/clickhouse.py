@@ -58,3 +58,19 @@ def server_features(client: Client) -> Features:
     except NETWORK_ERRORS as exc:
         raise StorageError(f"cannot reach ClickHouse: {exc}") from exc
     return Features(tuple(int(p) for p in version.split(".") if p.isdigit()))
+
+
+class ThreadClients:
+    """One ClickHouse client per thread (a client is not safe to share), made on first use."""
+
+    def __init__(self, url: str) -> None:
+        import threading
+
+        self._url = url
+        self._local = threading.local()
+
+    def get(self) -> Client:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = connect(self._url)
+        return client

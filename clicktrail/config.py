@@ -40,12 +40,14 @@ DEFAULTS: dict[str, Any] = {
     "TRUST_PROXY_HEADERS": False,  # read the client IP from X-Forwarded-For
     # Sink.
     "SINK_BATCH_SIZE": 20_000,  # rows per ClickHouse insert at most
-    "SINK_BATCH_WAIT_MS": 1000,  # a batch is flushed after this even when not full
+    "SINK_BATCH_WAIT_MS": 500,  # a batch is flushed after this even when not full
     "SINK_READ_COUNT": 5000,  # entries per XREADGROUP call
     "SINK_CLAIM_IDLE_MS": 60_000,  # pending this long: its consumer is presumed dead
     "SINK_MAX_DELIVERIES": 5,  # then the entry goes to the dead-letter stream
     "SINK_BACKOFF_CAP_S": 30.0,
     "UA_CACHE_SIZE": 20_000,
+    # Attributor.
+    "ATTRIBUTOR_BATCH": 200,  # notices per tick (each names up to a sink batch of keys)
     # Fault injection for crash-safety tests: "after_insert" makes a sink SIGKILL itself between
     # a successful insert and the acknowledgement. Never set it in production.
     "SINK_FAILPOINT": "",

@@ -47,13 +47,18 @@ def _wait_healthy(url: str, proc: subprocess.Popen, seconds: float = 30.0) -> No
     log.error("the collector did not answer at %s", url)
 
 
-def up(settings: dict, *, bind: str, sinks: int, start_services: bool) -> None:
+def up(settings: dict, *, bind: str, api_bind: str, sinks: int, start_services: bool) -> None:
     _prepare(settings, start_services)
     children: list[tuple[str, subprocess.Popen]] = [("collector", _start("collector", ["collector", "--bind", bind]))]
     children += [(f"sink-{i + 1}", _start("sink", ["sink"])) for i in range(sinks)]
+    children += [("attributor", _start("attributor", ["attributor"])),
+                 ("api", _start("api", ["api", "--bind", api_bind]))]
     _wait_healthy(f"http://{bind}/healthz", children[0][1])
+    _wait_healthy(f"http://{api_bind}/healthz", children[-1][1])
     print(f"{'collector':<11} http://{bind} (public URL {settings['PUBLIC_URL']})", flush=True)
+    print(f"{'api':<11} http://{api_bind}", flush=True)
     print(f"{'sinks':<11} {sinks} reading the Redis stream into ClickHouse", flush=True)
+    print(f"{'attributor':<11} attributing new conversions", flush=True)
     print("Ready. Register a pixel: clicktrail pixel create --advertiser ADV --domain shop.example.com", flush=True)
     print("Press Ctrl-C to stop.", flush=True)
 

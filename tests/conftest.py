@@ -128,3 +128,32 @@ def spawn(settings):
     procs = servers.ProcessGroup(settings)
     yield procs
     procs.stop_all()
+
+
+@pytest.fixture
+def api_client(settings, r):
+    from attribution.api import create_app as create_api
+
+    app = create_api({k: settings[k] for k in ("REDIS_URL", "CLICKHOUSE_URL", "DATA_DIR")})
+    return app.test_client()
+
+
+@pytest.fixture
+def attributor(settings, r, ch, ch_database):
+    """An in-process attributor; ``settle()`` runs ticks until nothing is left to do."""
+    from attribution.engine import Attributor
+
+    ch.execute(f"TRUNCATE TABLE {ch_database}.touchpoints")
+    ch.execute(f"TRUNCATE TABLE {ch_database}.attributions")
+    ch.execute(f"TRUNCATE TABLE {ch_database}.attribution_candidates")
+    worker = Attributor(settings, r, clickhouse.connect(settings["CLICKHOUSE_URL"]), ch_database, StopFlag(),
+                        name="test-attributor")
+    worker.ensure_group()
+
+    def settle(limit: int = 50) -> None:
+        for _ in range(limit):
+            if not worker.tick(block_ms=10):
+                return
+
+    worker.settle = settle
+    return worker

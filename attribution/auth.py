@@ -1,0 +1,50 @@
+"""Bearer-token authentication for the API: a token's advertiser is the only data it can see."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import wraps
+
+import redis
+from flask import current_app, g, request
+
+from clicktrail.errors import BufferUnavailable, Forbidden, Unauthorized
+from pixel.registry import lookup_token
+
+
+@dataclass(frozen=True)
+class Caller:
+    advertiser_id: str
+    scopes: tuple[str, ...]
+
+
+def _bearer() -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("send the token as 'Authorization: Bearer <token>'", field="Authorization",
+                           code="missing_token")
+    return token.strip()
+
+
+def require(scope: str):
+    """Decorator: the request must carry a token with ``scope``; sets ``g.caller``."""
+
+    def decorate(view):
+        @wraps(view)
+        def wrapped(*args, **kwargs):
+            token = _bearer()
+            try:
+                record = lookup_token(current_app.extensions["clicktrail.api"].redis, token)
+            except redis.RedisError as exc:
+                raise BufferUnavailable("the token store is unavailable; retry later") from exc
+            if record is None:
+                raise Unauthorized("the token is not valid", field="Authorization", code="bad_token")
+            if scope not in record["scopes"]:
+                raise Forbidden(f"the token lacks the {scope!r} scope", field="Authorization", code="token_scope")
+            g.caller = Caller(record["advertiser_id"], tuple(record["scopes"]))
+            return view(*args, **kwargs)
+
+        return wrapped
+
+    return decorate

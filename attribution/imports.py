@@ -1,0 +1,76 @@
+"""Bulk import of clicks and impressions from ad servers: ``POST /v1/clicks``, ``POST /v1/impressions``.
+
+Rows go straight into ClickHouse (an import is not a hot path, and a 200 then means stored),
+then the attributor is told, so conversions that arrived before their click are restated.
+Re-posting a row is harmless: the latest copy of a touchpoint id replaces the earlier one.
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import redis
+from flask import Blueprint, g, jsonify
+
+from attribution import touchpoints
+from attribution.api import api_services, json_body
+from attribution.auth import require
+from clicktrail import keys
+from clicktrail.clickhouse import NETWORK_ERRORS
+from clicktrail.errors import BadRequest, BufferUnavailable, StorageError
+from clicktrail.schema import TOUCH_COLUMN_NAMES
+from sink.rows import columns
+
+bp = Blueprint("imports", __name__)
+
+
+def _rows(collection: str) -> list:
+    body = json_body()
+    if not isinstance(body, dict) or not isinstance(body.get(collection), list) or not body[collection]:
+        raise BadRequest(f"body must be an object with a non-empty '{collection}' list", field=collection,
+                         code="invalid_field")
+    rows = body[collection]
+    if len(rows) > touchpoints.MAX_ROWS:
+        raise BadRequest(f"{collection} must hold at most {touchpoints.MAX_ROWS} rows per request",
+                         field=collection, code="too_many_rows")
+    return rows
+
+
+def _store(touches: list[touchpoints.Touch]) -> None:
+    svc = api_services()
+    now_ms = time.time_ns() // 1_000_000
+    sql = f"INSERT INTO {svc.database}.touchpoints ({', '.join(TOUCH_COLUMN_NAMES)}) VALUES"
+    try:
+        svc.clickhouse.get().execute(sql, columns([t.row(now_ms) for t in touches]), columnar=True)
+    except NETWORK_ERRORS as exc:
+        svc.clickhouse.get().disconnect()
+        raise StorageError("storage is unavailable; retry later (re-posting rows is harmless)") from exc
+    notice = orjson.dumps([(t.kind, t.touch_id) for t in touches])
+    try:
+        svc.redis.xadd(keys.ATTRIBUTION_STREAM, {"a": g.caller.advertiser_id, "k": "t", "d": notice},
+                       maxlen=1_000_000, approximate=True)
+    except redis.RedisError as exc:
+        # Stored but the attributor was not told: ask for a re-post, which is harmless.
+        raise BufferUnavailable("could not schedule attribution; retry later (re-posting rows is harmless)") from exc
+
+
+def _import(collection: str):
+    rows = _rows(collection)
+    touches, rejections = touchpoints.parse_rows(collection, rows, g.caller.advertiser_id, time.time())
+    if touches:
+        _store(touches)
+    result = {"accepted": len(touches), "rejected": [r.to_dict() for r in rejections]}
+    return jsonify(result), 200 if touches else 400
+
+
+@bp.post("/v1/clicks")
+@require("adserver")
+def import_clicks():
+    return _import("clicks")
+
+
+@bp.post("/v1/impressions")
+@require("adserver")
+def import_impressions():
+    return _import("impressions")

@@ -1,0 +1,184 @@
+"""Set-based reads the attributor needs: conversions, browser click ids, touchpoints, current state.
+
+Each function is one query for a whole batch of keys, sent as an external table, never one
+query per conversion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clickhouse_driver import Client
+
+from attribution.models import MAX_CLICK_WINDOW_MS, Touch
+
+DAY_S = 86_400
+
+
+@dataclass(frozen=True)
+class Conversion:
+    advertiser_id: str
+    pixel_id: str
+    event: str
+    event_id: str
+    conversion_ms: int
+    click_id: str
+    browser_id: str
+    email: str
+    phone: str
+    external_id: str
+    value: float
+    currency: str
+    device_type: str
+    os: str
+    browser: str
+    utm_source: str
+    utm_campaign: str
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.advertiser_id, self.pixel_id, self.event, self.event_id)
+
+
+def _table(name: str, columns: list[str], rows) -> dict:
+    return {"name": name, "structure": [(c, "String") for c in columns],
+            "data": [dict(zip(columns, row)) for row in rows]}
+
+
+_KEY_COLUMNS = ["advertiser_id", "pixel_id", "event", "event_id"]
+
+
+def load_conversions(ch: Client, db: str, keys: set[tuple]) -> list[Conversion]:
+    """The first copy received of each conversion (as events_unique would give it)."""
+    if not keys:
+        return []
+    fields = ["event_ms", "click_id", "browser_id", "email_sha256", "phone_sha256", "external_id_sha256", "value",
+              "currency", "device_type", "ua_os", "ua_browser", "utm_source", "utm_campaign"]
+    picked = ", ".join(f"argMax({f}, dedup_version)" for f in fields)
+    rows = ch.execute(
+        f"SELECT advertiser_id, pixel_id, event, event_id, {picked} FROM {db}.events "
+        f"WHERE (advertiser_id, pixel_id, event, event_id) IN (SELECT {', '.join(_KEY_COLUMNS)} FROM _keys) "
+        "GROUP BY advertiser_id, pixel_id, event, event_id",
+        external_tables=[_table("_keys", _KEY_COLUMNS, keys)],
+    )
+    return [Conversion(*row) for row in rows]
+
+
+def conversions_touched_by(ch: Client, db: str, touches: set[tuple]) -> set[tuple]:
+    """Conversions a newly stored touchpoint may change: same identity, after it, within 28 days."""
+    if not touches:
+        return set()
+    tables = [_table("_touches", ["advertiser_id", "kind", "touch_id"], touches)]
+    found = ch.execute(
+        f"""
+        SELECT advertiser_id, kind, touch_id, min(touch_ms), any(browser_id), any(email_sha256),
+               any(phone_sha256), any(external_id_sha256)
+        FROM {db}.touchpoints
+        WHERE (advertiser_id, kind, touch_id) IN (SELECT advertiser_id, kind, touch_id FROM _touches)
+        GROUP BY advertiser_id, kind, touch_id""",
+        external_tables=tables,
+    )
+    if not found:
+        return set()
+    since = min(row[3] for row in found) // 1000
+    until = since + MAX_CLICK_WINDOW_MS // 1000 + DAY_S
+    ident = {(row[0], v) for row in found for v in row[4:8] if v}
+    clicks = {(row[0], row[2]) for row in found if row[1] == "click"}
+    rows = ch.execute(
+        f"""
+        SELECT DISTINCT advertiser_id, pixel_id, event, event_id FROM {db}.events
+        WHERE event_time >= toDateTime({since}) AND event_time <= toDateTime({until})
+          AND ((advertiser_id, click_id) IN (SELECT advertiser_id, value FROM _clicks)
+               OR (advertiser_id, browser_id) IN (
+                    SELECT advertiser_id, browser_id FROM {db}.events
+                    WHERE (advertiser_id, click_id) IN (SELECT advertiser_id, value FROM _clicks)
+                      AND browser_id != '')
+               OR (advertiser_id, browser_id) IN (SELECT advertiser_id, value FROM _ident)
+               OR (advertiser_id, email_sha256) IN (SELECT advertiser_id, value FROM _ident)
+               OR (advertiser_id, phone_sha256) IN (SELECT advertiser_id, value FROM _ident)
+               OR (advertiser_id, external_id_sha256) IN (SELECT advertiser_id, value FROM _ident))""",
+        external_tables=[_table("_clicks", ["advertiser_id", "value"], clicks or {("", "")}),
+                         _table("_ident", ["advertiser_id", "value"], ident or {("", "")})],
+    )
+    return set(rows)
+
+
+def browser_click_ids(ch: Client, db: str, conversions: list[Conversion]) -> dict[tuple, list[tuple[str, int]]]:
+    """Click ids seen on each conversion's browser, with when each was first seen there."""
+    browsers = {(c.advertiser_id, c.browser_id) for c in conversions if c.browser_id}
+    if not browsers:
+        return {}
+    rows = ch.execute(
+        f"""
+        SELECT advertiser_id, browser_id, click_id, min(event_ms) FROM {db}.events
+        WHERE (advertiser_id, browser_id) IN (SELECT advertiser_id, browser_id FROM _browsers)
+          AND click_id != ''
+        GROUP BY advertiser_id, browser_id, click_id""",
+        external_tables=[_table("_browsers", ["advertiser_id", "browser_id"], browsers)],
+    )
+    seen: dict[tuple, list[tuple[str, int]]] = {}
+    for advertiser, browser, click, first_ms in rows:
+        seen.setdefault((advertiser, browser), []).append((click, first_ms))
+    return seen
+
+
+@dataclass(frozen=True)
+class StoredTouch:
+    advertiser_id: str
+    kind: str
+    touch_id: str
+    touch_ms: int
+    campaign_id: str
+    adgroup_id: str
+    ad_id: str
+    browser_id: str
+    email: str
+    phone: str
+    external_id: str
+
+    def as_candidate(self, matched_by: str) -> Touch:
+        return Touch(self.kind, self.touch_id, self.touch_ms, self.campaign_id, self.adgroup_id, self.ad_id,
+                     matched_by)
+
+
+def load_touches(ch: Client, db: str, conversions: list[Conversion],
+                 browser_clicks: dict[tuple, list[tuple[str, int]]]) -> list[StoredTouch]:
+    """Every touchpoint that shares an identity with one of the conversions (latest copy of each)."""
+    if not conversions:
+        return []
+    clicks = {(c.advertiser_id, c.click_id) for c in conversions if c.click_id}
+    clicks |= {(adv, click) for (adv, _), seen in browser_clicks.items() for click, _ in seen}
+    ident = {(c.advertiser_id, v) for c in conversions for v in (c.browser_id, c.email, c.phone, c.external_id) if v}
+    since = (min(c.conversion_ms for c in conversions) - MAX_CLICK_WINDOW_MS) // 1000
+    until = max(c.conversion_ms for c in conversions) // 1000 + 1
+    fields = ["touch_ms", "campaign_id", "adgroup_id", "ad_id", "browser_id", "email_sha256", "phone_sha256",
+              "external_id_sha256"]
+    picked = ", ".join(f"argMax({f}, received_ms)" for f in fields)
+    rows = ch.execute(
+        f"""
+        SELECT advertiser_id, kind, touch_id, {picked} FROM {db}.touchpoints
+        WHERE touch_time >= toDateTime({since}) AND touch_time <= toDateTime({until})
+          AND ((kind = 'click' AND (advertiser_id, touch_id) IN (SELECT advertiser_id, value FROM _clicks))
+               OR (advertiser_id, browser_id) IN (SELECT advertiser_id, value FROM _ident)
+               OR (advertiser_id, email_sha256) IN (SELECT advertiser_id, value FROM _ident)
+               OR (advertiser_id, phone_sha256) IN (SELECT advertiser_id, value FROM _ident)
+               OR (advertiser_id, external_id_sha256) IN (SELECT advertiser_id, value FROM _ident))
+        GROUP BY advertiser_id, kind, touch_id""",
+        external_tables=[_table("_clicks", ["advertiser_id", "value"], clicks or {("", "")}),
+                         _table("_ident", ["advertiser_id", "value"], ident or {("", "")})],
+    )
+    return [StoredTouch(*row) for row in rows]
+
+
+def current_state(ch: Client, db: str, keys: set[tuple]) -> dict[tuple, tuple[int, int]]:
+    """The latest (revision, content hash) stored for each conversion."""
+    if not keys:
+        return {}
+    rows = ch.execute(
+        f"SELECT advertiser_id, pixel_id, event, event_id, max(revision), argMax(content_hash, revision) "
+        f"FROM {db}.attributions "
+        f"WHERE (advertiser_id, pixel_id, event, event_id) IN (SELECT {', '.join(_KEY_COLUMNS)} FROM _keys) "
+        "GROUP BY advertiser_id, pixel_id, event, event_id",
+        external_tables=[_table("_keys", _KEY_COLUMNS, keys)],
+    )
+    return {tuple(row[:4]): (row[4], row[5]) for row in rows}

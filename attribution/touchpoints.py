@@ -1,0 +1,105 @@
+"""Validation of imported touchpoints (ad server clicks and impressions)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from pixel.events import Rejection
+from pixel.hashing import hash_identifier
+
+#: Touchpoints as old as the longest click window are accepted.
+MAX_TOUCH_AGE_S = 28 * 86400
+MAX_FUTURE_S = 86400
+MAX_ROWS = 10_000
+MAX_ID = 128
+KINDS = {"clicks": ("click", "click_id", "click_time"), "impressions": ("impression", "impression_id",
+                                                                        "impression_time")}
+
+
+class _Invalid(Exception):
+    def __init__(self, field: str, rule: str) -> None:
+        self.field, self.rule = field, rule
+
+
+def _id(row: dict, field: str) -> str:
+    value = row.get(field)
+    if value is None or value == "":
+        raise _Invalid(field, "is required")
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise _Invalid(field, "must be a string")
+    text = str(value)
+    if len(text) > MAX_ID or any(ord(c) < 32 for c in text):
+        raise _Invalid(field, f"must be at most {MAX_ID} printable characters")
+    return text
+
+
+def _time(row: dict, field: str, now_s: float) -> int:
+    value = row.get(field)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _Invalid(field, "must be unix time in seconds")
+    if value > 10**11:
+        raise _Invalid(field, "must be unix time in seconds (this looks like milliseconds)")
+    if value < now_s - MAX_TOUCH_AGE_S:
+        raise _Invalid(field, "must be at most 28 days old")
+    if value > now_s + MAX_FUTURE_S:
+        raise _Invalid(field, "must be at most 24 hours in the future")
+    return int(value * 1000)
+
+
+def _user(row: dict) -> dict:
+    user = row.get("user") or {}
+    if not isinstance(user, dict):
+        raise _Invalid("user", "must be an object")
+    out = {}
+    for kind in ("email", "phone", "external_id"):
+        value = user.get(kind)
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str):
+            raise _Invalid(f"user.{kind}", "must be a string (SHA-256 hex)")
+        out[kind] = hash_identifier(kind, value)  # raw values are hashed here, never stored
+    ttp = user.get("ttp")
+    if ttp is not None and (not isinstance(ttp, str) or len(ttp) > 256):
+        raise _Invalid("user.ttp", "must be a string of at most 256 characters")
+    out["browser_id"] = ttp or ""
+    return out
+
+
+@dataclass(frozen=True)
+class Touch:
+    advertiser_id: str
+    kind: str
+    touch_id: str
+    touch_ms: int
+    campaign_id: str
+    adgroup_id: str
+    ad_id: str
+    browser_id: str
+    email: str
+    phone: str
+    external_id: str
+
+    def row(self, received_ms: int) -> tuple:
+        """A row in ``TOUCH_COLUMN_NAMES`` order."""
+        return (self.advertiser_id, self.kind, self.touch_id, self.touch_ms // 1000, self.touch_ms,
+                self.campaign_id, self.adgroup_id, self.ad_id, self.browser_id, self.email, self.phone,
+                self.external_id, "", "", "import", received_ms)
+
+
+def parse_rows(collection: str, rows: list, advertiser_id: str, now_s: float) -> tuple[list[Touch], list[Rejection]]:
+    kind, id_field, time_field = KINDS[collection]
+    touches, rejections = [], []
+    for index, row in enumerate(rows):
+        try:
+            if not isinstance(row, dict):
+                raise _Invalid("", "row must be an object")
+            user = _user(row)
+            touches.append(Touch(
+                advertiser_id, kind, _id(row, id_field), _time(row, time_field, now_s),
+                _id(row, "campaign_id"), _id(row, "adgroup_id"), _id(row, "ad_id"), user["browser_id"],
+                user.get("email", ""), user.get("phone", ""), user.get("external_id", ""),
+            ))
+        except _Invalid as exc:
+            rejections.append(Rejection(index, exc.field, exc.rule))
+    return touches, rejections
