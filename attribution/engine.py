@@ -26,7 +26,7 @@ from clicktrail.backoff import Backoff
 from clicktrail.clickhouse import NETWORK_ERRORS
 from clicktrail.lifecycle import StopFlag
 from clicktrail.schema import ATTRIBUTION_COLUMN_NAMES, CANDIDATE_COLUMN_NAMES
-from pixel.registry import DEFAULT_SETTINGS, get_advertiser
+from pixel.registry import advertiser_settings
 from sink.rows import columns
 
 log = logging.getLogger("clicktrail.attributor")
@@ -56,14 +56,6 @@ def _candidates(conv: store.Conversion, touches_by_adv: dict, browser_clicks: di
     return sorted(found, key=lambda c: (c.order_key, c.level))
 
 
-def _settings_of(r: redis.Redis, advertiser_id: str, cache: dict) -> models.Windows:
-    if advertiser_id not in cache:
-        record = get_advertiser(r, advertiser_id)
-        settings = {**DEFAULT_SETTINGS, **(record or {}).get("settings", {})}
-        cache[advertiser_id] = models.Windows(settings["click_window_days"], settings["view_window_days"])
-    return cache[advertiser_id]
-
-
 class Result:
     """One conversion's attribution: its candidates and, per model, the credited touchpoints."""
 
@@ -71,15 +63,26 @@ class Result:
         self.conv = conv
         self.candidates = candidates
         self.windows = windows
+        self.not_counted = ""  # why the conversion counts for nothing: duplicate_order or repeat_click
         chosen = models.eligible(candidates, conv.conversion_ms, windows)
         self.credited = {m: list(zip(chosen, models.credits(m, chosen, conv.conversion_ms))) for m in models.MODELS}
+
+    @property
+    def last_click(self) -> models.Touch | None:
+        credited = self.credited[models.DEFAULT_MODEL]
+        return credited[-1][0] if credited and credited[-1][0].kind == "click" else None
+
+    def suppress(self, reason: str) -> None:
+        """Count this conversion for nothing (a repeated order, or a repeat conversion of one click)."""
+        self.not_counted = reason
+        self.credited = {m: [] for m in models.MODELS}
 
     def content_hash(self) -> int:
         basis = orjson.dumps([
             [(c.kind, c.touch_id, c.touch_ms, c.campaign_id, c.adgroup_id, c.ad_id, c.matched_by)
              for c in self.candidates],
             {m: [(t.touch_id, round(credit, 12)) for t, credit in rows] for m, rows in self.credited.items()},
-            [self.windows.click_days, self.windows.view_days, self.conv.value, self.conv.currency],
+            [self.windows.click_days, self.windows.view_days, self.conv.value, self.conv.currency, self.not_counted],
         ])
         return int.from_bytes(hashlib.blake2b(basis, digest_size=8).digest(), "big")
 
@@ -100,7 +103,9 @@ class Result:
         tail = (self.windows.click_days, self.windows.view_days)
         rows = []
         for model, credited in self.credited.items():
-            if not credited:  # organic: no touchpoint earned it
+            if self.not_counted:  # a duplicate: one row per model, worth nothing, saying why
+                rows.append(head + _NO_TOUCH[:-1] + (self.not_counted, model, *tail, 0.0))
+            elif not credited:  # organic: no touchpoint earned it
                 rows.append(head + _NO_TOUCH + (model, *tail, 1.0))
             for touch, credit in credited:
                 rows.append(head + _touch_part(touch) + (model, *tail, credit))
@@ -108,6 +113,15 @@ class Result:
 
 
 _NO_TOUCH = ("", "", 0, 0, "", "", "", "")
+
+
+def _dedup_orders(results: list[Result], orders: dict[tuple, list[tuple[int, str]]]) -> None:
+    """A repeated order id (same pixel and event) counts once: the first seen keeps its credit."""
+    for res in results:
+        c = res.conv
+        seen = orders.get((c.advertiser_id, c.pixel_id, c.event, c.order_id)) if c.order_id else None
+        if seen and min(seen)[1] != c.event_id:
+            res.suppress("duplicate_order")
 
 
 def _touch_part(t: models.Touch) -> tuple:
@@ -194,14 +208,56 @@ class Attributor:
         return self.write(self.compute(conv_keys))
 
     def compute(self, conv_keys: set[tuple]) -> list[Result]:
+        """Attribute the conversions, together with those their counting rules tie them to."""
         conversions = store.load_conversions(self.ch, self.db, conv_keys)
+        # A repeated order id counts once: every conversion of the order is decided together.
+        orders = store.same_order(self.ch, self.db, conversions)
+        more = {(*order[:3], event_id) for order, seen in orders.items() for _, event_id in seen} - conv_keys
+        conversions += store.load_conversions(self.ch, self.db, more)
+        settings: dict = {}
+        results = self._results(conversions, settings)
+        # Counting "once": the other conversions of the same click and event are decided together.
+        once = {(r.conv.advertiser_id, r.conv.event, r.last_click.touch_id) for r in results
+                if r.last_click and self._counting(settings, r.conv) == "once"}
+        known = {r.conv.key for r in results}
+        extra = store.sharing_clicks(self.ch, self.db, once) - known
+        if extra:
+            results += self._results(store.load_conversions(self.ch, self.db, extra), settings)
+        _dedup_orders(results, orders)
+        self._count_once(results, settings)
+        return results
+
+    def _results(self, conversions: list[store.Conversion], settings: dict) -> list[Result]:
         browser_clicks = store.browser_click_ids(self.ch, self.db, conversions)
         touches_by_adv: dict[str, list[store.StoredTouch]] = {}
         for t in store.load_touches(self.ch, self.db, conversions, browser_clicks):
             touches_by_adv.setdefault(t.advertiser_id, []).append(t)
-        windows_cache: dict = {}
-        return [Result(c, _candidates(c, touches_by_adv, browser_clicks),
-                       _settings_of(self.redis, c.advertiser_id, windows_cache)) for c in conversions]
+        return [Result(c, _candidates(c, touches_by_adv, browser_clicks), self._windows(settings, c))
+                for c in conversions]
+
+    def _settings(self, cache: dict, advertiser_id: str) -> dict:
+        if advertiser_id not in cache:
+            cache[advertiser_id] = advertiser_settings(self.redis, advertiser_id)
+        return cache[advertiser_id]
+
+    def _windows(self, cache: dict, conv: store.Conversion) -> models.Windows:
+        s = self._settings(cache, conv.advertiser_id)
+        return models.Windows(s["click_window_days"], s["view_window_days"])
+
+    def _counting(self, cache: dict, conv: store.Conversion) -> str:
+        counting = self._settings(cache, conv.advertiser_id)["counting"]
+        return counting.get(conv.event, counting.get("default", "every"))
+
+    def _count_once(self, results: list[Result], settings: dict) -> None:
+        """Under "once", only the first conversion of an event per click counts."""
+        by_click: dict[tuple, list[Result]] = {}
+        for res in results:
+            if not res.not_counted and res.last_click and self._counting(settings, res.conv) == "once":
+                by_click.setdefault((res.conv.advertiser_id, res.conv.event, res.last_click.touch_id), []).append(res)
+        for group in by_click.values():
+            group.sort(key=lambda r: (r.conv.conversion_ms, r.conv.pixel_id, r.conv.event_id))
+            for repeat in group[1:]:
+                repeat.suppress("repeat_click")
 
     def write(self, results: list[Result]) -> int:
         state = store.current_state(self.ch, self.db, {res.conv.key for res in results})

@@ -34,6 +34,7 @@ class Conversion:
     browser: str
     utm_source: str
     utm_campaign: str
+    order_id: str
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -53,7 +54,7 @@ def load_conversions(ch: Client, db: str, keys: set[tuple]) -> list[Conversion]:
     if not keys:
         return []
     fields = ["event_ms", "click_id", "browser_id", "email_sha256", "phone_sha256", "external_id_sha256", "value",
-              "currency", "device_type", "ua_os", "ua_browser", "utm_source", "utm_campaign"]
+              "currency", "device_type", "ua_os", "ua_browser", "utm_source", "utm_campaign", "order_id"]
     picked = ", ".join(f"argMax({f}, dedup_version)" for f in fields)
     rows = ch.execute(
         f"SELECT advertiser_id, pixel_id, event, event_id, {picked} FROM {db}.events "
@@ -168,6 +169,39 @@ def load_touches(ch: Client, db: str, conversions: list[Conversion],
                          _table("_ident", ["advertiser_id", "value"], ident or {("", "")})],
     )
     return [StoredTouch(*row) for row in rows]
+
+
+def same_order(ch: Client, db: str, conversions: list[Conversion]) -> dict[tuple, list[tuple[int, str]]]:
+    """Every conversion sharing an order id with one of ``conversions``: (first seen ms, event id) per order."""
+    orders = {(c.advertiser_id, c.pixel_id, c.event, c.order_id) for c in conversions if c.order_id}
+    if not orders:
+        return {}
+    rows = ch.execute(
+        f"""
+        SELECT advertiser_id, pixel_id, event, order_id, event_id, min(event_ms) FROM {db}.events
+        WHERE (advertiser_id, pixel_id, event, order_id) IN
+              (SELECT advertiser_id, pixel_id, event, order_id FROM _orders)
+        GROUP BY advertiser_id, pixel_id, event, order_id, event_id""",
+        external_tables=[_table("_orders", ["advertiser_id", "pixel_id", "event", "order_id"], orders)],
+    )
+    found: dict[tuple, list[tuple[int, str]]] = {}
+    for adv, pixel, event, order, event_id, first_ms in rows:
+        found.setdefault((adv, pixel, event, order), []).append((first_ms, event_id))
+    return found
+
+
+def sharing_clicks(ch: Client, db: str, clicks: set[tuple]) -> set[tuple]:
+    """Conversions (keys) that have one of the (advertiser, event, click id) among their candidates."""
+    if not clicks:
+        return set()
+    rows = ch.execute(
+        f"""
+        SELECT DISTINCT advertiser_id, pixel_id, event, event_id FROM {db}.attribution_candidates
+        WHERE touch_kind = 'click'
+          AND (advertiser_id, event, touch_id) IN (SELECT advertiser_id, event, touch_id FROM _clicks)""",
+        external_tables=[_table("_clicks", ["advertiser_id", "event", "touch_id"], clicks)],
+    )
+    return set(rows)
 
 
 def current_state(ch: Client, db: str, keys: set[tuple]) -> dict[tuple, tuple[int, int]]:

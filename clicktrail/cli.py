@@ -202,6 +202,29 @@ def click_url(advertiser: str, campaign: str, adgroup: str, ad: str, landing: st
 
 
 @main.group()
+def advertiser() -> None:
+    """Advertiser attribution settings."""
+
+
+@advertiser.command("set")
+@click.option("--advertiser", "advertiser_id", required=True)
+@click.option("--click-window", type=int, help="click-through window in days: 1, 7, 14 or 28")
+@click.option("--view-window", type=int, help="view-through window in days: 0 (off), 1 or 7")
+@click.option("--counting", help="every (each conversion counts) or once (first conversion per click)")
+@click.option("--event", help="apply --counting to this event name only")
+def advertiser_set(advertiser_id: str, click_window: int | None, view_window: int | None, counting: str | None,
+                   event: str | None) -> None:
+    """Change attribution settings (they apply from now on); print them as JSON."""
+    import json
+
+    from pixel import registry
+
+    settings = registry.update_settings(_redis(_settings()), advertiser_id, click_window_days=click_window,
+                                        view_window_days=view_window, counting=counting, event=event)
+    click.echo(json.dumps(settings, sort_keys=True))
+
+
+@main.group()
 def token() -> None:
     """Create API tokens."""
 

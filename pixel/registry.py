@@ -20,7 +20,17 @@ from pixel import ids
 
 SCOPES = ("events", "reports", "optimizer", "adserver")
 #: Attribution settings every new advertiser starts with (TikTok's defaults).
-DEFAULT_SETTINGS = {"click_window_days": 7, "view_window_days": 1, "timezone": "UTC", "currency": "USD"}
+DEFAULT_SETTINGS = {
+    "click_window_days": 7,
+    "view_window_days": 1,
+    # "every" conversion counts, or only the first per click ("once"); per event name, with a default.
+    "counting": {"default": "every"},
+    "timezone": "UTC",
+    "currency": "USD",
+}
+CLICK_WINDOWS = (1, 7, 14, 28)
+VIEW_WINDOWS = (0, 1, 7)
+COUNTING = ("every", "once")
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 
 
@@ -57,6 +67,34 @@ def ensure_advertiser(r: redis.Redis, advertiser_id: str) -> dict:
     record = {"advertiser_id": advertiser_id, "created_at": int(time.time()), "settings": DEFAULT_SETTINGS}
     r.hsetnx(keys.ADVERTISERS, advertiser_id, orjson.dumps(record))
     return orjson.loads(r.hget(keys.ADVERTISERS, advertiser_id))
+
+
+def update_settings(r: redis.Redis, advertiser_id: str, *, click_window_days: int | None = None,
+                    view_window_days: int | None = None, counting: str | None = None,
+                    event: str | None = None) -> dict:
+    """Change an advertiser's attribution settings; they apply to conversions attributed from now on."""
+    if click_window_days is not None and click_window_days not in CLICK_WINDOWS:
+        raise RegistryError(f"click window must be one of {', '.join(map(str, CLICK_WINDOWS))} days")
+    if view_window_days is not None and view_window_days not in VIEW_WINDOWS:
+        raise RegistryError(f"view window must be one of {', '.join(map(str, VIEW_WINDOWS))} days (0 = off)")
+    if counting is not None and counting not in COUNTING:
+        raise RegistryError(f"counting must be one of {', '.join(COUNTING)}")
+    record = ensure_advertiser(r, advertiser_id)
+    settings = {**DEFAULT_SETTINGS, **record.get("settings", {})}
+    if click_window_days is not None:
+        settings["click_window_days"] = click_window_days
+    if view_window_days is not None:
+        settings["view_window_days"] = view_window_days
+    if counting is not None:
+        settings["counting"] = {**settings["counting"], (event or "default"): counting}
+    record["settings"] = settings
+    r.hset(keys.ADVERTISERS, advertiser_id, orjson.dumps(record))
+    return settings
+
+
+def advertiser_settings(r: redis.Redis, advertiser_id: str) -> dict:
+    record = get_advertiser(r, advertiser_id) or {}
+    return {**DEFAULT_SETTINGS, **record.get("settings", {})}
 
 
 def get_advertiser(r: redis.Redis, advertiser_id: str) -> dict | None:
