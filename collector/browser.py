@@ -110,8 +110,10 @@ def _first_party_cookie(response: Response, site_domain: str, records: list[dict
     ttp = next((r["ttp"] for r in records if r.get("ttp")), "")
     if not ttp or not _COOKIE_SAFE.match(ttp):
         return
+    forwarded_https = (services().settings["TRUST_PROXY_HEADERS"]
+                       and request.headers.get("X-Forwarded-Proto", "").lower() == "https")
     response.set_cookie("_ttp", ttp, max_age=TTP_MAX_AGE_S, domain=site_domain, path="/",
-                        secure=request.is_secure, httponly=False, samesite="Lax")
+                        secure=request.is_secure or forwarded_https, httponly=False, samesite="Lax")
 
 
 @bp.route("/e/<pixel_id>", methods=["OPTIONS"])

@@ -36,12 +36,10 @@ class PageServer:
 
     def __init__(self) -> None:
         self.pages: dict[str, str] = {}
-        self.hits: list[str] = []
-        pages, hits = self.pages, self.hits
+        pages = self.pages
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                hits.append(self.path)
                 body = pages.get(urlsplit(self.path).path)
                 if body is None:
                     self.send_response(404)
@@ -74,7 +72,6 @@ class PageServer:
 
     def reset(self) -> None:
         self.pages.clear()
-        self.hits.clear()
 
     def close(self) -> None:
         self.httpd.shutdown()
@@ -97,12 +94,23 @@ def snippet(pixel_id: str, collector: str, *, before: str = "", **options) -> st
     return html
 
 
+#: Run right after the stub (``snippet(..., before=EVENT_LOG)``): lists each event the pixel sends
+#: in the page's ``<ul id=ct-log>``, so a screenshot shows what happened.
+EVENT_LOG = (
+    "ttq.on('track', function (id, e) { var l = document.getElementById('ct-log');"
+    " if (!l) return; var li = document.createElement('li');"
+    " li.textContent = e.event + ' to pixel ' + id + ', event_id ' + e.event_id.slice(0, 8) + '\u2026'"
+    " + (e.ttclid ? ', ttclid ' + e.ttclid.slice(0, 14) + '\u2026' : '');"
+    " l.appendChild(li); });"
+)
+
+
 def page_html(title: str, head: str = "", body: str = "") -> str:
     return (
         "<!doctype html>\n<html lang=en><head><meta charset=utf-8>"
         f"<title>{title}</title>\n{head}\n"
         "<style>body{font:16px system-ui,sans-serif;margin:2em;max-width:40em}"
-        "code{background:#eee;padding:0 .2em}</style>\n"
+        "code{background:#eee;padding:0 .2em}#ct-log{font:14px ui-monospace,monospace}</style>\n"
         f"</head><body><h1>{title}</h1>\n{body}\n</body></html>\n"
     )
 

@@ -435,9 +435,12 @@
       });
       ls(Q, null);
       ls(QD, null);
+      // Expire the cookies host-only and on this host and each parent domain: that covers
+      // cookie_domain and the _ttp a first-party collector sets on the site's domain.
+      var h = loc.hostname.split('.');
       ['_ttp', 'ttclid'].forEach(k => {
         setCookie(k, '', 0);
-        setCookie(k, '', 0, dom());
+        h.forEach((x, i) => setCookie(k, '', 0, h.slice(i).join('.')));
       });
       ids = 0; // forget the ids as well: a later grant starts afresh
     },
