@@ -1,0 +1,90 @@
+"""Killing the attributor at any point ends in the same stored result as an undisturbed run."""
+
+import random
+import signal
+import time
+
+import pytest
+
+from attribution.models import MODELS
+from tests.attribution_world import DAY, HOUR, World, sha
+
+
+@pytest.fixture
+def world(client, api_client, tenant, sink, attributor, r, ch, ch_database):
+    return World(client, api_client, tenant, sink, attributor, r, ch, ch_database)
+
+
+def stored(ch, db) -> dict:
+    """The latest revision's credits per conversion and model, as a reader sees them."""
+    rows = ch.execute(f"""
+        SELECT event_id, model, touch_id, matched_by, round(credit, 9) FROM {db}.attributions FINAL
+        WHERE (event_id, revision) IN (SELECT event_id, max(revision) FROM {db}.attributions GROUP BY event_id)""")
+    out: dict = {}
+    for event_id, model, touch_id, matched_by, credit in rows:
+        out.setdefault((event_id, model), set()).add((touch_id or matched_by, credit))
+    return out
+
+
+def expected(attributor, keys) -> dict:
+    """What an undisturbed attributor computes for the same data (no writes)."""
+    out: dict = {}
+    for res in attributor.compute(keys):
+        for model in MODELS:
+            credited = res.credited[model]
+            value = ({(t.touch_id, round(c, 9)) for t, c in credited} if credited else
+                     {(res.not_counted, 0.0)} if res.not_counted else {("", 1.0)})
+            out[(res.conv.event_id, model)] = value
+    return out
+
+
+def build(world, n: int) -> set[tuple]:
+    t = world.now
+    for i in range(n):
+        user = {"email": sha(f"user{i % 7}@example.com")}
+        world.click(f"clk-{i}", t - (i % 9) * DAY - i, campaign=f"cmp-{i % 3}", user=user)
+        if i % 4 == 0:
+            world.impression(f"imp-{i}", t - HOUR - i, user=user)
+    for i in range(n):
+        kwargs = {"email": f"user{i % 5}@example.com"} if i % 2 else {"ttclid": f"clk-{i}"}
+        world.convert(f"conv-{i}", t - i, value=float(i), **kwargs)
+    world.sink.drain()
+    return {(world.tenant.advertiser, world.tenant.pixel_id, "CompletePayment", f"conv-{i}") for i in range(n)}
+
+
+def wait_idle(r, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if r.xlen("ct:attribution") == 0:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_killed_between_its_two_inserts_the_rerun_completes_the_revision(world, spawn, r, ch, ch_database):
+    keys = build(world, 12)
+    dying = spawn.start("attributor", "--log-level", "WARNING", SINK_FAILPOINT="between_attribution_inserts")
+    assert dying.wait(timeout=60) == -signal.SIGKILL
+    assert ch.execute(f"SELECT count() FROM {ch_database}.attribution_candidates")[0][0] > 0
+    assert ch.execute(f"SELECT count() FROM {ch_database}.attributions")[0][0] == 0
+    spawn.start("attributor", "--log-level", "WARNING")  # reclaims the dead one's notices
+    assert wait_idle(r)
+    assert stored(ch, ch_database) == expected(world.attributor, keys)
+
+
+def test_sigkill_at_random_points_changes_nothing(world, spawn, r, ch, ch_database):
+    keys = build(world, 40)
+    rng = random.Random(7)
+    for _ in range(4):
+        proc = spawn.start("attributor", "--log-level", "WARNING", ATTRIBUTOR_BATCH=1)
+        time.sleep(rng.uniform(0.3, 1.2))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    spawn.start("attributor", "--log-level", "WARNING")
+    assert wait_idle(r)
+    assert stored(ch, ch_database) == expected(world.attributor, keys)
+    # Each conversion's latest revision is complete: one row per model at least.
+    (incomplete,) = ch.execute(f"""
+        SELECT count() FROM (SELECT event_id, revision, uniqExact(model) AS models FROM {ch_database}.attributions
+        GROUP BY event_id, revision HAVING models != {len(MODELS)})""")[0]
+    assert incomplete == 0
