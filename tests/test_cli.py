@@ -50,9 +50,10 @@ def test_bad_arguments_fail_with_one_clear_line(settings, r):
     assert config.returncode == 2 and "CLICKTRAIL_REDIS_TIMEOUT_MS must be an integer" in config.stderr
 
 
-def test_up_runs_everything_until_interrupted(settings, r, ch, ch_database):
-    port = services.free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "clicktrail.cli", "up", "--bind", f"127.0.0.1:{port}"],
+def test_up_runs_everything_until_interrupted(settings, r, ch, ch_database, attributor):
+    port, api_port = services.free_port(), services.free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "clicktrail.cli", "up", "--bind", f"127.0.0.1:{port}",
+                             "--api-bind", f"127.0.0.1:{api_port}"],
                             env=env_for(settings), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         lines = []
@@ -64,6 +65,7 @@ def test_up_runs_everything_until_interrupted(settings, r, ch, ch_database):
                 break
         out = "".join(lines)
         assert f"collector   http://127.0.0.1:{port}" in out
+        assert f"api         http://127.0.0.1:{api_port}" in out
         assert "redis       127.0.0.1:6379 (already running)" in out
         assert "schema      version" in out
         pixel_id = registry.create_pixel(r, "acme", ["shop.example"])
@@ -81,8 +83,15 @@ def test_up_runs_everything_until_interrupted(settings, r, ch, ch_database):
                 break
             time.sleep(0.2)
         assert ch.execute(f"SELECT event_id FROM {ch_database}.events_unique") == [("up-1",)]
+        while time.monotonic() < deadline:  # the attributor ran too: the page view is organic
+            if ch.execute(f"SELECT count() FROM {ch_database}.attributions WHERE event_id = 'up-1'")[0][0]:
+                break
+            time.sleep(0.2)
+        assert ch.execute(f"SELECT DISTINCT touch_kind, credit FROM {ch_database}.attributions "
+                          "WHERE event_id = 'up-1'") == [("", 1.0)]
     finally:
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0
     assert "stopped collector" in rest and "stopped sink-1" in rest
+    assert "stopped attributor" in rest and "stopped api" in rest

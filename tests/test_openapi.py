@@ -1,24 +1,37 @@
-"""The OpenAPI file documents exactly the routes the collector serves."""
+"""The OpenAPI file documents exactly the routes each server serves."""
 
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 SPEC = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 
 
-def test_every_route_is_documented_and_every_documented_path_exists(app):
+def documented(app_name: str) -> set[tuple[str, str]]:
     spec = yaml.safe_load(SPEC.read_text())
-    documented = {(path, method.upper()) for path, ops in spec["paths"].items() for method in ops
-                  if method != "parameters"}
-    served = set()
-    for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
+    out = set()
+    for path, ops in spec["paths"].items():
+        apps = ops.get("x-clicktrail-app", "collector")
+        if app_name not in (apps if isinstance(apps, list) else [apps]):
             continue
+        out |= {(path, method.upper()) for method in ops if method not in ("parameters", "x-clicktrail-app")}
+    return out
+
+
+def served(app) -> set[tuple[str, str]]:
+    out = set()
+    for rule in app.url_map.iter_rules():
         path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
         for method in rule.methods - {"HEAD"}:
             if method == "OPTIONS" and not rule.endpoint.endswith("preflight"):
                 continue
-            served.add((path, method))
-    assert served == documented
+            out.add((path, method))
+    return out
+
+
+@pytest.mark.parametrize("name", ["collector", "api"])
+def test_every_route_is_documented_and_every_documented_path_exists(name, app, api_client):
+    flask_app = app if name == "collector" else api_client.application
+    assert served(flask_app) == documented(name)
