@@ -198,21 +198,31 @@ class Attributor:
 
     def attribute(self, notices: list) -> int:
         """Recompute every conversion the notices point at; write those whose result changed."""
-        conv_keys: set[tuple] = set()
+        conv_keys: dict[tuple, int | None] = {}
         touch_keys: set[tuple] = set()
         for _, fields in notices:
             advertiser = fields[b"a"].decode()
             for key in orjson.loads(fields[b"d"]):
-                (conv_keys if fields[b"k"] == b"c" else touch_keys).add((advertiser, *key))
-        conv_keys |= store.conversions_touched_by(self.ch, self.db, touch_keys)
+                if fields[b"k"] == b"c":  # (pixel, event, event_id, event_ms)
+                    conv_keys[(advertiser, *key[:3])] = key[3] if len(key) > 3 else None
+                else:
+                    touch_keys.add((advertiser, *key))
+        for key, event_ms in store.conversions_touched_by(self.ch, self.db, touch_keys).items():
+            conv_keys.setdefault(key, event_ms)
         return self.write(self.compute(conv_keys))
 
-    def compute(self, conv_keys: set[tuple]) -> list[Result]:
-        """Attribute the conversions, together with those their counting rules tie them to."""
+    def compute(self, conv_keys: dict[tuple, int | None] | set[tuple]) -> list[Result]:
+        """Attribute the conversions, together with those their counting rules tie them to.
+
+        ``conv_keys`` maps conversion keys to their time in ms where known (a set is accepted).
+        """
+        if not isinstance(conv_keys, dict):
+            conv_keys = dict.fromkeys(conv_keys)
         conversions = store.load_conversions(self.ch, self.db, conv_keys)
         # A repeated order id counts once: every conversion of the order is decided together.
         orders = store.same_order(self.ch, self.db, conversions)
-        more = {(*order[:3], event_id) for order, seen in orders.items() for _, event_id in seen} - conv_keys
+        more = {(*order[:3], event_id): ms for order, seen in orders.items() for ms, event_id in seen
+                if (*order[:3], event_id) not in conv_keys}
         conversions += store.load_conversions(self.ch, self.db, more)
         settings: dict = {}
         results = self._results(conversions, settings)
@@ -222,7 +232,7 @@ class Attributor:
         known = {r.conv.key for r in results}
         extra = store.sharing_clicks(self.ch, self.db, once) - known
         if extra:
-            results += self._results(store.load_conversions(self.ch, self.db, extra), settings)
+            results += self._results(store.load_conversions(self.ch, self.db, dict.fromkeys(extra)), settings)
         _dedup_orders(results, orders)
         self._count_once(results, settings)
         return results

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from clickhouse_driver import Client
 
-from attribution.models import MAX_CLICK_WINDOW_MS, Touch
+from attribution.models import Touch
 
 DAY_S = 86_400
 
@@ -49,27 +49,56 @@ def _table(name: str, columns: list[str], rows) -> dict:
 _KEY_COLUMNS = ["advertiser_id", "pixel_id", "event", "event_id"]
 
 
-def load_conversions(ch: Client, db: str, keys: set[tuple]) -> list[Conversion]:
-    """The first copy received of each conversion (as events_unique would give it)."""
+def load_conversions(ch: Client, db: str, keys: dict[tuple, int | None]) -> list[Conversion]:
+    """The first copy received of each conversion (as events_unique would give it).
+
+    ``keys`` maps (advertiser, pixel, event, event_id) to the event's time in ms when known: with
+    it the lookup uses the whole primary key (the day is part of it).
+    """
     if not keys:
         return []
     fields = ["event_ms", "click_id", "browser_id", "email_sha256", "phone_sha256", "external_id_sha256", "value",
               "currency", "device_type", "ua_os", "ua_browser", "utm_source", "utm_campaign", "order_id"]
     picked = ", ".join(f"argMax({f}, dedup_version)" for f in fields)
+    dated = {k: ms for k, ms in keys.items() if ms}
+    undated = [k for k, ms in keys.items() if not ms]
+    conditions, tables = [], []
+    if dated:
+        conditions.append("(advertiser_id, pixel_id, event, toDate(event_time), event_id) IN "
+                          "(SELECT advertiser_id, pixel_id, event, toDate(toDateTime(toUInt32(day))), event_id "
+                          "FROM _dated)")
+        tables.append(_table("_dated", _KEY_COLUMNS + ["day"],
+                             [(*k, str(ms // 1000)) for k, ms in dated.items()]))
+    if undated:
+        conditions.append(f"(advertiser_id, pixel_id, event, event_id) IN (SELECT {', '.join(_KEY_COLUMNS)} FROM _keys)")
+        tables.append(_table("_keys", _KEY_COLUMNS, undated))
     rows = ch.execute(
         f"SELECT advertiser_id, pixel_id, event, event_id, {picked} FROM {db}.events "
-        f"WHERE (advertiser_id, pixel_id, event, event_id) IN (SELECT {', '.join(_KEY_COLUMNS)} FROM _keys) "
-        "GROUP BY advertiser_id, pixel_id, event, event_id",
-        external_tables=[_table("_keys", _KEY_COLUMNS, keys)],
+        f"WHERE {' OR '.join(conditions)} GROUP BY advertiser_id, pixel_id, event, event_id",
+        external_tables=tables,
     )
     return [Conversion(*row) for row in rows]
 
 
-def conversions_touched_by(ch: Client, db: str, touches: set[tuple]) -> set[tuple]:
-    """Conversions a newly stored touchpoint may change: same identity, after it, within 28 days."""
+def _events_with(ch: Client, db: str, identities: set[tuple], kinds: tuple[str, ...], since_s: int) -> list[tuple]:
+    """Rows of event_identities for (advertiser, identity) pairs of the given kinds."""
+    if not identities:
+        return []
+    kind_list = ", ".join(f"'{k}'" for k in kinds)
+    return ch.execute(
+        f"""
+        SELECT advertiser_id, pixel_id, event, event_id, any(event_ms), any(browser_id) FROM {db}.event_identities
+        WHERE (advertiser_id, identity) IN (SELECT advertiser_id, value FROM _ids)
+          AND identity_kind IN ({kind_list}) AND event_time >= toDateTime({max(since_s, 0)})
+        GROUP BY advertiser_id, pixel_id, event, event_id""",
+        external_tables=[_table("_ids", ["advertiser_id", "value"], identities)],
+    )
+
+
+def conversions_touched_by(ch: Client, db: str, touches: set[tuple]) -> dict[tuple, int]:
+    """Conversions a newly stored touchpoint may change: those sharing an identity with it, after it."""
     if not touches:
-        return set()
-    tables = [_table("_touches", ["advertiser_id", "kind", "touch_id"], touches)]
+        return {}
     found = ch.execute(
         f"""
         SELECT advertiser_id, kind, touch_id, min(touch_ms), any(browser_id), any(email_sha256),
@@ -77,31 +106,17 @@ def conversions_touched_by(ch: Client, db: str, touches: set[tuple]) -> set[tupl
         FROM {db}.touchpoints
         WHERE (advertiser_id, kind, touch_id) IN (SELECT advertiser_id, kind, touch_id FROM _touches)
         GROUP BY advertiser_id, kind, touch_id""",
-        external_tables=tables,
+        external_tables=[_table("_touches", ["advertiser_id", "kind", "touch_id"], touches)],
     )
     if not found:
-        return set()
+        return {}
     since = min(row[3] for row in found) // 1000
-    until = since + MAX_CLICK_WINDOW_MS // 1000 + DAY_S
-    ident = {(row[0], v) for row in found for v in row[4:8] if v}
     clicks = {(row[0], row[2]) for row in found if row[1] == "click"}
-    rows = ch.execute(
-        f"""
-        SELECT DISTINCT advertiser_id, pixel_id, event, event_id FROM {db}.events
-        WHERE event_time >= toDateTime({since}) AND event_time <= toDateTime({until})
-          AND ((advertiser_id, click_id) IN (SELECT advertiser_id, value FROM _clicks)
-               OR (advertiser_id, browser_id) IN (
-                    SELECT advertiser_id, browser_id FROM {db}.events
-                    WHERE (advertiser_id, click_id) IN (SELECT advertiser_id, value FROM _clicks)
-                      AND browser_id != '')
-               OR (advertiser_id, browser_id) IN (SELECT advertiser_id, value FROM _ident)
-               OR (advertiser_id, email_sha256) IN (SELECT advertiser_id, value FROM _ident)
-               OR (advertiser_id, phone_sha256) IN (SELECT advertiser_id, value FROM _ident)
-               OR (advertiser_id, external_id_sha256) IN (SELECT advertiser_id, value FROM _ident))""",
-        external_tables=[_table("_clicks", ["advertiser_id", "value"], clicks or {("", "")}),
-                         _table("_ident", ["advertiser_id", "value"], ident or {("", "")})],
-    )
-    return set(rows)
+    carried = _events_with(ch, db, clicks, ("click",), since)
+    browsers = {(row[0], row[5]) for row in carried if row[5]} | {(row[0], row[4]) for row in found if row[4]}
+    ident = browsers | {(row[0], v) for row in found for v in row[5:8] if v}
+    rows = carried + _events_with(ch, db, ident, ("browser", "email", "phone", "external_id"), since)
+    return {tuple(row[:4]): row[4] for row in rows}
 
 
 def browser_click_ids(ch: Client, db: str, conversions: list[Conversion]) -> dict[tuple, list[tuple[str, int]]]:
@@ -111,11 +126,11 @@ def browser_click_ids(ch: Client, db: str, conversions: list[Conversion]) -> dic
         return {}
     rows = ch.execute(
         f"""
-        SELECT advertiser_id, browser_id, click_id, min(event_ms) FROM {db}.events
-        WHERE (advertiser_id, browser_id) IN (SELECT advertiser_id, browser_id FROM _browsers)
-          AND click_id != ''
-        GROUP BY advertiser_id, browser_id, click_id""",
-        external_tables=[_table("_browsers", ["advertiser_id", "browser_id"], browsers)],
+        SELECT advertiser_id, identity, click_id, min(event_ms) FROM {db}.event_identities
+        WHERE (advertiser_id, identity) IN (SELECT advertiser_id, value FROM _browsers)
+          AND identity_kind = 'browser' AND click_id != ''
+        GROUP BY advertiser_id, identity, click_id""",
+        external_tables=[_table("_browsers", ["advertiser_id", "value"], browsers)],
     )
     seen: dict[tuple, list[tuple[str, int]]] = {}
     for advertiser, browser, click, first_ms in rows:
@@ -147,26 +162,26 @@ def load_touches(ch: Client, db: str, conversions: list[Conversion],
     """Every touchpoint that shares an identity with one of the conversions (latest copy of each)."""
     if not conversions:
         return []
-    clicks = {(c.advertiser_id, c.click_id) for c in conversions if c.click_id}
-    clicks |= {(adv, click) for (adv, _), seen in browser_clicks.items() for click, _ in seen}
+    wanted = {(c.advertiser_id, "click", c.click_id) for c in conversions if c.click_id}
+    wanted |= {(adv, "click", click) for (adv, _), seen in browser_clicks.items() for click, _ in seen}
     ident = {(c.advertiser_id, v) for c in conversions for v in (c.browser_id, c.email, c.phone, c.external_id) if v}
-    since = (min(c.conversion_ms for c in conversions) - MAX_CLICK_WINDOW_MS) // 1000
-    until = max(c.conversion_ms for c in conversions) // 1000 + 1
+    if ident:
+        wanted |= set(ch.execute(
+            f"SELECT DISTINCT advertiser_id, kind, touch_id FROM {db}.touch_identities "
+            "WHERE (advertiser_id, identity) IN (SELECT advertiser_id, value FROM _ids)",
+            external_tables=[_table("_ids", ["advertiser_id", "value"], ident)],
+        ))
+    if not wanted:
+        return []
     fields = ["touch_ms", "campaign_id", "adgroup_id", "ad_id", "browser_id", "email_sha256", "phone_sha256",
               "external_id_sha256"]
     picked = ", ".join(f"argMax({f}, received_ms)" for f in fields)
     rows = ch.execute(
         f"""
         SELECT advertiser_id, kind, touch_id, {picked} FROM {db}.touchpoints
-        WHERE touch_time >= toDateTime({since}) AND touch_time <= toDateTime({until})
-          AND ((kind = 'click' AND (advertiser_id, touch_id) IN (SELECT advertiser_id, value FROM _clicks))
-               OR (advertiser_id, browser_id) IN (SELECT advertiser_id, value FROM _ident)
-               OR (advertiser_id, email_sha256) IN (SELECT advertiser_id, value FROM _ident)
-               OR (advertiser_id, phone_sha256) IN (SELECT advertiser_id, value FROM _ident)
-               OR (advertiser_id, external_id_sha256) IN (SELECT advertiser_id, value FROM _ident))
+        WHERE (advertiser_id, kind, touch_id) IN (SELECT advertiser_id, kind, touch_id FROM _wanted)
         GROUP BY advertiser_id, kind, touch_id""",
-        external_tables=[_table("_clicks", ["advertiser_id", "value"], clicks or {("", "")}),
-                         _table("_ident", ["advertiser_id", "value"], ident or {("", "")})],
+        external_tables=[_table("_wanted", ["advertiser_id", "kind", "touch_id"], wanted)],
     )
     return [StoredTouch(*row) for row in rows]
 

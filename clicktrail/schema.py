@@ -194,6 +194,45 @@ ORDER BY ({key}, model, touch_kind, touch_id)""",
     ]
 
 
+def _identity_indexes(db: str, f: Features) -> list[str]:
+    """Lookup tables by identity, filled by materialized views, so the attributor never scans.
+
+    The attributor asks "which events carried this click id / browser id / hashed email" and
+    "which touchpoints carry this identity"; the main tables are ordered for reports instead, so
+    these two small tables, ordered by identity, answer with primary-key lookups.
+    """
+    lc = f.lc()
+    pairs = lambda cols: "[" + ", ".join(f"({c}, '{k}')" for c, k in cols) + "]"  # noqa: E731
+    event_pairs = pairs([("click_id", "click"), ("browser_id", "browser"), ("email_sha256", "email"),
+                         ("phone_sha256", "phone"), ("external_id_sha256", "external_id")])
+    touch_pairs = pairs([("browser_id", "browser"), ("email_sha256", "email"), ("phone_sha256", "phone"),
+                         ("external_id_sha256", "external_id")])
+    event_select = (f"SELECT advertiser_id, tupleElement(pair, 1) AS identity, tupleElement(pair, 2) AS "
+                    f"identity_kind, pixel_id, event, event_id, event_time, event_ms, browser_id, click_id "
+                    f"FROM {db}.events ARRAY JOIN arrayFilter(p -> tupleElement(p, 1) != '', {event_pairs}) AS pair")
+    touch_select = (f"SELECT advertiser_id, tupleElement(pair, 1) AS identity, tupleElement(pair, 2) AS "
+                    f"identity_kind, kind, touch_id, touch_time FROM {db}.touchpoints "
+                    f"ARRAY JOIN arrayFilter(p -> tupleElement(p, 1) != '', {touch_pairs}) AS pair")
+    return [
+        f"""CREATE TABLE IF NOT EXISTS {db}.event_identities (
+  advertiser_id {lc}, identity String, identity_kind {lc}, pixel_id {lc}, event {lc}, event_id String,
+  event_time DateTime('UTC'), event_ms UInt64, browser_id String, click_id String
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(event_time)
+ORDER BY (advertiser_id, identity, identity_kind, pixel_id, event, event_id)""",
+        f"""CREATE TABLE IF NOT EXISTS {db}.touch_identities (
+  advertiser_id {lc}, identity String, identity_kind {lc}, kind {lc}, touch_id String, touch_time DateTime('UTC')
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(touch_time)
+ORDER BY (advertiser_id, identity, identity_kind, kind, touch_id)""",
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.event_identities_mv TO {db}.event_identities AS {event_select}",
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.touch_identities_mv TO {db}.touch_identities AS {touch_select}",
+        # Backfill what was stored before the views existed (re-running adds copies the engine folds).
+        f"INSERT INTO {db}.event_identities {event_select}",
+        f"INSERT INTO {db}.touch_identities {touch_select}",
+    ]
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -206,6 +245,7 @@ MIGRATIONS: list[Migration] = [
     Migration(2, "events_unique view: one row per (advertiser, pixel, event, event_id)", _events_unique_view),
     Migration(3, "touchpoints table: ad clicks and impressions", _touchpoints_table),
     Migration(4, "attribution tables: candidate touchpoints and credited rows, by revision", _attribution_tables),
+    Migration(5, "identity lookup tables for the attributor, filled by materialized views", _identity_indexes),
 ]
 
 

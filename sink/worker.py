@@ -291,8 +291,8 @@ class _Pending:
 
 
 def _notice(is_touch: bool, row: tuple) -> tuple:
-    # (advertiser, kind, key): events by (pixel, event, event_id), touchpoints by (kind, touch id).
-    return (row[0], "t", (row[1], row[2])) if is_touch else (row[0], "c", (row[1], row[2], row[3]))
+    # (advertiser, kind, key): events by (pixel, event, event_id, event_ms), touchpoints by (kind, touch id).
+    return (row[0], "t", (row[1], row[2])) if is_touch else (row[0], "c", (row[1], row[2], row[3], row[5]))
 
 
 def _group_notices(notices) -> dict[tuple[str, str], list]:

@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("CLICKTRAIL_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 CLICKHOUSE_BASE = os.environ.get("CLICKTRAIL_TEST_CLICKHOUSE_URL", "clickhouse://127.0.0.1:9000/default")
 ARTIFACTS = ROOT / "test-artifacts"
+DATA_TABLES = ("events", "touchpoints", "attributions", "attribution_candidates", "event_identities",
+               "touch_identities")
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +67,8 @@ def r(settings):
 @pytest.fixture
 def ch(settings, ch_database):
     client = clickhouse.connect(settings["CLICKHOUSE_URL"])
-    client.execute(f"TRUNCATE TABLE {ch_database}.events")
+    for table in DATA_TABLES:
+        client.execute(f"TRUNCATE TABLE {ch_database}.{table}")
     return client
 
 
@@ -143,9 +146,6 @@ def attributor(settings, r, ch, ch_database):
     """An in-process attributor; ``settle()`` runs ticks until nothing is left to do."""
     from attribution.engine import Attributor
 
-    ch.execute(f"TRUNCATE TABLE {ch_database}.touchpoints")
-    ch.execute(f"TRUNCATE TABLE {ch_database}.attributions")
-    ch.execute(f"TRUNCATE TABLE {ch_database}.attribution_candidates")
     worker = Attributor(settings, r, clickhouse.connect(settings["CLICKHOUSE_URL"]), ch_database, StopFlag(),
                         name="test-attributor")
     worker.ensure_group()
