@@ -32,28 +32,46 @@ from sink.rows import columns
 log = logging.getLogger("clicktrail.attributor")
 
 
-def _candidates(conv: store.Conversion, touches_by_adv: dict, browser_clicks: dict) -> list[models.Touch]:
-    """Every touchpoint tied to the conversion within the longest windows, with how it was tied."""
-    seen_clicks = {click for click, first_ms in browser_clicks.get((conv.advertiser_id, conv.browser_id), [])
-                   if first_ms <= conv.conversion_ms}
-    found: list[models.Touch] = []
-    for t in touches_by_adv.get(conv.advertiser_id, ()):
-        if t.kind == "click" and conv.click_id and t.touch_id == conv.click_id:
-            matched = "click_id"
-        elif (t.kind == "click" and t.touch_id in seen_clicks) or (conv.browser_id and t.browser_id == conv.browser_id):
-            matched = "browser_id"
-        elif conv.external_id and t.external_id == conv.external_id:
-            matched = "external_id"
-        elif conv.email and t.email == conv.email:
-            matched = "email"
-        elif conv.phone and t.phone == conv.phone:
-            matched = "phone"
-        else:
-            continue
-        candidate = t.as_candidate(matched)
-        if models.in_longest_windows(candidate, conv.conversion_ms):
-            found.append(candidate)
-    return sorted(found, key=lambda c: (c.order_key, c.level))
+class TouchIndex:
+    """Touchpoints of a batch, indexed by every identity a conversion may share with them."""
+
+    def __init__(self, touches: list[store.StoredTouch]) -> None:
+        self.by_click: dict[tuple, store.StoredTouch] = {}
+        self.by_identity: dict[tuple, list[store.StoredTouch]] = {}
+        for t in touches:
+            if t.kind == "click":
+                self.by_click[(t.advertiser_id, t.touch_id)] = t
+            for kind, value in (("browser_id", t.browser_id), ("external_id", t.external_id), ("email", t.email),
+                                ("phone", t.phone)):
+                if value:
+                    self.by_identity.setdefault((t.advertiser_id, kind, value), []).append(t)
+
+    def candidates(self, conv: store.Conversion, browser_clicks: dict) -> list[models.Touch]:
+        """Every touchpoint tied to the conversion within the longest windows, with how it was tied.
+
+        A touchpoint tied several ways keeps the strongest.
+        """
+        adv = conv.advertiser_id
+        found: dict[tuple, models.Touch] = {}
+
+        def add(t: store.StoredTouch | None, matched: str) -> None:
+            if t is None or (t.kind, t.touch_id) in found:
+                return
+            candidate = t.as_candidate(matched)
+            if models.in_longest_windows(candidate, conv.conversion_ms):
+                found[(t.kind, t.touch_id)] = candidate
+
+        if conv.click_id:
+            add(self.by_click.get((adv, conv.click_id)), "click_id")
+        for click, first_ms in browser_clicks.get((adv, conv.browser_id), ()):
+            if first_ms <= conv.conversion_ms:
+                add(self.by_click.get((adv, click)), "browser_id")
+        for kind, value in (("browser_id", conv.browser_id), ("external_id", conv.external_id),
+                            ("email", conv.email), ("phone", conv.phone)):
+            if value:
+                for t in self.by_identity.get((adv, kind, value), ()):
+                    add(t, kind)
+        return sorted(found.values(), key=lambda c: (c.order_key, c.level))
 
 
 class Result:
@@ -239,11 +257,8 @@ class Attributor:
 
     def _results(self, conversions: list[store.Conversion], settings: dict) -> list[Result]:
         browser_clicks = store.browser_click_ids(self.ch, self.db, conversions)
-        touches_by_adv: dict[str, list[store.StoredTouch]] = {}
-        for t in store.load_touches(self.ch, self.db, conversions, browser_clicks):
-            touches_by_adv.setdefault(t.advertiser_id, []).append(t)
-        return [Result(c, _candidates(c, touches_by_adv, browser_clicks), self._windows(settings, c))
-                for c in conversions]
+        index = TouchIndex(store.load_touches(self.ch, self.db, conversions, browser_clicks))
+        return [Result(c, index.candidates(c, browser_clicks), self._windows(settings, c)) for c in conversions]
 
     def _settings(self, cache: dict, advertiser_id: str) -> dict:
         if advertiser_id not in cache:

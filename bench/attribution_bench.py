@@ -1,0 +1,179 @@
+"""Attribution benchmarks: throughput with 10M clicks stored, and freshness under a steady load.
+
+    python bench/attribution_bench.py throughput [--clicks 10000000] [--conversions 200000]
+    python bench/attribution_bench.py freshness [--rate 100] [--seconds 30]
+
+Uses its own ClickHouse database (ct_bench_attr) and Redis database (4); both are wiped first.
+Throughput: clicks and conversions are generated inside ClickHouse (INSERT ... SELECT), the
+attributor is told about the conversions as the sink would tell it (notices of up to 5,000
+keys), and a real `clicktrail attributor` process is timed until every notice is processed.
+Freshness: a real collector, sink and attributor; conversions are posted at a steady rate and
+each one's delay from the collector accepting it to its attributed row being stored is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from clicktrail import clickhouse, config, keys, redis_client, schema, services  # noqa: E402
+from pixel import registry  # noqa: E402
+
+CH_BASE = os.environ.get("BENCH_CLICKHOUSE_URL", "clickhouse://127.0.0.1:9000/default")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/4")
+DB = "ct_bench_attr"
+ADV = "bench"
+
+
+def setup():
+    base = clickhouse.connect(CH_BASE)
+    base.execute(f"DROP DATABASE IF EXISTS {DB}")
+    schema.migrate(base, DB)
+    r = redis_client.patient(REDIS_URL)
+    r.flushdb()
+    pixel_id = registry.create_pixel(r, ADV, ["bench.example"])
+    token = registry.create_token(r, ADV, ["events"])
+    env = dict(os.environ, CLICKTRAIL_REDIS_URL=REDIS_URL,
+               CLICKTRAIL_CLICKHOUSE_URL=clickhouse.with_database(CH_BASE, DB), CLICKTRAIL_DATA_DIR=str(ROOT / "var"))
+    return clickhouse.connect(clickhouse.with_database(CH_BASE, DB)), r, pixel_id, token, env
+
+
+def fill_clicks(ch, n: int) -> float:
+    started = time.perf_counter()
+    # A tenth of the clicks carry a hashed email (cross-device); ids clk-<n>; times over 27 days.
+    ch.execute(f"""
+        INSERT INTO {DB}.touchpoints
+        SELECT '{ADV}', 'click', concat('clk-', toString(number)), toDateTime(now() - (number % 2332800)),
+               (toUInt64(now()) - (number % 2332800)) * 1000,
+               concat('cmp-', toString(number % 50)), concat('grp-', toString(number % 500)),
+               concat('ad-', toString(number % 5000)), '',
+               if(number % 10 = 0, lower(hex(SHA256(toString(number % 1000000)))), ''), '', '', '', '', 'import',
+               toUInt64(now()) * 1000
+        FROM numbers({n})""")
+    return time.perf_counter() - started
+
+
+def fill_conversions(ch, pixel_id: str, n: int, clicks: int) -> list[tuple]:
+    """Conversions over the last 6 days; 70% carry a click id, 10% an email, the rest nothing."""
+    now = int(time.time())
+    ch.execute(f"""
+        INSERT INTO {DB}.events (advertiser_id, pixel_id, event, event_id, event_time, event_ms, received_at,
+                                 received_ms, source, click_id, email_sha256, browser_id, value, currency,
+                                 dedup_version)
+        SELECT '{ADV}', '{pixel_id}', 'CompletePayment', concat('conv-', toString(number)),
+               toDateTime({now} - (number % 518400)), ({now} - (number % 518400)) * 1000,
+               toDateTime({now}), {now} * 1000, 'server',
+               if(number % 10 < 7, concat('clk-', toString((number * 7919) % {clicks})), ''),
+               if(number % 10 = 7, lower(hex(SHA256(toString(number % 1000000)))), ''),
+               concat('b-', toString(number % 100000)), 10, 'USD', 18446744073709551615 - {now} * 1000
+        FROM numbers({n})""")
+    return ch.execute(f"SELECT pixel_id, event, event_id, event_ms FROM {DB}.events")
+
+
+def throughput(args) -> None:
+    ch, r, pixel_id, _, env = setup()
+    print(f"filling {args.clicks:,} clicks ...", flush=True)
+    print(f"  {fill_clicks(ch, args.clicks):.1f}s")
+    keys_ = fill_conversions(ch, pixel_id, args.conversions, args.clicks)
+    pipe = r.pipeline(transaction=False)
+    for start in range(0, len(keys_), 5000):
+        pipe.xadd(keys.ATTRIBUTION_STREAM, {"a": ADV, "k": "c", "d": orjson.dumps(keys_[start:start + 5000])})
+    pipe.execute()
+    print(f"attributing {len(keys_):,} conversions against {args.clicks:,} clicks ...", flush=True)
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "clicktrail.cli", "attributor", "--log-level", "WARNING"],
+                            env=dict(env, CLICKTRAIL_ATTRIBUTOR_BATCH=str(args.batch)))
+    while r.xlen(keys.ATTRIBUTION_STREAM):
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - started
+    proc.terminate()
+    proc.wait()
+    attributed = ch.execute(f"SELECT uniqExact(event_id) FROM {DB}.attributions")[0][0]
+    matched = ch.execute(f"SELECT uniqExact(event_id) FROM {DB}.attributions WHERE touch_kind != ''")[0][0]
+    print(f"\n| clicks stored | conversions | attributed (to a click) | seconds | conversions/s |")
+    print(f"|---:|---:|---:|---:|---:|")
+    print(f"| {args.clicks:,} | {len(keys_):,} | {attributed:,} ({matched:,}) | {elapsed:.1f} | "
+          f"{attributed / elapsed:,.0f} |")
+
+
+def freshness(args) -> None:
+    ch, r, pixel_id, token, env = setup()
+    fill_clicks(ch, 10_000)
+    port = services.free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "clicktrail.cli", "collector", "--bind", f"127.0.0.1:{port}",
+                               "--workers", "2"], env=env),
+             subprocess.Popen([sys.executable, "-m", "clicktrail.cli", "sink", "--log-level", "WARNING"], env=env),
+             subprocess.Popen([sys.executable, "-m", "clicktrail.cli", "attributor", "--log-level", "WARNING"],
+                              env=env)]
+    import urllib.request
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.2)
+    per_request = 10
+    interval = per_request / args.rate
+    sent = 0
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < args.seconds:
+            now = int(time.time())
+            body = {"event_source": "web", "event_source_id": pixel_id, "data": [
+                {"event": "CompletePayment", "event_id": f"f-{sent + i}", "event_time": now,
+                 "user": {"ttclid": f"clk-{(sent + i) % 10_000}"}} for i in range(per_request)]}
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/open_api/v1.3/event/track/",
+                                         data=orjson.dumps(body), method="POST",
+                                         headers={"Access-Token": token, "Content-Type": "application/json"})
+            urllib.request.urlopen(req, timeout=5).read()
+            sent += per_request
+            time.sleep(max(0.0, started + sent / args.rate - time.monotonic()))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if ch.execute(f"SELECT uniqExact(event_id) FROM {DB}.attributions")[0][0] >= sent:
+                break
+            time.sleep(0.2)
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait()
+    (p50, p99, mx, n), = ch.execute(f"""
+        SELECT quantileExact(0.5)(d), quantileExact(0.99)(d), max(d), count() FROM (
+          SELECT a.first_ms - e.received_ms AS d FROM
+            (SELECT event_id, min(attributed_ms) AS first_ms FROM {DB}.attributions GROUP BY event_id) AS a
+          ANY INNER JOIN (SELECT event_id, min(received_ms) AS received_ms FROM {DB}.events GROUP BY event_id) AS e
+          USING event_id)""")
+    print(f"\n| conversions/s | seconds | conversions | freshness p50 | p99 | max |")
+    print(f"|---:|---:|---:|---:|---:|---:|")
+    print(f"| {args.rate} | {args.seconds} | {n:,} of {sent:,} | {p50} ms | {p99} ms | {mx} ms |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    t = sub.add_parser("throughput")
+    t.add_argument("--clicks", type=int, default=10_000_000)
+    t.add_argument("--conversions", type=int, default=200_000)
+    t.add_argument("--batch", type=int, default=4, help="notices per tick (of 5,000 keys each)")
+    f = sub.add_parser("freshness")
+    f.add_argument("--rate", type=int, default=100, help="conversions per second")
+    f.add_argument("--seconds", type=int, default=30)
+    args = parser.parse_args()
+    config.load()
+    (throughput if args.what == "throughput" else freshness)(args)
+
+
+if __name__ == "__main__":
+    main()
