@@ -47,7 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "SINK_BACKOFF_CAP_S": 30.0,
     "UA_CACHE_SIZE": 20_000,
     # Attributor.
-    "ATTRIBUTOR_BATCH": 200,  # notices per tick (each names up to a sink batch of keys)
+    "ATTRIBUTOR_BATCH": 5,  # notices per tick; each names up to a sink batch (20,000) of conversions
     # Fault injection for crash-safety tests: "after_insert" makes a sink SIGKILL itself between
     # a successful insert and the acknowledgement. Never set it in production.
     "SINK_FAILPOINT": "",
