@@ -95,3 +95,15 @@ def test_up_runs_everything_until_interrupted(settings, r, ch, ch_database, attr
     assert proc.returncode == 0
     assert "stopped collector" in rest and "stopped sink-1" in rest
     assert "stopped attributor" in rest and "stopped api" in rest
+
+
+def test_pixel_snippet_prints_the_html_to_paste(settings, r):
+    pixel_id = registry.create_pixel(r, "acme", ["shop.example"])
+    out = run(settings, "pixel", "snippet", pixel_id, PUBLIC_URL="https://t.shop.example")
+    assert out.returncode == 0, out.stderr
+    html = out.stdout
+    assert html.startswith("<script") and f"ttq.load('{pixel_id}'" in html
+    assert "https://t.shop.example" in html
+    assert f'src="https://t.shop.example/e/{pixel_id}.gif?ev=PageView&amp;noscript=1"' in html
+    unknown = run(settings, "pixel", "snippet", "CNOTREGISTERED")
+    assert unknown.returncode != 0 and "is not registered" in unknown.stderr
