@@ -21,6 +21,7 @@ import redis
 from clickhouse_driver import Client
 
 from attribution import models, store
+from attribution.touchpoints import Touch
 from clicktrail import keys
 from clicktrail.backoff import Backoff
 from clicktrail.clickhouse import NETWORK_ERRORS
@@ -35,9 +36,9 @@ log = logging.getLogger("clicktrail.attributor")
 class TouchIndex:
     """Touchpoints of a batch, indexed by every identity a conversion may share with them."""
 
-    def __init__(self, touches: list[store.StoredTouch]) -> None:
-        self.by_click: dict[tuple, store.StoredTouch] = {}
-        self.by_identity: dict[tuple, list[store.StoredTouch]] = {}
+    def __init__(self, touches: list[Touch]) -> None:
+        self.by_click: dict[tuple, Touch] = {}
+        self.by_identity: dict[tuple, list[Touch]] = {}
         for t in touches:
             if t.kind == "click":
                 self.by_click[(t.advertiser_id, t.touch_id)] = t
@@ -46,15 +47,15 @@ class TouchIndex:
                 if value:
                     self.by_identity.setdefault((t.advertiser_id, kind, value), []).append(t)
 
-    def candidates(self, conv: store.Conversion, browser_clicks: dict) -> list[models.Touch]:
+    def candidates(self, conv: store.Conversion, browser_clicks: dict) -> list[models.Candidate]:
         """Every touchpoint tied to the conversion within the longest windows, with how it was tied.
 
         A touchpoint tied several ways keeps the strongest.
         """
         adv = conv.advertiser_id
-        found: dict[tuple, models.Touch] = {}
+        found: dict[tuple, models.Candidate] = {}
 
-        def add(t: store.StoredTouch | None, matched: str) -> None:
+        def add(t: Touch | None, matched: str) -> None:
             if t is None or (t.kind, t.touch_id) in found:
                 return
             candidate = t.as_candidate(matched)
@@ -77,7 +78,7 @@ class TouchIndex:
 class Result:
     """One conversion's attribution: its candidates and, per model, the credited touchpoints."""
 
-    def __init__(self, conv: store.Conversion, candidates: list[models.Touch], windows: models.Windows) -> None:
+    def __init__(self, conv: store.Conversion, candidates: list[models.Candidate], windows: models.Windows) -> None:
         self.conv = conv
         self.candidates = candidates
         self.windows = windows
@@ -86,7 +87,7 @@ class Result:
         self.credited = {m: list(zip(chosen, models.credits(m, chosen, conv.conversion_ms))) for m in models.MODELS}
 
     @property
-    def last_click(self) -> models.Touch | None:
+    def last_click(self) -> models.Candidate | None:
         credited = self.credited[models.DEFAULT_MODEL]
         return credited[-1][0] if credited and credited[-1][0].kind == "click" else None
 
@@ -142,7 +143,7 @@ def _dedup_orders(results: list[Result], orders: dict[tuple, list[tuple[int, str
             res.suppress("duplicate_order")
 
 
-def _touch_part(t: models.Touch) -> tuple:
+def _touch_part(t: models.Candidate) -> tuple:
     return (t.kind, t.touch_id, t.touch_ms // 1000, t.touch_ms, t.campaign_id, t.adgroup_id, t.ad_id, t.matched_by)
 
 

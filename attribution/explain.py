@@ -35,7 +35,7 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _why_not(touch: models.Touch, conv_ms: int, windows: models.Windows, chosen: list[models.Touch]) -> str:
+def _why_not(touch: models.Candidate, conv_ms: int, windows: models.Windows, chosen: list[models.Candidate]) -> str:
     age_days = (conv_ms - touch.touch_ms) / models.DAY_MS
     if touch.touch_ms > conv_ms:
         return "after the conversion"
@@ -55,7 +55,7 @@ def _explain(conversion: list[dict], credited: list[dict]) -> dict:
     head = conversion[0]
     windows = models.Windows(credited[0]["click_window_days"], credited[0]["view_window_days"])
     conv_ms = head["conversion_ms"]
-    candidates = [models.Touch(c["touch_kind"], c["touch_id"], c["touch_ms"], c["campaign_id"], c["adgroup_id"],
+    candidates = [models.Candidate(c["touch_kind"], c["touch_id"], c["touch_ms"], c["campaign_id"], c["adgroup_id"],
                                c["ad_id"], c["matched_by"]) for c in conversion if c["touch_kind"]]
     candidates.sort(key=lambda t: (t.order_key, t.level))
     chosen = models.eligible(candidates, conv_ms, windows)

@@ -23,7 +23,7 @@ IDENTITY_MATCHES = ("external_id", "email", "phone")
 
 
 @dataclass(frozen=True)
-class Touch:
+class Candidate:
     kind: str  # click or impression
     touch_id: str
     touch_ms: int
@@ -55,20 +55,20 @@ class Windows:
         if self.view_days not in VIEW_WINDOWS:
             raise ValueError(f"view window must be one of {VIEW_WINDOWS} days")
 
-    def contains(self, touch: Touch, conversion_ms: int) -> bool:
+    def contains(self, touch: Candidate, conversion_ms: int) -> bool:
         """Inside the window: not after the conversion, and at most the window before it (edges included)."""
         age = conversion_ms - touch.touch_ms
         limit = (self.click_days if touch.kind == "click" else self.view_days) * DAY_MS
         return 0 <= age <= limit
 
 
-def in_longest_windows(touch: Touch, conversion_ms: int) -> bool:
+def in_longest_windows(touch: Candidate, conversion_ms: int) -> bool:
     """Candidates are kept for the longest windows any report may ask for."""
     age = conversion_ms - touch.touch_ms
     return 0 <= age <= (MAX_CLICK_WINDOW_MS if touch.kind == "click" else MAX_VIEW_WINDOW_MS)
 
 
-def eligible(candidates: list[Touch], conversion_ms: int, windows: Windows) -> list[Touch]:
+def eligible(candidates: list[Candidate], conversion_ms: int, windows: Windows) -> list[Candidate]:
     """The touchpoints that share credit, in time order.
 
     1. Only touchpoints inside the windows count.
@@ -97,7 +97,7 @@ def _exact(weights: list[float]) -> list[float]:
     return credits
 
 
-def credits(model: str, touches: list[Touch], conversion_ms: int) -> list[float]:
+def credits(model: str, touches: list[Candidate], conversion_ms: int) -> list[float]:
     """Credits for time-ordered ``touches``, summing to exactly 1 (one touchpoint: all of it)."""
     n = len(touches)
     if n == 0:

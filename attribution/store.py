@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from clickhouse_driver import Client
 
-from attribution.models import Touch
+from attribution.touchpoints import Touch
 
 DAY_S = 86_400
 
@@ -140,27 +140,8 @@ def browser_click_ids(ch: Client, db: str, conversions: list[Conversion]) -> dic
     return seen
 
 
-@dataclass(frozen=True)
-class StoredTouch:
-    advertiser_id: str
-    kind: str
-    touch_id: str
-    touch_ms: int
-    campaign_id: str
-    adgroup_id: str
-    ad_id: str
-    browser_id: str
-    email: str
-    phone: str
-    external_id: str
-
-    def as_candidate(self, matched_by: str) -> Touch:
-        return Touch(self.kind, self.touch_id, self.touch_ms, self.campaign_id, self.adgroup_id, self.ad_id,
-                     matched_by)
-
-
 def load_touches(ch: Client, db: str, conversions: list[Conversion],
-                 browser_clicks: dict[tuple, list[tuple[str, int]]]) -> list[StoredTouch]:
+                 browser_clicks: dict[tuple, list[tuple[str, int]]]) -> list[Touch]:
     """Every touchpoint that shares an identity with one of the conversions (latest copy of each)."""
     if not conversions:
         return []
@@ -189,7 +170,7 @@ def load_touches(ch: Client, db: str, conversions: list[Conversion],
         GROUP BY advertiser_id, kind, touch_id""",
         external_tables=[_table("_wanted", ["advertiser_id", "kind", "touch_id"], wanted)],
     )
-    return [StoredTouch(*row) for row in rows if (row[0], row[1], row[2]) in wanted]
+    return [Touch(*row) for row in rows if (row[0], row[1], row[2]) in wanted]
 
 
 def same_order(ch: Client, db: str, conversions: list[Conversion]) -> dict[tuple, list[tuple[int, str]]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from attribution import models
 from pixel.events import Rejection
 from pixel.hashing import hash_identifier
 
@@ -79,6 +80,11 @@ class Touch:
     email: str
     phone: str
     external_id: str
+
+    def as_candidate(self, matched_by: str) -> models.Candidate:
+        """This touchpoint as the attribution rules see it, with how it was tied to a conversion."""
+        return models.Candidate(self.kind, self.touch_id, self.touch_ms, self.campaign_id, self.adgroup_id, self.ad_id,
+                            matched_by)
 
     def row(self, received_ms: int) -> tuple:
         """A row in ``TOUCH_COLUMN_NAMES`` order."""

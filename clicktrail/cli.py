@@ -84,11 +84,8 @@ def api(bind: str, workers: int, threads: int) -> None:
     serve.run("attribution.api:create_app", bind, workers, threads, settings["DATA_DIR"], "api")
 
 
-@main.command()
-@click.option("--log-level", default="INFO", show_default=True)
-def attributor(log_level: str) -> None:
-    """Attribute newly stored conversions (and restate those late touchpoints change)."""
-    from attribution.engine import Attributor
+def _run_worker(name: str, worker_class, log_level: str) -> None:
+    """Run a Redis → ClickHouse worker until a signal: the first finishes the batch, a second exits."""
     from clicktrail import clickhouse
     from clicktrail.lifecycle import ForcedStop, StopFlag
 
@@ -96,32 +93,30 @@ def attributor(log_level: str) -> None:
     settings = _settings()
     url = settings["CLICKHOUSE_URL"]
     stop = StopFlag()
-    stop.install("attributor")
-    worker = Attributor(settings, _redis(settings), clickhouse.connect(url), clickhouse.database_of(url), stop)
+    stop.install(name)
+    worker = worker_class(settings, _redis(settings), clickhouse.connect(url), clickhouse.database_of(url), stop)
     try:
         worker.run()
     except ForcedStop:
         sys.exit(1)
+
+
+@main.command()
+@click.option("--log-level", default="INFO", show_default=True)
+def attributor(log_level: str) -> None:
+    """Attribute newly stored conversions (and restate those late touchpoints change)."""
+    from attribution.engine import Attributor
+
+    _run_worker("attributor", Attributor, log_level)
 
 
 @main.command()
 @click.option("--log-level", default="INFO", show_default=True)
 def sink(log_level: str) -> None:
     """Move events from the Redis Stream into ClickHouse; several may run at once."""
-    from clicktrail import clickhouse
-    from clicktrail.lifecycle import ForcedStop, StopFlag
     from sink.worker import Sink
 
-    _setup_logging(log_level)
-    settings = _settings()
-    url = settings["CLICKHOUSE_URL"]
-    stop = StopFlag()
-    stop.install("sink")
-    worker = Sink(settings, _redis(settings), clickhouse.connect(url), clickhouse.database_of(url), stop)
-    try:
-        worker.run()
-    except ForcedStop:
-        sys.exit(1)
+    _run_worker("sink", Sink, log_level)
 
 
 @main.command()

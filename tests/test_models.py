@@ -8,13 +8,13 @@ import math
 
 import pytest
 
-from attribution.models import DAY_MS, MODELS, Touch, Windows, credits, eligible
+from attribution.models import DAY_MS, MODELS, Candidate, Windows, credits, eligible
 
 JOURNEYS = [(["direct"], 2), (["search", "email"], 3), (["search", "social", "email"], 5)]
 
 
 def path(channels, start_ms=0, step_ms=DAY_MS):
-    return [Touch("click", f"{i}-{c}", start_ms + i * step_ms, c, "", "", "identity") for i, c in enumerate(channels)]
+    return [Candidate("click", f"{i}-{c}", start_ms + i * step_ms, c, "", "", "identity") for i, c in enumerate(channels)]
 
 
 def totals(model):
@@ -44,8 +44,8 @@ def test_position_based_two_touches_split_evenly():
 
 
 def test_time_decay_halves_per_week():
-    touches = [Touch("click", "week-ago", 0, "", "", "", "identity"),
-               Touch("click", "now", 7 * DAY_MS, "", "", "", "identity")]
+    touches = [Candidate("click", "week-ago", 0, "", "", "", "identity"),
+               Candidate("click", "now", 7 * DAY_MS, "", "", "", "identity")]
     older, newer = credits("time_decay", touches, 7 * DAY_MS)
     assert older / newer == pytest.approx(0.5)
 
@@ -61,8 +61,8 @@ def test_credits_sum_to_exactly_one(model, n):
 
 
 def test_ties_in_time_are_broken_by_touch_id():
-    a = Touch("click", "a", 1000, "", "", "", "identity")
-    b = Touch("click", "b", 1000, "", "", "", "identity")
+    a = Candidate("click", "a", 1000, "", "", "", "identity")
+    b = Candidate("click", "b", 1000, "", "", "", "identity")
     chosen = eligible([b, a], 2000, Windows())
     assert [t.touch_id for t in chosen] == ["a", "b"]
     assert credits("last_click", chosen, 2000) == [0.0, 1.0]  # the later id wins last click
@@ -76,6 +76,6 @@ def test_windows_reject_values_reports_may_not_ask_for():
 
 
 def test_view_window_off_ignores_impressions():
-    imp = Touch("impression", "i", 0, "", "", "", "identity")
+    imp = Candidate("impression", "i", 0, "", "", "", "identity")
     assert eligible([imp], 1000, Windows(view_days=0)) == []
     assert eligible([imp], 1000, Windows(view_days=1)) == [imp]
