@@ -18,7 +18,11 @@ and the collector runs with a very high ``CLICKTRAIL_STREAM_MAX_LEN``, so the me
 answers 503. The pixel, the token and the stream are removed at the end.
 
     python bench/collector_bench.py                       # 15 s per scenario, 32 connections
-    python bench/collector_bench.py --duration 5 --json /tmp/collector.json
+    python bench/collector_bench.py --rounds 3 --json /tmp/collector.json   # medians of 3 rounds
+    python bench/collector_bench.py --code /tmp/ct-abc1234   # an exported commit instead of this checkout
+    python bench/collector_bench.py --cpu-breakdown          # in-process CPU per request, by part
+
+Results and their reading: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -61,6 +65,41 @@ def _code_dir(argv: list[str]) -> Path:
 CODE = _code_dir(sys.argv)
 sys.path.insert(0, str(CODE))
 
+
+def code_state() -> str:
+    """What code was measured: the tree given with --code, or this checkout's commit and uncommitted files."""
+    if CODE != ROOT:
+        return str(CODE)
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [
+                "git",
+                "-C",
+                str(ROOT),
+                "status",
+                "--porcelain",
+                "--",
+                "clicktrail",
+                "collector",
+                "pixel",
+                "sink",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.split("\n")
+    except (OSError, subprocess.TimeoutExpired):
+        return str(ROOT)
+    changed = [line[3:] for line in dirty if line.strip()]
+    return f"{ROOT} at {head}" + (f" + uncommitted changes to {', '.join(changed)}" if changed else "")
+
+
 from clicktrail import keys  # noqa: E402
 from clicktrail.services import free_port  # noqa: E402
 from pixel import registry  # noqa: E402
@@ -69,10 +108,22 @@ DEFAULT_REDIS = "redis://127.0.0.1:6379/3"
 ADVERTISER = "bench-adv"
 DOMAIN = "bench.example"
 ORIGIN = f"https://{DOMAIN}"
-UA = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
-      "Mobile/15E148 musical_ly_34.1.0 JsSdk/2.0 NetType/WIFI Channel/App Store ByteLocale/en Region/US")
-EVENTS = ["PageView", "PageView", "PageView", "ViewContent", "ViewContent", "AddToCart", "InitiateCheckout",
-          "CompletePayment", "Search", "ClickButton"]
+UA = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+    "Mobile/15E148 musical_ly_34.1.0 JsSdk/2.0 NetType/WIFI Channel/App Store ByteLocale/en Region/US"
+)
+EVENTS = [
+    "PageView",
+    "PageView",
+    "PageView",
+    "ViewContent",
+    "ViewContent",
+    "AddToCart",
+    "InitiateCheckout",
+    "CompletePayment",
+    "Search",
+    "ClickButton",
+]
 
 # wrk loads this once per thread; done() prints one machine-readable line for the bench to read.
 _LUA = """
@@ -100,12 +151,22 @@ def _sha(text: str) -> str:
 
 
 def _page(rng: random.Random, i: int) -> dict:
-    path = rng.choice(["/", "/products/sku-%d" % rng.randint(1, 5000), "/cart", "/checkout", "/search",
-                       "/collections/summer"])
+    path = rng.choice(
+        [
+            "/",
+            "/products/sku-%d" % rng.randint(1, 5000),
+            "/cart",
+            "/checkout",
+            "/search",
+            "/collections/summer",
+        ]
+    )
     query = ""
     if rng.random() < 0.3:
         query = "?utm_source=tiktok&utm_medium=paid&utm_campaign=spring_%d&ttclid=E.C.P.%s" % (
-            rng.randint(1, 40), _sha(str(i))[:40])
+            rng.randint(1, 40),
+            _sha(str(i))[:40],
+        )
     return {"url": f"{ORIGIN}{path}{query}", "referrer": f"{ORIGIN}/"}
 
 
@@ -116,9 +177,12 @@ def _properties(rng: random.Random, event: str) -> dict:
         return {"query": rng.choice(["shoes", "red dress", "gift card", "sneakers 42"])}
     qty = rng.randint(1, 3)
     price = round(rng.uniform(5, 120), 2)
-    props = {"value": round(qty * price, 2), "currency": rng.choice(["USD", "EUR", "GBP"]),
-             "contents": [{"content_id": f"sku-{rng.randint(1, 5000)}", "quantity": qty, "price": price}],
-             "content_type": "product"}
+    props = {
+        "value": round(qty * price, 2),
+        "currency": rng.choice(["USD", "EUR", "GBP"]),
+        "contents": [{"content_id": f"sku-{rng.randint(1, 5000)}", "quantity": qty, "price": price}],
+        "content_type": "product",
+    }
     if event == "CompletePayment":
         props["order_id"] = f"A-{rng.randint(1, 10**7)}"
     return props
@@ -148,16 +212,24 @@ def events_api_body(pixel_id: str, n: int, now_s: int, rng: random.Random) -> by
     data = []
     for i in range(n):
         name = rng.choice(EVENTS)
-        data.append({
-            "event": name,
-            "event_id": "%032x" % rng.getrandbits(128),
-            "event_time": now_s - rng.randint(0, 60),
-            "user": {"email": _sha(f"buyer{i}@example.com"), "phone": _sha(f"+1555{i:07d}"),
-                     "external_id": _sha(f"crm-{i}"), "ip": f"203.0.113.{i % 250 + 1}", "user_agent": UA,
-                     "ttclid": "E.C.P.%s" % _sha(str(i))[:40], "ttp": "%026x" % rng.getrandbits(104)},
-            "page": _page(rng, i),
-            "properties": _properties(rng, name),
-        })
+        data.append(
+            {
+                "event": name,
+                "event_id": "%032x" % rng.getrandbits(128),
+                "event_time": now_s - rng.randint(0, 60),
+                "user": {
+                    "email": _sha(f"buyer{i}@example.com"),
+                    "phone": _sha(f"+1555{i:07d}"),
+                    "external_id": _sha(f"crm-{i}"),
+                    "ip": f"203.0.113.{i % 250 + 1}",
+                    "user_agent": UA,
+                    "ttclid": "E.C.P.%s" % _sha(str(i))[:40],
+                    "ttp": "%026x" % rng.getrandbits(104),
+                },
+                "page": _page(rng, i),
+                "properties": _properties(rng, name),
+            }
+        )
     return orjson.dumps({"event_source": "web", "event_source_id": pixel_id, "data": data})
 
 
@@ -196,10 +268,10 @@ def stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
         proc.wait(5)
 
 
-def tree_cpu_s(pid: int) -> float:
-    """User+system CPU seconds of a process and its live children (gunicorn master and workers)."""
+def tree_cpu_s(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process and its live children (gunicorn master and workers)."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    user = system = 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -207,10 +279,11 @@ def tree_cpu_s(pid: int) -> float:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         if int(entry) == pid or int(fields[1]) == pid:
-            total += int(fields[11]) + int(fields[12])
-    return total / tick
+            user += int(fields[11])
+            system += int(fields[12])
+    return user / tick, system / tick
 
 
 def queued_events(r: redis.Redis) -> int:
@@ -268,12 +341,21 @@ def check_sample(port: int, s: Scenario) -> None:
 
 
 def run_wrk(args, port: int, s: Scenario, lua: Path, seconds: int) -> tuple[dict, list[str]]:
-    cmd = [args.wrk, f"-t{args.wrk_threads}", f"-c{args.connections}", f"-d{seconds}s", "--timeout", "5s",
-           "-s", str(lua), f"http://127.0.0.1:{port}{s.path}"]
+    cmd = [
+        args.wrk,
+        f"-t{args.wrk_threads}",
+        f"-c{args.connections}",
+        f"-d{seconds}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(lua),
+        f"http://127.0.0.1:{port}{s.path}",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     for line in out.stdout.splitlines():
         if line.startswith("CTBENCH "):
-            return json.loads(line[len("CTBENCH "):]), cmd
+            return json.loads(line[len("CTBENCH ") :]), cmd
     raise RuntimeError(f"wrk printed no result (status {out.returncode}): {out.stdout}\n{out.stderr}")
 
 
@@ -313,7 +395,9 @@ def measure(args, r: redis.Redis, procs: dict, ports: dict, s: Scenario, lua: Pa
         "max_ms": result["max_us"] / 1000,
         "non_2xx": result["status"],
         "socket_errors": result["connect"] + result["read"] + result["write"] + result["timeout"],
-        "server_cpu_ms_per_req": 1000 * (cpu1 - cpu0) / max(n, 1),
+        "server_cpu_ms_per_req": 1000 * (sum(cpu1) - sum(cpu0)) / max(n, 1),
+        "server_user_cpu_ms_per_req": 1000 * (cpu1[0] - cpu0[0]) / max(n, 1),
+        "server_system_cpu_ms_per_req": 1000 * (cpu1[1] - cpu0[1]) / max(n, 1),
         "redis_cpu_ms_per_req": 1000 * (rcpu1 - rcpu0) / max(n, 1),
         "queued": queued if s.server == "collector" else None,
         "expected_min": n * s.events if s.server == "collector" else None,
@@ -322,14 +406,27 @@ def measure(args, r: redis.Redis, procs: dict, ports: dict, s: Scenario, lua: Pa
     flag = ""
     if s.server == "collector" and queued < n * s.events:
         flag = f"  LOST: {queued} queued < {n * s.events}"
-    print(f"  {s.name:28} {run['rps']:8.0f} req/s  p50 {run['p50_ms']:6.2f} ms  p99 {run['p99_ms']:7.2f} ms  "
-          f"non-2xx {run['non_2xx']}  socket errors {run['socket_errors']}{flag}", file=sys.stderr)
+    print(
+        f"  {s.name:28} {run['rps']:8.0f} req/s  p50 {run['p50_ms']:6.2f} ms  p99 {run['p99_ms']:7.2f} ms  "
+        f"non-2xx {run['non_2xx']}  socket errors {run['socket_errors']}{flag}",
+        file=sys.stderr,
+    )
     return run
 
 
 def median_run(runs: list[dict]) -> dict:
     out = dict(runs[0])
-    for key in ("rps", "events_per_s", "p50_ms", "p90_ms", "p99_ms", "server_cpu_ms_per_req", "redis_cpu_ms_per_req"):
+    for key in (
+        "rps",
+        "events_per_s",
+        "p50_ms",
+        "p90_ms",
+        "p99_ms",
+        "server_cpu_ms_per_req",
+        "server_user_cpu_ms_per_req",
+        "server_system_cpu_ms_per_req",
+        "redis_cpu_ms_per_req",
+    ):
         out[key] = statistics.median(run[key] for run in runs)
     for key in ("non_2xx", "socket_errors", "requests"):
         out[key] = sum(run[key] for run in runs)
@@ -339,8 +436,8 @@ def median_run(runs: list[dict]) -> dict:
 
 def table(scenarios: list[Scenario], ratios: list[float], cpu_ratios: list[float], args) -> str:
     lines = [
-        "| scenario | server | events/request | requests/s | events/s | p50 ms | p99 ms | non-2xx | socket errors "
-        "| server CPU ms/request | Redis CPU ms/request | all events queued |",
+        "| scenario | server | events/request | requests/s | events/s | p50 ms | p99 ms | non-2xx "
+        "| socket errors | server CPU ms/request (user+sys) | Redis CPU ms/request | all events queued |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for s in scenarios:
@@ -349,33 +446,134 @@ def table(scenarios: list[Scenario], ratios: list[float], cpu_ratios: list[float
         lines.append(
             f"| {s.name} | {s.server} | {s.events} | {m['rps']:,.0f} | {m['events_per_s']:,.0f} | "
             f"{m['p50_ms']:.2f} | {m['p99_ms']:.2f} | {m['non_2xx']} | {m['socket_errors']} | "
-            f"{m['server_cpu_ms_per_req']:.2f} | {m['redis_cpu_ms_per_req']:.3f} | {queued} |"
+            f"{m['server_cpu_ms_per_req']:.2f} ({m['server_user_cpu_ms_per_req']:.2f}+"
+            f"{m['server_system_cpu_ms_per_req']:.2f}) | {m['redis_cpu_ms_per_req']:.3f} | {queued} |"
         )
     ratio = statistics.median(ratios)
     verdict = "met" if ratio >= 0.7 else "NOT met"
     lines.append("")
-    lines.append(f"Ratio collector/bare, 1-event body, requests/s: **{ratio:.2f}** (target >= 0.70: {verdict})"
-                 + (f"; per round: {', '.join(f'{x:.2f}' for x in ratios)}" if len(ratios) > 1 else ""))
-    lines.append(f"Ratio by server CPU per request (bare/collector, less sensitive to noise): "
-                 f"{statistics.median(cpu_ratios):.2f}")
+    lines.append(
+        f"Ratio collector/bare, 1-event body, requests/s: **{ratio:.2f}** (target >= 0.70: {verdict})"
+        + (f"; per round: {', '.join(f'{x:.2f}' for x in ratios)}" if len(ratios) > 1 else "")
+    )
+    lines.append(
+        f"Ratio by server CPU per request (bare/collector, less sensitive to noise): "
+        f"{statistics.median(cpu_ratios):.2f}"
+    )
     return "\n".join(lines)
 
 
+def cpu_breakdown(args, r: redis.Redis, pixel_id: str, folder: Path) -> dict:
+    """CPU per request in this process (Flask test client, no gunicorn, no wrk), for the bare app and the
+    collector, then the collector with its Redis call and then its metric updates replaced by no-ops.
+
+    An estimate of where the collector's extra CPU goes; process CPU time, best of 3 runs of 3000 requests.
+    """
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder / "metrics")  # as `clicktrail collector` runs
+    (folder / "metrics").mkdir(parents=True, exist_ok=True)
+    import prometheus_client
+
+    from collector import buffer
+    from collector.app import create_app
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bare_app
+
+    app = create_app({"REDIS_URL": args.redis_url, "STREAM_MAX_LEN": 10**9})
+    bare = bare_app.create_app()
+    headers = {"Content-Type": "text/plain;charset=UTF-8", "Origin": ORIGIN}
+    rng = random.Random(5)
+    now_ms = int(time.time() * 1000)
+    bodies = {1: browser_body(1, now_ms, rng), 20: browser_body(20, now_ms, rng)}
+    results: dict[str, float] = {}
+
+    def measure_cpu(label: str, flask_app, events: int, expect: int, n: int = 3000) -> None:
+        client = flask_app.test_client()
+        for _ in range(200):
+            client.post(f"/e/{pixel_id}", data=bodies[events], headers=headers)
+        best = float("inf")
+        for _ in range(3):
+            started = time.process_time()
+            for _ in range(n):
+                status = client.post(f"/e/{pixel_id}", data=bodies[events], headers=headers).status_code
+            best = min(best, (time.process_time() - started) / n * 1e6)
+            r.unlink(keys.EVENTS_STREAM)
+        if status != expect:
+            raise SystemExit(f"{label}: answered {status}, expected {expect}")
+        results[label] = best
+
+    measure_cpu("bare app, 1-event body", bare, 1, 204)
+    measure_cpu("collector, 1 event", app, 1, 200)
+    measure_cpu("collector, 20 events", app, 20, 200)
+    real_append = buffer.EventBuffer.append
+    answer = real_append(app.extensions["clicktrail"].buffer, pixel_id, [], host=DOMAIN)
+    buffer.EventBuffer.append = lambda self, *a, **kw: answer
+    no_ops = [(prometheus_client.Counter, "inc"), (prometheus_client.Histogram, "observe")]
+    saved = [(cls, name, getattr(cls, name)) for cls, name in no_ops]
+    try:
+        measure_cpu("collector, 1 event, Redis call replaced by a no-op", app, 1, 200)
+        for cls, name, _ in saved:
+            setattr(cls, name, lambda self, *a, **kw: None)
+        measure_cpu("collector, 1 event, Redis call and metric updates replaced by no-ops", app, 1, 200)
+    finally:
+        buffer.EventBuffer.append = real_append
+        for cls, name, method in saved:
+            setattr(cls, name, method)
+    base = results["bare app, 1-event body"]
+    print("| in-process (test client) | CPU us/request | ratio bare/this |\n|---|---:|---:|")
+    for label, micros in results.items():
+        print(f"| {label} | {micros:.0f} | {base / micros:.2f} |")
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Collector vs bare Flask throughput under the same gunicorn settings.")
+    parser = argparse.ArgumentParser(
+        description="Collector vs bare Flask throughput under the same gunicorn settings."
+    )
     parser.add_argument("--duration", type=int, default=15, help="seconds per measured scenario [15]")
     parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up before each scenario [3]")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections [32]")
     parser.add_argument("--wrk-threads", type=int, default=2, help="wrk threads [2]")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="gunicorn workers [cores]")
     parser.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker [4, as the CLI]")
-    parser.add_argument("--rounds", type=int, default=1, help="repeat every scenario; medians are reported [1]")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="repeat every scenario; medians are reported [1]"
+    )
     parser.add_argument("--redis-url", default=DEFAULT_REDIS, help=f"[{DEFAULT_REDIS}]")
     parser.add_argument("--wrk", default=shutil.which("wrk") or "wrk")
-    parser.add_argument("--code", metavar="DIR", help="run this source tree (an export of a commit) instead of "
-                        "the checkout this script is in")
+    parser.add_argument(
+        "--code",
+        metavar="DIR",
+        help="run this source tree (an export of a commit) instead of the checkout this script is in",
+    )
+    parser.add_argument(
+        "--cpu-breakdown",
+        action="store_true",
+        help="instead of the wrk runs: CPU per request in this process, bare vs collector, then the "
+        "collector with its Redis call and metric updates replaced by no-ops",
+    )
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
     args = parser.parse_args(argv)
+    if args.cpu_breakdown:
+        r = redis.Redis.from_url(args.redis_url)
+        pixel_id = registry.create_pixel(r, ADVERTISER, [DOMAIN])
+        folder = Path(tempfile.mkdtemp(prefix="ct-collector-cpu-"))
+        try:
+            results = cpu_breakdown(args, r, pixel_id, folder)
+        finally:
+            r.unlink(keys.EVENTS_STREAM)
+            r.hdel(keys.PIXELS, pixel_id)
+            r.hdel(keys.ADVERTISERS, ADVERTISER)
+            if hasattr(keys, "ADVERTISER_DOMAINS"):
+                r.hdel(keys.ADVERTISER_DOMAINS, ADVERTISER)
+            shutil.rmtree(folder, ignore_errors=True)
+        command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
+        print(f"\nCode: {code_state()}. Command: `{command}`")
+        if args.json:
+            Path(args.json).write_text(
+                json.dumps({"code": code_state(), "cpu_us_per_request": results}, indent=2)
+            )
+        return 0
     if not shutil.which(args.wrk):
         raise SystemExit("wrk is not installed: apt-get install -y wrk")
     command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
@@ -384,21 +582,50 @@ def main(argv: list[str] | None = None) -> int:
     pixel_id = registry.create_pixel(r, ADVERTISER, [DOMAIN])
     token = registry.create_token(r, ADVERTISER, ["events"])
     folder = Path(tempfile.mkdtemp(prefix="ct-collector-bench-"))
-    env = dict(os.environ, CLICKTRAIL_REDIS_URL=args.redis_url, CLICKTRAIL_STREAM_MAX_LEN="1000000000",
-               CLICKTRAIL_DATA_DIR=str(folder / "data"))
-    if CODE != ROOT:  # the servers import clicktrail and collector from there (PYTHONPATH precedes the editable install)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(CODE), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(
+        os.environ,
+        CLICKTRAIL_REDIS_URL=args.redis_url,
+        CLICKTRAIL_STREAM_MAX_LEN="1000000000",
+        CLICKTRAIL_DATA_DIR=str(folder / "data"),
+    )
+    # The servers import the code from CODE whatever is installed (an editable install may not know
+    # packages added since, and PYTHONPATH precedes it).
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(CODE), os.environ.get("PYTHONPATH", "")) if p)
     procs: dict[str, subprocess.Popen] = {}
     try:
         ports = {"collector": free_port(), "bare": free_port()}
         procs["collector"] = subprocess.Popen(
-            [*clicktrail_cmd(), "collector", "--bind", f"127.0.0.1:{ports['collector']}",
-             "--workers", str(args.workers), "--threads", str(args.threads)],
-            env=env, cwd=ROOT, start_new_session=True)
+            [
+                *clicktrail_cmd(),
+                "collector",
+                "--bind",
+                f"127.0.0.1:{ports['collector']}",
+                "--workers",
+                str(args.workers),
+                "--threads",
+                str(args.threads),
+            ],
+            env=env,
+            cwd=ROOT,
+            start_new_session=True,
+        )
         procs["bare"] = subprocess.Popen(
-            [sys.executable, str(ROOT / "bench" / "bare_app.py"), "--bind", f"127.0.0.1:{ports['bare']}",
-             "--workers", str(args.workers), "--threads", str(args.threads), "--data-dir", str(folder / "data")],
-            env=env, cwd=ROOT, start_new_session=True)
+            [
+                sys.executable,
+                str(ROOT / "bench" / "bare_app.py"),
+                "--bind",
+                f"127.0.0.1:{ports['bare']}",
+                "--workers",
+                str(args.workers),
+                "--threads",
+                str(args.threads),
+                "--data-dir",
+                str(folder / "data"),
+            ],
+            env=env,
+            cwd=ROOT,
+            start_new_session=True,
+        )
         wait_up(ports["collector"], "/healthz", procs["collector"])
         wait_up(ports["bare"], "/healthz", procs["bare"])
 
@@ -410,19 +637,33 @@ def main(argv: list[str] | None = None) -> int:
         scenarios = [
             Scenario("bare, 1-event browser body", "bare", f"/e/{pixel_id}", one, browser_headers, 1),
             Scenario("browser, 1 event", "collector", f"/e/{pixel_id}", one, browser_headers, 1),
-            Scenario("browser, 20 events", "collector", f"/e/{pixel_id}", browser_body(20, now_ms, rng),
-                     browser_headers, 20),
-            Scenario("Events API, 100 events", "collector", "/open_api/v1.3/event/track/",
-                     events_api_body(pixel_id, 100, now_ms // 1000, rng), api_headers, 100),
+            Scenario(
+                "browser, 20 events",
+                "collector",
+                f"/e/{pixel_id}",
+                browser_body(20, now_ms, rng),
+                browser_headers,
+                20,
+            ),
+            Scenario(
+                "Events API, 100 events",
+                "collector",
+                "/open_api/v1.3/event/track/",
+                events_api_body(pixel_id, 100, now_ms // 1000, rng),
+                api_headers,
+                100,
+            ),
         ]
         luas = {}
         for s in scenarios:
             check_sample(ports[s.server], s)
             luas[s.name] = write_lua(folder, s)
         r.unlink(keys.EVENTS_STREAM)
-        print(f"collector :{ports['collector']} and bare :{ports['bare']} up, {args.workers} workers x "
-              f"{args.threads} threads each; samples accepted; measuring {args.duration}s per scenario",
-              file=sys.stderr)
+        print(
+            f"collector :{ports['collector']} and bare :{ports['bare']} up, {args.workers} workers x "
+            f"{args.threads} threads each; samples accepted; measuring {args.duration}s per scenario",
+            file=sys.stderr,
+        )
 
         ratios, cpu_ratios = [], []
         for round_no in range(args.rounds):
@@ -438,26 +679,51 @@ def main(argv: list[str] | None = None) -> int:
         report = table(scenarios, ratios, cpu_ratios, args)
         when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         print()
-        print(f"Collector bench, {when}, {os.cpu_count()} cores; gunicorn {args.workers} workers x {args.threads} "
-              f"threads (gthread, production options); wrk {args.wrk_threads} threads, {args.connections} "
-              f"connections, {args.duration}s per scenario after {args.warmup}s warm-up, {args.rounds} round(s); "
-              f"code: {CODE}.")
+        print(
+            f"Collector bench, {when}, {os.cpu_count()} cores; gunicorn {args.workers} workers x "
+            f"{args.threads} threads (gthread, production options); wrk {args.wrk_threads} threads, "
+            f"{args.connections} connections, {args.duration}s per scenario after {args.warmup}s warm-up, "
+            f"{args.rounds} round(s); "
+            f"code: {code_state()}."
+        )
         print()
         print(report)
         print()
         print(f"Command: `{command}`")
         print(f"wrk, e.g.: `{scenarios[1].runs[-1]['wrk']}`")
         if args.json:
-            Path(args.json).write_text(json.dumps({
-                "date": when, "cores": os.cpu_count(), "command": command, "code": str(CODE), "workers": args.workers,
-                "threads": args.threads, "connections": args.connections, "wrk_threads": args.wrk_threads,
-                "duration_s": args.duration, "warmup_s": args.warmup, "rounds": args.rounds,
-                "ratio_1_event": statistics.median(ratios), "ratios": ratios,
-                "cpu_ratio_1_event": statistics.median(cpu_ratios),
-                "scenarios": [{"name": s.name, "server": s.server, "events_per_request": s.events,
-                               "body_bytes": len(s.body), "median": median_run(s.runs), "runs": s.runs}
-                              for s in scenarios],
-            }, indent=2))
+            Path(args.json).write_text(
+                json.dumps(
+                    {
+                        "date": when,
+                        "cores": os.cpu_count(),
+                        "command": command,
+                        "code": code_state(),
+                        "workers": args.workers,
+                        "threads": args.threads,
+                        "connections": args.connections,
+                        "wrk_threads": args.wrk_threads,
+                        "duration_s": args.duration,
+                        "warmup_s": args.warmup,
+                        "rounds": args.rounds,
+                        "ratio_1_event": statistics.median(ratios),
+                        "ratios": ratios,
+                        "cpu_ratio_1_event": statistics.median(cpu_ratios),
+                        "scenarios": [
+                            {
+                                "name": s.name,
+                                "server": s.server,
+                                "events_per_request": s.events,
+                                "body_bytes": len(s.body),
+                                "median": median_run(s.runs),
+                                "runs": s.runs,
+                            }
+                            for s in scenarios
+                        ],
+                    },
+                    indent=2,
+                )
+            )
         failed = any(median_run(s.runs)["non_2xx"] or median_run(s.runs)["lost"] for s in scenarios)
         return 1 if failed else 0
     finally:
@@ -467,6 +733,8 @@ def main(argv: list[str] | None = None) -> int:
         r.hdel(keys.PIXELS, pixel_id)
         r.hdel(keys.TOKENS, hashlib.sha256(token.encode()).hexdigest())
         r.hdel(keys.ADVERTISERS, ADVERTISER)
+        if hasattr(keys, "ADVERTISER_DOMAINS"):  # versions that index an advertiser's site domains
+            r.hdel(keys.ADVERTISER_DOMAINS, ADVERTISER)
         shutil.rmtree(folder, ignore_errors=True)
 
 
