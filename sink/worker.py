@@ -9,6 +9,7 @@ inserted again by whoever reclaims it, and the storage's dedup key folds the cop
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -92,6 +93,8 @@ class Sink:
 
     def run(self) -> None:
         self.ensure_group()
+        # What exists now lives for the whole process: keep the collector from walking it again.
+        gc.freeze()
         log.info("sink %s reading %s as group %s", self.name, keys.EVENTS_STREAM, keys.SINK_GROUP)
         while not self.stop.is_set:
             self.run_once()
@@ -144,6 +147,19 @@ class Sink:
         """Store every event of ``entries``, dead-letter what cannot be stored, then acknowledge them all."""
         tables = {False: _Pending(self.insert_sql), True: _Pending(self.touch_insert_sql)}
         dead: list[DeadLetter] = []
+        # A batch is tens of thousands of fresh tuples with no reference cycles: the garbage
+        # collector would walk them again and again while they are built (about a fifth of the time).
+        gc.disable()
+        try:
+            self._build(entries, tables, dead)
+        finally:
+            gc.enable()
+        notices = self._insert_all(entries, tables, dead)
+        if notices and self.settings["SINK_FAILPOINT"] == "after_insert":
+            os.kill(os.getpid(), signal.SIGKILL)
+        self._settle([entry_id for entry_id, _ in entries], dead, notices)
+
+    def _build(self, entries: list[Entry], tables: dict, dead: list[DeadLetter]) -> None:
         for entry_id, fields in entries:
             if not fields:  # claimed after deletion: nothing left to store
                 continue
@@ -157,6 +173,9 @@ class Sink:
             pending.owners.extend((entry_id, index) for index in indexes)
             dead.extend(DeadLetter(entry_id, str(f.index), f.reason, _one_event(fields, f.record))
                         for f in failures)
+
+    def _insert_all(self, entries: list[Entry], tables: dict, dead: list[DeadLetter]) -> list[tuple]:
+        """Insert each table's rows; refused rows join ``dead``; return notices for the attributor."""
         by_id = dict(entries)
         notices: list[tuple] = []
         for is_touch, pending in tables.items():
@@ -166,9 +185,7 @@ class Sink:
                 entry_id, index = pending.owners[i]
                 record = orjson.loads(by_id[entry_id][b"d"])[index]
                 dead.append(DeadLetter(entry_id, str(index), reason, _one_event(by_id[entry_id], record)))
-        if notices and self.settings["SINK_FAILPOINT"] == "after_insert":
-            os.kill(os.getpid(), signal.SIGKILL)
-        self._settle([entry_id for entry_id, _ in entries], dead, notices)
+        return notices
 
     def _insert(self, sql: str, rows: list[tuple], ids: list) -> tuple[list, list[tuple[object, str]]]:
         """Insert rows, isolating rows ClickHouse cannot take; return (stored ids, [(refused id, reason)])."""
