@@ -51,6 +51,8 @@ SYSTEMIC_CODES = {
 ROW_ERRORS = (TypeError, ValueError, OverflowError, struct.error, UnicodeError, ch_errors.TypeMismatchError)
 
 Entry = tuple[bytes, dict]
+#: A consumer idle this long with nothing pending belongs to a sink that is gone.
+DEAD_CONSUMER_IDLE_MS = 86_400_000
 
 
 class DeadLetter(NamedTuple):
@@ -263,7 +265,12 @@ class Sink:
         return self.reclaim(idle_ms)
 
     def reclaim(self, idle_ms: int) -> list[Entry]:
-        """Take over entries pending longer than ``idle_ms``; dead-letter those delivered too often."""
+        """Take over entries pending longer than ``idle_ms``; dead-letter those delivered too often.
+
+        XPENDING then XCLAIM rather than XAUTOCLAIM: only XPENDING tells how many times each entry
+        was delivered, which is what decides that an entry is poison.
+        """
+        self._forget_dead_consumers()
         pending = self._redis_call(
             self.redis.xpending_range, keys.EVENTS_STREAM, keys.SINK_GROUP, min="-", max="+",
             count=self.settings["SINK_READ_COUNT"], idle=idle_ms,
@@ -285,6 +292,18 @@ class Sink:
         if keep:
             log.info("reclaimed %d entries left pending by other consumers", len(keep))
         return keep
+
+    def _forget_dead_consumers(self) -> None:
+        """Remove consumers that hold nothing and have been idle for a day (sinks long gone).
+
+        Every sink process joins the group under a new name; without this the group's consumer
+        list would grow with every restart.
+        """
+        for consumer in self._redis_call(self.redis.xinfo_consumers, keys.EVENTS_STREAM, keys.SINK_GROUP):
+            name = consumer["name"]
+            name = name.decode() if isinstance(name, bytes) else name
+            if consumer["pending"] == 0 and consumer["idle"] > DEAD_CONSUMER_IDLE_MS and name != self.name:
+                self.redis.xgroup_delconsumer(keys.EVENTS_STREAM, keys.SINK_GROUP, name)
 
     def _redis_call(self, fn, *args, **kwargs):
         """Call Redis, waiting out an outage: the stream is the only copy of unsettled events."""

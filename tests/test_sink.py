@@ -121,3 +121,16 @@ def test_events_queued_before_any_sink_existed_are_stored(client, tenant, r, ch,
     worker.ensure_group()
     worker.run_once()
     assert unique_ids(ch, ch_database) == ["e0", "e1", "e2"]
+
+
+def test_consumers_long_gone_are_forgotten(client, tenant, sink, r, monkeypatch):
+    import sink.worker as worker_module
+
+    queue(client, tenant, 1)
+    r.xreadgroup(GROUP, "gone-sink", {STREAM: ">"}, count=1)
+    sink.reclaim(idle_ms=0)  # takes over gone-sink's entry; gone-sink now holds nothing
+    r.xgroup_createconsumer(STREAM, GROUP, "idle-sink")
+    monkeypatch.setattr(worker_module, "DEAD_CONSUMER_IDLE_MS", -1)
+    sink.reclaim(idle_ms=60_000)
+    names = {c["name"].decode() if isinstance(c["name"], bytes) else c["name"] for c in r.xinfo_consumers(STREAM, GROUP)}
+    assert names == {"test-sink"}  # holds the reclaimed entry
