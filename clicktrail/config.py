@@ -20,7 +20,6 @@ DEFAULTS: dict[str, Any] = {
     "REDIS_URL": "redis://127.0.0.1:6379/0",
     "CLICKHOUSE_URL": "clickhouse://127.0.0.1:9000/clicktrail",
     "PUBLIC_URL": "http://127.0.0.1:8080",
-    "API_PUBLIC_URL": "http://127.0.0.1:8081",
     # Signs click URLs; set a long random value in production.
     "SECRET_KEY": "dev-insecure-secret-change-me",
     # Folder for local data (Redis and ClickHouse started by `clicktrail up`, metrics files).

@@ -37,17 +37,10 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
 
 
 def _register_blueprints(app: Flask) -> None:
-    from collector import browser, clicks, events_api, health
+    from collector import browser, clicks, events_api, health, sdk
 
-    app.register_blueprint(browser.bp)
-    app.register_blueprint(clicks.bp)
-    app.register_blueprint(events_api.bp)
-    app.register_blueprint(health.bp)
-    try:
-        from collector import sdk
-    except ImportError:  # the SDK blueprint arrives with the pixel; the collector works without it
-        return
-    app.register_blueprint(sdk.bp)
+    for module in (browser, clicks, events_api, health, sdk):
+        app.register_blueprint(module.bp)
 
 
 def _register_handlers(app: Flask) -> None:

@@ -27,10 +27,5 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def new_event_id() -> str:
-    """Return a random 128-bit event id as 32 hex characters."""
-    return secrets.token_hex(16)
-
-
 def is_valid_id(value: object) -> bool:
     return isinstance(value, str) and bool(ID_PATTERN.match(value))
