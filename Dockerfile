@@ -7,8 +7,10 @@ COPY clicktrail clicktrail
 COPY collector collector
 COPY sink sink
 COPY pixel pixel
+COPY attribution attribution
 COPY static static
-RUN pip install --no-cache-dir . \
+# Editable, so the packages run from /app beside static/ (the pixel SDK they serve).
+RUN pip install --no-cache-dir -e . \
  && useradd --system --home /var/lib/clicktrail --create-home clicktrail
 USER clicktrail
 EXPOSE 8080
