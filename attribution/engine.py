@@ -258,7 +258,7 @@ class Attributor:
 
     def _results(self, conversions: list[store.Conversion], settings: dict) -> list[Result]:
         browser_clicks = store.browser_click_ids(self.ch, self.db, conversions)
-        index = TouchIndex(store.load_touches(self.ch, self.db, conversions, browser_clicks))
+        index = TouchIndex(store.load_touches(self.ch, self.db, conversions, browser_clicks, self.redis))
         return [Result(c, index.candidates(c, browser_clicks), self._windows(settings, c)) for c in conversions]
 
     def _settings(self, cache: dict, advertiser_id: str) -> dict:

@@ -13,7 +13,7 @@ import orjson
 import redis
 from flask import Blueprint, g, jsonify
 
-from attribution import touchpoints
+from attribution import click_cache, touchpoints
 from attribution.api import api_services, json_body
 from attribution.auth import require
 from clicktrail import keys
@@ -48,8 +48,11 @@ def _store(touches: list[touchpoints.Touch]) -> None:
         raise StorageError("storage is unavailable; retry later (re-posting rows is harmless)") from exc
     notice = orjson.dumps([(t.kind, t.touch_id) for t in touches])
     try:
-        svc.redis.xadd(keys.ATTRIBUTION_STREAM, {"a": g.caller.advertiser_id, "k": "t", "d": notice},
-                       maxlen=1_000_000, approximate=True)
+        pipe = svc.redis.pipeline(transaction=False)
+        click_cache.put(pipe, touches, time.time())
+        pipe.xadd(keys.ATTRIBUTION_STREAM, {"a": g.caller.advertiser_id, "k": "t", "d": notice},
+                  maxlen=1_000_000, approximate=True)
+        pipe.execute()
     except redis.RedisError as exc:
         # Stored but the attributor was not told: ask for a re-post, which is harmless.
         raise BufferUnavailable("could not schedule attribution; retry later (re-posting rows is harmless)") from exc

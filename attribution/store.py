@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from clickhouse_driver import Client
 
+from attribution import click_cache
 from attribution.touchpoints import Touch
 
 DAY_S = 86_400
@@ -141,12 +142,19 @@ def browser_click_ids(ch: Client, db: str, conversions: list[Conversion]) -> dic
 
 
 def load_touches(ch: Client, db: str, conversions: list[Conversion],
-                 browser_clicks: dict[tuple, list[tuple[str, int]]]) -> list[Touch]:
-    """Every touchpoint that shares an identity with one of the conversions (latest copy of each)."""
+                 browser_clicks: dict[tuple, list[tuple[str, int]]], r=None) -> list[Touch]:
+    """Every touchpoint that shares an identity with one of the conversions (latest copy of each).
+
+    Clicks named by click id come from the click cache in Redis (``r``) where it has them.
+    """
     if not conversions:
         return []
-    wanted = {(c.advertiser_id, "click", c.click_id) for c in conversions if c.click_id}
-    wanted |= {(adv, "click", click) for (adv, _), seen in browser_clicks.items() for click, _ in seen}
+    clicks = {(c.advertiser_id, c.click_id) for c in conversions if c.click_id}
+    clicks |= {(adv, click) for (adv, _), seen in browser_clicks.items() for click, _ in seen}
+    cached: list[Touch] = []
+    if r is not None and clicks:
+        cached, clicks = click_cache.get(r, clicks)
+    wanted = {(adv, "click", click) for adv, click in clicks}
     ident = {(c.advertiser_id, v) for c in conversions for v in (c.browser_id, c.email, c.phone, c.external_id) if v}
     if ident:
         wanted |= {(adv, kind, touch_id) for adv, identity, kind, touch_id in ch.execute(
@@ -155,8 +163,10 @@ def load_touches(ch: Client, db: str, conversions: list[Conversion],
             "AND identity IN (SELECT value FROM _ids)",
             external_tables=[_table("_ids", ["advertiser_id", "value"], ident)],
         ) if (adv, identity) in ident}
+    known = {(t.advertiser_id, t.kind, t.touch_id) for t in cached}
+    wanted -= known
     if not wanted:
-        return []
+        return cached
     fields = ["touch_ms", "campaign_id", "adgroup_id", "ad_id", "browser_id", "email_sha256", "phone_sha256",
               "external_id_sha256"]
     picked = ", ".join(f"argMax({f}, received_ms)" for f in fields)
@@ -170,7 +180,7 @@ def load_touches(ch: Client, db: str, conversions: list[Conversion],
         GROUP BY advertiser_id, kind, touch_id""",
         external_tables=[_table("_wanted", ["advertiser_id", "kind", "touch_id"], wanted)],
     )
-    return [Touch(*row) for row in rows if (row[0], row[1], row[2]) in wanted]
+    return cached + [Touch(*row) for row in rows if (row[0], row[1], row[2]) in wanted]
 
 
 def same_order(ch: Client, db: str, conversions: list[Conversion]) -> dict[tuple, list[tuple[int, str]]]:

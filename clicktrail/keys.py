@@ -37,5 +37,9 @@ TOKENS = PREFIX + "tokens"
 ATTRIBUTION_STREAM = PREFIX + "attribution"
 ATTRIBUTOR_GROUP = "attributor"
 
+#: Recent clicks by click id, ``ct:click:<advertiser>:<click id>`` -> JSON, expiring 29 days after
+#: the click (see attribution/click_cache.py).
+CLICK_CACHE_PREFIX = PREFIX + "click:"
+
 #: Hash ``<pixel_id>:<reason>`` -> count of events the collector rejected (diagnostics).
 REJECTED_COUNTS = PREFIX + "stats:rejected"

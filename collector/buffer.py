@@ -60,7 +60,8 @@ return {'ok', adv, matched}
 """
 
 
-# KEYS: stream, advertiser domains. ARGV: advertiser, landing host, max stream length, count, payload
+# KEYS: stream, advertiser domains, click cache key.
+# ARGV: advertiser, landing host, max stream length, count, payload, cache value, cache TTL seconds
 _APPEND_TOUCH_LUA = """
 local raw = redis.call('HGET', KEYS[2], ARGV[1])
 if not raw then return {'domain_not_allowed'} end
@@ -74,6 +75,7 @@ end
 if not matched then return {'domain_not_allowed'} end
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[3]) then return {'overloaded'} end
 redis.call('XADD', KEYS[1], '*', 'a', ARGV[1], 'k', 't', 'n', ARGV[4], 'd', ARGV[5])
+redis.call('SET', KEYS[3], ARGV[6], 'EX', ARGV[7])
 return {'ok'}
 """
 
@@ -160,15 +162,17 @@ class EventBuffer:
             conn.disconnect()  # a half-read reply must not be left for the next request; reconnects on use
             raise
 
-    def append_touches(self, advertiser_id: str, landing_host: str, records: list[dict]) -> None:
-        """Queue touchpoints (redirect clicks) through the same stream as events.
+    def append_click(self, advertiser_id: str, landing_host: str, record: dict, cache_key: str,
+                     cache_value: bytes, cache_ttl_s: int) -> None:
+        """Queue a redirect click through the same stream as events, and keep it in the click cache.
 
         Raises Forbidden when the landing host is not one of the advertiser's site domains, and
         BufferUnavailable as ``append`` does.
         """
-        args = [advertiser_id, landing_host, self._max_len, len(records), orjson.dumps(records)]
+        args = [advertiser_id, landing_host, self._max_len, 1, orjson.dumps([record]), cache_value, cache_ttl_s]
         try:
-            status = self._touch_script(keys=[keys.EVENTS_STREAM, keys.ADVERTISER_DOMAINS], args=args)[0].decode()
+            status = self._touch_script(keys=[keys.EVENTS_STREAM, keys.ADVERTISER_DOMAINS, cache_key],
+                                        args=args)[0].decode()
         except redis.RedisError as exc:
             raise BufferUnavailable("the event buffer is unavailable", code="buffer_unavailable") from exc
         if status == "domain_not_allowed":

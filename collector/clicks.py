@@ -6,7 +6,9 @@ import logging
 
 from flask import Blueprint, Response, jsonify, redirect, request
 
+from attribution import click_cache
 from attribution.click_urls import add_click_id, check_landing, new_click_id, read_token
+from attribution.touchpoints import Touch
 from clicktrail.errors import BufferUnavailable, RequestError
 from collector import intake
 from collector.context import services
@@ -42,7 +44,11 @@ def click_redirect(token: str) -> Response:
         click = read_token(svc.settings["SECRET_KEY"], token)
         host = check_landing(click["landing"])
         click_id = new_click_id()
-        svc.buffer.append_touches(click["advertiser"], host, [_click_record(click, click_id)])
+        record = _click_record(click, click_id)
+        touch = Touch(click["advertiser"], "click", click_id, record["touch_ms"], record["campaign_id"],
+                      record["adgroup_id"], record["ad_id"], record["browser_id"], "", "", "")
+        svc.buffer.append_click(click["advertiser"], host, record, click_cache.key(click["advertiser"], click_id),
+                                click_cache.value(touch), click_cache.TTL_S)
     except BufferUnavailable:
         # The URL is signed, so its landing was checked when it was made: send the visitor on
         # rather than break the advertiser's site; the click itself could not be recorded.

@@ -195,3 +195,18 @@ def test_explanation_is_private_to_the_advertiser(world, r):
     resp = world.api.get("/v1/conversions/conv/attribution", headers={"Authorization": f"Bearer {wrong_scope}"})
     assert resp.status_code == 403 and resp.json["error"]["code"] == "token_scope"
     assert world.api.get("/v1/conversions/conv/attribution").status_code == 401
+
+
+def test_clicks_missing_from_the_cache_are_found_in_storage(world, r):
+    t = world.now
+    world.click("cached", t - HOUR, campaign="from-cache")
+    world.click("evicted", t - HOUR, campaign="from-storage")
+    assert r.exists("ct:click:adv-1:cached") and r.exists("ct:click:adv-1:evicted")
+    r.delete("ct:click:adv-1:evicted")  # as if Redis had lost it
+    world.convert("conv-a", t, ttclid="cached")
+    world.convert("conv-b", t, ttclid="evicted")
+    world.settle()
+    assert world.latest("conv-a")[0]["campaign_id"] == "from-cache"
+    assert world.latest("conv-b")[0]["campaign_id"] == "from-storage"
+    ttl = r.ttl("ct:click:adv-1:cached")
+    assert 28 * DAY < ttl <= 29 * DAY - HOUR  # kept as long as the longest window can reach the click

@@ -42,6 +42,8 @@ def test_click_is_recorded_and_the_visitor_lands_with_ttclid(client, click_url, 
                                                                                    "redirect")
     assert (row["campaign_id"], row["adgroup_id"], row["ad_id"]) == ("cmp-1", "grp-1", "ad-1")
     assert row["ip"] == "198.51.100.0" and row["user_agent"] == "Mozilla/5.0 Test"
+    # The click is cached for the attributor for as long as the longest window can reach it.
+    assert 28 * 86400 < r.ttl(f"ct:click:adv-1:{click_id}") <= 29 * 86400
     # The sink told the attributor about the new touchpoint.
     (_, notice), = r.xrange("ct:attribution")
     assert notice[b"k"] == b"t" and click_id.encode() in notice[b"d"]

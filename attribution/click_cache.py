@@ -1,0 +1,59 @@
+"""Recent clicks in Redis, by click id, for the attributor's lookups.
+
+ClickHouse is the record of every touchpoint, but it is slow at thousands of scattered
+point lookups (each costs it about 70 us, whatever the granule size), and every conversion
+carrying a click id needs one. So each click is also kept in Redis under its click id for as
+long as any window can reach it (28 days from the click, plus a day); the attributor reads
+them with one MGET per batch and asks ClickHouse only for what Redis does not have. About
+200 bytes of Redis memory per click.
+"""
+
+from __future__ import annotations
+
+import orjson
+import redis
+
+from attribution.touchpoints import Touch
+from clicktrail import keys
+
+#: The longest click window, plus a day for late conversions.
+TTL_S = 29 * 86_400
+
+
+def key(advertiser_id: str, click_id: str) -> str:
+    return f"{keys.CLICK_CACHE_PREFIX}{advertiser_id}:{click_id}"
+
+
+def value(t: Touch) -> bytes:
+    return orjson.dumps([t.touch_ms, t.campaign_id, t.adgroup_id, t.ad_id, t.browser_id, t.email, t.phone,
+                         t.external_id])
+
+
+def ttl_s(touch_ms: int, now_s: float) -> int:
+    """Seconds the click stays useful: 0 when it is already older than the longest window."""
+    return max(0, int(touch_ms / 1000 + TTL_S - now_s))
+
+
+def put(pipe: redis.client.Pipeline, touches: list[Touch], now_s: float) -> None:
+    """Queue SETs for the clicks among ``touches`` on ``pipe`` (the caller executes it)."""
+    for t in touches:
+        expires = ttl_s(t.touch_ms, now_s)
+        if t.kind == "click" and expires:
+            pipe.set(key(t.advertiser_id, t.touch_id), value(t), ex=expires)
+
+
+def get(r: redis.Redis, wanted: set[tuple[str, str]]) -> tuple[list[Touch], set[tuple[str, str]]]:
+    """Look up (advertiser, click id) pairs; return the clicks found and the pairs not found."""
+    ordered = list(wanted)
+    found: list[Touch] = []
+    missing: set[tuple[str, str]] = set()
+    for start in range(0, len(ordered), 5000):
+        chunk = ordered[start : start + 5000]
+        for (advertiser, click_id), raw in zip(chunk, r.mget([key(a, c) for a, c in chunk])):
+            if raw is None:
+                missing.add((advertiser, click_id))
+                continue
+            touch_ms, campaign, adgroup, ad, browser, email, phone, external = orjson.loads(raw)
+            found.append(Touch(advertiser, "click", click_id, touch_ms, campaign, adgroup, ad, browser, email, phone,
+                               external))
+    return found, missing
