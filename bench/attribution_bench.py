@@ -48,18 +48,39 @@ def setup():
     return clickhouse.connect(clickhouse.with_database(CH_BASE, DB)), r, pixel_id, token, env
 
 
-def fill_clicks(ch, n: int) -> float:
+def fill_clicks(ch, n: int, now: int) -> float:
     started = time.perf_counter()
     # A tenth of the clicks carry a hashed email (cross-device); ids clk-<n>; times over 27 days.
     ch.execute(f"""
         INSERT INTO {DB}.touchpoints
-        SELECT '{ADV}', 'click', concat('clk-', toString(number)), toDateTime(now() - (number % 2332800)),
-               (toUInt64(now()) - (number % 2332800)) * 1000,
+        SELECT '{ADV}', 'click', concat('clk-', toString(number)), toDateTime({now} - (number % 2332800)),
+               ({now} - (number % 2332800)) * 1000,
                concat('cmp-', toString(number % 50)), concat('grp-', toString(number % 500)),
                concat('ad-', toString(number % 5000)), '',
                if(number % 10 = 0, lower(hex(SHA256(toString(number % 1000000)))), ''), '', '', '', '', 'import',
-               toUInt64(now()) * 1000
+               {now} * 1000
         FROM numbers({n})""")
+    return time.perf_counter() - started
+
+
+def fill_click_cache(r, n: int, now: int) -> float:
+    """The same clicks in the click cache, as the redirect and imports would have put them."""
+    import hashlib
+
+    from attribution import click_cache
+    from attribution.touchpoints import Touch
+
+    started = time.perf_counter()
+    pipe = r.pipeline(transaction=False)
+    for i in range(n):
+        email = hashlib.sha256(str(i % 1_000_000).encode()).hexdigest() if i % 10 == 0 else ""
+        touch = Touch(ADV, "click", f"clk-{i}", (now - i % 2332800) * 1000, f"cmp-{i % 50}", f"grp-{i % 500}",
+                      f"ad-{i % 5000}", "", email, "", "")
+        pipe.set(click_cache.key(ADV, touch.touch_id), click_cache.value(touch),
+                 ex=click_cache.ttl_s(touch.touch_ms, time.time()))
+        if i % 10_000 == 9_999:
+            pipe.execute()
+    pipe.execute()
     return time.perf_counter() - started
 
 
@@ -82,8 +103,11 @@ def fill_conversions(ch, pixel_id: str, n: int, clicks: int) -> list[tuple]:
 
 def throughput(args) -> None:
     ch, r, pixel_id, _, env = setup()
+    now = int(time.time())
     print(f"filling {args.clicks:,} clicks ...", flush=True)
-    print(f"  {fill_clicks(ch, args.clicks):.1f}s")
+    print(f"  {fill_clicks(ch, args.clicks, now):.1f}s")
+    if not args.no_cache:
+        print(f"  click cache: {fill_click_cache(r, args.clicks, now):.1f}s", flush=True)
     keys_ = fill_conversions(ch, pixel_id, args.conversions, args.clicks)
     pipe = r.pipeline(transaction=False)
     for start in range(0, len(keys_), 5000):
@@ -100,15 +124,17 @@ def throughput(args) -> None:
     proc.wait()
     attributed = ch.execute(f"SELECT uniqExact(event_id) FROM {DB}.attributions")[0][0]
     matched = ch.execute(f"SELECT uniqExact(event_id) FROM {DB}.attributions WHERE touch_kind != ''")[0][0]
-    print(f"\n| clicks stored | conversions | attributed (to a click) | seconds | conversions/s |")
-    print(f"|---:|---:|---:|---:|---:|")
-    print(f"| {args.clicks:,} | {len(keys_):,} | {attributed:,} ({matched:,}) | {elapsed:.1f} | "
-          f"{attributed / elapsed:,.0f} |")
+    print(f"\n| clicks stored | click cache | conversions | attributed (to a touchpoint) | seconds | conversions/s |")
+    print(f"|---:|---|---:|---:|---:|---:|")
+    print(f"| {args.clicks:,} | {'empty' if args.no_cache else 'filled'} | {len(keys_):,} | {attributed:,} "
+          f"({matched:,}) | {elapsed:.1f} | {attributed / elapsed:,.0f} |")
+    r.flushdb()
 
 
 def freshness(args) -> None:
     ch, r, pixel_id, token, env = setup()
-    fill_clicks(ch, 10_000)
+    fill_clicks(ch, 10_000, int(time.time()))
+    fill_click_cache(r, 10_000, int(time.time()))
     port = services.free_port()
     procs = [subprocess.Popen([sys.executable, "-m", "clicktrail.cli", "collector", "--bind", f"127.0.0.1:{port}",
                                "--workers", "2"], env=env),
@@ -167,6 +193,7 @@ def main() -> None:
     t.add_argument("--clicks", type=int, default=10_000_000)
     t.add_argument("--conversions", type=int, default=200_000)
     t.add_argument("--batch", type=int, default=4, help="notices per tick (of 5,000 keys each)")
+    t.add_argument("--no-cache", action="store_true", help="leave the click cache empty (ClickHouse lookups)")
     f = sub.add_parser("freshness")
     f.add_argument("--rate", type=int, default=100, help="conversions per second")
     f.add_argument("--seconds", type=int, default=30)
