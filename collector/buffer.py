@@ -150,17 +150,32 @@ class EventBuffer:
         """
         conn = self._connection()
         try:
-            try:
-                conn.send_command("EVALSHA", self._sha, len(_KEYS), *_KEYS, *args)
-                return conn.read_response()
-            except redis.exceptions.NoScriptError:  # a new Redis, or one restarted: load the script once
-                conn.send_command("SCRIPT", "LOAD", _APPEND_LUA)
-                conn.read_response()
-                conn.send_command("EVALSHA", self._sha, len(_KEYS), *_KEYS, *args)
-                return conn.read_response()
-        except BaseException:
-            conn.disconnect()  # a half-read reply must not be left for the next request; reconnects on use
+            return self._send(conn, args)
+        except redis.TimeoutError:
+            conn.disconnect()  # a half-read reply must not be left for the next request
             raise
+        except redis.ConnectionError:
+            # A connection kept across a Redis restart fails on first use; one fresh attempt tells
+            # a stale socket from a Redis that is really down (refused at once, so still fast).
+            conn.disconnect()
+            try:
+                return self._send(conn, args)
+            except BaseException:
+                conn.disconnect()
+                raise
+        except BaseException:
+            conn.disconnect()
+            raise
+
+    def _send(self, conn, args: list) -> list:
+        try:
+            conn.send_command("EVALSHA", self._sha, len(_KEYS), *_KEYS, *args)
+            return conn.read_response()
+        except redis.exceptions.NoScriptError:  # a new Redis, or one restarted: load the script once
+            conn.send_command("SCRIPT", "LOAD", _APPEND_LUA)
+            conn.read_response()
+            conn.send_command("EVALSHA", self._sha, len(_KEYS), *_KEYS, *args)
+            return conn.read_response()
 
     def append_click(self, advertiser_id: str, landing_host: str, record: dict, cache_key: str,
                      cache_value: bytes, cache_ttl_s: int) -> None:
