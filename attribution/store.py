@@ -75,7 +75,9 @@ def load_conversions(ch: Client, db: str, keys: dict[tuple, int | None]) -> list
         tables.append(_table("_keys", _KEY_COLUMNS, undated))
     rows = ch.execute(
         f"SELECT advertiser_id, pixel_id, event, event_id, {picked} FROM {db}.events "
-        f"WHERE {' OR '.join(conditions)} GROUP BY advertiser_id, pixel_id, event, event_id",
+        f"WHERE ({' OR '.join(conditions)}) GROUP BY advertiser_id, pixel_id, event, event_id "
+        # Test events (sent with a test_event_code) are for checking an integration, never conversions.
+        "HAVING argMax(test_event_code, dedup_version) = ''",
         external_tables=tables,
     )
     return [Conversion(*row) for row in rows]

@@ -210,3 +210,17 @@ def test_clicks_missing_from_the_cache_are_found_in_storage(world, r):
     assert world.latest("conv-b")[0]["campaign_id"] == "from-storage"
     ttl = r.ttl("ct:click:adv-1:cached")
     assert 28 * DAY < ttl <= 29 * DAY - HOUR  # kept as long as the longest window can reach the click
+
+
+def test_test_events_are_never_attributed(world):
+    t = world.now
+    world.click("clk", t - HOUR)
+    body = {"event_source": "web", "event_source_id": world.tenant.pixel_id, "test_event_code": "TEST42",
+            "data": [{"event": "CompletePayment", "event_id": "testing", "event_time": t, "user": {"ttclid": "clk"}}]}
+    resp = world.client.post("/open_api/v1.3/event/track/", json=body,
+                             headers={"Access-Token": world.tenant.token})
+    assert resp.status_code == 200
+    world.convert("real", t, ttclid="clk")
+    world.settle()
+    assert world.latest("testing") == []
+    assert world.credits("real") == {"clk": 1.0}
