@@ -54,6 +54,12 @@ def _site_host(events: list) -> str:
 
 
 def _cors(response: Response) -> Response:
+    """Let the page read the status, so the pixel never retries what was refused for good.
+
+    Safe to reflect any origin: a response here holds only counts and error reasons, nothing a
+    tenant owns. The preflight (needed only for application/json) is what is limited to the
+    pixel's registered sites.
+    """
     origin = request.headers.get("Origin")
     if origin:
         response.headers["Access-Control-Allow-Origin"] = origin
