@@ -17,7 +17,6 @@ import argparse
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -124,8 +123,8 @@ def throughput(args) -> None:
     proc.wait()
     attributed = ch.execute(f"SELECT uniqExact(event_id) FROM {DB}.attributions")[0][0]
     matched = ch.execute(f"SELECT uniqExact(event_id) FROM {DB}.attributions WHERE touch_kind != ''")[0][0]
-    print(f"\n| clicks stored | click cache | conversions | attributed (to a touchpoint) | seconds | conversions/s |")
-    print(f"|---:|---|---:|---:|---:|---:|")
+    print("\n| clicks stored | click cache | conversions | attributed (to a touchpoint) | seconds | conversions/s |")
+    print("|---:|---|---:|---:|---:|---:|")
     print(f"| {args.clicks:,} | {'empty' if args.no_cache else 'filled'} | {len(keys_):,} | {attributed:,} "
           f"({matched:,}) | {elapsed:.1f} | {attributed / elapsed:,.0f} |")
     r.flushdb()
@@ -151,7 +150,6 @@ def freshness(args) -> None:
         except OSError:
             time.sleep(0.2)
     per_request = 10
-    interval = per_request / args.rate
     sent = 0
     started = time.monotonic()
     try:
@@ -181,8 +179,8 @@ def freshness(args) -> None:
             (SELECT event_id, min(attributed_ms) AS first_ms FROM {DB}.attributions GROUP BY event_id) AS a
           ANY INNER JOIN (SELECT event_id, min(received_ms) AS received_ms FROM {DB}.events GROUP BY event_id) AS e
           USING event_id)""")
-    print(f"\n| conversions/s | seconds | conversions | freshness p50 | p99 | max |")
-    print(f"|---:|---:|---:|---:|---:|---:|")
+    print("\n| conversions/s | seconds | conversions | freshness p50 | p99 | max |")
+    print("|---:|---:|---:|---:|---:|---:|")
     print(f"| {args.rate} | {args.seconds} | {n:,} of {sent:,} | {p50} ms | {p99} ms | {mx} ms |")
 
 
