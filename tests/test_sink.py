@@ -134,3 +134,21 @@ def test_consumers_long_gone_are_forgotten(client, tenant, sink, r, monkeypatch)
     sink.reclaim(idle_ms=60_000)
     names = {c["name"].decode() if isinstance(c["name"], bytes) else c["name"] for c in r.xinfo_consumers(STREAM, GROUP)}
     assert names == {"test-sink"}  # holds the reclaimed entry
+
+
+def test_a_second_signal_exits_even_mid_batch_and_nothing_is_acknowledged(client, tenant, spawn, r):
+    from clicktrail import services
+
+    queue(client, tenant, 5)
+    r.xgroup_create(STREAM, GROUP, id="0")
+    nowhere = f"clickhouse://127.0.0.1:{services.free_port()}/nothing"  # inserts fail: the batch never finishes
+    worker = spawn.sink(CLICKHOUSE_URL=nowhere, SINK_BACKOFF_CAP_S=0.5)
+    deadline = time.monotonic() + 10
+    while r.xpending(STREAM, GROUP)["pending"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGTERM)
+    time.sleep(1.0)
+    assert worker.poll() is None  # still trying to store the batch it holds
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=10) == 1
+    assert r.xpending(STREAM, GROUP)["pending"] == 1 and r.xlen(STREAM) == 1  # left for another sink
