@@ -35,3 +35,9 @@ def served(app) -> set[tuple[str, str]]:
 def test_every_route_is_documented_and_every_documented_path_exists(name, app, api_client):
     flask_app = app if name == "collector" else api_client.application
     assert served(flask_app) == documented(name)
+
+
+def test_the_file_is_valid_openapi():
+    from openapi_spec_validator import validate
+
+    validate(yaml.safe_load(SPEC.read_text()))  # raises, naming the path, on any violation
