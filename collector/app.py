@@ -13,7 +13,7 @@ from clicktrail import config, keys, redis_client
 from clicktrail.errors import RequestError
 from collector.buffer import EventBuffer
 from collector.context import Services
-from collector.metrics import LATENCY, REQUESTS, StreamCollector
+from collector.metrics import StreamCollector, observe_request
 
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
@@ -50,11 +50,9 @@ def _register_handlers(app: Flask) -> None:
 
     @app.after_request
     def _observe(response):
-        endpoint = request.endpoint or "unmatched"
-        REQUESTS.labels(endpoint, str(response.status_code)).inc()
         started = g.get("started")
         if started is not None:
-            LATENCY.labels(endpoint).observe(time.perf_counter() - started)
+            observe_request(request.endpoint or "unmatched", response.status_code, time.perf_counter() - started)
         return response
 
     @app.errorhandler(RequestError)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import re
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, request
 
 from clicktrail.errors import BadRequest, Forbidden, RequestError
 from collector import intake
 from collector.context import services
-from collector.metrics import EVENTS_ACCEPTED, EVENTS_REJECTED
+from collector.metrics import count_accepted, count_rejected
+from collector.replies import json_reply
 from pixel.events import Context, parse_events
 
 bp = Blueprint("browser", __name__)
@@ -93,8 +94,8 @@ def browser_events(pixel_id: str):
     except RequestError as exc:
         return _cors(_error(exc, "browser"))
     _count("browser", len(records), reasons)
-    response = jsonify(accepted=len(records), rejected=[r.to_dict() for r in rejections])
-    response.status_code = 200 if records or not rejections else 400
+    response = json_reply({"accepted": len(records), "rejected": [r.to_dict() for r in rejections]},
+                          200 if records or not rejections else 400)
     _first_party_cookie(response, appended.site_domain, records)
     return _cors(response)
 
@@ -177,16 +178,14 @@ def image_event(pixel_id: str):
 
 
 def _count(source: str, accepted: int, reasons: list[str]) -> None:
-    if accepted:
-        EVENTS_ACCEPTED.labels(source).inc(accepted)
+    count_accepted(source, accepted)
     for reason in reasons:
-        EVENTS_REJECTED.labels(source, reason).inc()
+        count_rejected(source, reason)
 
 
 def _error(exc: RequestError, source: str) -> Response:
-    EVENTS_REJECTED.labels(source, exc.code).inc()
-    response = jsonify(exc.to_dict())
-    response.status_code = exc.status
+    count_rejected(source, exc.code)
+    response = json_reply(exc.to_dict(), exc.status)
     if exc.status == 503:
         response.headers["Retry-After"] = str(services().buffer.retry_after)
     return response

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Response, jsonify, redirect, request
+from flask import Blueprint, Response, redirect, request
 
 from attribution import click_cache
 from attribution.click_urls import add_click_id, check_landing, new_click_id, read_token
@@ -12,7 +12,8 @@ from attribution.touchpoints import Touch
 from clicktrail.errors import BufferUnavailable, RequestError
 from collector import intake
 from collector.context import services
-from collector.metrics import EVENTS_ACCEPTED, EVENTS_REJECTED
+from collector.metrics import count_accepted, count_rejected
+from collector.replies import json_reply
 
 bp = Blueprint("clicks", __name__)
 log = logging.getLogger("clicktrail.clicks")
@@ -52,15 +53,13 @@ def click_redirect(token: str) -> Response:
     except BufferUnavailable:
         # The URL is signed, so its landing was checked when it was made: send the visitor on
         # rather than break the advertiser's site; the click itself could not be recorded.
-        EVENTS_REJECTED.labels("click", "buffer_unavailable").inc()
+        count_rejected("click", "buffer_unavailable")
         log.warning("click not recorded: buffer unavailable")
         return _redirect(click["landing"])
     except RequestError as exc:
-        EVENTS_REJECTED.labels("click", exc.code).inc()
-        response = jsonify(exc.to_dict())
-        response.status_code = exc.status
-        return response
-    EVENTS_ACCEPTED.labels("click").inc()
+        count_rejected("click", exc.code)
+        return json_reply(exc.to_dict(), exc.status)
+    count_accepted("click", 1)
     return _redirect(add_click_id(click["landing"], click_id))
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import secrets
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, request
 
 from clicktrail.errors import BadRequest, RequestError, Unauthorized
 from collector import intake
 from collector.context import services
-from collector.metrics import EVENTS_ACCEPTED, EVENTS_REJECTED
+from collector.metrics import count_accepted, count_rejected
+from collector.replies import json_reply
 from pixel.events import Context, parse_events
 from pixel.ids import token_hash
 
@@ -70,8 +71,7 @@ def _seconds_to_ms(value: object) -> object:
 
 
 def _reply(status: int, code: int, message: str, request_id: str, data: dict | None = None):
-    response = jsonify(code=code, message=message, request_id=request_id, data=data or {})
-    response.status_code = status
+    response = json_reply({"code": code, "message": message, "request_id": request_id, "data": data or {}}, status)
     response.headers["X-Request-Id"] = request_id
     return response
 
@@ -94,16 +94,15 @@ def track():
         reasons = [r.reason for r in rejections]
         svc.buffer.append(pixel_id, records, token_hash=token_hash(token), rejected=reasons)
     except RequestError as exc:
-        EVENTS_REJECTED.labels("server", exc.code).inc()
+        count_rejected("server", exc.code)
         code = CODE_RETRY if exc.status >= 500 else CODE_AUTH if exc.status in (401, 403) else CODE_INVALID
         response = _reply(exc.status, code, exc.message, request_id, exc.to_dict())
         if exc.status == 503:
             response.headers["Retry-After"] = str(svc.buffer.retry_after)
         return response
-    if records:
-        EVENTS_ACCEPTED.labels("server").inc(len(records))
+    count_accepted("server", len(records))
     for reason in reasons:
-        EVENTS_REJECTED.labels("server", reason).inc()
+        count_rejected("server", reason)
     data_out = {"accepted": len(records), "rejected": [r.to_dict() for r in rejections]}
     if not records:
         return _reply(400, CODE_INVALID, "every event was rejected", request_id, data_out)

@@ -8,6 +8,7 @@ them, so a scrape sees every worker, not just the one that answered it.
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
@@ -63,3 +64,25 @@ def render(stream_collector: StreamCollector) -> bytes:
     scrape = CollectorRegistry()
     scrape.register(stream_collector)
     return generate_latest(registry) + generate_latest(scrape)
+
+
+# Looking up a labelled child validates and hashes its labels on every call; the request path
+# keeps the children it has used. Label values are bounded (sources, endpoints, status codes and
+# the fixed set of rejection rules). prometheus_client notices a fork by itself.
+@lru_cache(maxsize=4096)
+def _child(metric, labels: tuple):
+    return metric.labels(*labels)
+
+
+def count_accepted(source: str, events: int) -> None:
+    if events:
+        _child(EVENTS_ACCEPTED, (source,)).inc(events)
+
+
+def count_rejected(source: str, reason: str) -> None:
+    _child(EVENTS_REJECTED, (source, reason)).inc()
+
+
+def observe_request(endpoint: str, status: int, seconds: float) -> None:
+    _child(REQUESTS, (endpoint, str(status))).inc()
+    _child(LATENCY, (endpoint,)).observe(seconds)
