@@ -246,6 +246,23 @@ def test_event_tracked_right_before_navigating_away_arrives(stack, r, ch, ch_dat
     assert row["pixel_id"] == pixel and row["url"] == pages.url("/product") and row["value"] == 80.0
 
 
+def test_events_pending_when_the_page_is_hidden_go_by_beacon(stack, r, ch, ch_database, pages, page):
+    pixel = registry.create_pixel(r, "adv-1", ["localhost"])
+    pages.add("/cart", page_html("Cart", snippet(pixel, stack)))
+    page.goto(pages.url("/cart"))
+    wait_sdk(page)
+    wait_rows(ch, ch_database, "event = 'PageView'", 1)
+    kinds = []
+    page.on("request", lambda req: kinds.append(req.resource_type) if f"/e/{pixel}" in req.url else None)
+    # Tracked and hidden in the same tick: the batch has not gone out by fetch yet, so the
+    # page-hide handler must send it, and only sendBeacon survives a page that is going away.
+    page.evaluate("() => { ttq.track('InitiateCheckout', {value: 12}); "
+                  "window.dispatchEvent(new PageTransitionEvent('pagehide', {persisted: false})); }")
+    (row,) = wait_rows(ch, ch_database, "event = 'InitiateCheckout'", 1)
+    assert row["value"] == 12.0
+    assert kinds == ["ping"]  # Chromium reports sendBeacon requests as "ping"
+
+
 # ---- 4. collector down: queued in localStorage, sent once it is back ----------------------------
 
 
