@@ -196,6 +196,32 @@ def click_url(advertiser: str, campaign: str, adgroup: str, ad: str, landing: st
     click.echo(f"{settings['PUBLIC_URL'].rstrip('/')}/r/{token}")
 
 
+@main.group("dead-letters")
+def dead_letters() -> None:
+    """Inspect and requeue what the sink could not store."""
+
+
+@dead_letters.command("list")
+@click.option("--count", default=100, show_default=True, type=int)
+def dead_letters_list(count: int) -> None:
+    """Print the oldest dead letters, one JSON object a line."""
+    import json
+
+    from sink import dead_letters as letters
+
+    for letter in letters.listing(_redis(_settings()), count):
+        click.echo(json.dumps(letter))
+
+
+@dead_letters.command("requeue")
+@click.option("--count", default=1000, show_default=True, type=int)
+def dead_letters_requeue(count: int) -> None:
+    """Move the oldest dead letters back to the event stream; print how many moved."""
+    from sink import dead_letters as letters
+
+    click.echo(letters.requeue(_redis(_settings()), count))
+
+
 @main.group()
 def advertiser() -> None:
     """Advertiser attribution settings."""

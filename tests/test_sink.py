@@ -152,3 +152,30 @@ def test_a_second_signal_exits_even_mid_batch_and_nothing_is_acknowledged(client
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=10) == 1
     assert r.xpending(STREAM, GROUP)["pending"] == 1 and r.xlen(STREAM) == 1  # left for another sink
+
+
+def test_dead_letters_can_be_listed_and_requeued_once_fixed(client, tenant, sink, r, ch, ch_database, settings):
+    import json as json_module
+    import subprocess
+    import sys
+
+    from tests.servers import env_for
+
+    queue(client, tenant, 2, "good")
+    records = orjson.loads(r.xrange(STREAM, count=1)[0][1][b"d"])
+    bad = dict(records[0], event_id="fixable", received_ms=-5)
+    r.xadd(STREAM, {"a": tenant.advertiser, "n": 1, "d": orjson.dumps([bad])})
+    sink.drain()
+    run = lambda *args: subprocess.run([sys.executable, "-m", "clicktrail.cli", "dead-letters", *args],  # noqa: E731
+                                       env=env_for(settings), capture_output=True, text=True, timeout=60)
+    listed = [json_module.loads(line) for line in run("list").stdout.splitlines()]
+    assert [(x["index"], x["events"], x["advertiser_id"]) for x in listed] == [("0", 1, tenant.advertiser)]
+    assert listed[0]["reason"].startswith("refused by ClickHouse")
+    # The cause is fixed (here: the letter is corrected in place), then it is requeued.
+    (letter_id, fields), = r.xrange(DEAD)
+    r.xdel(DEAD, letter_id)
+    r.xadd(DEAD, {**fields, b"d": orjson.dumps([dict(bad, received_ms=records[0]["received_ms"])])})
+    assert run("requeue").stdout == "1\n"
+    assert r.xlen(DEAD) == 0
+    sink.drain()
+    assert "fixable" in unique_ids(ch, ch_database)

@@ -1,0 +1,45 @@
+"""The dead-letter stream: what the sink could not store, kept with the reason, to inspect and requeue."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import redis
+
+from clicktrail import keys
+
+#: Fields of a dead letter that make up the original stream entry.
+ENTRY_FIELDS = (b"a", b"k", b"n", b"d")
+
+
+def listing(r: redis.Redis, count: int) -> Iterator[dict]:
+    """The oldest ``count`` dead letters, described."""
+    for letter_id, fields in r.xrange(keys.DEAD_LETTER_STREAM, count=count):
+        yield {
+            "id": letter_id.decode(),
+            "entry": fields.get(b"id", b"").decode(),
+            "index": fields.get(b"index", b"*").decode(),
+            "reason": fields.get(b"reason", b"").decode(errors="replace"),
+            "advertiser_id": fields.get(b"a", b"").decode(errors="replace"),
+            "events": int(fields.get(b"n", b"1") or 1),
+        }
+
+
+def requeue(r: redis.Redis, count: int) -> int:
+    """Put the oldest ``count`` dead letters back on the event stream (after the cause is fixed).
+
+    Each letter moves in one MULTI: added to the stream and removed from the dead letters
+    together, so a letter is never lost nor requeued twice. Copies of events already stored
+    are harmless: storage counts each event once.
+    """
+    moved = 0
+    for letter_id, fields in r.xrange(keys.DEAD_LETTER_STREAM, count=count):
+        entry = {name: fields[name] for name in ENTRY_FIELDS if name in fields}
+        if b"d" not in entry:
+            continue
+        pipe = r.pipeline(transaction=True)
+        pipe.xadd(keys.EVENTS_STREAM, entry)
+        pipe.xdel(keys.DEAD_LETTER_STREAM, letter_id)
+        pipe.execute()
+        moved += 1
+    return moved
