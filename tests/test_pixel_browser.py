@@ -500,3 +500,31 @@ def test_first_party_collector_sets_ttp_cookie_for_the_site(playwright, stack, r
         context.close()
     finally:
         b.close()
+
+
+# ---- 10. a good guest on the page: one global, no exceptions, debug output -------------------------
+
+
+def test_sdk_defines_only_ttq_never_throws_and_debug_explains(stack, r, ch, ch_database, pages, page):
+    pixel = registry.create_pixel(r, "adv-1", ["localhost"])
+    probe = "<script>window.__before = Object.keys(window);</script>"
+    pages.add("/guest", page_html("Guest", probe + snippet(pixel, stack, debug="true")))
+    errors, console = [], []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: console.append((msg.type, msg.text)))
+    page.goto(pages.url("/guest"))
+    wait_sdk(page)
+    added = page.evaluate("() => Object.keys(window).filter(k => !window.__before.includes(k) && k != '__before')")
+    assert added == ["ttq"]
+    # Nonsense from the page must not surface as an exception in it.
+    page.evaluate("""() => {
+        ttq.track(null); ttq.track('Lead', 'not an object'); ttq.identify(42); ttq.identify({email: {}});
+        ttq.instance(undefined).track('Lead'); ttq.load(); ttq.load({}); ttq.page(1, 2, 3);
+        ttq.track('AddToCart', {value: 5, currency: 'USD', colour_of_box: 'red'});
+    }""")
+    (row,) = wait_rows(ch, ch_database, "event = 'AddToCart'", 1)
+    assert json.loads(row["properties"])["colour_of_box"] == "red"  # unknown parameters are kept...
+    assert errors == []
+    # ...and debug mode says what it sends and warns about the parameter it does not know.
+    assert any(kind == "warning" and "colour_of_box" in text for kind, text in console), console
+    assert any("send" in text for kind, text in console if kind in ("log", "info", "debug")), console
