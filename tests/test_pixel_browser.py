@@ -528,3 +528,18 @@ def test_sdk_defines_only_ttq_never_throws_and_debug_explains(stack, r, ch, ch_d
     # ...and debug mode says what it sends and warns about the parameter it does not know.
     assert any(kind == "warning" and "colour_of_box" in text for kind, text in console), console
     assert any("send" in text for kind, text in console if kind in ("log", "info", "debug")), console
+
+
+def test_with_cookies_disabled_events_still_arrive_and_no_cookie_is_written(stack, r, ch, ch_database, pages,
+                                                                          context, page):
+    pixel = registry.create_pixel(r, "adv-1", ["localhost"])
+    pages.add("/nocookie", page_html("No cookies", snippet(pixel, stack, before="ttq.disableCookie();")))
+    click = "E.C.P." + secrets.token_urlsafe(16)
+    page.goto(pages.url(f"/nocookie?ttclid={click}"))
+    wait_sdk(page)
+    page.evaluate("() => ttq.track('Lead', {value: 3})")
+    got = wait_rows(ch, ch_database, "1", 2)
+    assert sorted(g["event"] for g in got) == ["Lead", "PageView"]
+    assert {g["click_id"] for g in got} == {click}  # the click id still travels with each event...
+    assert len({g["browser_id"] for g in got}) == 1  # ...and one browser id for the page, kept in memory
+    assert context.cookies() == []
