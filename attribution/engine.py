@@ -147,6 +147,19 @@ def _touch_part(t: models.Candidate) -> tuple:
     return (t.kind, t.touch_id, t.touch_ms // 1000, t.touch_ms, t.campaign_id, t.adgroup_id, t.ad_id, t.matched_by)
 
 
+# Take the lease if free or ours, and (re)arm its expiry; answer 1 when we hold it.
+_LEASE_LUA = """
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
+
 class Attributor:
     def __init__(self, settings: dict, r: redis.Redis, ch: Client, database: str, stop: StopFlag,
                  name: str | None = None) -> None:
@@ -157,6 +170,8 @@ class Attributor:
         self.stop = stop
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.revisions_written = 0
+        self._lease_script = r.register_script(_LEASE_LUA)
+        self._release_script = r.register_script(_RELEASE_LUA)
         self._candidates_sql = (f"INSERT INTO {database}.attribution_candidates "
                                 f"({', '.join(CANDIDATE_COLUMN_NAMES)}) VALUES")
         self._attributions_sql = f"INSERT INTO {database}.attributions ({', '.join(ATTRIBUTION_COLUMN_NAMES)}) VALUES"
@@ -169,11 +184,41 @@ class Attributor:
                 raise
 
     def run(self) -> None:
+        """Attribute while this process holds the attributor lease; stand by while another does.
+
+        Two attributors working at once could both restate one conversion and write two different
+        copies of the same revision; the lease makes a second one a hot standby instead, which
+        takes over (with the notices the first left pending) once the lease lapses.
+        """
         self.ensure_group()
         log.info("attributor %s reading %s", self.name, keys.ATTRIBUTION_STREAM)
-        while not self.stop.is_set:
-            self.tick()
+        leading = False
+        try:
+            while not self.stop.is_set:
+                if not self._hold_lease():
+                    if leading:
+                        log.warning("attributor %s lost the lease; standing by", self.name)
+                    leading = False
+                    self.stop.wait(self.settings["ATTRIBUTOR_LEASE_S"] / 3)
+                    continue
+                if not leading:
+                    log.info("attributor %s holds the lease", self.name)
+                leading = True
+                self.tick()
+        finally:
+            self._release_lease()
         log.info("attributor %s stopped: %d revisions written", self.name, self.revisions_written)
+
+    def _hold_lease(self) -> bool:
+        """Take or renew the lease; False while another attributor holds it."""
+        lease_ms = int(self.settings["ATTRIBUTOR_LEASE_S"] * 1000)
+        return bool(self._lease_script(keys=[keys.ATTRIBUTOR_LEASE], args=[self.name, lease_ms]))
+
+    def _release_lease(self) -> None:
+        try:
+            self._release_script(keys=[keys.ATTRIBUTOR_LEASE], args=[self.name])
+        except redis.RedisError:
+            pass  # it lapses by itself
 
     def tick(self, block_ms: int = 500) -> int:
         """Process one batch of notices (its own and any a dead attributor left); return how many."""

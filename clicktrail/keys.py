@@ -37,6 +37,9 @@ TOKENS = PREFIX + "tokens"
 ATTRIBUTION_STREAM = PREFIX + "attribution"
 ATTRIBUTOR_GROUP = "attributor"
 
+#: Name of the attributor that may work now (a lease with an expiry); others stand by.
+ATTRIBUTOR_LEASE = PREFIX + "attributor:lease"
+
 #: Recent clicks by click id, ``ct:click:<advertiser>:<click id>`` -> JSON, expiring 29 days after
 #: the click (see attribution/click_cache.py).
 CLICK_CACHE_PREFIX = PREFIX + "click:"

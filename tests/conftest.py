@@ -52,6 +52,7 @@ def settings(ch_database) -> dict:
             "DATA_DIR": str(ARTIFACTS / "var"),
             "SINK_BATCH_WAIT_MS": 200,
             "SINK_CLAIM_IDLE_MS": 1000,
+            "ATTRIBUTOR_LEASE_S": 2,
         }
     )
 

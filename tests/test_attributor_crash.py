@@ -52,6 +52,16 @@ def build(world, n: int) -> set[tuple]:
     return {(world.tenant.advertiser, world.tenant.pixel_id, "CompletePayment", f"conv-{i}") for i in range(n)}
 
 
+def wait_lease(r, proc, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        holder = r.get("ct:attributor:lease")
+        if holder and holder.decode().endswith(f"-{proc.pid}"):
+            return
+        time.sleep(0.05)
+    raise AssertionError("the attributor never took the lease")
+
+
 def wait_idle(r, timeout=60.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -77,7 +87,8 @@ def test_sigkill_at_random_points_changes_nothing(world, spawn, r, ch, ch_databa
     rng = random.Random(7)
     for _ in range(4):
         proc = spawn.start("attributor", "--log-level", "WARNING", ATTRIBUTOR_BATCH=1)
-        time.sleep(rng.uniform(0.3, 1.2))
+        wait_lease(r, proc)  # the dead one's lease lapses first
+        time.sleep(rng.uniform(0.1, 0.8))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     spawn.start("attributor", "--log-level", "WARNING")
@@ -88,3 +99,27 @@ def test_sigkill_at_random_points_changes_nothing(world, spawn, r, ch, ch_databa
         SELECT count() FROM (SELECT event_id, revision, uniqExact(model) AS models FROM {ch_database}.attributions
         GROUP BY event_id, revision HAVING models != {len(MODELS)})""")[0]
     assert incomplete == 0
+
+
+def test_a_second_attributor_stands_by_and_takes_over_when_the_first_dies(world, spawn, r, ch, ch_database):
+    keys = build(world, 10)
+    first = spawn.start("attributor", "--log-level", "WARNING")
+    wait_lease(r, first)
+    holder = r.get("ct:attributor:lease")
+    second = spawn.start("attributor", "--log-level", "WARNING")
+    assert wait_idle(r)
+    time.sleep(1.0)
+    assert r.get("ct:attributor:lease") == holder  # the second stood by
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    build_more = [("late", world.now)]
+    for event_id, at in build_more:
+        world.convert(event_id, at, ttclid="clk-0")
+    world.sink.drain()
+    deadline = time.monotonic() + 30  # the lease lapses (2 s in tests), then the second takes over
+    while time.monotonic() < deadline and not ch.execute(
+            f"SELECT count() FROM {ch_database}.attributions WHERE event_id = 'late'")[0][0]:
+        time.sleep(0.2)
+    assert r.get("ct:attributor:lease").decode().endswith(f"-{second.pid}")
+    keys.add((world.tenant.advertiser, world.tenant.pixel_id, "CompletePayment", "late"))
+    assert stored(ch, ch_database) == expected(world.attributor, keys)
