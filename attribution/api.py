@@ -14,7 +14,7 @@ from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from clicktrail import clickhouse, config, redis_client
-from clicktrail.errors import RequestError, StorageError
+from clicktrail.errors import RequestError, StorageError, http_error_dict
 
 
 @dataclass
@@ -68,11 +68,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
-        code = {413: "payload_too_large", 404: "not_found", 405: "method_not_allowed"}.get(exc.code, "http_error")
-        message = exc.description or exc.name
-        if exc.code == 413:
-            message = f"body is larger than {MAX_API_BODY_BYTES} bytes"
-        return jsonify({"error": {"code": code, "message": message}}), exc.code
+        return jsonify(http_error_dict(exc.code, exc.description or exc.name, MAX_API_BODY_BYTES)), exc.code
 
     return app
 

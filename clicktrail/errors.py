@@ -90,3 +90,12 @@ class BufferUnavailable(ServiceError, RequestError):
 
     status = 503
     code = "unavailable"
+
+
+_HTTP_CODES = {413: "payload_too_large", 404: "not_found", 405: "method_not_allowed"}
+
+
+def http_error_dict(status: int, description: str, max_body_bytes: int) -> dict:
+    """Werkzeug's own refusals (413 past the body limit, 404, 405) in clicktrail's error shape."""
+    message = f"body is larger than {max_body_bytes} bytes" if status == 413 else description
+    return {"error": {"code": _HTTP_CODES.get(status, "http_error"), "message": message}}

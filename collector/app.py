@@ -10,7 +10,7 @@ from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from clicktrail import config, keys, redis_client
-from clicktrail.errors import RequestError
+from clicktrail.errors import RequestError, http_error_dict
 from collector.buffer import EventBuffer
 from collector.context import Services
 from collector.metrics import StreamCollector, observe_request
@@ -61,12 +61,7 @@ def _register_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
-        # Werkzeug's own refusals (413 from MAX_CONTENT_LENGTH, 404, 405) in our error shape.
-        code = {413: "payload_too_large", 404: "not_found", 405: "method_not_allowed"}.get(exc.code, "http_error")
-        message = exc.description or exc.name
-        if exc.code == 413:
-            message = f"body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes"
-        body = {"error": {"code": code, "message": message}}
+        body = http_error_dict(exc.code, exc.description or exc.name, app.config["MAX_CONTENT_LENGTH"])
         if request.path.startswith("/open_api/"):
-            body = {"code": 40002, "message": message, "request_id": "", "data": body}
+            body = {"code": 40002, "message": body["error"]["message"], "request_id": "", "data": body}
         return jsonify(body), exc.code
