@@ -26,7 +26,7 @@ from clicktrail import keys
 from clicktrail.backoff import Backoff
 from clicktrail.clickhouse import NETWORK_ERRORS
 from clicktrail.lifecycle import StopFlag
-from clicktrail.schema import ATTRIBUTION_COLUMN_NAMES, CANDIDATE_COLUMN_NAMES
+from clicktrail.schema import CANDIDATE_COLUMN_NAMES, CREDIT_COLUMN_NAMES
 from pixel.registry import advertiser_settings
 from sink.rows import columns
 
@@ -128,7 +128,7 @@ class Result:
                 rows.append(head + _NO_TOUCH + (model, *tail, 1.0))
             for touch, credit in credited:
                 rows.append(head + _touch_part(touch) + (model, *tail, credit))
-        return rows
+        return [row + (1,) for row in rows]
 
 
 _NO_TOUCH = ("", "", 0, 0, "", "", "", "")
@@ -174,7 +174,11 @@ class Attributor:
         self._release_script = r.register_script(_RELEASE_LUA)
         self._candidates_sql = (f"INSERT INTO {database}.attribution_candidates "
                                 f"({', '.join(CANDIDATE_COLUMN_NAMES)}) VALUES")
-        self._attributions_sql = f"INSERT INTO {database}.attributions ({', '.join(ATTRIBUTION_COLUMN_NAMES)}) VALUES"
+        self._credits_sql = f"INSERT INTO {database}.credits ({', '.join(CREDIT_COLUMN_NAMES)}) VALUES"
+        self._marks_sql = (f"INSERT INTO {database}.feed_changes (advertiser_id, written_ms, model, event, "
+                           "touch_minute, campaign_id, adgroup_id, ad_id) VALUES")
+        #: Time stamp of the last tick's writes; every later write is stamped after it.
+        self.written_ms = 0
 
     def ensure_group(self) -> None:
         try:
@@ -239,8 +243,20 @@ class Attributor:
         pipe = self.redis.pipeline(transaction=True)
         pipe.xack(keys.ATTRIBUTION_STREAM, keys.ATTRIBUTOR_GROUP, *ids)
         pipe.xdel(keys.ATTRIBUTION_STREAM, *ids)
+        # Everything stamped up to written_ms is now stored: the optimizer feed may serve it.
+        pipe.set(keys.FEED_WATERMARK, self.written_ms)
         pipe.execute()
         return len(notices)
+
+    def _stamp(self) -> int:
+        """A write time after every earlier one, even across attributors with skewed clocks.
+
+        The feed's cursors compare these stamps, so they must only grow.
+        """
+        if not self.written_ms:
+            self.written_ms = int(self.redis.get(keys.FEED_WATERMARK) or 0)
+        self.written_ms = max(time.time_ns() // 1_000_000, self.written_ms + 1)
+        return self.written_ms
 
     def _read(self, block_ms: int) -> list:
         try:
@@ -271,9 +287,20 @@ class Attributor:
                     conv_keys[(advertiser, *key[:3])] = key[3] if len(key) > 3 else None
                 else:
                     touch_keys.add((advertiser, *key))
-        for key, event_ms in store.conversions_touched_by(self.ch, self.db, touch_keys).items():
+        now_ms = self._stamp()
+        touched, found = store.conversions_touched_by(self.ch, self.db, touch_keys)
+        for key, event_ms in touched.items():
             conv_keys.setdefault(key, event_ms)
-        return self.write(self.compute(conv_keys))
+        written = self.write(self.compute(conv_keys), now_ms)
+        self._mark_touches(found, now_ms)
+        return written
+
+    def _mark_touches(self, touches: list[tuple], now_ms: int) -> None:
+        """Tell the optimizer feed that these touchpoints' buckets changed (new clicks or views)."""
+        if touches:
+            rows = {(adv, now_ms, "", "", touch_ms // 60_000 * 60, campaign, adgroup, ad)
+                    for adv, touch_ms, campaign, adgroup, ad in touches}
+            self.ch.execute(self._marks_sql, columns(list(rows)), columnar=True)
 
     def compute(self, conv_keys: dict[tuple, int | None] | set[tuple]) -> list[Result]:
         """Attribute the conversions, together with those their counting rules tie them to.
@@ -330,25 +357,30 @@ class Attributor:
             for repeat in group[1:]:
                 repeat.suppress("repeat_click")
 
-    def write(self, results: list[Result]) -> int:
+    def write(self, results: list[Result], now_ms: int | None = None) -> int:
+        now_ms = now_ms or self._stamp()
         state = store.current_state(self.ch, self.db, {res.conv.key for res in results})
-        now_ms = time.time_ns() // 1_000_000
-        candidate_rows, attribution_rows = [], []
+        candidate_rows, credit_rows, restated = [], [], {}
         for res in results:
             content_hash = res.content_hash()
             revision, stored_hash = state.get(res.conv.key, (0, None))
             if stored_hash == content_hash:
                 continue  # unchanged: nothing to restate
+            if revision:
+                restated[res.conv.key] = revision
             candidate_rows += res.candidate_rows(revision + 1, content_hash, now_ms)
-            attribution_rows += res.attribution_rows(revision + 1, content_hash, now_ms)
-        if not attribution_rows:
+            credit_rows += res.attribution_rows(revision + 1, content_hash, now_ms)
+        if not credit_rows:
             return 0
-        # Candidates first, credited rows last: the current revision is read from attributions, so
-        # a crash between the two inserts leaves the revision unwritten, and the re-run writes it.
+        # The previous revision's rows are cancelled in the same insert as the new ones: one block,
+        # so the sums kept from credits never see one without the other.
+        credit_rows += store.cancel_rows(self.ch, self.db, restated, now_ms)
+        # Candidates first, credits last: the current revision is read from credits, so a crash
+        # between the two inserts leaves the revision unwritten, and the re-run writes it.
         self.ch.execute(self._candidates_sql, columns(candidate_rows), columnar=True)
         if self.settings["SINK_FAILPOINT"] == "between_attribution_inserts":
             os.kill(os.getpid(), 9)
-        self.ch.execute(self._attributions_sql, columns(attribution_rows), columnar=True)
-        written = len({row[:4] for row in attribution_rows})
+        self.ch.execute(self._credits_sql, columns(credit_rows), columnar=True)
+        written = len({row[:4] for row in credit_rows})
         self.revisions_written += written
         return written

@@ -23,7 +23,7 @@ def _latest(table: str, columns: list[str], advertiser_id: str, event_id: str) -
         SELECT {', '.join(columns)} FROM {db}.{table}
         WHERE advertiser_id = %(adv)s AND event_id = %(eid)s
           AND (pixel_id, event, revision) IN (
-            SELECT pixel_id, event, max(revision) FROM {db}.attributions
+            SELECT pixel_id, event, max(revision) FROM {db}.credits
             WHERE advertiser_id = %(adv)s AND event_id = %(eid)s GROUP BY pixel_id, event)""",
         {"adv": advertiser_id, "eid": event_id},
     )
@@ -90,7 +90,7 @@ def _explain(conversion: list[dict], credited: list[dict]) -> dict:
 def explain(event_id: str):
     advertiser = g.caller.advertiser_id
     candidates = _latest("attribution_candidates", CANDIDATE_COLUMN_NAMES, advertiser, event_id)
-    credited = _latest("attributions", ATTRIBUTION_COLUMN_NAMES, advertiser, event_id)
+    credited = _latest("credits", ATTRIBUTION_COLUMN_NAMES, advertiser, event_id)
     if not candidates or not credited:
         raise NotFound(f"no attributed conversion with event_id {event_id!r} for this advertiser "
                        "(it may not be attributed yet)", field="event_id", code="unknown_conversion")

@@ -12,6 +12,7 @@ from clickhouse_driver import Client
 
 from attribution import click_cache
 from attribution.touchpoints import Touch
+from clicktrail.schema import CREDIT_COLUMN_NAMES
 
 DAY_S = 86_400
 
@@ -99,28 +100,33 @@ def _events_with(ch: Client, db: str, identities: set[tuple], kinds: tuple[str, 
     )
 
 
-def conversions_touched_by(ch: Client, db: str, touches: set[tuple]) -> dict[tuple, int]:
-    """Conversions a newly stored touchpoint may change: those sharing an identity with it, after it."""
+def conversions_touched_by(ch: Client, db: str, touches: set[tuple]) -> tuple[dict[tuple, int], list[tuple]]:
+    """Conversions a newly stored touchpoint may change: those sharing an identity with it, after it.
+
+    Also returns each touchpoint's (advertiser, time in ms, campaign, ad group, ad), for the feed.
+    """
     if not touches:
-        return {}
+        return {}, []
     found = ch.execute(
         f"""
         SELECT advertiser_id, kind, touch_id, min(touch_ms), any(browser_id), any(email_sha256),
-               any(phone_sha256), any(external_id_sha256)
+               any(phone_sha256), any(external_id_sha256), argMax(campaign_id, received_ms),
+               argMax(adgroup_id, received_ms), argMax(ad_id, received_ms)
         FROM {db}.touchpoints
         WHERE (advertiser_id, kind, touch_id) IN (SELECT advertiser_id, kind, touch_id FROM _touches)
         GROUP BY advertiser_id, kind, touch_id""",
         external_tables=[_table("_touches", ["advertiser_id", "kind", "touch_id"], touches)],
     )
     if not found:
-        return {}
+        return {}, []
+    buckets = [(row[0], row[3], row[8], row[9], row[10]) for row in found]
     since = min(row[3] for row in found) // 1000
     clicks = {(row[0], row[2]) for row in found if row[1] == "click"}
     carried = _events_with(ch, db, clicks, ("click",), since)
     browsers = {(row[0], row[5]) for row in carried if row[5]} | {(row[0], row[4]) for row in found if row[4]}
     ident = browsers | {(row[0], v) for row in found for v in row[5:8] if v}
     rows = carried + _events_with(ch, db, ident, ("browser", "email", "phone", "external_id"), since)
-    return {tuple(row[:4]): row[4] for row in rows}
+    return {tuple(row[:4]): row[4] for row in rows}, buckets
 
 
 def browser_click_ids(ch: Client, db: str, conversions: list[Conversion]) -> dict[tuple, list[tuple[str, int]]]:
@@ -225,9 +231,25 @@ def current_state(ch: Client, db: str, keys: set[tuple]) -> dict[tuple, tuple[in
         return {}
     rows = ch.execute(
         f"SELECT advertiser_id, pixel_id, event, event_id, max(revision), argMax(content_hash, revision) "
-        f"FROM {db}.attributions "
+        f"FROM {db}.credits "
         f"WHERE (advertiser_id, pixel_id, event, event_id) IN (SELECT {', '.join(_KEY_COLUMNS)} FROM _keys) "
-        "GROUP BY advertiser_id, pixel_id, event, event_id",
+        "AND sign = 1 GROUP BY advertiser_id, pixel_id, event, event_id",
         external_tables=[_table("_keys", _KEY_COLUMNS, keys)],
     )
     return {tuple(row[:4]): (row[4], row[5]) for row in rows}
+
+
+def cancel_rows(ch: Client, db: str, revisions: dict[tuple, int], now_ms: int) -> list[tuple]:
+    """Copies, with sign -1 and stamped ``now_ms``, of the credited rows of the given revisions."""
+    if not revisions:
+        return []
+    names = [n for n in CREDIT_COLUMN_NAMES if n != "sign"]
+    stamp = names.index("attributed_ms")
+    rows = ch.execute(
+        f"SELECT DISTINCT {', '.join(names)} FROM {db}.credits "
+        f"WHERE (advertiser_id, pixel_id, event, event_id, toString(revision)) IN "
+        f"(SELECT {', '.join(_KEY_COLUMNS)}, revision FROM _revisions) AND sign = 1",
+        external_tables=[_table("_revisions", _KEY_COLUMNS + ["revision"],
+                                [(*key, str(rev)) for key, rev in revisions.items()])],
+    )
+    return [(*row[:stamp], now_ms, *row[stamp + 1:], -1) for row in rows]

@@ -121,8 +121,8 @@ def throughput(args) -> None:
     elapsed = time.perf_counter() - started
     proc.terminate()
     proc.wait()
-    attributed = ch.execute(f"SELECT uniqExact(event_id) FROM {DB}.attributions")[0][0]
-    matched = ch.execute(f"SELECT uniqExact(event_id) FROM {DB}.attributions WHERE touch_kind != ''")[0][0]
+    attributed = ch.execute(f"SELECT uniqExact(event_id) FROM {DB}.credits")[0][0]
+    matched = ch.execute(f"SELECT uniqExact(event_id) FROM {DB}.credits WHERE touch_kind != ''")[0][0]
     print("\n| clicks stored | click cache | conversions | attributed (to a touchpoint) | seconds | conversions/s |")
     print("|---:|---|---:|---:|---:|---:|")
     print(f"| {args.clicks:,} | {'empty' if args.no_cache else 'filled'} | {len(keys_):,} | {attributed:,} "
@@ -166,7 +166,7 @@ def freshness(args) -> None:
             time.sleep(max(0.0, started + sent / args.rate - time.monotonic()))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if ch.execute(f"SELECT uniqExact(event_id) FROM {DB}.attributions")[0][0] >= sent:
+            if ch.execute(f"SELECT uniqExact(event_id) FROM {DB}.credits")[0][0] >= sent:
                 break
             time.sleep(0.2)
     finally:
@@ -176,7 +176,7 @@ def freshness(args) -> None:
     (p50, p99, mx, n), = ch.execute(f"""
         SELECT quantileExact(0.5)(d), quantileExact(0.99)(d), max(d), count() FROM (
           SELECT a.first_ms - e.received_ms AS d FROM
-            (SELECT event_id, min(attributed_ms) AS first_ms FROM {DB}.attributions GROUP BY event_id) AS a
+            (SELECT event_id, min(attributed_ms) AS first_ms FROM {DB}.credits GROUP BY event_id) AS a
           ANY INNER JOIN (SELECT event_id, min(received_ms) AS received_ms FROM {DB}.events GROUP BY event_id) AS e
           USING event_id)""")
     print("\n| conversions/s | seconds | conversions | freshness p50 | p99 | max |")

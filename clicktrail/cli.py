@@ -233,15 +233,20 @@ def advertiser() -> None:
 @click.option("--view-window", type=int, help="view-through window in days: 0 (off), 1 or 7")
 @click.option("--counting", help="every (each conversion counts) or once (first conversion per click)")
 @click.option("--event", help="apply --counting to this event name only")
+@click.option("--model", help="model of the optimizer feed: last_click (default), first_click, linear, "
+              "time_decay or position_based")
+@click.option("--timezone", help="IANA time zone of reports and cost days, e.g. Europe/Berlin")
+@click.option("--currency", help="ISO 4217 currency of spend and values, e.g. EUR")
 def advertiser_set(advertiser_id: str, click_window: int | None, view_window: int | None, counting: str | None,
-                   event: str | None) -> None:
+                   event: str | None, model: str | None, timezone: str | None, currency: str | None) -> None:
     """Change attribution settings (they apply from now on); print them as JSON."""
     import json
 
     from pixel import registry
 
     settings = registry.update_settings(_redis(_settings()), advertiser_id, click_window_days=click_window,
-                                        view_window_days=view_window, counting=counting, event=event)
+                                        view_window_days=view_window, counting=counting, event=event,
+                                        model=model, timezone=timezone, currency=currency)
     click.echo(json.dumps(settings, sort_keys=True))
 
 

@@ -46,3 +46,7 @@ CLICK_CACHE_PREFIX = PREFIX + "click:"
 
 #: Hash ``<pixel_id>:<reason>`` -> count of events the collector rejected (diagnostics).
 REJECTED_COUNTS = PREFIX + "stats:rejected"
+
+#: Write time (ms) up to which everything the attributor stamped is stored; the optimizer feed's
+#: cursors never go past it (see attribution/feed.py).
+FEED_WATERMARK = PREFIX + "feed:watermark"

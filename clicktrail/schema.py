@@ -240,6 +240,100 @@ SETTINGS index_granularity = {LOOKUP_GRANULARITY}""",
     ]
 
 
+#: The credited rows the attributor writes: ATTRIBUTION_COLUMNS plus a sign. A restatement writes,
+#: in ONE insert, the new revision's rows (sign 1) and copies of the previous revision's rows with
+#: sign -1, so everything summed from this table (conversion_stats, feed_changes) stays exact.
+CREDIT_COLUMNS = ATTRIBUTION_COLUMNS + [("sign", "Int8")]
+CREDIT_COLUMN_NAMES = [name for name, _ in CREDIT_COLUMNS]
+#: Conversion dimensions of reports kept in conversion_stats besides the ad and times.
+STAT_DIMENSIONS = ("device_type", "os", "browser", "utm_source", "utm_campaign")
+
+
+def _credits_and_stats(db: str, f: Features) -> list[str]:
+    """Credits with cancel rows, and what reports and the optimizer feed read, kept by views.
+
+    The insert of a revision is one block, and materialized views run on that block, so the
+    credited rows, the summed stats and the feed's change log can never disagree.
+    """
+    lc = f.lc()
+    key = "advertiser_id, pixel_id, event, event_id, revision, model, touch_kind, touch_id"
+    dims = ", ".join(STAT_DIMENSIONS)
+    stat_keys = (f"advertiser_id, model, touch_minute, event, campaign_id, adgroup_id, ad_id, touch_kind, "
+                 f"conversion_minute, click_window_days, view_window_days, {dims}")
+    previous = ", ".join(ATTRIBUTION_COLUMN_NAMES)
+    return [
+        # Collapsing: a revision's rows and their cancel copies (same sorting key) vanish together
+        # as parts merge, so the table keeps only the current revision of each conversion.
+        f"""CREATE TABLE IF NOT EXISTS {db}.credits (
+  {_columns_sql(CREDIT_COLUMNS, f)}
+) ENGINE = CollapsingMergeTree(sign)
+PARTITION BY toYYYYMM(conversion_time)
+ORDER BY ({key})""",
+        f"""CREATE TABLE IF NOT EXISTS {db}.conversion_stats (
+  advertiser_id {lc}, model {lc}, touch_minute DateTime('UTC'), event {lc}, campaign_id String, adgroup_id String,
+  ad_id String, touch_kind {lc}, conversion_minute DateTime('UTC'), click_window_days UInt8, view_window_days UInt8,
+  device_type {lc}, os {lc}, browser {lc}, utm_source {lc}, utm_campaign String,
+  conversions Float64, conversion_value Float64
+) ENGINE = SummingMergeTree((conversions, conversion_value))
+PARTITION BY toYYYYMM(touch_minute)
+ORDER BY ({stat_keys})""",
+        # Attributed conversions only (organic ones have no ad to report under); zero credits
+        # (duplicates) add nothing.
+        f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.conversion_stats_mv TO {db}.conversion_stats AS
+SELECT advertiser_id, model, toStartOfMinute(touch_time) AS touch_minute, event, campaign_id, adgroup_id, ad_id,
+  touch_kind, toStartOfMinute(conversion_time) AS conversion_minute, click_window_days, view_window_days, {dims},
+  sign * credit AS conversions, sign * credit * value AS conversion_value
+FROM {db}.credits WHERE touch_kind != '' AND credit != 0""",
+        # What changed when, for the optimizer feed's cursors: rows from credits (both signs, so
+        # the bucket that lost a conversion is listed too) and touch marks written by the
+        # attributor (event '').
+        f"""CREATE TABLE IF NOT EXISTS {db}.feed_changes (
+  advertiser_id {lc}, written_ms UInt64, model {lc}, event {lc}, touch_minute DateTime('UTC'),
+  campaign_id String, adgroup_id String, ad_id String
+) ENGINE = MergeTree
+PARTITION BY toYYYYMMDD(toDateTime(intDiv(written_ms, 1000), 'UTC'))
+ORDER BY (advertiser_id, written_ms)""",
+        f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.feed_changes_mv TO {db}.feed_changes AS
+SELECT advertiser_id, attributed_ms AS written_ms, model, event, toStartOfMinute(touch_time) AS touch_minute,
+  campaign_id, adgroup_id, ad_id
+FROM {db}.credits WHERE touch_kind != ''""",
+        # Clicks and impressions per ad and minute, counted by distinct id so a re-posted
+        # touchpoint is counted once.
+        f"""CREATE TABLE IF NOT EXISTS {db}.touch_stats (
+  advertiser_id {lc}, kind {lc}, touch_minute DateTime('UTC'), campaign_id String, adgroup_id String, ad_id String,
+  touches AggregateFunction(uniqExact, String)
+) ENGINE = AggregatingMergeTree
+PARTITION BY toYYYYMM(touch_minute)
+ORDER BY (advertiser_id, kind, touch_minute, campaign_id, adgroup_id, ad_id)""",
+        f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.touch_stats_mv TO {db}.touch_stats AS
+SELECT advertiser_id, kind, toStartOfMinute(touch_time) AS touch_minute, campaign_id, adgroup_id, ad_id,
+  uniqExactState(touch_id) AS touches
+FROM {db}.touchpoints GROUP BY advertiser_id, kind, touch_minute, campaign_id, adgroup_id, ad_id""",
+        # Daily spend per ad; each posting of a day is one version, and the latest version of a
+        # day is the day (re-posting a day replaces all of it).
+        f"""CREATE TABLE IF NOT EXISTS {db}.costs (
+  advertiser_id {lc}, day Date, version UInt64, campaign_id String, adgroup_id String, ad_id String,
+  spend Float64, impressions UInt64, has_impressions UInt8, currency {lc}
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(day)
+ORDER BY (advertiser_id, day, version, campaign_id, adgroup_id, ad_id)""",
+        # Backfill: the current revision of what earlier versions stored, then touch counts. Each
+        # runs only while its target is empty, so re-running the migration adds nothing twice.
+        f"""INSERT INTO {db}.credits ({previous}, sign)
+SELECT {previous}, 1 FROM {db}.attributions FINAL
+WHERE (advertiser_id, pixel_id, event, event_id, revision) IN
+      (SELECT advertiser_id, pixel_id, event, event_id, max(revision) FROM {db}.attributions
+       GROUP BY advertiser_id, pixel_id, event, event_id)
+  AND (SELECT count() FROM {db}.credits) = 0""",
+        f"""INSERT INTO {db}.touch_stats
+SELECT advertiser_id, kind, toStartOfMinute(touch_time) AS touch_minute, campaign_id, adgroup_id, ad_id,
+  uniqExactState(touch_id)
+FROM {db}.touchpoints WHERE (SELECT count() FROM {db}.touch_stats) = 0
+GROUP BY advertiser_id, kind, touch_minute, campaign_id, adgroup_id, ad_id""",
+        f"DROP TABLE IF EXISTS {db}.attributions",
+    ]
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -253,6 +347,8 @@ MIGRATIONS: list[Migration] = [
     Migration(3, "touchpoints table: ad clicks and impressions", _touchpoints_table),
     Migration(4, "attribution tables: candidate touchpoints and credited rows, by revision", _attribution_tables),
     Migration(5, "identity lookup tables for the attributor, filled by materialized views", _identity_indexes),
+    Migration(6, "credits with cancel rows; conversion and touch stats, feed change log and costs for reports",
+              _credits_and_stats),
 ]
 
 

@@ -27,7 +27,10 @@ DEFAULT_SETTINGS = {
     "counting": {"default": "every"},
     "timezone": "UTC",
     "currency": "USD",
+    # The model the optimizer feed uses (reports may ask for any).
+    "model": "last_click",
 }
+MODELS = ("last_click", "first_click", "linear", "time_decay", "position_based")
 CLICK_WINDOWS = (1, 7, 14, 28)
 VIEW_WINDOWS = (0, 1, 7)
 COUNTING = ("every", "once")
@@ -71,7 +74,8 @@ def ensure_advertiser(r: redis.Redis, advertiser_id: str) -> dict:
 
 def update_settings(r: redis.Redis, advertiser_id: str, *, click_window_days: int | None = None,
                     view_window_days: int | None = None, counting: str | None = None,
-                    event: str | None = None) -> dict:
+                    event: str | None = None, model: str | None = None, timezone: str | None = None,
+                    currency: str | None = None) -> dict:
     """Change an advertiser's attribution settings; they apply to conversions attributed from now on."""
     if click_window_days is not None and click_window_days not in CLICK_WINDOWS:
         raise RegistryError(f"click window must be one of {', '.join(map(str, CLICK_WINDOWS))} days")
@@ -79,6 +83,12 @@ def update_settings(r: redis.Redis, advertiser_id: str, *, click_window_days: in
         raise RegistryError(f"view window must be one of {', '.join(map(str, VIEW_WINDOWS))} days (0 = off)")
     if counting is not None and counting not in COUNTING:
         raise RegistryError(f"counting must be one of {', '.join(COUNTING)}")
+    if model is not None and model not in MODELS:
+        raise RegistryError(f"model must be one of {', '.join(MODELS)}")
+    if timezone is not None:
+        _check_timezone(timezone)
+    if currency is not None and not re.fullmatch(r"[A-Z]{3}", currency):
+        raise RegistryError("currency must be an ISO 4217 code of three capital letters, e.g. USD")
     record = ensure_advertiser(r, advertiser_id)
     settings = {**DEFAULT_SETTINGS, **record.get("settings", {})}
     if click_window_days is not None:
@@ -87,9 +97,21 @@ def update_settings(r: redis.Redis, advertiser_id: str, *, click_window_days: in
         settings["view_window_days"] = view_window_days
     if counting is not None:
         settings["counting"] = {**settings["counting"], (event or "default"): counting}
+    for name, value in (("model", model), ("timezone", timezone), ("currency", currency)):
+        if value is not None:
+            settings[name] = value
     record["settings"] = settings
     r.hset(keys.ADVERTISERS, advertiser_id, orjson.dumps(record))
     return settings
+
+
+def _check_timezone(name: str) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise RegistryError(f"time zone {name!r} is not an IANA time zone name (e.g. Europe/Berlin)") from exc
 
 
 def advertiser_settings(r: redis.Redis, advertiser_id: str) -> dict:

@@ -60,9 +60,9 @@ class World:
 
     def latest(self, event_id: str, model: str = "last_click") -> list[dict]:
         rows, cols = self.ch.execute(
-            f"""SELECT touch_id, touch_kind, credit, matched_by, revision, campaign_id FROM {self.db}.attributions FINAL
+            f"""SELECT touch_id, touch_kind, credit, matched_by, revision, campaign_id FROM {self.db}.credits FINAL
                 WHERE event_id = %(e)s AND model = %(m)s
-                  AND revision = (SELECT max(revision) FROM {self.db}.attributions WHERE event_id = %(e)s)""",
+                  AND revision = (SELECT max(revision) FROM {self.db}.credits WHERE event_id = %(e)s)""",
             {"e": event_id, "m": model}, with_column_types=True)
         return [dict(zip([c[0] for c in cols], row)) for row in rows]
 

@@ -18,8 +18,8 @@ def world(client, api_client, tenant, sink, attributor, r, ch, ch_database):
 def stored(ch, db) -> dict:
     """The latest revision's credits per conversion and model, as a reader sees them."""
     rows = ch.execute(f"""
-        SELECT event_id, model, touch_id, matched_by, round(credit, 9) FROM {db}.attributions FINAL
-        WHERE (event_id, revision) IN (SELECT event_id, max(revision) FROM {db}.attributions GROUP BY event_id)""")
+        SELECT event_id, model, touch_id, matched_by, round(credit, 9) FROM {db}.credits FINAL
+        WHERE (event_id, revision) IN (SELECT event_id, max(revision) FROM {db}.credits GROUP BY event_id)""")
     out: dict = {}
     for event_id, model, touch_id, matched_by, credit in rows:
         out.setdefault((event_id, model), set()).add((touch_id or matched_by, credit))
@@ -76,7 +76,7 @@ def test_killed_between_its_two_inserts_the_rerun_completes_the_revision(world, 
     dying = spawn.start("attributor", "--log-level", "WARNING", SINK_FAILPOINT="between_attribution_inserts")
     assert dying.wait(timeout=60) == -signal.SIGKILL
     assert ch.execute(f"SELECT count() FROM {ch_database}.attribution_candidates")[0][0] > 0
-    assert ch.execute(f"SELECT count() FROM {ch_database}.attributions")[0][0] == 0
+    assert ch.execute(f"SELECT count() FROM {ch_database}.credits")[0][0] == 0
     spawn.start("attributor", "--log-level", "WARNING")  # reclaims the dead one's notices
     assert wait_idle(r)
     assert stored(ch, ch_database) == expected(world.attributor, keys)
@@ -96,7 +96,7 @@ def test_sigkill_at_random_points_changes_nothing(world, spawn, r, ch, ch_databa
     assert stored(ch, ch_database) == expected(world.attributor, keys)
     # Each conversion's latest revision is complete: one row per model at least.
     (incomplete,) = ch.execute(f"""
-        SELECT count() FROM (SELECT event_id, revision, uniqExact(model) AS models FROM {ch_database}.attributions
+        SELECT count() FROM (SELECT event_id, revision, uniqExact(model) AS models FROM {ch_database}.credits
         GROUP BY event_id, revision HAVING models != {len(MODELS)})""")[0]
     assert incomplete == 0
 
@@ -118,7 +118,7 @@ def test_a_second_attributor_stands_by_and_takes_over_when_the_first_dies(world,
     world.sink.drain()
     deadline = time.monotonic() + 30  # the lease lapses (2 s in tests), then the second takes over
     while time.monotonic() < deadline and not ch.execute(
-            f"SELECT count() FROM {ch_database}.attributions WHERE event_id = 'late'")[0][0]:
+            f"SELECT count() FROM {ch_database}.credits WHERE event_id = 'late'")[0][0]:
         time.sleep(0.2)
     assert r.get("ct:attributor:lease").decode().endswith(f"-{second.pid}")
     keys.add((world.tenant.advertiser, world.tenant.pixel_id, "CompletePayment", "late"))

@@ -84,10 +84,10 @@ def test_up_runs_everything_until_interrupted(settings, r, ch, ch_database, attr
             time.sleep(0.2)
         assert ch.execute(f"SELECT event_id FROM {ch_database}.events_unique") == [("up-1",)]
         while time.monotonic() < deadline:  # the attributor ran too: the page view is organic
-            if ch.execute(f"SELECT count() FROM {ch_database}.attributions WHERE event_id = 'up-1'")[0][0]:
+            if ch.execute(f"SELECT count() FROM {ch_database}.credits WHERE event_id = 'up-1'")[0][0]:
                 break
             time.sleep(0.2)
-        assert ch.execute(f"SELECT DISTINCT touch_kind, credit FROM {ch_database}.attributions "
+        assert ch.execute(f"SELECT DISTINCT touch_kind, credit FROM {ch_database}.credits "
                           "WHERE event_id = 'up-1'") == [("", 1.0)]
     finally:
         proc.send_signal(signal.SIGINT)
