@@ -42,10 +42,11 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
         clickhouse=clickhouse.ThreadClients(url),
         database=clickhouse.database_of(url),
     )
-    from attribution import explain, imports
+    from attribution import diagnostics, explain, imports
 
     app.register_blueprint(imports.bp)
     app.register_blueprint(explain.bp)
+    app.register_blueprint(diagnostics.bp)
 
     @app.get("/healthz")
     def healthz():
