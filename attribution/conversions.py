@@ -1,0 +1,51 @@
+"""``GET /v1/conversions``: the latest conversions, to pick one and see why it was credited."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from flask import Blueprint, g, jsonify, request
+
+from attribution import report_query as rq
+from attribution.api import api_services
+from attribution.auth import require
+from clicktrail.errors import BadRequest
+from pixel.registry import advertiser_settings
+
+bp = Blueprint("conversions", __name__)
+MAX_LIMIT = 500
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@bp.get("/v1/conversions")
+@require("reports")
+def latest_conversions():
+    svc = api_services()
+    settings = advertiser_settings(svc.redis, g.caller.advertiser_id)
+    query = rq.parse(request.args, settings)
+    limit = request.args.get("limit", "50")
+    if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT:
+        raise BadRequest(f"must be a whole number from 1 to {MAX_LIMIT}", field="limit", code="invalid_field")
+    lo, hi = query.bounds()
+    rows = svc.clickhouse.get().execute(
+        f"""
+        SELECT pixel_id, event, event_id, max(conversion_ms) AS at_ms, argMax(value, revision),
+               argMax(campaign_id, revision), argMax(adgroup_id, revision), argMax(ad_id, revision),
+               argMax(touch_kind, revision), argMax(matched_by, revision)
+        FROM {svc.database}.credits
+        WHERE advertiser_id = %(adv)s AND sign = 1 AND model = %(model)s
+          AND conversion_time >= toDateTime(%(lo)s) AND conversion_time < toDateTime(%(hi)s)
+        GROUP BY pixel_id, event, event_id ORDER BY at_ms DESC, event_id LIMIT %(limit)s""",
+        {"adv": g.caller.advertiser_id, "model": query.model, "lo": lo, "hi": hi, "limit": int(limit)},
+    )
+    names = ("pixel_id", "event", "event_id", "conversion_time", "value", "campaign_id", "adgroup_id", "ad_id",
+             "touch_kind", "matched_by")
+    out = []
+    for row in rows:
+        item = dict(zip(names, row))
+        item["conversion_time"] = _iso(item["conversion_time"])
+        out.append(item)
+    return jsonify({"rows": out, "model": query.model})

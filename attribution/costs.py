@@ -1,0 +1,139 @@
+"""``POST /v1/costs``: daily spend (and optionally impressions) per ad, from the ad server.
+
+A day is replaced as a whole: every posting of a day gets a new version, and reports read only
+the latest version of each day, so an ad missing from a re-posted day no longer has spend on it.
+A request is all or nothing: with any row refused nothing is stored, so a day is never replaced
+by part of what was meant.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+
+from flask import Blueprint, g, jsonify
+
+from attribution.api import api_services, json_body
+from attribution.auth import require
+from attribution.touchpoints import MAX_ID, MAX_ROWS
+from clicktrail.clickhouse import NETWORK_ERRORS
+from clicktrail.errors import BadRequest, StorageError
+from pixel.events import Rejection
+from pixel.registry import advertiser_settings
+from sink.rows import columns
+
+bp = Blueprint("costs", __name__)
+
+#: Spend may be posted for days this far back (a year of history), and never for future days.
+MAX_COST_AGE_DAYS = 400
+COST_COLUMNS = ["advertiser_id", "day", "version", "campaign_id", "adgroup_id", "ad_id", "spend", "impressions",
+                "has_impressions", "currency"]
+
+
+class _Invalid(Exception):
+    def __init__(self, field: str, rule: str) -> None:
+        self.field, self.rule = field, rule
+
+
+@dataclass(frozen=True)
+class Cost:
+    day: date
+    campaign_id: str
+    adgroup_id: str
+    ad_id: str
+    spend: float
+    impressions: int | None
+
+
+def _text(row: dict, field: str) -> str:
+    value = row.get(field)
+    if not isinstance(value, str) or not value:
+        raise _Invalid(field, "is required and must be a string")
+    if len(value) > MAX_ID or any(ord(c) < 32 for c in value):
+        raise _Invalid(field, f"must be at most {MAX_ID} printable characters")
+    return value
+
+
+def _day(row: dict, today: date) -> date:
+    value = row.get("date")
+    try:
+        day = date.fromisoformat(value) if isinstance(value, str) and len(value) == 10 else None
+    except ValueError:
+        day = None
+    if day is None:
+        raise _Invalid("date", "must be a date as YYYY-MM-DD")
+    if day > today:
+        raise _Invalid("date", "must not be in the future (in the advertiser's time zone)")
+    if day < today - timedelta(days=MAX_COST_AGE_DAYS):
+        raise _Invalid("date", f"must be at most {MAX_COST_AGE_DAYS} days ago")
+    return day
+
+
+def _number(row: dict, field: str, required: bool) -> float | None:
+    value = row.get(field)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise _Invalid(field, "must be a number of at least 0" if required else "must be a number of at least 0 "
+                       "when given")
+    return value
+
+
+def parse_cost(row: object, today: date) -> Cost:
+    if not isinstance(row, dict):
+        raise _Invalid("", "must be an object")
+    impressions = _number(row, "impressions", required=False)
+    if impressions is not None and impressions != int(impressions):
+        raise _Invalid("impressions", "must be a whole number")
+    return Cost(_day(row, today), _text(row, "campaign_id"), _text(row, "adgroup_id"), _text(row, "ad_id"),
+                float(_number(row, "spend", required=True)), None if impressions is None else int(impressions))
+
+
+def parse_costs(rows: list, today: date) -> tuple[list[Cost], list[Rejection]]:
+    costs, rejections, seen = [], [], set()
+    for index, row in enumerate(rows):
+        try:
+            cost = parse_cost(row, today)
+        except _Invalid as exc:
+            rejections.append(Rejection(index, exc.field, exc.rule))
+            continue
+        if (cost.day, cost.ad_id) in seen:
+            rejections.append(Rejection(index, "ad_id", "appears twice for this date; post one row per ad and day"))
+            continue
+        seen.add((cost.day, cost.ad_id))
+        costs.append(cost)
+    return costs, rejections
+
+
+def _today(tz_name: str) -> date:
+    from zoneinfo import ZoneInfo
+
+    return datetime.now(timezone.utc).astimezone(ZoneInfo(tz_name)).date()
+
+
+@bp.post("/v1/costs")
+@require("adserver")
+def import_costs():
+    body = json_body()
+    if not isinstance(body, dict) or not isinstance(body.get("costs"), list) or not body["costs"]:
+        raise BadRequest("body must be an object with a non-empty 'costs' list", field="costs", code="invalid_field")
+    if len(body["costs"]) > MAX_ROWS:
+        raise BadRequest(f"costs must hold at most {MAX_ROWS} rows per request", field="costs", code="too_many_rows")
+    svc = api_services()
+    settings = advertiser_settings(svc.redis, g.caller.advertiser_id)
+    costs, rejections = parse_costs(body["costs"], _today(settings["timezone"]))
+    if rejections:
+        return jsonify({"accepted": 0, "rejected": [r.to_dict() for r in rejections]}), 400
+    version = time.time_ns() // 1000  # one version for every day of this posting
+    rows = [(g.caller.advertiser_id, c.day, version, c.campaign_id, c.adgroup_id, c.ad_id, c.spend,
+             c.impressions or 0, int(c.impressions is not None), settings["currency"]) for c in costs]
+    try:
+        svc.clickhouse.get().execute(f"INSERT INTO {svc.database}.costs ({', '.join(COST_COLUMNS)}) VALUES",
+                                     columns(rows), columnar=True)
+    except NETWORK_ERRORS as exc:
+        svc.clickhouse.get().disconnect()
+        raise StorageError("storage is unavailable; retry later (re-posting a day is harmless)") from exc
+    days = sorted({c.day.isoformat() for c in costs})
+    return jsonify({"accepted": len(costs), "days_replaced": days, "currency": settings["currency"]})

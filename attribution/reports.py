@@ -1,0 +1,314 @@
+"""``GET /v1/reports``: spend, clicks, impressions and attributed conversions by any breakdown.
+
+Three kept sources are summed, never raw events:
+- conversions from ``conversion_stats`` (credits summed by materialized view), under the
+  advertiser's windows as each conversion was attributed (a window change applies forward, as on
+  the ad platforms); asking for other windows recomputes the credits from the stored candidate
+  touchpoints of each conversion with the same rules as the attributor (slower, exact);
+- clicks and impressions from ``touch_stats`` (distinct ids per ad and minute);
+- spend from ``costs`` (the latest posting of each day), a day's spend spread evenly over its
+  hours when the report is by hour or in another time zone than the advertiser's.
+Everything time-based is stored by the minute in UTC, so days and hours of any time zone
+(half-hour offsets and daylight-saving days included) are exact.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from datetime import date, datetime, timedelta, timezone
+
+from flask import Blueprint, Response, g, jsonify, request
+
+from attribution import models
+from attribution import report_query as rq
+from attribution.api import api_services
+from attribution.auth import require
+from pixel.registry import advertiser_settings
+
+bp = Blueprint("reports", __name__)
+
+_SUPPRESSED = ("duplicate_order", "repeat_click")
+
+
+@bp.get("/v1/reports")
+@require("reports")
+def report():
+    svc = api_services()
+    settings = advertiser_settings(svc.redis, g.caller.advertiser_id)
+    query = rq.parse(request.args, settings)
+    built = Report(svc.clickhouse.get(), svc.database, g.caller.advertiser_id, settings, query).build()
+    if query.format == "csv":
+        return _csv(query, built["rows"])
+    return jsonify(built)
+
+
+class Report:
+    def __init__(self, ch, db: str, advertiser_id: str, settings: dict, query: rq.ReportQuery) -> None:
+        self.ch = ch
+        self.db = db
+        self.adv = advertiser_id
+        self.settings = settings
+        self.q = query
+        self.lo, self.hi = query.bounds()
+        self.time_dim = next((d for d in query.dimensions if d in rq.TIME_DIMENSIONS), None)
+        #: Dimensions clicks, impressions and spend have (all but event and conversion ones).
+        self.touch_dims = tuple(d for d in query.dimensions if d in rq.TIME_DIMENSIONS + rq.AD_DIMENSIONS)
+
+    # ---- assembling ---------------------------------------------------------------------------
+
+    def build(self) -> dict:
+        conversions = self._conversions()
+        touches = self._touches() if self.q.needs_touches else {}
+        spend = self._spend() if self.q.needs_touches else {}
+        rows = self._join(conversions, touches, spend)
+        totals = self._metrics(_sum_values(conversions.values(), 2), _sum_touches(touches.values()),
+                               _sum_values(spend.values(), 2))
+        rows = self._order(rows)
+        total_rows = len(rows)
+        first = (self.q.page - 1) * self.q.page_size
+        return {"rows": rows[first:first + self.q.page_size], "totals": totals,
+                "page": {"page": self.q.page, "page_size": self.q.page_size, "total_rows": total_rows},
+                "query": self.q.echo(self.settings["currency"])}
+
+    def _join(self, conversions: dict, touches: dict, spend: dict) -> list[dict]:
+        dims = self.q.dimensions
+        by_event = "event" in dims
+        events = (self.q.filters.get("event") or sorted({k[dims.index("event")] for k in conversions})) if by_event \
+            else ()
+        touch_index = [dims.index(d) for d in self.touch_dims]
+        keys = set(conversions)
+        for touch_key in set(touches) | set(spend):
+            if by_event:
+                keys |= {self._full_key(touch_key, event) for event in events}
+            else:
+                keys.add(self._full_key(touch_key, None))
+        rows = []
+        for key in keys:
+            touch_key = tuple(key[i] for i in touch_index)
+            row = dict(zip(dims, key))
+            row.update(self._metrics(conversions.get(key, (0.0, 0.0)), touches.get(touch_key, (0, 0)),
+                                     spend.get(touch_key, (0.0, 0.0))))
+            rows.append(row)
+        return rows
+
+    def _full_key(self, touch_key: tuple, event: str | None) -> tuple:
+        values = dict(zip(self.touch_dims, touch_key))
+        if event is not None:
+            values["event"] = event
+        return tuple(values[d] for d in self.q.dimensions)
+
+    def _metrics(self, conv: tuple, touch: tuple, cost: tuple) -> dict:
+        conversions, value = conv
+        clicks, impressions = touch
+        spend, cost_impressions = cost
+        impressions += int(round(cost_impressions))
+        known = {
+            "spend": round(spend, 6), "impressions": impressions, "clicks": clicks,
+            "ctr": _ratio(clicks, impressions), "cpc": _ratio(spend, clicks),
+            "cpm": _ratio(spend * 1000, impressions), "conversions": round(conversions, 6) + 0.0,
+            "conversion_value": round(value, 6) + 0.0, "cvr": _ratio(conversions, clicks),
+            "cpa": _ratio(spend, conversions), "roas": _ratio(value, spend),
+        }
+        return {m: known[m] for m in self.q.metrics}
+
+    def _order(self, rows: list[dict]) -> list[dict]:
+        dims = self.q.dimensions
+        rows.sort(key=lambda r: tuple(r[d] for d in dims))
+        if self.q.order_by:
+            name, descending = self.q.order_by
+            present = [r for r in rows if r[name] is not None]
+            present.sort(key=lambda r: r[name], reverse=descending)
+            rows = present + [r for r in rows if r[name] is None]  # rows without a value go last
+        return rows
+
+    # ---- conversions --------------------------------------------------------------------------
+
+    def _time_sql(self, column: str) -> str:
+        # %% because the driver substitutes parameters with Python's % operator.
+        fmt = "%%Y-%%m-%%d" if self.time_dim == "stat_time_day" else "%%Y-%%m-%%d %%H:00"
+        return f"formatDateTime({column}, '{fmt}', '{self.q.timezone}')"  # the zone is a checked IANA name
+
+    def _filter_sql(self, available: tuple[str, ...]) -> tuple[str, dict]:
+        sql, params = "", {}
+        for dim, values in self.q.filters.items():
+            if dim in available:
+                sql += f" AND {dim} IN %(f_{dim})s"
+                params[f"f_{dim}"] = tuple(values)
+        return sql, params
+
+    def _select(self, time_column: str, dims: tuple[str, ...]) -> tuple[str, list[str]]:
+        """SELECT expressions for the dimensions (aliased d0, d1, ...) and the aliases to group by."""
+        aliases = [f"d{i}" for i in range(len(dims))]
+        parts = [f"{self._time_sql(time_column) if d in rq.TIME_DIMENSIONS else d} AS {a}"
+                 for d, a in zip(dims, aliases)]
+        return "".join(p + ", " for p in parts), aliases
+
+    def _conversions(self) -> dict[tuple, tuple[float, float]]:
+        if self.q.custom_windows:
+            return self._recomputed_conversions()
+        column = "touch_minute" if self.q.date_basis == "touch" else "conversion_minute"
+        dims = self.q.dimensions
+        filters, params = self._filter_sql(rq.AD_DIMENSIONS + ("event",))
+        select, aliases = self._select(column, dims)
+        group = f"GROUP BY {', '.join(aliases)}" if aliases else ""
+        rows = self.ch.execute(
+            f"""
+            SELECT {select}sum(conversions), sum(conversion_value) FROM {self.db}.conversion_stats
+            WHERE advertiser_id = %(adv)s AND model = %(model)s
+              AND {column} >= toDateTime(%(lo)s) AND {column} < toDateTime(%(hi)s) {filters}
+            {group}""",
+            {"adv": self.adv, "model": self.q.model, "lo": self.lo, "hi": self.hi, **params},
+        )
+        return {tuple(r[:-2]) if dims else (): (r[-2], r[-1]) for r in rows if dims or r[-2] or r[-1]}
+
+    def _recomputed_conversions(self) -> dict[tuple, tuple[float, float]]:
+        """Credits under windows other than the advertiser's, from each conversion's candidates."""
+        windows = models.Windows(self.q.click_window, self.q.view_window)
+        out: dict[tuple, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        for conv in self._candidates():
+            conv_ms, value, attrs, suppressed, touches = conv[0], conv[1], conv[2], conv[3], conv[4]
+            if suppressed:
+                continue
+            chosen = models.eligible(touches, conv_ms, windows)
+            for touch, credit in zip(chosen, models.credits(self.q.model, chosen, conv_ms)):
+                at_ms = touch.touch_ms if self.q.date_basis == "touch" else conv_ms
+                if not self.lo * 1000 <= at_ms < self.hi * 1000 or not credit:
+                    continue
+                values = {**attrs, "campaign_id": touch.campaign_id, "adgroup_id": touch.adgroup_id,
+                          "ad_id": touch.ad_id}
+                if any(values[d] not in allowed for d, allowed in self.q.filters.items()):
+                    continue
+                key = tuple(self._bucket(at_ms) if d in rq.TIME_DIMENSIONS else values[d] for d in self.q.dimensions)
+                out[key][0] += credit
+                out[key][1] += credit * value
+        return {k: (v[0], v[1]) for k, v in out.items()}
+
+    def _candidates(self) -> list[tuple]:
+        # A conversion credited to a touch inside the report may come up to the longest window later.
+        later = models.MAX_CLICK_WINDOW_MS // 1000 if self.q.date_basis == "touch" else 0
+        rows = self.ch.execute(
+            f"""
+            SELECT c.conversion_ms, c.value, c.event, c.device_type, c.os, c.browser, c.utm_source, c.utm_campaign,
+                   s.reason, c.touches
+            FROM (
+              SELECT pixel_id, event, event_id, revision, any(conversion_ms) AS conversion_ms, any(value) AS value,
+                     any(device_type) AS device_type, any(os) AS os, any(browser) AS browser,
+                     any(utm_source) AS utm_source, any(utm_campaign) AS utm_campaign,
+                     groupArray((touch_kind, touch_id, touch_ms, campaign_id, adgroup_id, ad_id, matched_by)) AS touches
+              FROM (SELECT DISTINCT * FROM {self.db}.attribution_candidates
+                    WHERE advertiser_id = %(adv)s AND conversion_time >= toDateTime(%(lo)s)
+                      AND conversion_time < toDateTime(%(hi)s))
+              GROUP BY pixel_id, event, event_id, revision
+            ) AS c
+            ANY INNER JOIN (
+              SELECT pixel_id, event, event_id, max(r) AS revision, argMax(matched_by, r) AS reason
+              FROM (SELECT pixel_id, event, event_id, revision AS r, matched_by FROM {self.db}.credits
+                    WHERE advertiser_id = %(adv)s AND sign = 1 AND conversion_time >= toDateTime(%(lo)s)
+                      AND conversion_time < toDateTime(%(hi)s))
+              GROUP BY pixel_id, event, event_id
+            ) AS s USING (pixel_id, event, event_id, revision)""",
+            {"adv": self.adv, "lo": self.lo, "hi": self.hi + later},
+        )
+        names = ("event", "device_type", "os", "browser", "utm_source", "utm_campaign")
+        return [(conv_ms, value, dict(zip(names, attrs)), reason in _SUPPRESSED,
+                 [models.Candidate(*t) for t in touches if t[0]])
+                for conv_ms, value, *attrs, reason, touches in ((r[0], r[1], *r[2:8], r[8], r[9]) for r in rows)]
+
+    def _bucket(self, ms: int) -> str:
+        local = datetime.fromtimestamp(ms / 1000, self.q.zone)
+        return local.strftime("%Y-%m-%d" if self.time_dim == "stat_time_day" else "%Y-%m-%d %H:00")
+
+    # ---- clicks, impressions, spend ---------------------------------------------------------
+
+    def _touches(self) -> dict[tuple, tuple[int, int]]:
+        dims = self.touch_dims
+        filters, params = self._filter_sql(rq.AD_DIMENSIONS)
+        select, aliases = self._select("touch_minute", dims)
+        rows = self.ch.execute(
+            f"""
+            SELECT {select}kind, uniqExactMerge(touches) FROM {self.db}.touch_stats
+            WHERE advertiser_id = %(adv)s AND touch_minute >= toDateTime(%(lo)s)
+              AND touch_minute < toDateTime(%(hi)s) {filters}
+            GROUP BY {''.join(a + ', ' for a in aliases)}kind""",
+            {"adv": self.adv, "lo": self.lo, "hi": self.hi, **params},
+        )
+        out: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
+        for *key, kind, count in rows:
+            out[tuple(key) if dims else ()][0 if kind == "click" else 1] += count
+        return {k: (v[0], v[1]) for k, v in out.items()}
+
+    def _spend(self) -> dict[tuple, tuple[float, float]]:
+        """Spend and reported impressions per touch-dimension key, from the latest posting of each day."""
+        from zoneinfo import ZoneInfo
+
+        cost_zone = ZoneInfo(self.settings["timezone"])
+        first = datetime.fromtimestamp(self.lo, cost_zone).date()
+        last = datetime.fromtimestamp(self.hi - 1, cost_zone).date()
+        filters, params = self._filter_sql(rq.AD_DIMENSIONS)
+        rows = self.ch.execute(
+            f"""
+            SELECT day, campaign_id, adgroup_id, ad_id, any(spend), any(impressions) FROM {self.db}.costs
+            WHERE advertiser_id = %(adv)s AND day >= %(first)s AND day <= %(last)s {filters}
+              AND (day, version) IN (SELECT day, max(version) FROM {self.db}.costs
+                                     WHERE advertiser_id = %(adv)s AND day >= %(first)s AND day <= %(last)s
+                                     GROUP BY day)
+            GROUP BY day, campaign_id, adgroup_id, ad_id""",
+            {"adv": self.adv, "first": first, "last": last, **params},
+        )
+        out: dict[tuple, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        for day, campaign, adgroup, ad, spend, impressions in rows:
+            ids = {"campaign_id": campaign, "adgroup_id": adgroup, "ad_id": ad}
+            for at_s, share in self._day_parts(day, cost_zone):
+                if self.lo <= at_s < self.hi:
+                    key = tuple(self._bucket(at_s * 1000) if d in rq.TIME_DIMENSIONS else ids[d]
+                                for d in self.touch_dims)
+                    out[key][0] += spend * share
+                    out[key][1] += impressions * share
+        return {k: (v[0], v[1]) for k, v in out.items()}
+
+    def _day_parts(self, day: date, zone) -> list[tuple[int, float]]:
+        """The day as (start of each hour in unix seconds, share of the day), or whole when that is exact."""
+        start = int(datetime(day.year, day.month, day.day, tzinfo=zone).timestamp())
+        end = int(datetime.combine(day + timedelta(days=1), datetime.min.time(), zone).timestamp())
+        if self.time_dim != "stat_time_hour" and zone.key == self.q.timezone:
+            return [(start, 1.0)]
+        hours = list(range(start, end, 3600))
+        return [(h, 1.0 / len(hours)) for h in hours]
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return round(numerator / denominator, 6) if denominator else None
+
+
+def _sum_values(values, width: int) -> tuple:
+    sums = [0.0] * width
+    for v in values:
+        for i in range(width):
+            sums[i] += v[i]
+    return tuple(sums)
+
+
+def _sum_touches(values) -> tuple[int, int]:
+    clicks = impressions = 0
+    for c, i in values:
+        clicks += c
+        impressions += i
+    return clicks, impressions
+
+
+def _csv(query: rq.ReportQuery, rows: list[dict]) -> Response:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    columns = list(query.dimensions) + list(query.metrics)
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(["" if row[c] is None else row[c] for c in columns])
+    name = f"clicktrail-report-{query.start.isoformat()}-{query.end.isoformat()}.csv"
+    return Response(out.getvalue(), mimetype="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+def utc_iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")

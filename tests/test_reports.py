@@ -1,0 +1,274 @@
+"""GET /v1/reports and POST /v1/costs: every metric on a small data set with hand-computed values."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import date, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from pixel import registry
+from tests.attribution_world import HOUR, World, sha
+
+
+@pytest.fixture
+def world(client, api_client, tenant, sink, attributor, r, ch, ch_database):
+    return World(client, api_client, tenant, sink, attributor, r, ch, ch_database)
+
+
+def _day_start(days_ago: int) -> int:
+    today = datetime.now(timezone.utc).date()
+    d = today - timedelta(days=days_ago)
+    return int(datetime(d.year, d.month, d.day, tzinfo=timezone.utc).timestamp())
+
+
+def _date(ts: int) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).date().isoformat()
+
+
+def _report(world, **params):
+    resp = world.api.get("/v1/reports", query_string=params, headers=world.auth)
+    assert resp.status_code == 200, resp.json
+    return resp.json
+
+
+def _costs(world, rows):
+    resp = world.api.post("/v1/costs", json={"costs": rows}, headers=world.auth)
+    assert resp.status_code == 200, resp.json
+    return resp.json
+
+
+def _ad(campaign: str) -> dict:
+    return {"campaign_id": campaign, "adgroup_id": f"{campaign}-g", "ad_id": f"{campaign}-ad"}
+
+
+@pytest.fixture
+def shop(world):
+    """Two campaigns on one UTC day D (two days ago): clicks, impressions, spend, conversions."""
+    d = _day_start(2)
+    world.click("cA1", d + 10 * HOUR, "A")
+    world.click("cA2", d + 11 * HOUR, "A")
+    for i in range(4):
+        world.impression(f"iA{i}", d + 9 * HOUR, "A")
+    world.click("cB1", d + 12 * HOUR, "B")
+    world.convert("conv1", d + 10 * HOUR + 1800, value=30.0, ttclid="cA1")
+    world.convert("conv2", d + 11 * HOUR + 1800, value=10.0, ttclid="cA2")
+    world.convert("conv3", d + 13 * HOUR, value=0.0, ttclid="cB1")
+    world.convert("organic", d + 13 * HOUR, value=99.0)
+    _costs(world, [{"date": _date(d), **_ad("A"), "spend": 20.0},
+                   {"date": _date(d), **_ad("B"), "spend": 5.0, "impressions": 1000}])
+    world.settle()
+    return d
+
+
+def test_every_metric_by_campaign(world, shop):
+    body = _report(world, start=_date(shop), end=_date(shop), dimensions="campaign_id")
+    rows = {r["campaign_id"]: r for r in body["rows"]}
+    assert rows["A"] == {"campaign_id": "A", "spend": 20.0, "impressions": 4, "clicks": 2, "ctr": 0.5, "cpc": 10.0,
+                         "cpm": 5000.0, "conversions": 2.0, "conversion_value": 40.0, "cvr": 1.0, "cpa": 10.0,
+                         "roas": 2.0}
+    assert rows["B"] == {"campaign_id": "B", "spend": 5.0, "impressions": 1000, "clicks": 1, "ctr": 0.001,
+                         "cpc": 5.0, "cpm": 5.0, "conversions": 1.0, "conversion_value": 0.0, "cvr": 1.0,
+                         "cpa": 5.0, "roas": 0.0}
+    assert set(rows) == {"A", "B"}  # the organic conversion has no campaign to be reported under
+    assert body["totals"] == {"spend": 25.0, "impressions": 1004, "clicks": 3, "ctr": round(3 / 1004, 6),
+                              "cpc": round(25 / 3, 6), "cpm": round(25000 / 1004, 6), "conversions": 3.0,
+                              "conversion_value": 40.0, "cvr": 1.0, "cpa": round(25 / 3, 6), "roas": 1.6}
+    assert body["query"]["model"] == "last_click" and body["query"]["click_window"] == 7
+    assert body["page"] == {"page": 1, "page_size": 100, "total_rows": 2}
+
+
+def test_ratios_without_a_denominator_are_null(world, shop):
+    body = _report(world, start=_date(shop), end=_date(shop), dimensions="campaign_id", campaign_ids="A",
+                   metrics="conversions,cpa,roas,ctr", events="Purchase")
+    assert body["rows"] == [{"campaign_id": "A", "conversions": 0.0, "cpa": None, "roas": 0.0, "ctr": 0.5}]
+
+
+def test_day_hour_and_ad_breakdowns_add_up(world, shop):
+    d = shop
+    body = _report(world, start=_date(d), end=_date(d), dimensions="stat_time_hour,ad_id",
+                   metrics="clicks,conversions,spend", ad_ids="A-ad")
+    by_hour = {r["stat_time_hour"]: r for r in body["rows"]}
+    day = _date(d)
+    assert by_hour[f"{day} 10:00"]["clicks"] == 1 and by_hour[f"{day} 10:00"]["conversions"] == 1.0
+    assert by_hour[f"{day} 11:00"]["clicks"] == 1 and by_hour[f"{day} 11:00"]["conversions"] == 1.0
+    # Spend is known per day: by hour it is spread evenly over the day's 24 hours.
+    assert len(by_hour) == 24 and all(r["spend"] == round(20 / 24, 6) for r in by_hour.values())
+    assert body["totals"]["spend"] == 20.0 and body["totals"]["clicks"] == 2
+
+
+def test_date_basis_conversion_dates_by_the_conversion(world):
+    d = _day_start(3)
+    world.click("late-night", d + 23 * HOUR + 1800, "N")
+    world.convert("next-morning", d + 24 * HOUR + 8 * HOUR, ttclid="late-night")
+    world.settle()
+    touch = _report(world, start=_date(d), end=_date(d + 86400), dimensions="stat_time_day",
+                    metrics="clicks,conversions")
+    assert touch["rows"] == [{"stat_time_day": _date(d), "clicks": 1, "conversions": 1.0}]
+    by_conv = _report(world, start=_date(d), end=_date(d + 86400), dimensions="stat_time_day",
+                      metrics="clicks,conversions", date_basis="conversion")
+    assert by_conv["rows"] == [{"stat_time_day": _date(d), "clicks": 1, "conversions": 0.0},
+                               {"stat_time_day": _date(d + 86400), "clicks": 0, "conversions": 1.0}]
+
+
+def test_time_zone_buckets_around_midnight(world):
+    """23:50 and 00:10 in Kolkata (UTC+5:30) are one UTC day but two local days."""
+    d = _day_start(3)
+    before, after = d + 18 * HOUR + 20 * 60, d + 18 * HOUR + 40 * 60
+    world.click("k1", before, "K")
+    world.click("k2", after, "K")
+    world.convert("kc1", before + 60, ttclid="k1")
+    world.convert("kc2", after + 60, ttclid="k2")
+    world.settle()
+    utc = _report(world, start=_date(d), end=_date(d), timezone="UTC", dimensions="stat_time_day",
+                  metrics="clicks,conversions")
+    assert utc["rows"] == [{"stat_time_day": _date(d), "clicks": 2, "conversions": 2.0}]
+    local_day = datetime.fromtimestamp(before, ZoneInfo("Asia/Kolkata")).date()
+    kolkata = _report(world, start=local_day.isoformat(), end=(local_day + timedelta(days=1)).isoformat(),
+                      timezone="Asia/Kolkata", dimensions="stat_time_day", metrics="clicks,conversions")
+    assert kolkata["rows"] == [
+        {"stat_time_day": local_day.isoformat(), "clicks": 1, "conversions": 1.0},
+        {"stat_time_day": (local_day + timedelta(days=1)).isoformat(), "clicks": 1, "conversions": 1.0}]
+    hours = _report(world, start=local_day.isoformat(), end=(local_day + timedelta(days=1)).isoformat(),
+                    timezone="Asia/Kolkata", dimensions="stat_time_hour", metrics="clicks")
+    assert [r["stat_time_hour"] for r in hours["rows"]] == [f"{local_day} 23:00",
+                                                             f"{local_day + timedelta(days=1)} 00:00"]
+
+
+def _last_dst_start(zone: ZoneInfo) -> date:
+    """The latest day before today with 23 hours in ``zone`` (clocks went forward)."""
+    day = datetime.now(timezone.utc).date() - timedelta(days=1)
+    for _ in range(400):
+        start = datetime(day.year, day.month, day.day, tzinfo=zone)
+        end = datetime.combine(day + timedelta(days=1), datetime.min.time(), zone)
+        if end.timestamp() - start.timestamp() == 23 * 3600:
+            return day
+        day -= timedelta(days=1)
+    raise AssertionError("no daylight-saving start in the last 400 days")
+
+
+def test_spend_on_a_daylight_saving_day(world, r):
+    """A 23-hour day in New York: 23 hourly shares locally; in UTC, split 19/23 and 4/23 over two days."""
+    zone = ZoneInfo("America/New_York")
+    registry.update_settings(r, world.tenant.advertiser, timezone="America/New_York")
+    day = _last_dst_start(zone)
+    _costs(world, [{"date": day.isoformat(), **_ad("S"), "spend": 23.0}])
+    local = _report(world, start=day.isoformat(), end=day.isoformat(), dimensions="stat_time_hour",
+                    metrics="spend")
+    assert local["query"]["timezone"] == "America/New_York"
+    hours = [r["stat_time_hour"] for r in local["rows"]]
+    assert len(hours) == 23 and f"{day} 02:00" not in hours  # 02:00-03:00 never happened that night
+    assert all(r["spend"] == 1.0 for r in local["rows"]) and local["totals"]["spend"] == 23.0
+    utc = _report(world, start=day.isoformat(), end=(day + timedelta(days=1)).isoformat(), timezone="UTC",
+                  dimensions="stat_time_day", metrics="spend")
+    # Local midnight is 05:00 UTC (EST); the day ends at 04:00 UTC the next day (EDT).
+    assert utc["rows"] == [{"stat_time_day": day.isoformat(), "spend": 19.0},
+                           {"stat_time_day": (day + timedelta(days=1)).isoformat(), "spend": 4.0}]
+
+
+def test_models_and_windows_change_the_credits(world):
+    d = _day_start(2)
+    world.click("first", d + 8 * HOUR, "F", user={"email": sha("x@example.com")})
+    world.click("last", d + 9 * HOUR, "L", user={"email": sha("x@example.com")})
+    world.click("old", d - 36 * HOUR, "O")
+    world.convert("multi", d + 14 * HOUR, value=100.0, email="x@example.com")
+    world.convert("slow", d + 12 * HOUR, value=8.0, ttclid="old")
+    world.settle()
+
+    def by_campaign(**params):
+        body = _report(world, start=_date(d - 2 * 86400), end=_date(d), dimensions="campaign_id",
+                       metrics="conversions,conversion_value", **params)
+        return {row["campaign_id"]: (row["conversions"], row["conversion_value"]) for row in body["rows"]}
+
+    assert by_campaign() == {"L": (1.0, 100.0), "O": (1.0, 8.0)}
+    assert by_campaign(model="first_click") == {"F": (1.0, 100.0), "O": (1.0, 8.0)}
+    assert by_campaign(model="linear") == {"F": (0.5, 50.0), "L": (0.5, 50.0), "O": (1.0, 8.0)}
+    # A 1-day click window, recomputed from the stored candidates: the click 36 hours before no longer counts.
+    assert by_campaign(click_window=1) == {"L": (1.0, 100.0)}
+    assert by_campaign(click_window=1, model="linear") == {"F": (0.5, 50.0), "L": (0.5, 50.0)}
+
+
+def test_csv_equals_json(world, shop):
+    params = dict(start=_date(shop), end=_date(shop), dimensions="campaign_id,ad_id",
+                  metrics="spend,clicks,conversions,cpa,ctr", order_by="-conversions")
+    body = _report(world, **params)
+    resp = world.api.get("/v1/reports", query_string={**params, "format": "csv"}, headers=world.auth)
+    assert resp.status_code == 200 and resp.mimetype == "text/csv"
+    assert "attachment" in resp.headers["Content-Disposition"]
+    table = list(csv.DictReader(io.StringIO(resp.get_data(as_text=True))))
+    assert [list(r) for r in table][0] == ["campaign_id", "ad_id", "spend", "clicks", "conversions", "cpa", "ctr"]
+    as_json = [{k: "" if v is None else str(v) for k, v in row.items()} for row in body["rows"]]
+    assert table == as_json and [r["campaign_id"] for r in table] == ["A", "B"]
+
+
+def test_paging_and_ordering(world, shop):
+    first = _report(world, start=_date(shop), end=_date(shop), dimensions="campaign_id", metrics="spend",
+                    order_by="spend", page_size=1)
+    second = _report(world, start=_date(shop), end=_date(shop), dimensions="campaign_id", metrics="spend",
+                     order_by="spend", page_size=1, page=2)
+    assert first["rows"] == [{"campaign_id": "B", "spend": 5.0}]
+    assert second["rows"] == [{"campaign_id": "A", "spend": 20.0}]
+    assert first["totals"] == second["totals"] == {"spend": 25.0}
+    assert first["page"]["total_rows"] == 2
+
+
+def test_reposting_a_day_replaces_it(world, shop):
+    _costs(world, [{"date": _date(shop), **_ad("A"), "spend": 7.5}])  # B is not in the new posting
+    body = _report(world, start=_date(shop), end=_date(shop), dimensions="campaign_id", metrics="spend,impressions")
+    assert body["rows"] == [{"campaign_id": "A", "spend": 7.5, "impressions": 4},
+                            {"campaign_id": "B", "spend": 0.0, "impressions": 0}]
+
+
+def test_another_advertiser_sees_nothing(world, shop, r):
+    other = registry.create_token(r, "adv-other", ["reports"])
+    body = world.api.get("/v1/reports", query_string={"start": _date(shop), "end": _date(shop),
+                                                       "dimensions": "campaign_id"},
+                         headers={"Authorization": f"Bearer {other}"}).json
+    assert body["rows"] == [] and body["totals"]["conversions"] == 0.0 and body["totals"]["spend"] == 0.0
+    adserver_only = registry.create_token(r, world.tenant.advertiser, ["adserver"])
+    resp = world.api.get("/v1/reports", query_string={"start": _date(shop), "end": _date(shop)},
+                         headers={"Authorization": f"Bearer {adserver_only}"})
+    assert resp.status_code == 403
+    assert world.api.get("/v1/reports", query_string={"start": _date(shop), "end": _date(shop)}).status_code == 401
+
+
+@pytest.mark.parametrize("params, field, words", [
+    ({"dimensions": "country"}, "dimensions", "unknown dimension 'country'"),
+    ({"dimensions": "stat_time_day,stat_time_hour"}, "dimensions", "not both"),
+    ({"metrics": "likes"}, "metrics", "unknown metric"),
+    ({"dimensions": "device_type", "metrics": "clicks"}, "metrics", "cannot be broken down by device_type"),
+    ({"start": "2026-02-30"}, "start", "YYYY-MM-DD"),
+    ({"start": "2026-11-10", "end": "2026-11-09"}, "end", "not be before start"),
+    ({"timezone": "Mars/Olympus"}, "timezone", "IANA"),
+    ({"click_window": "3"}, "click_window", "1, 7, 14, 28"),
+    ({"view_window": "30"}, "view_window", "0, 1, 7"),
+    ({"model": "markov"}, "model", "last_click"),
+    ({"date_basis": "order"}, "date_basis", "touch, conversion"),
+    ({"order_by": "spend", "metrics": "clicks"}, "order_by", "requested dimensions or metrics"),
+    ({"page_size": "5000"}, "page_size", "1 to 1000"),
+    ({"format": "xml"}, "format", "json, csv"),
+])
+def test_bad_parameters_name_the_parameter(world, params, field, words):
+    query = {"start": "2026-11-01", "end": "2026-11-02", **params}
+    resp = world.api.get("/v1/reports", query_string=query, headers=world.auth)
+    assert resp.status_code == 400
+    assert resp.json["error"]["field"] == field and words in resp.json["error"]["message"], resp.json
+
+
+@pytest.mark.parametrize("row, field, words", [
+    ({"spend": -1}, "spend", "at least 0"),
+    ({"spend": "12"}, "spend", "number"),
+    ({"date": "2026/11/01"}, "date", "YYYY-MM-DD"),
+    ({"date": "2999-01-01"}, "date", "future"),
+    ({"ad_id": ""}, "ad_id", "required"),
+    ({"impressions": 1.5}, "impressions", "whole number"),
+])
+def test_bad_cost_rows_are_refused_with_nothing_stored(world, row, field, words, ch, ch_database):
+    good = {"date": _date(_day_start(1)), **_ad("Z"), "spend": 1.0}
+    resp = world.api.post("/v1/costs", json={"costs": [good, {**good, "ad_id": "other", **row}]}, headers=world.auth)
+    assert resp.status_code == 400 and resp.json["accepted"] == 0
+    assert resp.json["rejected"] == [{"index": 1, "field": field, "rule": resp.json["rejected"][0]["rule"]}]
+    assert words in resp.json["rejected"][0]["rule"]
+    assert ch.execute(f"SELECT count() FROM {ch_database}.costs")[0][0] == 0
