@@ -43,10 +43,15 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
         database=clickhouse.database_of(url),
     )
     from attribution import diagnostics, explain, imports
+    from attribution import conversions, costs, feed, reports
 
     app.register_blueprint(imports.bp)
     app.register_blueprint(explain.bp)
     app.register_blueprint(diagnostics.bp)
+    app.register_blueprint(feed.bp)
+    app.register_blueprint(reports.bp)
+    app.register_blueprint(costs.bp)
+    app.register_blueprint(conversions.bp)
 
     @app.get("/healthz")
     def healthz():
