@@ -44,6 +44,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     )
     from attribution import diagnostics, explain, imports
     from attribution import conversions, costs, feed, reports
+    from attribution import dashboard
 
     app.register_blueprint(imports.bp)
     app.register_blueprint(explain.bp)
@@ -52,6 +53,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(reports.bp)
     app.register_blueprint(costs.bp)
     app.register_blueprint(conversions.bp)
+    app.register_blueprint(dashboard.bp)
 
     @app.get("/healthz")
     def healthz():
