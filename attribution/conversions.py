@@ -30,6 +30,7 @@ def latest_conversions():
     if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT:
         raise BadRequest(f"must be a whole number from 1 to {MAX_LIMIT}", field="limit", code="invalid_field")
     lo, hi = query.bounds()
+    events = query.filters.get("event")
     rows = svc.clickhouse.get().execute(
         f"""
         SELECT pixel_id, event, event_id, max(conversion_ms) AS at_ms, argMax(value, revision),
@@ -38,8 +39,10 @@ def latest_conversions():
         FROM {svc.database}.credits
         WHERE advertiser_id = %(adv)s AND sign = 1 AND model = %(model)s
           AND conversion_time >= toDateTime(%(lo)s) AND conversion_time < toDateTime(%(hi)s)
+          {"AND event IN %(events)s" if events else ""}
         GROUP BY pixel_id, event, event_id ORDER BY at_ms DESC, event_id LIMIT %(limit)s""",
-        {"adv": g.caller.advertiser_id, "model": query.model, "lo": lo, "hi": hi, "limit": int(limit)},
+        {"adv": g.caller.advertiser_id, "model": query.model, "lo": lo, "hi": hi, "limit": int(limit),
+         "events": tuple(events or ())},
     )
     names = ("pixel_id", "event", "event_id", "conversion_time", "value", "campaign_id", "adgroup_id", "ad_id",
              "touch_kind", "matched_by")

@@ -62,36 +62,40 @@ class Report:
         conversions = self._conversions()
         touches = self._touches() if self.q.needs_touches else {}
         spend = self._spend() if self.q.needs_touches else {}
-        rows = self._join(conversions, touches, spend)
+        raw = self._join(conversions, touches, spend)
         totals = self._metrics(_sum_values(conversions.values(), 2), _sum_touches(touches.values()),
                                _sum_values(spend.values(), 2))
-        rows = self._order(rows)
-        total_rows = len(rows)
+        keys = self._order(raw)
         first = (self.q.page - 1) * self.q.page_size
-        return {"rows": rows[first:first + self.q.page_size], "totals": totals,
-                "page": {"page": self.q.page, "page_size": self.q.page_size, "total_rows": total_rows},
+        # Metrics are computed for the page only: an ad x day report may have 100,000s of keys.
+        rows = [{**dict(zip(self.q.dimensions, key)), **self._metrics(*raw[key])}
+                for key in keys[first:first + self.q.page_size]]
+        return {"rows": rows, "totals": totals,
+                "page": {"page": self.q.page, "page_size": self.q.page_size, "total_rows": len(keys)},
                 "query": self.q.echo(self.settings["currency"])}
 
-    def _join(self, conversions: dict, touches: dict, spend: dict) -> list[dict]:
+    def _join(self, conversions: dict, touches: dict, spend: dict) -> dict[tuple, tuple]:
+        """Every row key with its (conversions, touches, spend) sums."""
         dims = self.q.dimensions
         by_event = "event" in dims
         events = (self.q.filters.get("event") or sorted({k[dims.index("event")] for k in conversions})) if by_event \
             else ()
         touch_index = [dims.index(d) for d in self.touch_dims]
         keys = set(conversions)
-        for touch_key in set(touches) | set(spend):
-            if by_event:
-                keys |= {self._full_key(touch_key, event) for event in events}
-            else:
-                keys.add(self._full_key(touch_key, None))
-        rows = []
+        if self.touch_dims == dims:  # the common case: keys are the same on both sides
+            keys |= touches.keys() | spend.keys()
+        else:
+            for touch_key in touches.keys() | spend.keys():
+                if by_event:
+                    keys |= {self._full_key(touch_key, event) for event in events}
+                else:
+                    keys.add(self._full_key(touch_key, None))
+        no_conv, no_touch, no_cost = (0.0, 0.0), (0, 0), (0.0, 0.0)
+        out = {}
         for key in keys:
             touch_key = tuple(key[i] for i in touch_index)
-            row = dict(zip(dims, key))
-            row.update(self._metrics(conversions.get(key, (0.0, 0.0)), touches.get(touch_key, (0, 0)),
-                                     spend.get(touch_key, (0.0, 0.0))))
-            rows.append(row)
-        return rows
+            out[key] = (conversions.get(key, no_conv), touches.get(touch_key, no_touch), spend.get(touch_key, no_cost))
+        return out
 
     def _full_key(self, touch_key: tuple, event: str | None) -> tuple:
         values = dict(zip(self.touch_dims, touch_key))
@@ -99,29 +103,33 @@ class Report:
             values["event"] = event
         return tuple(values[d] for d in self.q.dimensions)
 
-    def _metrics(self, conv: tuple, touch: tuple, cost: tuple) -> dict:
+    def _metrics(self, conv: tuple, touch: tuple, cost: tuple, only: tuple[str, ...] | None = None) -> dict:
         conversions, value = conv
         clicks, impressions = touch
         spend, cost_impressions = cost
         impressions += int(round(cost_impressions))
         known = {
-            "spend": round(spend, 6), "impressions": impressions, "clicks": clicks,
-            "ctr": _ratio(clicks, impressions), "cpc": _ratio(spend, clicks),
-            "cpm": _ratio(spend * 1000, impressions), "conversions": round(conversions, 6) + 0.0,
-            "conversion_value": round(value, 6) + 0.0, "cvr": _ratio(conversions, clicks),
-            "cpa": _ratio(spend, conversions), "roas": _ratio(value, spend),
+            "spend": lambda: round(spend, 6), "impressions": lambda: impressions, "clicks": lambda: clicks,
+            "ctr": lambda: _ratio(clicks, impressions), "cpc": lambda: _ratio(spend, clicks),
+            "cpm": lambda: _ratio(spend * 1000, impressions), "conversions": lambda: round(conversions, 6) + 0.0,
+            "conversion_value": lambda: round(value, 6) + 0.0, "cvr": lambda: _ratio(conversions, clicks),
+            "cpa": lambda: _ratio(spend, conversions), "roas": lambda: _ratio(value, spend),
         }
-        return {m: known[m] for m in self.q.metrics}
+        return {m: known[m]() for m in (only or self.q.metrics)}
 
-    def _order(self, rows: list[dict]) -> list[dict]:
-        dims = self.q.dimensions
-        rows.sort(key=lambda r: tuple(r[d] for d in dims))
+    def _order(self, raw: dict[tuple, tuple]) -> list[tuple]:
+        keys = sorted(raw)  # dimensions ascending
         if self.q.order_by:
             name, descending = self.q.order_by
-            present = [r for r in rows if r[name] is not None]
-            present.sort(key=lambda r: r[name], reverse=descending)
-            rows = present + [r for r in rows if r[name] is None]  # rows without a value go last
-        return rows
+            if name in self.q.dimensions:
+                i = self.q.dimensions.index(name)
+                keys.sort(key=lambda k: k[i], reverse=descending)
+            else:
+                value = {k: self._metrics(*raw[k], only=(name,))[name] for k in keys}
+                present = [k for k in keys if value[k] is not None]
+                present.sort(key=value.__getitem__, reverse=descending)
+                keys = present + [k for k in keys if value[k] is None]  # rows without a value go last
+        return keys
 
     # ---- conversions --------------------------------------------------------------------------
 
@@ -247,25 +255,32 @@ class Report:
         first = datetime.fromtimestamp(self.lo, cost_zone).date()
         last = datetime.fromtimestamp(self.hi - 1, cost_zone).date()
         filters, params = self._filter_sql(rq.AD_DIMENSIONS)
+        # Summed per day and the ad dimensions asked for in ClickHouse: Python then only splits days.
+        # A posting holds one row per ad and day (checked on import), so the latest version of a
+        # day sums without duplicates.
+        ids = [d for d in self.touch_dims if d in rq.AD_DIMENSIONS]
         rows = self.ch.execute(
             f"""
-            SELECT day, campaign_id, adgroup_id, ad_id, any(spend), any(impressions) FROM {self.db}.costs
+            SELECT day, {''.join(i + ', ' for i in ids)}sum(spend), sum(impressions) FROM {self.db}.costs
             WHERE advertiser_id = %(adv)s AND day >= %(first)s AND day <= %(last)s {filters}
               AND (day, version) IN (SELECT day, max(version) FROM {self.db}.costs
                                      WHERE advertiser_id = %(adv)s AND day >= %(first)s AND day <= %(last)s
                                      GROUP BY day)
-            GROUP BY day, campaign_id, adgroup_id, ad_id""",
+            GROUP BY day{''.join(', ' + i for i in ids)}""",
             {"adv": self.adv, "first": first, "last": last, **params},
         )
         out: dict[tuple, list[float]] = defaultdict(lambda: [0.0, 0.0])
-        for day, campaign, adgroup, ad, spend, impressions in rows:
-            ids = {"campaign_id": campaign, "adgroup_id": adgroup, "ad_id": ad}
-            for at_s, share in self._day_parts(day, cost_zone):
-                if self.lo <= at_s < self.hi:
-                    key = tuple(self._bucket(at_s * 1000) if d in rq.TIME_DIMENSIONS else ids[d]
-                                for d in self.touch_dims)
-                    out[key][0] += spend * share
-                    out[key][1] += impressions * share
+        parts: dict[date, list[tuple[str, float]]] = {}
+        for day, *id_values, spend, impressions in rows:
+            if day not in parts:
+                parts[day] = [(self._bucket(at_s * 1000) if self.time_dim else "", share)
+                              for at_s, share in self._day_parts(day, cost_zone) if self.lo <= at_s < self.hi]
+            values = dict(zip(ids, id_values))
+            for bucket, share in parts[day]:
+                key = tuple(bucket if d in rq.TIME_DIMENSIONS else values[d] for d in self.touch_dims)
+                cell = out[key]
+                cell[0] += spend * share
+                cell[1] += impressions * share
         return {k: (v[0], v[1]) for k, v in out.items()}
 
     def _day_parts(self, day: date, zone) -> list[tuple[int, float]]:
