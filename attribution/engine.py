@@ -207,6 +207,7 @@ class Attributor:
                     continue
                 if not leading:
                     log.info("attributor %s holds the lease", self.name)
+                    self.written_ms = 0  # stamp after whatever the previous holder published
                 leading = True
                 self.tick()
         finally:
