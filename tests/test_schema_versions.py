@@ -66,3 +66,34 @@ def test_copies_of_one_event_count_once_and_the_first_received_wins(server, curr
     assert client.execute(f"SELECT count() FROM {db}.events")[0][0] == 3
     kept = client.execute(f"SELECT event_id, source, ip FROM {db}.events_unique ORDER BY event_id")
     assert [tuple(r) for r in kept] == [("e1", "browser", "198.51.100.0"), ("e2", "browser", "198.51.100.0")]
+
+
+@pytest.mark.parametrize("server", ["debian", "current"])
+def test_upgrading_to_credits_keeps_the_latest_revision_and_fills_the_sums(server, current, ch, monkeypatch):
+    """A database at version 5 (credits in `attributions`, every revision) upgrades in place."""
+    client = current if server == "current" else ch
+    db = f"ct_upgrade_{server}"
+    client.execute(f"DROP DATABASE IF EXISTS {db}")
+    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:5])
+    schema.migrate(client, db)
+    monkeypatch.undo()
+    names = [n for n in schema.ATTRIBUTION_COLUMN_NAMES]
+    base = dict(advertiser_id="adv", pixel_id="P1", event="CompletePayment", event_id="e1",
+                conversion_time=1_795_000_000, conversion_ms=1_795_000_000_000, value=20.0, currency="USD",
+                device_type="pc", os="Linux", browser="Chrome", utm_source="", utm_campaign="", content_hash=1,
+                attributed_ms=1, touch_kind="click", touch_time=1_794_990_000, touch_ms=1_794_990_000_000,
+                adgroup_id="g", matched_by="click_id", model="last_click", click_window_days=7, view_window_days=1,
+                credit=1.0)
+    old = [{**base, "revision": 1, "touch_id": "A", "campaign_id": "cA", "ad_id": "adA"},
+           {**base, "revision": 2, "touch_id": "B", "campaign_id": "cB", "ad_id": "adB"}]
+    client.execute(f"INSERT INTO {db}.attributions ({', '.join(names)}) VALUES",
+                   columns([tuple(row[n] for n in names) for row in old]), columnar=True)
+    applied = schema.migrate(client, db)
+    assert [m.version for m in applied] == [6]
+    assert client.execute(f"SELECT touch_id, revision, sign FROM {db}.credits") == [("B", 2, 1)]
+    sums = client.execute(f"SELECT ad_id, sum(conversions), sum(conversion_value) FROM {db}.conversion_stats "
+                          "GROUP BY ad_id")
+    assert [tuple(r) for r in sums] == [("adB", 1.0, 20.0)]
+    tables = {r[0] for r in client.execute(f"SHOW TABLES FROM {db}")}
+    assert "attributions" not in tables and {"credits", "feed_changes", "touch_stats", "costs"} <= tables
+    client.execute(f"DROP DATABASE {db}")
