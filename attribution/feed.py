@@ -239,7 +239,7 @@ class Feed:
         lv = ", ".join(self.levels)
         rows = self.ch.execute(
             f"""
-            SELECT {self._bucket_sql()} AS b, {lv}, kind, uniqExactMerge(touches) FROM {self.db}.touch_stats
+            SELECT {self._bucket_sql()} AS b, {lv}, kind, sum(touches) FROM {self.db}.touch_stats
             WHERE {where} GROUP BY b, {lv}, kind""",
             params,
         )

@@ -13,7 +13,7 @@ import orjson
 import redis
 from flask import Blueprint, g, jsonify
 
-from attribution import click_cache, touchpoints
+from attribution import click_cache, store, touchpoints
 from attribution.api import api_services, json_body
 from attribution.auth import require
 from clicktrail import keys
@@ -42,7 +42,9 @@ def _store(touches: list[touchpoints.Touch]) -> None:
     now_ms = time.time_ns() // 1_000_000
     sql = f"INSERT INTO {svc.database}.touchpoints ({', '.join(TOUCH_COLUMN_NAMES)}) VALUES"
     try:
-        svc.clickhouse.get().execute(sql, columns([t.row(now_ms) for t in touches]), columnar=True)
+        ch = svc.clickhouse.get()
+        rows = store.count_once(ch, svc.database, [t.row(now_ms) for t in touches])
+        ch.execute(sql, columns(rows), columnar=True)
     except NETWORK_ERRORS as exc:
         svc.clickhouse.get().disconnect()
         raise StorageError("storage is unavailable; retry later (re-posting rows is harmless)") from exc

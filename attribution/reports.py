@@ -5,7 +5,7 @@ Three kept sources are summed, never raw events:
   advertiser's windows as each conversion was attributed (a window change applies forward, as on
   the ad platforms); asking for other windows recomputes the credits from the stored candidate
   touchpoints of each conversion with the same rules as the attributor (slower, exact);
-- clicks and impressions from ``touch_stats`` (distinct ids per ad and minute);
+- clicks and impressions from ``touch_stats`` (first copies of each id, per ad and minute);
 - spend from ``costs`` (the latest posting of each day), a day's spend spread evenly over its
   hours when the report is by hour or in another time zone than the advertiser's.
 Everything time-based is stored by the minute in UTC, so days and hours of any time zone
@@ -236,7 +236,7 @@ class Report:
         select, aliases = self._select("touch_minute", dims)
         rows = self.ch.execute(
             f"""
-            SELECT {select}kind, uniqExactMerge(touches) FROM {self.db}.touch_stats
+            SELECT {select}kind, sum(touches) FROM {self.db}.touch_stats
             WHERE advertiser_id = %(adv)s AND touch_minute >= toDateTime(%(lo)s)
               AND touch_minute < toDateTime(%(hi)s) {filters}
             GROUP BY {''.join(a + ', ' for a in aliases)}kind""",

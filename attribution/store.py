@@ -253,3 +253,27 @@ def cancel_rows(ch: Client, db: str, revisions: dict[tuple, int], now_ms: int) -
                                 [(*key, str(rev)) for key, rev in revisions.items()])],
     )
     return [(*row[:stamp], now_ms, *row[stamp + 1:], -1) for row in rows]
+
+
+def count_once(ch: Client, db: str, rows: list[tuple]) -> list[tuple]:
+    """Touchpoint rows with ``counted`` cleared for ids already stored or repeated in ``rows``.
+
+    One primary-key lookup for the whole batch; this is what lets touch_stats count a re-posted
+    or re-delivered touchpoint once with a plain sum.
+    """
+    if not rows:
+        return rows
+    wanted = {(row[0], row[1], row[2]) for row in rows}
+    stored = {tuple(r) for r in ch.execute(
+        f"SELECT DISTINCT advertiser_id, kind, touch_id FROM {db}.touchpoints "
+        "WHERE advertiser_id IN (SELECT DISTINCT advertiser_id FROM _t) AND kind IN ('click', 'impression') "
+        "AND touch_id IN (SELECT touch_id FROM _t)",
+        external_tables=[_table("_t", ["advertiser_id", "kind", "touch_id"], wanted)],
+    )}
+    out = []
+    for row in rows:
+        key = (row[0], row[1], row[2])
+        first = key not in stored
+        stored.add(key)
+        out.append(row if first == bool(row[-1]) else (*row[:-1], int(first)))
+    return out

@@ -86,11 +86,11 @@ class Touch:
         return models.Candidate(self.kind, self.touch_id, self.touch_ms, self.campaign_id, self.adgroup_id, self.ad_id,
                             matched_by)
 
-    def row(self, received_ms: int) -> tuple:
-        """A row in ``TOUCH_COLUMN_NAMES`` order."""
+    def row(self, received_ms: int, counted: bool = True) -> tuple:
+        """A row in ``TOUCH_COLUMN_NAMES`` order; ``counted`` is false for a copy of a stored id."""
         return (self.advertiser_id, self.kind, self.touch_id, self.touch_ms // 1000, self.touch_ms,
                 self.campaign_id, self.adgroup_id, self.ad_id, self.browser_id, self.email, self.phone,
-                self.external_id, "", "", "import", received_ms)
+                self.external_id, "", "", "import", received_ms, int(counted))
 
 
 def parse_rows(collection: str, rows: list, advertiser_id: str, now_s: float) -> tuple[list[Touch], list[Rejection]]:

@@ -143,6 +143,7 @@ class RowBuilder:
             r.get("user_agent") or "",
             r.get("source") or "redirect",
             r["received_ms"],
+            1,  # counted; the sink clears it for a re-delivered click (see Sink._count_once)
         )
 
 

@@ -23,6 +23,7 @@ import redis
 from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 
+from attribution import store
 from clicktrail import keys
 from clicktrail.backoff import Backoff
 from clicktrail.clickhouse import NETWORK_ERRORS
@@ -72,6 +73,7 @@ class Sink:
         self.settings = settings
         self.redis = r
         self.ch = ch
+        self.db = database
         self.name = name or consumer_name()
         self.stop = stop
         self.builder = RowBuilder(settings["ANONYMIZE_IP"], settings["UA_CACHE_SIZE"])
@@ -181,6 +183,9 @@ class Sink:
         by_id = dict(entries)
         notices: list[tuple] = []
         for is_touch, pending in tables.items():
+            if is_touch and pending.rows:
+                # A click re-delivered after a crash is stored again (harmless), but counted once.
+                pending.rows = self._count_once(pending.rows)
             stored, refused = self._insert(pending.sql, pending.rows, list(range(len(pending.rows))))
             notices.extend(_notice(is_touch, pending.rows[i]) for i in stored)
             for i, reason in refused:
@@ -217,6 +222,14 @@ class Sink:
         left_ok, left_bad = self._insert(sql, rows[:mid], ids[:mid])
         right_ok, right_bad = self._insert(sql, rows[mid:], ids[mid:])
         return left_ok + right_ok, left_bad + right_bad
+
+    def _count_once(self, rows: list[tuple]) -> list[tuple]:
+        backoff = Backoff(cap=self.settings["SINK_BACKOFF_CAP_S"])
+        while True:
+            try:
+                return store.count_once(self.ch, self.db, rows)
+            except NETWORK_ERRORS as exc:
+                self._wait_for_storage(backoff, exc)
 
     def _wait_for_storage(self, backoff: Backoff, exc: BaseException) -> None:
         delay = backoff.next_delay()

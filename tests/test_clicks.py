@@ -79,3 +79,15 @@ def test_click_url_refuses_a_landing_outside_the_advertisers_domains(click_url):
     printed = click_url(landing="https://evil.example/")
     assert printed.returncode == 2 and printed.stdout == ""
     assert "not a site domain of advertiser 'adv-1' (shop.example)" in printed.stderr
+
+
+def test_a_click_redelivered_to_the_sink_is_stored_again_but_counted_once(client, click_url, sink, ch, ch_database,
+                                                                           r):
+    """A sink killed between insert and acknowledgement stores the batch again: clicks still count once."""
+    url = click_url().stdout.strip()
+    assert client.get(urlsplit(url).path).status_code == 302
+    entries = r.xrange("ct:events")
+    sink.store(entries)
+    sink.store(entries)  # the re-delivery
+    assert ch.execute(f"SELECT count() FROM {ch_database}.touchpoints")[0][0] == 2
+    assert ch.execute(f"SELECT sum(touches) FROM {ch_database}.touch_stats")[0][0] == 1

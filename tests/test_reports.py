@@ -214,6 +214,14 @@ def test_paging_and_ordering(world, shop):
     assert first["page"]["total_rows"] == 2
 
 
+def test_a_reposted_click_counts_once(world, shop):
+    world.click("cA1", shop + 10 * HOUR, "A")  # the ad server sends the same click again
+    world.settle()
+    body = _report(world, start=_date(shop), end=_date(shop), dimensions="campaign_id", metrics="clicks",
+                   campaign_ids="A")
+    assert body["rows"] == [{"campaign_id": "A", "clicks": 2}]
+
+
 def test_reposting_a_day_replaces_it(world, shop):
     _costs(world, [{"date": _date(shop), **_ad("A"), "spend": 7.5}])  # B is not in the new posting
     body = _report(world, start=_date(shop), end=_date(shop), dimensions="campaign_id", metrics="spend,impressions")
