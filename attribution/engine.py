@@ -32,6 +32,10 @@ from sink.rows import columns
 
 log = logging.getLogger("clicktrail.attributor")
 
+#: Days of the optimizer feed's change log kept: the longest window (28 days) plus the 7 days an
+#: event may arrive late. A cursor older than this is refused (poll again without one).
+FEED_RETENTION_DAYS = 35
+
 
 class TouchIndex:
     """Touchpoints of a batch, indexed by every identity a conversion may share with them."""
@@ -179,6 +183,7 @@ class Attributor:
                            "touch_minute, campaign_id, adgroup_id, ad_id) VALUES")
         #: Time stamp of the last tick's writes; every later write is stamped after it.
         self.written_ms = 0
+        self._next_prune = 0.0
 
     def ensure_group(self) -> None:
         try:
@@ -210,9 +215,25 @@ class Attributor:
                     self.written_ms = 0  # stamp after whatever the previous holder published
                 leading = True
                 self.tick()
+                self._prune_if_due()
         finally:
             self._release_lease()
         log.info("attributor %s stopped: %d revisions written", self.name, self.revisions_written)
+
+    def _prune_if_due(self) -> None:
+        """Drop days of the feed's change log no cursor may still need (18.16 has no TTL)."""
+        if time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + 3600
+        keep_from = time.strftime("%Y%m%d", time.gmtime(time.time() - FEED_RETENTION_DAYS * 86_400))
+        try:
+            old = self.ch.execute(
+                "SELECT DISTINCT partition FROM system.parts WHERE database = %(db)s AND table = 'feed_changes' "
+                "AND active AND partition < %(keep)s", {"db": self.db, "keep": keep_from})
+            for (partition,) in old:
+                self.ch.execute(f"ALTER TABLE {self.db}.feed_changes DROP PARTITION {int(partition)}")
+        except NETWORK_ERRORS as exc:
+            log.warning("could not prune the feed's change log (%s); will retry", exc)
 
     def _hold_lease(self) -> bool:
         """Take or renew the lease; False while another attributor holds it."""

@@ -22,6 +22,7 @@ from flask import Blueprint, g, jsonify, request
 
 from attribution.api import api_services
 from attribution.auth import require
+from attribution.engine import FEED_RETENTION_DAYS
 from clicktrail import keys
 from clicktrail.errors import BadRequest
 from pixel.registry import advertiser_settings
@@ -139,6 +140,9 @@ class Feed:
             # A first poll: every bucket of the last FEED_DAYS days (their changes are all later).
             since_s = (int(time.time()) - FEED_DAYS * 86_400) // self.size * self.size
             cursor = since_s * 1000
+        elif cursor < (time.time() - FEED_RETENTION_DAYS * 86_400) * 1000:
+            raise BadRequest(f"is older than {FEED_RETENTION_DAYS} days, whose changes are no longer kept; poll "
+                             "without a cursor to start again", field="cursor", code="cursor_expired")
         rows, upto, more = [], max(cursor, watermark), False
         if cursor < watermark:
             changed = self._changes(cursor, watermark, since_s)

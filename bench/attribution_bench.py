@@ -57,7 +57,7 @@ def fill_clicks(ch, n: int, now: int) -> float:
                concat('cmp-', toString(number % 50)), concat('grp-', toString(number % 500)),
                concat('ad-', toString(number % 5000)), '',
                if(number % 10 = 0, lower(hex(SHA256(toString(number % 1000000)))), ''), '', '', '', '', 'import',
-               {now} * 1000
+               {now} * 1000, 1
         FROM numbers({n})""")
     return time.perf_counter() - started
 

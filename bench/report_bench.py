@@ -63,7 +63,7 @@ def fill(ch, pixel_id: str, events: int, clicks: int, now: int) -> None:
         INSERT INTO {DB}.touchpoints
         SELECT '{ADV}', 'click', concat('clk-', toString(number)), toDateTime({ct}), {ct} * 1000,
                concat('cmp-', toString(number % {CAMPAIGNS})), concat('grp-', toString(number % {ADGROUPS})),
-               concat('ad-', toString(number % {ADS})), '', '', '', '', '', '', 'import', {now} * 1000
+               concat('ad-', toString(number % {ADS})), '', '', '', '', '', '', 'import', {now} * 1000, 1
         FROM numbers({clicks})""")
     k = f"((intDiv(number, 20) * 7919) % {clicks})"
     conv_t = f"least({_click_time(k, now)} + number % 259200, {now} - 1)"

@@ -187,3 +187,20 @@ def test_a_small_limit_pages_through_every_change(world):
         if not body["has_more"]:
             break
     assert sorted(seen) == ["C0", "C1", "C2"] and polls == 3
+
+
+def test_a_cursor_older_than_the_kept_changes_is_refused(world):
+    resp = world.api.get("/v1/optimizer/conversions", query_string={"event": "CompletePayment",
+                                                                     "cursor": "1600000000000"},
+                         headers=world.optimizer)
+    assert resp.status_code == 400 and resp.json["error"]["code"] == "cursor_expired"
+
+
+def test_the_attributor_drops_days_of_changes_no_cursor_needs(world, ch, ch_database):
+    old_ms = (world.now - 40 * 86400) * 1000
+    ch.execute(f"INSERT INTO {ch_database}.feed_changes (advertiser_id, written_ms, model, event, touch_minute, "
+               "campaign_id, adgroup_id, ad_id) VALUES",
+               [("adv-1", old_ms, "", "", world.now - 40 * 86400, "c", "g", "a"),
+                ("adv-1", world.now * 1000, "", "", world.now, "c", "g", "a")])
+    world.attributor._prune_if_due()
+    assert [r[0] for r in ch.execute(f"SELECT written_ms FROM {ch_database}.feed_changes")] == [world.now * 1000]
