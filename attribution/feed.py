@@ -37,6 +37,8 @@ FEED_DAYS = 7
 DEFAULT_LIMIT = 10_000
 MAX_LIMIT = 50_000
 MAX_EVENTS = 20
+#: Answers up to this many rows are kept for other pollers at the same cursor and watermark.
+CACHED_ROWS = 2_000
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,8 @@ def optimizer_conversions():
     body = _answers.get(key)
     if body is None:
         body = Feed(svc.clickhouse.get(), svc.database, advertiser, settings, query).read(watermark)
-        _answers.put(key, body)
+        if len(body["rows"]) <= CACHED_ROWS:  # steady polls are small; a first poll's week is not kept
+            _answers.put(key, body)
     return jsonify(body)
 
 
