@@ -27,14 +27,21 @@ if not raw then return {'unknown_pixel'} end
 local pixel = cjson.decode(raw)
 local adv = pixel['advertiser_id']
 local matched = ''
+-- A whole request refused for a known pixel is counted for its diagnostics (per event it held).
+local function refuse(reason, label)
+  redis.call('HINCRBY', KEYS[4], ARGV[1] .. ':' .. label, math.max(1, tonumber(ARGV[6]) or 0))
+  return {reason}
+end
 if ARGV[3] ~= '' then
   local tok = redis.call('HGET', KEYS[3], ARGV[3])
-  if not tok then return {'bad_token'} end
+  if not tok then return refuse('bad_token', 'request: Access-Token is not a valid token') end
   tok = cjson.decode(tok)
-  if tok['advertiser_id'] ~= adv then return {'token_advertiser'} end
+  if tok['advertiser_id'] ~= adv then
+    return refuse('token_advertiser', "request: Access-Token belongs to another advertiser")
+  end
   local scoped = false
   for _, s in ipairs(tok['scopes']) do if s == 'events' then scoped = true end end
-  if not scoped then return {'token_scope'} end
+  if not scoped then return refuse('token_scope', "request: Access-Token lacks the 'events' scope") end
 end
 if ARGV[2] ~= '' then
   local host = ARGV[2]
@@ -44,7 +51,7 @@ if ARGV[2] ~= '' then
       break
     end
   end
-  if matched == '' then return {'domain_not_allowed'} end
+  if matched == '' then return refuse('domain_not_allowed', 'request: page domain is not registered for the pixel') end
 end
 if ARGV[5] ~= '' then
   for _, reason in ipairs(cjson.decode(ARGV[5])) do

@@ -66,7 +66,7 @@ def send_traffic(client, api_client, r, tenant: Tenant, sink, attributor, now: i
     resp = client.get(f"/e/{tenant.pixel_id}.gif?ev=PageView&eid=img-1&ts={(now - 60) * 1000}"
                       "&url=https://shop.example/nojs")
     assert resp.status_code == 200
-    # Refused as a whole before any event is looked at: not in the per-pixel rejected counts.
+    # Refused as a whole (a page on a domain not registered for the pixel): counted per event it held.
     resp = browser(client, tenant.pixel_id, [dict(page_view, event_id="pv-evil")],
                    origin="https://evil.example")
     assert resp.status_code == 403 and resp.json["error"]["code"] == "domain_not_allowed"
@@ -111,7 +111,8 @@ def test_pixel_diagnostics_counts_every_field(client, api_client, r, tenant, rep
         "last_event_at": iso(now - 60),  # the image event, the latest by event time
         "received_7d": 7,  # pv-1 twice, order-1 from pixel and server, lead-old, lead-test, img-1
         "duplicates_merged_7d": 2,
-        "rejected": {"event_time must be at most 7 days old": 1},
+        "rejected": {"event_time must be at most 7 days old": 1,
+                     "request: page domain is not registered for the pixel": 1},
         "click_id_share_7d": 1 / 5,  # order-1 of 5 unique events
         "matched_share_7d": 1 / 4,  # order-1 of the 4 that are not test events
         "snippet": build_snippet(tenant.pixel_id, settings["PUBLIC_URL"].rstrip("/")),
