@@ -30,6 +30,9 @@ from pixel.registry import advertiser_settings
 bp = Blueprint("reports", __name__)
 
 _SUPPRESSED = ("duplicate_order", "repeat_click")
+_RATIOS = ("ctr", "cpc", "cpm", "cvr", "cpa", "roas")
+#: Additive metrics as sums of the ClickHouse path's columns (impressions: counted plus posted).
+_SUM_OF = {"conversions": "c", "conversion_value": "v", "clicks": "k", "impressions": "(i + ci)", "spend": "s"}
 
 
 @bp.get("/v1/reports")
@@ -59,6 +62,27 @@ class Report:
     # ---- assembling ---------------------------------------------------------------------------
 
     def build(self) -> dict:
+        # By ad group or ad, a report may have 100,000s of keys: ClickHouse joins, orders and pages
+        # them (two queries). Fewer keys are cheaper joined here (three small queries, no paging).
+        many_keys = any(d in ("adgroup_id", "ad_id") for d in self.q.dimensions)
+        if many_keys and self._summable_in_clickhouse():
+            return self._build_in_clickhouse()
+        return self._build_in_python()
+
+    def _summable_in_clickhouse(self) -> bool:
+        """Whether one ClickHouse query can join, order and page the report.
+
+        Not when credits are recomputed (other windows), when clicks and spend repeat per event,
+        when spend must be split into hours (by hour, or days of another time zone), or when the
+        order is a ratio (ratios are computed here, after summing).
+        """
+        ordered = self.q.order_by[0] if self.q.order_by else None
+        return (not self.q.custom_windows and "event" not in self.q.dimensions
+                and (not self.q.needs_touches or (self.time_dim != "stat_time_hour"
+                                                  and self.q.timezone == self.settings["timezone"]))
+                and ordered not in _RATIOS)
+
+    def _build_in_python(self) -> dict:
         conversions = self._conversions()
         touches = self._touches() if self.q.needs_touches else {}
         spend = self._spend() if self.q.needs_touches else {}
@@ -130,6 +154,62 @@ class Report:
                 present.sort(key=value.__getitem__, reverse=descending)
                 keys = present + [k for k in keys if value[k] is None]  # rows without a value go last
         return keys
+
+    def _build_in_clickhouse(self) -> dict:
+        union, params = self._union_sql()
+        dims = [f"d{i}" for i in range(len(self.q.dimensions))]
+        group = f"GROUP BY {', '.join(dims)}" if dims else ""
+        sums = "sum(c) AS c, sum(v) AS v, sum(k) AS k, sum(i) AS i, sum(s) AS s, sum(ci) AS ci"
+        grouped = f"SELECT {''.join(d + ', ' for d in dims)}{sums} FROM ({union}) {group}"
+        order = [f"{d} ASC" for d in dims]
+        if self.q.order_by:
+            name, descending = self.q.order_by
+            column = dims[self.q.dimensions.index(name)] if name in self.q.dimensions else _SUM_OF[name]
+            order.insert(0, f"{column} {'DESC' if descending else 'ASC'}")
+        first = (self.q.page - 1) * self.q.page_size
+        order_sql = f"ORDER BY {', '.join(order)}" if order else ""
+        page = self.ch.execute(f"{grouped} {order_sql} LIMIT {first}, {self.q.page_size}", params)
+        count, c, v, k, i, s, ci = self.ch.execute(
+            f"SELECT count(), sum(c), sum(v), sum(k), sum(i), sum(s), sum(ci) FROM ({grouped})", params)[0]
+        width = len(dims)
+        rows = [{**dict(zip(self.q.dimensions, r[:width])),
+                 **self._metrics((r[width], r[width + 1]), (r[width + 2], r[width + 3]), (r[width + 4], r[width + 5]))}
+                for r in page]
+        totals = self._metrics((c or 0.0, v or 0.0), (k or 0, i or 0), (s or 0.0, ci or 0.0))
+        return {"rows": rows, "totals": totals,
+                "page": {"page": self.q.page, "page_size": self.q.page_size, "total_rows": count},
+                "query": self.q.echo(self.settings["currency"])}
+
+    def _union_sql(self) -> tuple[str, dict]:
+        """Conversions, touches and spend as rows of (d0.., c, v, k, i, s, ci), one SELECT each."""
+        dims = self.q.dimensions
+        column = "touch_minute" if self.q.date_basis == "touch" else "conversion_minute"
+        conv_filters, params = self._filter_sql(rq.AD_DIMENSIONS + ("event",))
+        params.update(adv=self.adv, model=self.q.model, lo=self.lo, hi=self.hi)
+        zero_f, zero_u = "toFloat64(0)", "toUInt64(0)"
+        # Each source is summed by the report's keys first: the union then joins few rows.
+        select, aliases = self._select(column, dims)
+        group = f"GROUP BY {', '.join(aliases)}" if aliases else ""
+        parts = [f"""SELECT {select}sum(conversions) AS c, sum(conversion_value) AS v, {zero_u} AS k,
+              {zero_u} AS i, {zero_f} AS s, {zero_f} AS ci FROM {self.db}.conversion_stats
+            WHERE advertiser_id = %(adv)s AND model = %(model)s
+              AND {column} >= toDateTime(%(lo)s) AND {column} < toDateTime(%(hi)s) {conv_filters} {group}"""]
+        if self.q.needs_touches:
+            ad_filters, _ = self._filter_sql(rq.AD_DIMENSIONS)
+            parts.append(f"""SELECT {self._select("touch_minute", dims)[0]}{zero_f}, {zero_f},
+                  sumIf(touches, kind = 'click'), sumIf(touches, kind = 'impression'), {zero_f}, {zero_f}
+                FROM {self.db}.touch_stats WHERE advertiser_id = %(adv)s AND touch_minute >= toDateTime(%(lo)s)
+                  AND touch_minute < toDateTime(%(hi)s) {ad_filters} {group}""")
+            day_dims = "".join(f"{'toString(day)' if d == 'stat_time_day' else d} AS d{n}, "
+                               for n, d in enumerate(dims))
+            params.update(first=self.q.start, last=self.q.end)
+            parts.append(f"""SELECT {day_dims}{zero_f}, {zero_f}, {zero_u}, {zero_u}, sum(spend),
+                  toFloat64(sum(impressions))
+                FROM {self.db}.costs WHERE advertiser_id = %(adv)s AND day >= %(first)s AND day <= %(last)s {ad_filters}
+                  AND (day, version) IN (SELECT day, max(version) FROM {self.db}.costs
+                                         WHERE advertiser_id = %(adv)s AND day >= %(first)s AND day <= %(last)s
+                                         GROUP BY day) {group}""")
+        return " UNION ALL ".join(parts), params
 
     # ---- conversions --------------------------------------------------------------------------
 

@@ -280,3 +280,26 @@ def test_bad_cost_rows_are_refused_with_nothing_stored(world, row, field, words,
     assert resp.json["rejected"] == [{"index": 1, "field": field, "rule": resp.json["rejected"][0]["rule"]}]
     assert words in resp.json["rejected"][0]["rule"]
     assert ch.execute(f"SELECT count() FROM {ch_database}.costs")[0][0] == 0
+
+
+@pytest.mark.parametrize("params", [
+    {"dimensions": "campaign_id,stat_time_day"},
+    {"dimensions": "ad_id", "order_by": "-spend", "page_size": "1"},
+    {"dimensions": "adgroup_id,stat_time_day", "order_by": "-clicks", "page": "2", "page_size": "1"},
+    {"dimensions": "", "metrics": "spend,clicks,conversions,cpa"},
+    {"dimensions": "campaign_id", "campaign_ids": "A", "model": "linear", "date_basis": "conversion"},
+    {"dimensions": "device_type,os", "metrics": "conversions,conversion_value"},
+])
+def test_the_clickhouse_path_equals_the_python_path(world, shop, r, params):
+    """Reports ClickHouse can sum, order and page in one query give what the general path gives."""
+    from werkzeug.datastructures import MultiDict
+
+    from attribution import report_query
+    from attribution.reports import Report
+
+    settings = registry.advertiser_settings(r, world.tenant.advertiser)
+    query = report_query.parse(MultiDict({"start": _date(shop), "end": _date(shop), **params}), settings)
+    report = Report(world.ch, world.db, world.tenant.advertiser, settings, query)
+    assert report._summable_in_clickhouse()
+    assert report._build_in_clickhouse() == report._build_in_python()
+    assert report.build()["page"]["total_rows"] > 0
