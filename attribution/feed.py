@@ -18,14 +18,15 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import orjson
+import redis
 from flask import Blueprint, g, jsonify, request
 
 from attribution.api import api_services
 from attribution.auth import require
 from attribution.engine import FEED_RETENTION_DAYS
 from clicktrail import keys
-from clicktrail.errors import BadRequest
-from pixel.registry import advertiser_settings
+from clicktrail.errors import BadRequest, BufferUnavailable
+from pixel.registry import settings_of
 
 bp = Blueprint("feed", __name__)
 
@@ -115,8 +116,16 @@ def optimizer_conversions():
     query = FeedQuery.from_args(request.args)
     svc = api_services()
     advertiser = g.caller.advertiser_id
-    watermark = int(svc.redis.get(keys.FEED_WATERMARK) or 0)
-    settings = advertiser_settings(svc.redis, advertiser)
+    # One round trip: the watermark and the advertiser's settings (an up-to-date poll needs no more).
+    pipe = svc.redis.pipeline(transaction=False)
+    pipe.get(keys.FEED_WATERMARK)
+    pipe.hget(keys.ADVERTISERS, advertiser)
+    try:
+        raw_watermark, raw_advertiser = pipe.execute()
+    except redis.RedisError as exc:
+        raise BufferUnavailable("the feed's state is unavailable; retry later") from exc
+    watermark = int(raw_watermark or 0)
+    settings = settings_of(orjson.loads(raw_advertiser) if raw_advertiser else None)
     key = (advertiser, query, watermark, orjson.dumps(settings, option=orjson.OPT_SORT_KEYS))
     body = _answers.get(key)
     if body is None:

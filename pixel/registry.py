@@ -115,8 +115,12 @@ def _check_timezone(name: str) -> None:
 
 
 def advertiser_settings(r: redis.Redis, advertiser_id: str) -> dict:
-    record = get_advertiser(r, advertiser_id) or {}
-    return {**DEFAULT_SETTINGS, **record.get("settings", {})}
+    return settings_of(get_advertiser(r, advertiser_id))
+
+
+def settings_of(record: dict | None) -> dict:
+    """An advertiser record's settings, with the defaults for any it lacks."""
+    return {**DEFAULT_SETTINGS, **(record or {}).get("settings", {})}
 
 
 def get_advertiser(r: redis.Redis, advertiser_id: str) -> dict | None:
