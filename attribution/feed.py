@@ -12,6 +12,7 @@ the watermark costs one Redis read.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -87,24 +88,48 @@ def _iso(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class _Flight(threading.Event):
+    """One answer being built; threads asking for the same one wait for it instead of querying."""
+
+    body: dict | None = None
+
+
 class _Responses:
     """Answers already built, by everything that decides them (the watermark included, so an
-    answer never goes stale): many pollers at the same cursor cost one set of queries."""
+    answer never goes stale): many pollers at the same cursor cost one set of queries, also when
+    they all ask at once right after the watermark moved."""
 
     def __init__(self, size: int = 256) -> None:
         self.size = size
         self.items: OrderedDict = OrderedDict()
+        self.flights: dict = {}
+        self.lock = threading.Lock()
 
-    def get(self, key):
-        found = self.items.get(key)
-        if found is not None:
-            self.items.move_to_end(key)
-        return found
-
-    def put(self, key, value) -> None:
-        self.items[key] = value
-        if len(self.items) > self.size:
-            self.items.popitem(last=False)
+    def get(self, key, build) -> dict:
+        with self.lock:
+            found = self.items.get(key)
+            if found is not None:
+                self.items.move_to_end(key)
+                return found
+            flight = self.flights.get(key)
+            leader = flight is None
+            if leader:
+                flight = self.flights[key] = _Flight()
+        if not leader:
+            flight.wait(60)
+            return flight.body if flight.body is not None else build()
+        try:
+            flight.body = build()
+            if len(flight.body["rows"]) <= CACHED_ROWS:  # steady polls are small; a first poll's week is not kept
+                with self.lock:
+                    self.items[key] = flight.body
+                    if len(self.items) > self.size:
+                        self.items.popitem(last=False)
+            return flight.body
+        finally:
+            with self.lock:
+                self.flights.pop(key, None)
+            flight.set()
 
 
 _answers = _Responses()
@@ -127,11 +152,8 @@ def optimizer_conversions():
     watermark = int(raw_watermark or 0)
     settings = settings_of(orjson.loads(raw_advertiser) if raw_advertiser else None)
     key = (advertiser, query, watermark, orjson.dumps(settings, option=orjson.OPT_SORT_KEYS))
-    body = _answers.get(key)
-    if body is None:
-        body = Feed(svc.clickhouse.get(), svc.database, advertiser, settings, query).read(watermark)
-        if len(body["rows"]) <= CACHED_ROWS:  # steady polls are small; a first poll's week is not kept
-            _answers.put(key, body)
+    ch = svc.clickhouse.get()
+    body = _answers.get(key, lambda: Feed(ch, svc.database, advertiser, settings, query).read(watermark))
     return jsonify(body)
 
 

@@ -204,3 +204,27 @@ def test_the_attributor_drops_days_of_changes_no_cursor_needs(world, ch, ch_data
                 ("adv-1", world.now * 1000, "", "", world.now, "c", "g", "a")])
     world.attributor._prune_if_due()
     assert [r[0] for r in ch.execute(f"SELECT written_ms FROM {ch_database}.feed_changes")] == [world.now * 1000]
+
+
+def test_pollers_asking_at_once_share_one_answer():
+    """Threads asking for the same answer while it is being built wait for it instead of querying."""
+    import threading
+    import time
+
+    from attribution.feed import _Responses
+
+    answers, builds = _Responses(), []
+
+    def build():
+        builds.append(1)
+        time.sleep(0.2)
+        return {"rows": [{"n": len(builds)}]}
+
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(answers.get("k", build))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(builds) == 1 and got == [{"rows": [{"n": 1}]}] * 8
+    assert answers.get("k", build) == {"rows": [{"n": 1}]} and len(builds) == 1  # kept for later polls
