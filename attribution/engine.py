@@ -87,8 +87,12 @@ class Result:
         self.candidates = candidates
         self.windows = windows
         self.not_counted = ""  # why the conversion counts for nothing: duplicate_order or repeat_click
-        chosen = models.eligible(candidates, conv.conversion_ms, windows)
-        self.credited = {m: list(zip(chosen, models.credits(m, chosen, conv.conversion_ms))) for m in models.MODELS}
+        chosen = models.eligible(candidates, conv.conversion_ms, windows) if candidates else []
+        if len(chosen) <= 1:  # most conversions: every model gives the one touchpoint (or none) everything
+            self.credited = dict.fromkeys(models.MODELS, [(chosen[0], 1.0)] if chosen else [])
+        else:
+            self.credited = {m: list(zip(chosen, models.credits(m, chosen, conv.conversion_ms)))
+                             for m in models.MODELS}
 
     @property
     def last_click(self) -> models.Candidate | None:
@@ -313,9 +317,20 @@ class Attributor:
         touched, found = store.conversions_touched_by(self.ch, self.db, touch_keys)
         for key, event_ms in touched.items():
             conv_keys.setdefault(key, event_ms)
-        written = self.write(self.compute(conv_keys), now_ms)
+        # A big tick is written in chunks, and the feed's watermark moves after each: during a
+        # burst the optimizer feed lags by one chunk's work, not by a whole tick's.
+        items, chunk, written = list(conv_keys.items()), self.settings["ATTRIBUTOR_CHUNK"], 0
+        for start in range(0, len(items), chunk):
+            if start:
+                self._publish()
+                now_ms = self._stamp()
+            written += self.write(self.compute(dict(items[start:start + chunk])), now_ms)
         self._mark_touches(found, now_ms)
         return written
+
+    def _publish(self) -> None:
+        """Everything stamped up to written_ms is stored: let the optimizer feed serve it."""
+        self.redis.set(keys.FEED_WATERMARK, self.written_ms)
 
     def _mark_touches(self, touches: list[tuple], now_ms: int) -> None:
         """Tell the optimizer feed that these touchpoints' buckets changed (new clicks or views)."""

@@ -228,3 +228,28 @@ def test_pollers_asking_at_once_share_one_answer():
         t.join()
     assert len(builds) == 1 and got == [{"rows": [{"n": 1}]}] * 8
     assert answers.get("k", build) == {"rows": [{"n": 1}]} and len(builds) == 1  # kept for later polls
+
+
+def test_a_big_tick_moves_the_watermark_after_each_chunk(world, monkeypatch, ch, ch_database):
+    """Within one tick, each chunk's credits are stored before the feed may serve them."""
+    t = world.now - 2 * HOUR
+    for i in range(5):
+        world.click(f"k{i}", t, f"C{i}")
+    world.settle()
+    for i in range(5):
+        world.convert(f"c{i}", t + 60, ttclid=f"k{i}")
+    world.sink.drain()
+    attributor = world.attributor
+    attributor.settings = {**attributor.settings, "ATTRIBUTOR_CHUNK": 2}
+    seen, publish = [], attributor._publish
+
+    def watched():
+        publish()
+        mark = int(attributor.redis.get("ct:feed:watermark"))
+        seen.append(ch.execute(f"SELECT uniqExact(event_id) FROM {ch_database}.credits "
+                               f"WHERE attributed_ms <= {mark} AND event_id LIKE 'c%'")[0][0])
+
+    monkeypatch.setattr(attributor, "_publish", watched)
+    attributor.settle()
+    assert seen == [2, 4]  # published between the three chunks, each time covering what was stored
+    assert len(_poll(world)["rows"]) == 5
