@@ -4,7 +4,7 @@ Three kept sources are summed, never raw events:
 - conversions from ``conversion_stats`` (credits summed by materialized view), under the
   advertiser's windows as each conversion was attributed (a window change applies forward, as on
   the ad platforms); asking for other windows recomputes the credits from the stored candidate
-  touchpoints of each conversion with the same rules as the attributor (slower, exact);
+  touchpoints of each conversion with the attributor's rules as array functions (exact, slower);
 - clicks and impressions from ``touch_stats`` (first copies of each id, per ad and minute);
 - spend from ``costs`` (the latest posting of each day), a day's spend spread evenly over its
   hours when the report is by hour or in another time zone than the advertiser's.
@@ -235,7 +235,7 @@ class Report:
 
     def _conversions(self) -> dict[tuple, tuple[float, float]]:
         if self.q.custom_windows:
-            return self._recomputed_conversions()
+            return self._recomputed_in_clickhouse()
         column = "touch_minute" if self.q.date_basis == "touch" else "conversion_minute"
         dims = self.q.dimensions
         filters, params = self._filter_sql(rq.AD_DIMENSIONS + ("event",))
@@ -252,7 +252,8 @@ class Report:
         return {tuple(r[:-2]) if dims else (): (r[-2], r[-1]) for r in rows if dims or r[-2] or r[-1]}
 
     def _recomputed_conversions(self) -> dict[tuple, tuple[float, float]]:
-        """Credits under windows other than the advertiser's, from each conversion's candidates."""
+        """Credits under windows other than the advertiser's, from each conversion's candidates, by
+        attribution.models itself: the oracle the array-function version is tested against."""
         windows = models.Windows(self.q.click_window, self.q.view_window)
         out: dict[tuple, list[float]] = defaultdict(lambda: [0.0, 0.0])
         for conv in self._candidates():
@@ -273,19 +274,23 @@ class Report:
                 out[key][1] += credit * value
         return {k: (v[0], v[1]) for k, v in out.items()}
 
-    def _candidates(self) -> list[tuple]:
+    def _candidates_sql(self) -> tuple[str, dict]:
+        """Each conversion's latest revision: its fields, suppression reason and candidate touches."""
         # A conversion credited to a touch inside the report may come up to the longest window later.
         later = models.MAX_CLICK_WINDOW_MS // 1000 if self.q.date_basis == "touch" else 0
-        rows = self.ch.execute(
-            f"""
-            SELECT c.conversion_ms, c.value, c.event, c.device_type, c.os, c.browser, c.utm_source, c.utm_campaign,
-                   s.reason, c.touches
+        sql = f"""
+            SELECT c.conversion_ms AS conversion_ms, c.value AS value, c.event AS event,
+                   c.device_type AS device_type, c.os AS os, c.browser AS browser, c.utm_source AS utm_source,
+                   c.utm_campaign AS utm_campaign, s.reason AS reason, c.touches AS touches
             FROM (
               SELECT pixel_id, event, event_id, revision, any(conversion_ms) AS conversion_ms, any(value) AS value,
                      any(device_type) AS device_type, any(os) AS os, any(browser) AS browser,
                      any(utm_source) AS utm_source, any(utm_campaign) AS utm_campaign,
                      groupArray((touch_kind, touch_id, touch_ms, campaign_id, adgroup_id, ad_id, matched_by)) AS touches
-              FROM (SELECT DISTINCT * FROM {self.db}.attribution_candidates
+              FROM (SELECT DISTINCT pixel_id, event, event_id, revision, conversion_ms, value, device_type, os,
+                                    browser, utm_source, utm_campaign, touch_kind, touch_id, touch_ms, campaign_id,
+                                    adgroup_id, ad_id, matched_by
+                    FROM {self.db}.attribution_candidates
                     WHERE advertiser_id = %(adv)s AND conversion_time >= toDateTime(%(lo)s)
                       AND conversion_time < toDateTime(%(hi)s))
               GROUP BY pixel_id, event, event_id, revision
@@ -296,13 +301,68 @@ class Report:
                     WHERE advertiser_id = %(adv)s AND sign = 1 AND conversion_time >= toDateTime(%(lo)s)
                       AND conversion_time < toDateTime(%(hi)s))
               GROUP BY pixel_id, event, event_id
-            ) AS s USING (pixel_id, event, event_id, revision)""",
-            {"adv": self.adv, "lo": self.lo, "hi": self.hi + later},
-        )
+            ) AS s USING (pixel_id, event, event_id, revision)"""
+        return sql, {"adv": self.adv, "lo": self.lo, "hi": self.hi + later}
+
+    def _candidates(self) -> list[tuple]:
+        sql, params = self._candidates_sql()
+        rows = self.ch.execute(sql, params)
         names = ("event", "device_type", "os", "browser", "utm_source", "utm_campaign")
         return [(conv_ms, value, dict(zip(names, attrs)), reason in _SUPPRESSED,
                  [models.Candidate(*t) for t in touches if t[0]])
                 for conv_ms, value, *attrs, reason, touches in ((r[0], r[1], *r[2:8], r[8], r[9]) for r in rows)]
+
+    def _recomputed_in_clickhouse(self) -> dict[tuple, tuple[float, float]]:
+        """The rules of attribution.models in array functions, over every conversion's candidates.
+
+        The same as _recomputed_conversions (a test compares them) without moving every
+        conversion into Python: windows, strongest identity level, click beats view, order by
+        (time, touch id), then the model's credits.
+        """
+        inner, params = self._candidates_sql()
+        click_ms, view_ms = self.q.click_window * models.DAY_MS, self.q.view_window * models.DAY_MS
+        at = "tupleElement(touch, 3)" if self.q.date_basis == "touch" else "conversion_ms"
+        fmt = "%%Y-%%m-%%d" if self.time_dim == "stat_time_day" else "%%Y-%%m-%%d %%H:00"
+        by_dim = {"stat_time_day": f"formatDateTime(toDateTime(intDiv({at}, 1000)), '{fmt}', '{self.q.timezone}')",
+                  "campaign_id": "tupleElement(touch, 4)", "adgroup_id": "tupleElement(touch, 5)",
+                  "ad_id": "tupleElement(touch, 6)"}
+        by_dim["stat_time_hour"] = by_dim["stat_time_day"]
+        dims = [f"{by_dim.get(d, d)} AS d{i}" for i, d in enumerate(self.q.dimensions)]
+        filters = "".join(f" AND {by_dim.get(d, d)} IN %(f_{d})s" for d in self.q.filters)
+        params.update({f"f_{d}": tuple(v) for d, v in self.q.filters.items()}, lo_ms=self.lo * 1000,
+                      hi_ms=self.hi * 1000)
+        group = f"GROUP BY {', '.join(f'd{i}' for i in range(len(dims)))}" if dims else ""
+        rows = self.ch.execute(
+            f"""
+            SELECT {''.join(d + ', ' for d in dims)}sum(credit), sum(credit * value),
+                   -- 18.16 prunes a column only lambdas use from subqueries: name it out here
+                   max(conversion_ms) FROM (
+              SELECT *, {_credits_sql(self.q.model)} AS credits FROM (
+                SELECT *, arraySort(t -> (tupleElement(t, 3), tupleElement(t, 2)),
+                                    if(notEmpty(clicks), clicks, arrayFilter(t -> tupleElement(t, 1) != 'click', level)))
+                            AS chosen
+                FROM (
+                  SELECT *, arrayFilter(t -> tupleElement(t, 1) = 'click', level) AS clicks FROM (
+                    SELECT *, arrayFilter(t -> tupleElement(t, 8) = arrayReduce('min', arrayMap(t -> tupleElement(t, 8),
+                                          inside)), inside) AS level
+                    FROM (
+                      SELECT conversion_ms, value, event, device_type, os, browser, utm_source, utm_campaign,
+                             arrayFilter(t -> tupleElement(t, 1) != ''
+                                              AND {_age('t')} >= 0
+                                              AND {_age('t')} <= if(tupleElement(t, 1) = 'click', {click_ms}, {view_ms}),
+                                         arrayMap(t -> (tupleElement(t, 1), tupleElement(t, 2), tupleElement(t, 3),
+                                                        tupleElement(t, 4), tupleElement(t, 5), tupleElement(t, 6),
+                                                        tupleElement(t, 7),
+                                                        multiIf(tupleElement(t, 7) = 'click_id', 0,
+                                                                tupleElement(t, 7) = 'browser_id', 1, 2)),
+                                                  touches)) AS inside
+                      FROM ({inner}) WHERE reason NOT IN ('duplicate_order', 'repeat_click')))))
+            ) ARRAY JOIN chosen AS touch, credits AS credit
+            WHERE {at} >= %(lo_ms)s AND {at} < %(hi_ms)s AND credit != 0 {filters}
+            {group}""",
+            params,
+        )
+        return {tuple(r[:-3]): (r[-3], r[-2]) for r in rows}
 
     def _bucket(self, ms: int) -> str:
         local = datetime.fromtimestamp(ms / 1000, self.q.zone)
@@ -371,6 +431,29 @@ class Report:
             return [(start, 1.0)]
         hours = list(range(start, end, 3600))
         return [(h, 1.0 / len(hours)) for h in hours]
+
+
+def _age(t: str) -> str:
+    return f"(toInt64(conversion_ms) - toInt64(tupleElement({t}, 3)))"
+
+
+def _credits_sql(model: str) -> str:
+    """attribution.models.credits as an array expression over ``chosen`` (time-ordered)."""
+    n = "length(chosen)"
+    each = "arrayEnumerate(chosen)"
+    if model == "last_click":
+        return f"arrayMap(i -> if(i = {n}, 1., 0.), {each})"
+    if model == "first_click":
+        return f"arrayMap(i -> if(i = 1, 1., 0.), {each})"
+    if model == "linear":
+        return f"arrayMap(i -> 1. / {n}, {each})"
+    if model == "time_decay":
+        weights = f"arrayMap(t -> pow(2., -{_age('t')} / {models.TIME_DECAY_HALF_LIFE_MS}), chosen)"
+        return f"arrayMap(w -> w / arraySum({weights}), {weights})"
+    if model == "position_based":
+        return (f"arrayMap(i -> multiIf({n} = 1, 1., {n} = 2, 0.5, i = 1 OR i = {n}, 0.4, 0.2 / ({n} - 2)), "
+                f"{each})")
+    raise ValueError(f"unknown model {model!r}")
 
 
 def _ratio(numerator: float, denominator: float) -> float | None:
