@@ -59,6 +59,8 @@ from benchlib import CODE, code_state  # noqa: E402  (puts the measured tree on 
 
 CH_BASE = os.environ.get("BENCH_CLICKHOUSE_URL", "clickhouse://127.0.0.1:9000/default")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/6")
+#: `clicktrail api --nice N` (as `clicktrail up` runs it); 0 = the API at the same priority as ingestion.
+API_NICE = int(os.environ.get("BENCH_API_NICE", "0"))
 DB = "ct_bench_feed"
 ADV = "bench-feed"
 DOMAIN = "shop.bench-feed.example"
@@ -176,7 +178,9 @@ class System:
         try:
             self._start("collector", [*cli, "collector", "--bind", f"127.0.0.1:{self.collector_port}",
                                       "--workers", str(collector_workers)])
-            self._start("api", [*cli, "api", "--bind", f"127.0.0.1:{self.api_port}", "--workers", str(api_workers)])
+            nice = ["--nice", str(API_NICE)] if API_NICE else []
+            self._start("api", [*cli, "api", "--bind", f"127.0.0.1:{self.api_port}", "--workers", str(api_workers),
+                                *nice])
             self._start("sink", [*cli, "sink", "--log-level", "WARNING"])
             self._start("attributor", [*cli, "attributor", "--log-level", "WARNING"])
             self._wait_up(self.collector_port, "collector")

@@ -76,10 +76,14 @@ def collector(bind: str, workers: int, threads: int) -> None:
 @click.option("--bind", default="127.0.0.1:8081", show_default=True, help="HOST:PORT to listen on")
 @click.option("--workers", default=lambda: os.cpu_count() or 2, type=int, help="processes [default: cores]")
 @click.option("--threads", default=4, show_default=True, type=int, help="threads per process")
-def api(bind: str, workers: int, threads: int) -> None:
-    """Run the API (imports, reports, attribution explanations) under gunicorn."""
+@click.option("--nice", default=0, show_default=True, type=click.IntRange(0, 19),
+              help="lower the API's CPU priority by this much, so that on shared cores event collection goes first")
+def api(bind: str, workers: int, threads: int, nice: int) -> None:
+    """Run the API (imports, reports, the optimizer feed, diagnostics, the dashboard) under gunicorn."""
     from clicktrail import serve
 
+    if nice:
+        os.nice(nice)  # inherited by gunicorn's workers
     settings = _settings()
     serve.run("attribution.api:create_app", bind, workers, threads, settings["DATA_DIR"], "api")
 

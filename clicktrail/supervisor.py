@@ -52,7 +52,8 @@ def up(settings: dict, *, bind: str, api_bind: str, sinks: int, start_services: 
     children: list[tuple[str, subprocess.Popen]] = [("collector", _start("collector", ["collector", "--bind", bind]))]
     children += [(f"sink-{i + 1}", _start("sink", ["sink"])) for i in range(sinks)]
     children += [("attributor", _start("attributor", ["attributor"])),
-                 ("api", _start("api", ["api", "--bind", api_bind]))]
+                 # On one machine, reports and pollers must never slow collection: the API yields the CPU.
+                 ("api", _start("api", ["api", "--bind", api_bind, "--nice", "5"]))]
     _wait_healthy(f"http://{bind}/healthz", children[0][1])
     _wait_healthy(f"http://{api_bind}/healthz", children[-1][1])
     print(f"{'collector':<11} http://{bind} (public URL {settings['PUBLIC_URL']})", flush=True)
