@@ -153,12 +153,14 @@ def optimizer_conversions():
     settings = settings_of(orjson.loads(raw_advertiser) if raw_advertiser else None)
     key = (advertiser, query, watermark, orjson.dumps(settings, option=orjson.OPT_SORT_KEYS))
     ch = svc.clickhouse.get()
-    body = _answers.get(key, lambda: Feed(ch, svc.database, advertiser, settings, query).read(watermark))
+    body = _answers.get(key, lambda: Feed(ch, svc.database, advertiser, settings, query,
+                                          svc.settings["MAX_EVENT_AGE_S"]).read(watermark))
     return jsonify(body)
 
 
 class Feed:
-    def __init__(self, ch, db: str, advertiser_id: str, settings: dict, query: FeedQuery) -> None:
+    def __init__(self, ch, db: str, advertiser_id: str, settings: dict, query: FeedQuery,
+                 late_s: int = 7 * 86_400) -> None:
         self.ch = ch
         self.db = db
         self.advertiser = advertiser_id
@@ -166,6 +168,7 @@ class Feed:
         self.q = query
         self.levels = LEVELS[query.level]
         self.size = BUCKETS[query.bucket]
+        self.late_s = late_s  # how old an event may arrive (MAX_EVENT_AGE_S)
 
     def read(self, watermark: int) -> dict:
         since_s = None
@@ -289,9 +292,7 @@ class Feed:
         A conversion may be credited to a click up to the click window before it, and events are
         accepted up to MAX_EVENT_AGE after they happened, so a bucket can change until both have passed.
         """
-        from flask import current_app
-
-        late_s = current_app.extensions["clicktrail.api"].settings["MAX_EVENT_AGE_S"]
+        late_s = self.late_s
         window_s = max(self.settings["click_window_days"], self.settings["view_window_days"]) * 86_400
         final = (upto_ms // 1000 if upto_ms else int(time.time())) - window_s - late_s
         return _iso(final // self.size * self.size)
