@@ -158,3 +158,22 @@ def attributor(settings, r, ch, ch_database):
 
     worker.settle = settle
     return worker
+
+
+@pytest.fixture(scope="module")
+def playwright():
+    """Playwright's driver, for the browser tests (it never downloads a browser: see tests/browser.py)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright):
+    """Debian's Chromium, headless, shared by a module's tests."""
+    from tests.browser import launch
+
+    b = launch(playwright)
+    yield b
+    b.close()

@@ -18,12 +18,10 @@ import time
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
-from playwright.sync_api import sync_playwright
 
 from clicktrail import services
 from pixel import registry
 from tests import servers
-from tests.browser import launch
 from tests.conftest import ARTIFACTS, Tenant
 
 pytestmark = pytest.mark.browser
@@ -36,17 +34,7 @@ P100 = "100.00%"
 # ---- fixtures ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def playwright():
-    with sync_playwright() as p:
-        yield p
-
-
-@pytest.fixture(scope="module")
-def browser(playwright):
-    b = launch(playwright)
-    yield b
-    b.close()
+# `playwright` and `browser` (Debian's Chromium) are fixtures of tests/conftest.py.
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ import time
 import urllib.request
 
 import pytest
-from playwright.sync_api import sync_playwright
 
 from clicktrail import services
 from pixel import registry
@@ -32,17 +31,7 @@ pytestmark = pytest.mark.browser
 # ---- fixtures ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def playwright():
-    with sync_playwright() as p:
-        yield p
-
-
-@pytest.fixture(scope="module")
-def browser(playwright):
-    b = launch(playwright)
-    yield b
-    b.close()
+# `playwright` and `browser` (Debian's Chromium) are fixtures of tests/conftest.py.
 
 
 @pytest.fixture(scope="module")
