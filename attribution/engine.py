@@ -22,7 +22,7 @@ from clickhouse_driver import Client
 
 from attribution import models, store
 from attribution.touchpoints import Touch
-from clicktrail import keys
+from clicktrail import keys, redis_client
 from clicktrail.backoff import Backoff
 from clicktrail.clickhouse import NETWORK_ERRORS
 from clicktrail.lifecycle import StopFlag
@@ -190,11 +190,7 @@ class Attributor:
         self._next_prune = 0.0
 
     def ensure_group(self) -> None:
-        try:
-            self.redis.xgroup_create(keys.ATTRIBUTION_STREAM, keys.ATTRIBUTOR_GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        redis_client.ensure_group(self.redis, keys.ATTRIBUTION_STREAM, keys.ATTRIBUTOR_GROUP)
 
     def run(self) -> None:
         """Attribute while this process holds the attributor lease; stand by while another does.

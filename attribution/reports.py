@@ -251,29 +251,6 @@ class Report:
         )
         return {tuple(r[:-2]) if dims else (): (r[-2], r[-1]) for r in rows if dims or r[-2] or r[-1]}
 
-    def _recomputed_conversions(self) -> dict[tuple, tuple[float, float]]:
-        """Credits under windows other than the advertiser's, from each conversion's candidates, by
-        attribution.models itself: the oracle the array-function version is tested against."""
-        windows = models.Windows(self.q.click_window, self.q.view_window)
-        out: dict[tuple, list[float]] = defaultdict(lambda: [0.0, 0.0])
-        for conv in self._candidates():
-            conv_ms, value, attrs, suppressed, touches = conv[0], conv[1], conv[2], conv[3], conv[4]
-            if suppressed:
-                continue
-            chosen = models.eligible(touches, conv_ms, windows)
-            for touch, credit in zip(chosen, models.credits(self.q.model, chosen, conv_ms)):
-                at_ms = touch.touch_ms if self.q.date_basis == "touch" else conv_ms
-                if not self.lo * 1000 <= at_ms < self.hi * 1000 or not credit:
-                    continue
-                values = {**attrs, "campaign_id": touch.campaign_id, "adgroup_id": touch.adgroup_id,
-                          "ad_id": touch.ad_id}
-                if any(values[d] not in allowed for d, allowed in self.q.filters.items()):
-                    continue
-                key = tuple(self._bucket(at_ms) if d in rq.TIME_DIMENSIONS else values[d] for d in self.q.dimensions)
-                out[key][0] += credit
-                out[key][1] += credit * value
-        return {k: (v[0], v[1]) for k, v in out.items()}
-
     def _candidates_sql(self) -> tuple[str, dict]:
         """Each conversion's latest revision: its fields, suppression reason and candidate touches."""
         # A conversion credited to a touch inside the report may come up to the longest window later.
@@ -304,33 +281,23 @@ class Report:
             ) AS s USING (pixel_id, event, event_id, revision)"""
         return sql, {"adv": self.adv, "lo": self.lo, "hi": self.hi + later}
 
-    def _candidates(self) -> list[tuple]:
-        sql, params = self._candidates_sql()
-        rows = self.ch.execute(sql, params)
-        names = ("event", "device_type", "os", "browser", "utm_source", "utm_campaign")
-        return [(conv_ms, value, dict(zip(names, attrs)), reason in _SUPPRESSED,
-                 [models.Candidate(*t) for t in touches if t[0]])
-                for conv_ms, value, *attrs, reason, touches in ((r[0], r[1], *r[2:8], r[8], r[9]) for r in rows)]
-
     def _recomputed_in_clickhouse(self) -> dict[tuple, tuple[float, float]]:
         """The rules of attribution.models in array functions, over every conversion's candidates.
 
-        The same as _recomputed_conversions (a test compares them) without moving every
+        Tested equal to attribution.models run on the same candidates, without moving every
         conversion into Python: windows, strongest identity level, click beats view, order by
         (time, touch id), then the model's credits.
         """
         inner, params = self._candidates_sql()
         click_ms, view_ms = self.q.click_window * models.DAY_MS, self.q.view_window * models.DAY_MS
         at = "tupleElement(touch, 3)" if self.q.date_basis == "touch" else "conversion_ms"
-        fmt = "%%Y-%%m-%%d" if self.time_dim == "stat_time_day" else "%%Y-%%m-%%d %%H:00"
-        by_dim = {"stat_time_day": f"formatDateTime(toDateTime(intDiv({at}, 1000)), '{fmt}', '{self.q.timezone}')",
-                  "campaign_id": "tupleElement(touch, 4)", "adgroup_id": "tupleElement(touch, 5)",
-                  "ad_id": "tupleElement(touch, 6)"}
-        by_dim["stat_time_hour"] = by_dim["stat_time_day"]
+        bucket = self._time_sql(f"toDateTime(intDiv({at}, 1000))")
+        by_dim = {"stat_time_day": bucket, "stat_time_hour": bucket, "campaign_id": "tupleElement(touch, 4)",
+                  "adgroup_id": "tupleElement(touch, 5)", "ad_id": "tupleElement(touch, 6)"}
         dims = [f"{by_dim.get(d, d)} AS d{i}" for i, d in enumerate(self.q.dimensions)]
         filters = "".join(f" AND {by_dim.get(d, d)} IN %(f_{d})s" for d in self.q.filters)
         params.update({f"f_{d}": tuple(v) for d, v in self.q.filters.items()}, lo_ms=self.lo * 1000,
-                      hi_ms=self.hi * 1000)
+                      hi_ms=self.hi * 1000, suppressed=_SUPPRESSED)
         group = f"GROUP BY {', '.join(f'd{i}' for i in range(len(dims)))}" if dims else ""
         rows = self.ch.execute(
             f"""
@@ -356,7 +323,7 @@ class Report:
                                                         multiIf(tupleElement(t, 7) = 'click_id', 0,
                                                                 tupleElement(t, 7) = 'browser_id', 1, 2)),
                                                   touches)) AS inside
-                      FROM ({inner}) WHERE reason NOT IN ('duplicate_order', 'repeat_click')))))
+                      FROM ({inner}) WHERE reason NOT IN %(suppressed)s))))
             ) ARRAY JOIN chosen AS touch, credits AS credit
             WHERE {at} >= %(lo_ms)s AND {at} < %(hi_ms)s AND credit != 0 {filters}
             {group}""",

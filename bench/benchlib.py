@@ -6,6 +6,7 @@ benchmark imports and runs.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +60,37 @@ def code_state() -> str:
         return str(ROOT)
     changed = [line[3:] for line in dirty if line.strip()]
     return f"{ROOT} at {head}" + (f" + uncommitted changes to {', '.join(changed)}" if changed else "")
+
+
+def _proc_times() -> dict[int, tuple[int, float, float]]:
+    """Every live process: pid -> (parent pid, user seconds, system seconds), read from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # it ended while we looked
+        fields = stat[stat.rindex(")") + 2:].split()  # after the command name, which may hold spaces
+        found[int(entry)] = (int(fields[1]), int(fields[11]) / tick, int(fields[12]) / tick)
+    return found
+
+
+def cpu_seconds(pid: int, scope: str = "children") -> tuple[float, float]:
+    """(user, system) CPU seconds of ``pid`` alone ("self"), with its direct children ("children": a
+    gunicorn master and its workers), or with every live descendant ("tree")."""
+    procs = _proc_times()
+    if scope == "self":
+        pids = [pid]
+    elif scope == "children":
+        pids = [pid] + [p for p, (parent, _, _) in procs.items() if parent == pid]
+    else:
+        pids, todo = [], [pid]
+        while todo:
+            p = todo.pop()
+            pids.append(p)
+            todo.extend(c for c, (parent, _, _) in procs.items() if parent == p)
+    user = sum(procs[p][1] for p in pids if p in procs)
+    return user, sum(procs[p][2] for p in pids if p in procs)

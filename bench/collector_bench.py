@@ -49,7 +49,7 @@ from pathlib import Path
 import orjson
 import redis
 
-from benchlib import CODE, ROOT, code_state  # noqa: E402  (puts the measured tree on sys.path)
+from benchlib import CODE, ROOT, code_state, cpu_seconds  # noqa: E402  (puts the measured tree on sys.path)
 from clicktrail import keys  # noqa: E402
 from clicktrail.services import free_port  # noqa: E402
 from pixel import registry  # noqa: E402
@@ -220,20 +220,7 @@ def stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
 
 def tree_cpu_s(pid: int) -> tuple[float, float]:
     """(user, system) CPU seconds of a process and its live children (gunicorn master and workers)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    user = system = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(entry) == pid or int(fields[1]) == pid:
-            user += int(fields[11])
-            system += int(fields[12])
-    return user / tick, system / tick
+    return cpu_seconds(pid, "children")
 
 
 def queued_events(r: redis.Redis) -> int:

@@ -55,7 +55,7 @@ from urllib.parse import urlencode
 
 import orjson
 
-from benchlib import CODE, code_state  # noqa: E402  (puts the measured tree on sys.path)
+from benchlib import CODE, code_state, cpu_seconds  # noqa: E402  (puts the measured tree on sys.path)
 
 CH_BASE = os.environ.get("BENCH_CLICKHOUSE_URL", "clickhouse://127.0.0.1:9000/default")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/6")
@@ -125,25 +125,7 @@ def redis_cpu_s(r) -> float:
 
 def proc_tree_cpu_s(pid: int) -> float:
     """User+system CPU seconds of ``pid`` and every live descendant (gunicorn master and workers)."""
-    children: dict[int, list[int]] = {}
-    times: dict[int, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        children.setdefault(int(fields[1]), []).append(int(entry))
-        times[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
-    total, todo = 0.0, [pid]
-    while todo:
-        p = todo.pop()
-        total += times.get(p, 0.0)
-        todo.extend(children.get(p, []))
-    return total
+    return sum(cpu_seconds(pid, "tree"))
 
 
 # -- the system under test -----------------------------------------------------------------------

@@ -53,7 +53,7 @@ from pathlib import Path
 import orjson
 import redis
 
-from benchlib import CODE, ROOT, code_state  # noqa: E402  (puts the measured tree on sys.path)
+from benchlib import CODE, ROOT, code_state, cpu_seconds  # noqa: E402  (puts the measured tree on sys.path)
 from clicktrail import clickhouse, keys  # noqa: E402
 from pixel.events import Context, parse_events  # noqa: E402
 
@@ -424,20 +424,7 @@ def clicktrail_cmd() -> list[str]:
 
 def cpu_s(pid: int | None, children: bool = True) -> float:
     """User+system CPU seconds of ``pid`` and, if asked, its direct children."""
-    if pid is None:
-        return 0.0
-    total = 0
-    for entry in os.listdir("/proc") if children else [str(pid)]:
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(entry) == pid or (children and int(fields[1]) == pid):
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+    return 0.0 if pid is None else sum(cpu_seconds(pid, "children" if children else "self"))
 
 
 def listener_pid(port: int) -> int | None:

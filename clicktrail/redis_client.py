@@ -37,3 +37,15 @@ def patient(url: str) -> redis.Redis:
         retry=Retry(ExponentialWithJitterBackoff(base=0.1, cap=2.0), 3),
         health_check_interval=30,
     )
+
+
+def ensure_group(r: redis.Redis, stream: str, group: str) -> None:
+    """Create a consumer group reading ``stream`` from its start (and the stream, if missing).
+
+    From the start, so entries added before any consumer ran are read too; an existing group is fine.
+    """
+    try:
+        r.xgroup_create(stream, group, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise

@@ -24,7 +24,7 @@ from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 
 from attribution import store
-from clicktrail import keys
+from clicktrail import keys, redis_client
 from clicktrail.backoff import Backoff
 from clicktrail.clickhouse import NETWORK_ERRORS
 from clicktrail.lifecycle import StopFlag
@@ -87,11 +87,7 @@ class Sink:
 
     def ensure_group(self) -> None:
         """Create the consumer group from the stream's start, so events queued before any sink ran count."""
-        try:
-            self.redis.xgroup_create(keys.EVENTS_STREAM, keys.SINK_GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        redis_client.ensure_group(self.redis, keys.EVENTS_STREAM, keys.SINK_GROUP)
 
     # -- the loop ----------------------------------------------------------------------------
 
