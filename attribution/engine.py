@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import orjson
 import redis
@@ -22,11 +23,11 @@ from clickhouse_driver import Client
 
 from attribution import models, store
 from attribution.touchpoints import Touch
-from clicktrail import keys, redis_client
+from clicktrail import clickhouse, keys, redis_client
 from clicktrail.backoff import Backoff
 from clicktrail.clickhouse import NETWORK_ERRORS
 from clicktrail.lifecycle import StopFlag
-from clicktrail.schema import CANDIDATE_COLUMN_NAMES, CREDIT_COLUMN_NAMES
+from clicktrail.schema import CANDIDATE_COLUMN_NAMES, CREDIT_INPUT_COLUMN_NAMES
 from pixel.registry import advertiser_settings
 from sink.rows import columns
 
@@ -56,26 +57,29 @@ class TouchIndex:
 
         A touchpoint tied several ways keeps the strongest.
         """
-        adv = conv.advertiser_id
-        found: dict[tuple, models.Candidate] = {}
-
-        def add(t: Touch | None, matched: str) -> None:
-            if t is None or (t.kind, t.touch_id) in found:
-                return
-            candidate = t.as_candidate(matched)
-            if models.in_longest_windows(candidate, conv.conversion_ms):
-                found[(t.kind, t.touch_id)] = candidate
-
+        adv, at = conv.advertiser_id, conv.conversion_ms
+        tied: list[tuple[Touch, str]] = []  # strongest ties first
         if conv.click_id:
-            add(self.by_click.get((adv, conv.click_id)), "click_id")
+            t = self.by_click.get((adv, conv.click_id))
+            if t is not None:
+                tied.append((t, "click_id"))
         for click, first_ms in browser_clicks.get((adv, conv.browser_id), ()):
-            if first_ms <= conv.conversion_ms:
-                add(self.by_click.get((adv, click)), "browser_id")
-        for kind, value in (("browser_id", conv.browser_id), ("external_id", conv.external_id),
-                            ("email", conv.email), ("phone", conv.phone)):
-            if value:
-                for t in self.by_identity.get((adv, kind, value), ()):
-                    add(t, kind)
+            t = self.by_click.get((adv, click)) if first_ms <= at else None
+            if t is not None:
+                tied.append((t, "browser_id"))
+        if self.by_identity:
+            for kind, value in (("browser_id", conv.browser_id), ("external_id", conv.external_id),
+                                ("email", conv.email), ("phone", conv.phone)):
+                if value:
+                    tied += [(t, kind) for t in self.by_identity.get((adv, kind, value), ())]
+        found: dict[tuple, models.Candidate] = {}
+        for t, matched in tied:
+            if (t.kind, t.touch_id) not in found:
+                candidate = models.Candidate._make((*t[1:7], matched))  # kind .. ad_id, then how it was tied
+                if models.in_longest_windows(candidate, at):
+                    found[(t.kind, t.touch_id)] = candidate
+        if len(found) <= 1:
+            return list(found.values())
         return sorted(found.values(), key=lambda c: (c.order_key, c.level))
 
 
@@ -84,10 +88,14 @@ class Result:
 
     def __init__(self, conv: store.Conversion, candidates: list[models.Candidate], windows: models.Windows) -> None:
         self.conv = conv
+        self.key = conv[:4]  # (advertiser, pixel, event, event_id)
         self.candidates = candidates
         self.windows = windows
         self.not_counted = ""  # why the conversion counts for nothing: duplicate_order or repeat_click
-        chosen = models.eligible(candidates, conv.conversion_ms, windows) if candidates else []
+        if len(candidates) == 1:  # most conversions: no ties or levels to settle
+            chosen = candidates if windows.contains(candidates[0], conv.conversion_ms) else []
+        else:
+            chosen = models.eligible(candidates, conv.conversion_ms, windows) if candidates else []
         if len(chosen) <= 1:  # most conversions: every model gives the one touchpoint (or none) everything
             self.credited = dict.fromkeys(models.MODELS, [(chosen[0], 1.0)] if chosen else [])
         else:
@@ -105,10 +113,14 @@ class Result:
         self.credited = {m: [] for m in models.MODELS}
 
     def content_hash(self) -> int:
+        # Models sharing one list of credits (most conversions: one touchpoint) encode it once.
+        encoded: dict[int, list] = {}
+        for rows in self.credited.values():
+            if id(rows) not in encoded:
+                encoded[id(rows)] = [(t.touch_id, round(credit, 12)) for t, credit in rows]
         basis = orjson.dumps([
-            [(c.kind, c.touch_id, c.touch_ms, c.campaign_id, c.adgroup_id, c.ad_id, c.matched_by)
-             for c in self.candidates],
-            {m: [(t.touch_id, round(credit, 12)) for t, credit in rows] for m, rows in self.credited.items()},
+            [tuple(c) for c in self.candidates],  # kind, touch_id, touch_ms, campaign, ad group, ad, matched_by
+            {m: encoded[id(rows)] for m, rows in self.credited.items()},
             [self.windows.click_days, self.windows.view_days, self.conv.value, self.conv.currency, self.not_counted],
         ])
         return int.from_bytes(hashlib.blake2b(basis, digest_size=8).digest(), "big")
@@ -125,21 +137,26 @@ class Result:
             return [head + _NO_TOUCH]
         return [head + _touch_part(t) for t in self.candidates]
 
-    def attribution_rows(self, revision: int, content_hash: int, now_ms: int) -> list[tuple]:
+    def credit_rows(self, revision: int, content_hash: int, now_ms: int) -> list[tuple]:
+        """Rows of ``credit_input``: one per credited touchpoint (or none), with its models and credits."""
         head = self._conversion_part(revision, content_hash, now_ms)
-        tail = (self.windows.click_days, self.windows.view_days)
-        rows = []
+        tail = (self.windows.click_days, self.windows.view_days, 1)
+        if self.not_counted:  # a duplicate: worth nothing under every model, saying why
+            return [head + _NO_TOUCH[:-1] + (self.not_counted, *tail, models.MODELS, _ZEROS)]
+        by_touch: dict[models.Candidate, tuple[list, list]] = {}
         for model, credited in self.credited.items():
-            if self.not_counted:  # a duplicate: one row per model, worth nothing, saying why
-                rows.append(head + _NO_TOUCH[:-1] + (self.not_counted, model, *tail, 0.0))
-            elif not credited:  # organic: no touchpoint earned it
-                rows.append(head + _NO_TOUCH + (model, *tail, 1.0))
             for touch, credit in credited:
-                rows.append(head + _touch_part(touch) + (model, *tail, credit))
-        return [row + (1,) for row in rows]
+                names, shares = by_touch.setdefault(touch, ([], []))
+                names.append(model)
+                shares.append(credit)
+        if not by_touch:  # organic: no touchpoint earned it
+            return [head + _NO_TOUCH + (*tail, models.MODELS, _ONES)]
+        return [head + _touch_part(t) + (*tail, names, shares) for t, (names, shares) in by_touch.items()]
 
 
 _NO_TOUCH = ("", "", 0, 0, "", "", "", "")
+_ZEROS = [0.0] * len(models.MODELS)
+_ONES = [1.0] * len(models.MODELS)
 
 
 def _dedup_orders(results: list[Result], orders: dict[tuple, list[tuple[int, str]]]) -> None:
@@ -170,10 +187,15 @@ return 1
 
 class Attributor:
     def __init__(self, settings: dict, r: redis.Redis, ch: Client, database: str, stop: StopFlag,
-                 name: str | None = None) -> None:
+                 name: str | None = None, writer: Client | None = None) -> None:
         self.settings = settings
         self.redis = r
         self.ch = ch
+        # Inserts run on their own connection and thread while the next chunk is computed: a
+        # chunk's inserts are mostly ClickHouse's work (the credit views), the rules are Python's.
+        self.writer = writer or clickhouse.connect(settings["CLICKHOUSE_URL"])
+        self._writing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attributor-writer")
+        self._pending: Future | None = None
         self.db = database
         self.stop = stop
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
@@ -182,7 +204,7 @@ class Attributor:
         self._release_script = r.register_script(_RELEASE_LUA)
         self._candidates_sql = (f"INSERT INTO {database}.attribution_candidates "
                                 f"({', '.join(CANDIDATE_COLUMN_NAMES)}) VALUES")
-        self._credits_sql = f"INSERT INTO {database}.credits ({', '.join(CREDIT_COLUMN_NAMES)}) VALUES"
+        self._credits_sql = f"INSERT INTO {database}.credit_input ({', '.join(CREDIT_INPUT_COLUMN_NAMES)}) VALUES"
         self._marks_sql = (f"INSERT INTO {database}.feed_changes (advertiser_id, written_ms, model, event, "
                            "touch_minute, campaign_id, adgroup_id, ad_id) VALUES")
         #: Time stamp of the last tick's writes; every later write is stamped after it.
@@ -261,6 +283,7 @@ class Attributor:
                 log.warning("ClickHouse unavailable (%s); retrying the tick in %.1fs", exc, delay)
                 time.sleep(delay)
                 self.ch.disconnect()
+                self.writer.disconnect()
         ids = [entry_id for entry_id, _ in notices]
         pipe = self.redis.pipeline(transaction=True)
         pipe.xack(keys.ATTRIBUTION_STREAM, keys.ATTRIBUTOR_GROUP, *ids)
@@ -316,17 +339,25 @@ class Attributor:
         # A big tick is written in chunks, and the feed's watermark moves after each: during a
         # burst the optimizer feed lags by one chunk's work, not by a whole tick's.
         items, chunk, written = list(conv_keys.items()), self.settings["ATTRIBUTOR_CHUNK"], 0
-        for start in range(0, len(items), chunk):
-            if start:
-                self._publish()
-                now_ms = self._stamp()
-            written += self.write(self.compute(dict(items[start:start + chunk])), now_ms)
+        try:
+            for start in range(0, len(items), chunk):
+                if start:
+                    now_ms = self._stamp()
+                last = start + chunk >= len(items)
+                # Every chunk but the last publishes its stamp once stored; the last one's is
+                # published with the acknowledgement, after the touch marks below.
+                written += self._write_behind(self.compute(dict(items[start:start + chunk])), now_ms,
+                                              publish=not last)
+        finally:
+            self._settle()
         self._mark_touches(found, now_ms)
         return written
 
-    def _publish(self) -> None:
-        """Everything stamped up to written_ms is stored: let the optimizer feed serve it."""
-        self.redis.set(keys.FEED_WATERMARK, self.written_ms)
+    def _settle(self) -> None:
+        """Wait for the chunk being written; raise what its inserts raised."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
     def _mark_touches(self, touches: list[tuple], now_ms: int) -> None:
         """Tell the optimizer feed that these touchpoints' buckets changed (new clicks or views)."""
@@ -353,7 +384,9 @@ class Attributor:
         # Counting "once": the other conversions of the same click and event are decided together.
         once = {(r.conv.advertiser_id, r.conv.event, r.last_click.touch_id) for r in results
                 if r.last_click and self._counting(settings, r.conv) == "once"}
-        known = {r.conv.key for r in results}
+        known = {r.key for r in results}
+        if once:
+            self._settle()  # the chunk being written may hold conversions of these clicks
         extra = store.sharing_clicks(self.ch, self.db, once) - known
         if extra:
             results += self._results(store.load_conversions(self.ch, self.db, dict.fromkeys(extra)), settings)
@@ -372,8 +405,11 @@ class Attributor:
         return cache[advertiser_id]
 
     def _windows(self, cache: dict, conv: store.Conversion) -> models.Windows:
-        s = self._settings(cache, conv.advertiser_id)
-        return models.Windows(s["click_window_days"], s["view_window_days"])
+        key = ("windows", conv.advertiser_id)
+        if key not in cache:
+            s = self._settings(cache, conv.advertiser_id)
+            cache[key] = models.Windows(s["click_window_days"], s["view_window_days"])
+        return cache[key]
 
     def _counting(self, cache: dict, conv: store.Conversion) -> str:
         counting = self._settings(cache, conv.advertiser_id)["counting"]
@@ -391,29 +427,50 @@ class Attributor:
                 repeat.suppress("repeat_click")
 
     def write(self, results: list[Result], now_ms: int | None = None) -> int:
+        """Store a new revision of every result that changed; return how many."""
+        written = self._write_behind(results, now_ms)
+        self._settle()
+        return written
+
+    def _write_behind(self, results: list[Result], now_ms: int | None = None, publish: bool = False) -> int:
+        """Build the rows of every changed result and start inserting them; return how many changed.
+
+        The inserts run on the writer thread; the next call (or ``_settle``) waits for them.
+        """
         now_ms = now_ms or self._stamp()
-        state = store.current_state(self.ch, self.db, {res.conv.key for res in results})
-        candidate_rows, credit_rows, restated = [], [], {}
+        self._settle()  # the state read below must see the previous chunk's revisions
+        state = store.current_state(self.ch, self.db, {res.key for res in results})
+        candidate_rows, credit_rows, restated, written = [], [], {}, 0
         for res in results:
             content_hash = res.content_hash()
-            revision, stored_hash = state.get(res.conv.key, (0, None))
+            revision, stored_hash = state.get(res.key, (0, None))
             if stored_hash == content_hash:
                 continue  # unchanged: nothing to restate
             if revision:
-                restated[res.conv.key] = revision
+                restated[res.key] = revision
             candidate_rows += res.candidate_rows(revision + 1, content_hash, now_ms)
-            credit_rows += res.attribution_rows(revision + 1, content_hash, now_ms)
-        if not credit_rows:
-            return 0
-        # The previous revision's rows are cancelled in the same insert as the new ones: one block,
-        # so the sums kept from credits never see one without the other.
-        credit_rows += store.cancel_rows(self.ch, self.db, restated, now_ms)
+            credit_rows += res.credit_rows(revision + 1, content_hash, now_ms)
+            written += 1
+        if credit_rows:
+            # The previous revision's rows are cancelled in the same insert as the new ones: one
+            # block, so the sums kept from credits never see one without the other.
+            credit_rows += store.cancel_rows(self.ch, self.db, restated, now_ms)
+            self.revisions_written += written
+        if credit_rows or publish:
+            self._pending = self._writing.submit(self._insert, candidate_rows, credit_rows, publish and now_ms)
+        return written
+
+    def _insert(self, candidate_rows: list[tuple], credit_rows: list[tuple], publish_ms: int) -> None:
         # Candidates first, credits last: the current revision is read from credits, so a crash
         # between the two inserts leaves the revision unwritten, and the re-run writes it.
-        self.ch.execute(self._candidates_sql, columns(candidate_rows), columnar=True)
-        if self.settings["SINK_FAILPOINT"] == "between_attribution_inserts":
-            os.kill(os.getpid(), 9)
-        self.ch.execute(self._credits_sql, columns(credit_rows), columnar=True)
-        written = len({row[:4] for row in credit_rows})
-        self.revisions_written += written
-        return written
+        if credit_rows:
+            self.writer.execute(self._candidates_sql, columns(candidate_rows), columnar=True)
+            if self.settings["SINK_FAILPOINT"] == "between_attribution_inserts":
+                os.kill(os.getpid(), 9)
+            self.writer.execute(self._credits_sql, columns(credit_rows), columnar=True)
+        if publish_ms:
+            self._publish(publish_ms)
+
+    def _publish(self, stamp_ms: int) -> None:
+        """Everything stamped up to ``stamp_ms`` is stored: let the optimizer feed serve it."""
+        self.redis.set(keys.FEED_WATERMARK, stamp_ms)

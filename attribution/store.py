@@ -6,19 +6,18 @@ query per conversion.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from clickhouse_driver import Client
 
 from attribution import click_cache
 from attribution.touchpoints import Touch
-from clicktrail.schema import CREDIT_COLUMN_NAMES
+from clicktrail.schema import CANDIDATE_COLUMN_NAMES
 
 DAY_S = 86_400
 
 
-@dataclass(frozen=True)
-class Conversion:
+class Conversion(NamedTuple):
     advertiser_id: str
     pixel_id: str
     event: str
@@ -40,7 +39,7 @@ class Conversion:
 
     @property
     def key(self) -> tuple[str, str, str, str]:
-        return (self.advertiser_id, self.pixel_id, self.event, self.event_id)
+        return self[:4]
 
 
 def _table(name: str, columns: list[str], rows) -> dict:
@@ -82,7 +81,7 @@ def load_conversions(ch: Client, db: str, keys: dict[tuple, int | None]) -> list
         "HAVING argMax(test_event_code, dedup_version) = ''",
         external_tables=tables,
     )
-    return [Conversion(*row) for row in rows]
+    return [Conversion._make(row) for row in rows]
 
 
 def _events_with(ch: Client, db: str, identities: set[tuple], kinds: tuple[str, ...], since_s: int) -> list[tuple]:
@@ -142,9 +141,11 @@ def browser_click_ids(ch: Client, db: str, conversions: list[Conversion]) -> dic
         GROUP BY advertiser_id, identity, click_id""",
         external_tables=[_table("_browsers", ["advertiser_id", "value"], browsers)],
     )
+    # The query matches advertisers and browsers apart; with several advertisers, keep the pairs asked.
+    exact = len({adv for adv, _ in browsers}) > 1
     seen: dict[tuple, list[tuple[str, int]]] = {}
     for advertiser, browser, click, first_ms in rows:
-        if (advertiser, browser) not in browsers:
+        if exact and (advertiser, browser) not in browsers:
             continue
         seen.setdefault((advertiser, browser), []).append((click, first_ms))
     return seen
@@ -189,7 +190,7 @@ def load_touches(ch: Client, db: str, conversions: list[Conversion],
         GROUP BY advertiser_id, kind, touch_id""",
         external_tables=[_table("_wanted", ["advertiser_id", "kind", "touch_id"], wanted)],
     )
-    return cached + [Touch(*row) for row in rows if (row[0], row[1], row[2]) in wanted]
+    return cached + [Touch._make(row) for row in rows if (row[0], row[1], row[2]) in wanted]
 
 
 def same_order(ch: Client, db: str, conversions: list[Conversion]) -> dict[tuple, list[tuple[int, str]]]:
@@ -240,19 +241,22 @@ def current_state(ch: Client, db: str, keys: set[tuple]) -> dict[tuple, tuple[in
 
 
 def cancel_rows(ch: Client, db: str, revisions: dict[tuple, int], now_ms: int) -> list[tuple]:
-    """Copies, with sign -1 and stamped ``now_ms``, of the credited rows of the given revisions."""
+    """Rows of ``credit_input`` cancelling the given revisions: copies of their credited rows with
+    sign -1, stamped ``now_ms``."""
     if not revisions:
         return []
-    names = [n for n in CREDIT_COLUMN_NAMES if n != "sign"]
-    stamp = names.index("attributed_ms")
+    head = CANDIDATE_COLUMN_NAMES  # the conversion and touchpoint columns credits starts with
+    stamp = head.index("attributed_ms")
     rows = ch.execute(
-        f"SELECT DISTINCT {', '.join(names)} FROM {db}.credits "
+        f"SELECT DISTINCT {', '.join(head)}, click_window_days, view_window_days, model, credit FROM {db}.credits "
         f"WHERE (advertiser_id, pixel_id, event, event_id, toString(revision)) IN "
         f"(SELECT {', '.join(_KEY_COLUMNS)}, revision FROM _revisions) AND sign = 1",
         external_tables=[_table("_revisions", _KEY_COLUMNS + ["revision"],
                                 [(*key, str(rev)) for key, rev in revisions.items()])],
     )
-    return [(*row[:stamp], now_ms, *row[stamp + 1:], -1) for row in rows]
+    n = len(head)
+    return [(*row[:stamp], now_ms, *row[stamp + 1:n], row[n], row[n + 1], -1, [row[n + 2]], [row[n + 3]])
+            for row in rows]
 
 
 def count_once(ch: Client, db: str, rows: list[tuple]) -> list[tuple]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from attribution import models
 from pixel.events import Rejection
@@ -67,8 +67,7 @@ def _user(row: dict) -> dict:
     return out
 
 
-@dataclass(frozen=True)
-class Touch:
+class Touch(NamedTuple):
     advertiser_id: str
     kind: str
     touch_id: str

@@ -100,13 +100,37 @@ def fill_conversions(ch, pixel_id: str, n: int, clicks: int) -> list[tuple]:
     return ch.execute(f"SELECT pixel_id, event, event_id, event_ms FROM {DB}.events")
 
 
+def reuse(args):
+    """The previous run's clicks and click cache, with everything the attributor wrote emptied."""
+    base = clickhouse.connect(CH_BASE)
+    r = redis_client.patient(REDIS_URL)
+    stored = base.execute(f"SELECT count() FROM {DB}.touchpoints")[0][0] if base.execute(
+        f"EXISTS TABLE {DB}.touchpoints")[0][0] else 0
+    pixels = r.hkeys(keys.PIXELS)
+    if stored != args.clicks or not pixels:
+        return None
+    schema.migrate(base, DB)  # a run of an older version left an older schema
+    for table in ("events", "event_identities", "attribution_candidates", "credits", "conversion_stats",
+                  "feed_changes"):
+        base.execute(f"TRUNCATE TABLE {DB}.{table}")
+    r.delete(keys.ATTRIBUTION_STREAM, keys.FEED_WATERMARK, keys.ATTRIBUTOR_LEASE)
+    pixel_id = pixels[0].decode()
+    env = dict(os.environ, CLICKTRAIL_REDIS_URL=REDIS_URL,
+               CLICKTRAIL_CLICKHOUSE_URL=clickhouse.with_database(CH_BASE, DB), CLICKTRAIL_DATA_DIR=str(ROOT / "var"))
+    return clickhouse.connect(clickhouse.with_database(CH_BASE, DB)), r, pixel_id, None, env
+
+
 def throughput(args) -> None:
-    ch, r, pixel_id, _, env = setup()
+    reused = reuse(args) if args.reuse else None
+    ch, r, pixel_id, _, env = reused or setup()
     now = int(time.time())
-    print(f"filling {args.clicks:,} clicks ...", flush=True)
-    print(f"  {fill_clicks(ch, args.clicks, now):.1f}s")
-    if not args.no_cache:
-        print(f"  click cache: {fill_click_cache(r, args.clicks, now):.1f}s", flush=True)
+    if reused:
+        print(f"reusing the {args.clicks:,} clicks (and click cache) of the previous run", flush=True)
+    else:
+        print(f"filling {args.clicks:,} clicks ...", flush=True)
+        print(f"  {fill_clicks(ch, args.clicks, now):.1f}s")
+        if not args.no_cache:
+            print(f"  click cache: {fill_click_cache(r, args.clicks, now):.1f}s", flush=True)
     keys_ = fill_conversions(ch, pixel_id, args.conversions, args.clicks)
     pipe = r.pipeline(transaction=False)
     for start in range(0, len(keys_), 5000):
@@ -127,7 +151,8 @@ def throughput(args) -> None:
     print("|---:|---|---:|---:|---:|---:|")
     print(f"| {args.clicks:,} | {'empty' if args.no_cache else 'filled'} | {len(keys_):,} | {attributed:,} "
           f"({matched:,}) | {elapsed:.1f} | {attributed / elapsed:,.0f} |")
-    r.flushdb()
+    if not args.keep:
+        r.flushdb()
 
 
 def freshness(args) -> None:
@@ -192,6 +217,8 @@ def main() -> None:
     t.add_argument("--conversions", type=int, default=200_000)
     t.add_argument("--batch", type=int, default=4, help="notices per tick (of 5,000 keys each)")
     t.add_argument("--no-cache", action="store_true", help="leave the click cache empty (ClickHouse lookups)")
+    t.add_argument("--keep", action="store_true", help="keep the clicks and click cache for a later --reuse")
+    t.add_argument("--reuse", action="store_true", help="reuse a --keep run's clicks when it stored as many")
     f = sub.add_parser("freshness")
     f.add_argument("--rate", type=int, default=100, help="conversions per second")
     f.add_argument("--seconds", type=int, default=30)

@@ -280,13 +280,7 @@ ORDER BY ({key})""",
 ) ENGINE = SummingMergeTree((conversions, conversion_value))
 PARTITION BY toYYYYMM(touch_minute)
 ORDER BY ({stat_keys})""",
-        # Attributed conversions only (organic ones have no ad to report under); zero credits
-        # (duplicates) add nothing.
-        f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.conversion_stats_mv TO {db}.conversion_stats AS
-SELECT advertiser_id, model, toStartOfMinute(touch_time) AS touch_minute, event, campaign_id, adgroup_id, ad_id,
-  touch_kind, toStartOfMinute(conversion_time) AS conversion_minute, click_window_days, view_window_days, {dims},
-  sign * credit AS conversions, sign * credit * value AS conversion_value
-FROM {db}.credits WHERE touch_kind != '' AND credit != 0""",
+        _stats_view(db, f"FROM {db}.credits"),
         # What changed when, for the optimizer feed's cursors: rows from credits (both signs, so
         # the bucket that lost a conversion is listed too) and touch marks written by the
         # attributor (event '').
@@ -296,10 +290,7 @@ FROM {db}.credits WHERE touch_kind != '' AND credit != 0""",
 ) ENGINE = MergeTree
 PARTITION BY toYYYYMMDD(toDateTime(intDiv(written_ms, 1000), 'UTC'))
 ORDER BY (advertiser_id, written_ms)""",
-        f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.feed_changes_mv TO {db}.feed_changes AS
-SELECT advertiser_id, attributed_ms AS written_ms, model, event, toStartOfMinute(touch_time) AS touch_minute,
-  campaign_id, adgroup_id, ad_id
-FROM {db}.credits WHERE touch_kind != ''""",
+        _feed_view(db, f"FROM {db}.credits"),
         # Clicks and impressions per ad and minute. Writers flag the first copy of each id
         # (`counted`), so a sum counts a re-posted or re-delivered touchpoint once: merging exact
         # distinct-count states instead costs ten times more per report.
@@ -339,6 +330,59 @@ GROUP BY advertiser_id, kind, touch_minute, campaign_id, adgroup_id, ad_id""",
     ]
 
 
+#: What the attributor inserts: one row per conversion and touchpoint (or none), with the models
+#: crediting it and their credits as parallel arrays, expanded into `credits` by a view. A
+#: conversion with one touchpoint (most of them) is one row instead of five.
+CREDIT_INPUT_COLUMNS = _CONVERSION_COLUMNS + [
+    ("click_window_days", "UInt8"),
+    ("view_window_days", "UInt8"),
+    ("sign", "Int8"),
+    ("model_names", "Array(String)"),
+    ("model_credits", "Array(Float64)"),
+]
+CREDIT_INPUT_COLUMN_NAMES = [name for name, _ in CREDIT_INPUT_COLUMNS]
+
+
+def _credit_input(db: str, f: Features) -> list:
+    """Credits written through a Null table, expanded per model by ClickHouse.
+
+    The stats and the feed's change log are kept by views on the same input (18.16 does not run
+    the views of a table written by another view), so one insert block still feeds all three.
+    Stop the attributor while this runs: a revision written between the DROP and the CREATE
+    would miss the stats.
+    """
+    expanded = f"FROM {db}.credit_input ARRAY JOIN model_names AS model, model_credits AS credit"
+    return [
+        f"""CREATE TABLE IF NOT EXISTS {db}.credit_input (
+  {_columns_sql(CREDIT_INPUT_COLUMNS, f)}
+) ENGINE = Null""",
+        f"DROP TABLE IF EXISTS {db}.conversion_stats_mv",
+        f"DROP TABLE IF EXISTS {db}.feed_changes_mv",
+        f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.credits_mv TO {db}.credits AS
+SELECT {', '.join(CREDIT_COLUMN_NAMES)} {expanded}""",
+        _stats_view(db, expanded),
+        _feed_view(db, expanded),
+    ]
+
+
+def _stats_view(db: str, source: str) -> str:
+    """conversion_stats from credited rows: attributed conversions only (organic ones have no ad to
+    report under); zero credits (duplicates) add nothing."""
+    return f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.conversion_stats_mv TO {db}.conversion_stats AS
+SELECT advertiser_id, model, toStartOfMinute(touch_time) AS touch_minute, event, campaign_id, adgroup_id, ad_id,
+  touch_kind, toStartOfMinute(conversion_time) AS conversion_minute, click_window_days, view_window_days,
+  {', '.join(STAT_DIMENSIONS)}, sign * credit AS conversions, sign * credit * value AS conversion_value
+{source} WHERE touch_kind != '' AND credit != 0"""
+
+
+def _feed_view(db: str, source: str) -> str:
+    """feed_changes from credited rows of both signs, so a bucket that lost a conversion is listed too."""
+    return f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.feed_changes_mv TO {db}.feed_changes AS
+SELECT advertiser_id, attributed_ms AS written_ms, model, event, toStartOfMinute(touch_time) AS touch_minute,
+  campaign_id, adgroup_id, ad_id
+{source} WHERE touch_kind != ''"""
+
+
 @dataclass(frozen=True)
 class AddColumn:
     """ALTER TABLE ... ADD COLUMN, skipped when the column exists (18.16 has no IF NOT EXISTS there)."""
@@ -370,6 +414,8 @@ MIGRATIONS: list[Migration] = [
     Migration(5, "identity lookup tables for the attributor, filled by materialized views", _identity_indexes),
     Migration(6, "credits with cancel rows; conversion and touch stats, feed change log and costs for reports",
               _credits_and_stats),
+    Migration(7, "credits written through credit_input (one row per touchpoint, expanded per model)",
+              _credit_input),
 ]
 
 

@@ -243,8 +243,8 @@ def test_a_big_tick_moves_the_watermark_after_each_chunk(world, monkeypatch, ch,
     attributor.settings = {**attributor.settings, "ATTRIBUTOR_CHUNK": 2}
     seen, publish = [], attributor._publish
 
-    def watched():
-        publish()
+    def watched(stamp_ms):
+        publish(stamp_ms)
         mark = int(attributor.redis.get("ct:feed:watermark"))
         seen.append(ch.execute(f"SELECT uniqExact(event_id) FROM {ch_database}.credits "
                                f"WHERE attributed_ms <= {mark} AND event_id LIKE 'c%'")[0][0])

@@ -59,12 +59,11 @@ def _conversion(event_id, at, value, touches, credits_by_model, revision=1):
                     adgroup_id=f"{campaign}-g", ad_id=ad, matched_by=matched)
 
     candidates = [tuple({**head, **part(t)}[n] for n in schema.CANDIDATE_COLUMN_NAMES) for t in touches]
-    credits = []
-    for model, shares in credits_by_model.items():
-        for t, share in zip(touches, shares):
-            row = {**head, **part(t), "model": model, "click_window_days": 7, "view_window_days": 1, "credit": share,
-                   "sign": 1}
-            credits.append(tuple(row[n] for n in schema.CREDIT_COLUMN_NAMES))
+    credits = []  # as the attributor writes them: one row per touchpoint, its models and credits as arrays
+    for i, t in enumerate(touches):
+        row = {**head, **part(t), "click_window_days": 7, "view_window_days": 1, "sign": 1,
+               "model_names": list(credits_by_model), "model_credits": [s[i] for s in credits_by_model.values()]}
+        credits.append(tuple(row[n] for n in schema.CREDIT_INPUT_COLUMN_NAMES))
     return candidates, credits
 
 
@@ -82,7 +81,7 @@ def _fill(client, db, d):
     for candidates, credits in (c1, c2):
         client.execute(f"INSERT INTO {db}.attribution_candidates ({', '.join(schema.CANDIDATE_COLUMN_NAMES)}) "
                        "VALUES", columns(candidates), columnar=True)
-        client.execute(f"INSERT INTO {db}.credits ({', '.join(schema.CREDIT_COLUMN_NAMES)}) VALUES",
+        client.execute(f"INSERT INTO {db}.credit_input ({', '.join(schema.CREDIT_INPUT_COLUMN_NAMES)}) VALUES",
                        columns(credits), columnar=True)
     day = datetime.fromtimestamp(d, timezone.utc).date()
     costs = [(ADV, day, 1, "A", "A-g", "A1", 4.0, 0, 0, "USD"), (ADV, day, 1, "B", "B-g", "B1", 6.0, 500, 1, "USD")]

@@ -89,11 +89,26 @@ def test_upgrading_to_credits_keeps_the_latest_revision_and_fills_the_sums(serve
     client.execute(f"INSERT INTO {db}.attributions ({', '.join(names)}) VALUES",
                    columns([tuple(row[n] for n in names) for row in old]), columnar=True)
     applied = schema.migrate(client, db)
-    assert [m.version for m in applied] == [6]
+    assert [m.version for m in applied] == [6, 7]
     assert client.execute(f"SELECT touch_id, revision, sign FROM {db}.credits") == [("B", 2, 1)]
-    sums = client.execute(f"SELECT ad_id, sum(conversions), sum(conversion_value) FROM {db}.conversion_stats "
-                          "GROUP BY ad_id")
-    assert [tuple(r) for r in sums] == [("adB", 1.0, 20.0)]
+    sums = f"SELECT ad_id, sum(conversions), sum(conversion_value) FROM {db}.conversion_stats GROUP BY ad_id ORDER BY ad_id"
+    assert [tuple(r) for r in client.execute(sums)] == [("adB", 1.0, 20.0)]
     tables = {r[0] for r in client.execute(f"SHOW TABLES FROM {db}")}
     assert "attributions" not in tables and {"credits", "feed_changes", "touch_stats", "costs"} <= tables
+    # After the upgrade, a restatement written as the attributor writes it (through credit_input:
+    # revision 2 cancelled, revision 3 split between two models) reaches credits, the sums and the feed.
+    head = {**base, "attributed_ms": 7, "click_window_days": 7, "view_window_days": 1}
+    new = [{**head, "revision": 2, "touch_id": "B", "campaign_id": "cB", "ad_id": "adB", "sign": -1,
+            "model_names": ["last_click"], "model_credits": [1.0]},
+           {**head, "revision": 3, "touch_id": "C", "campaign_id": "cC", "ad_id": "adC", "sign": 1,
+            "model_names": ["last_click", "linear"], "model_credits": [1.0, 0.5]}]
+    client.execute(f"INSERT INTO {db}.credit_input ({', '.join(schema.CREDIT_INPUT_COLUMN_NAMES)}) VALUES",
+                   columns([tuple(row[n] for n in schema.CREDIT_INPUT_COLUMN_NAMES) for row in new]), columnar=True)
+    stored = client.execute(f"SELECT touch_id, revision, model, credit, sign FROM {db}.credits "
+                            "ORDER BY revision, sign, model")
+    assert [tuple(r) for r in stored] == [("B", 2, "last_click", 1.0, -1), ("B", 2, "last_click", 1.0, 1),
+                                          ("C", 3, "last_click", 1.0, 1), ("C", 3, "linear", 0.5, 1)]
+    assert [tuple(r) for r in client.execute(sums)] == [("adB", 0.0, 0.0), ("adC", 1.5, 30.0)]
+    changed = client.execute(f"SELECT ad_id, model FROM {db}.feed_changes WHERE written_ms = 7 ORDER BY ad_id, model")
+    assert [tuple(r) for r in changed] == [("adB", "last_click"), ("adC", "last_click"), ("adC", "linear")]
     client.execute(f"DROP DATABASE {db}")
