@@ -46,7 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "SINK_BACKOFF_CAP_S": 30.0,
     "UA_CACHE_SIZE": 20_000,
     # Attributor.
-    "ATTRIBUTOR_BATCH": 5,  # notices per tick; each names up to a sink batch (20,000) of conversions
+    "ATTRIBUTOR_BATCH": 10,  # notices per tick; each names up to a sink batch (20,000) of conversions
     "ATTRIBUTOR_LEASE_S": 10,  # a dead attributor's standby takes over after this
     "ATTRIBUTOR_CHUNK": 10_000,  # conversions written (and published to the feed) at a time within a tick
     # Fault injection for crash-safety tests: "after_insert" makes a sink SIGKILL itself between

@@ -40,6 +40,10 @@ class StorageError(ServiceError):
     """ClickHouse is unreachable or refused a statement."""
 
 
+class LeaseLost(ServiceError):
+    """Another worker took over the lease this one needed to go on (it stalled past the lease)."""
+
+
 class RequestError(ClicktrailError):
     """An HTTP request clicktrail refuses, with what a client needs to fix it."""
 

@@ -123,3 +123,34 @@ def test_a_second_attributor_stands_by_and_takes_over_when_the_first_dies(world,
     assert r.get("ct:attributor:lease").decode().endswith(f"-{second.pid}")
     keys.add((world.tenant.advertiser, world.tenant.pixel_id, "CompletePayment", "late"))
     assert stored(ch, ch_database) == expected(world.attributor, keys)
+
+
+def test_a_tick_that_loses_its_lease_stops_unacknowledged_and_the_next_holder_finishes_it(world, r, ch, ch_database):
+    """A tick renews the lease between chunks; if a standby took over meanwhile, it stops at once."""
+    from clicktrail import keys
+    from clicktrail.errors import LeaseLost
+
+    t = world.now - 2 * HOUR
+    for i in range(5):
+        world.click(f"k{i}", t, f"C{i}")
+    world.settle()
+    for i in range(5):
+        world.convert(f"c{i}", t + 60, ttclid=f"k{i}")
+    world.sink.drain()
+    attributor = world.attributor
+    attributor.settings = {**attributor.settings, "ATTRIBUTOR_CHUNK": 2}
+    r.set(keys.ATTRIBUTOR_LEASE, "standby")  # as if this one had stalled past its lease
+    with pytest.raises(LeaseLost):
+        attributor.tick(block_ms=10)
+    written = ch.execute(f"SELECT uniqExact(event_id) FROM {ch_database}.credits WHERE event_id LIKE 'c%'")[0][0]
+    assert written == 2  # the first chunk only
+    assert r.xpending(keys.ATTRIBUTION_STREAM, keys.ATTRIBUTOR_GROUP)["pending"] > 0  # nothing acknowledged
+
+    standby = type(attributor)({**attributor.settings, "SINK_CLAIM_IDLE_MS": 0}, r, attributor.ch, ch_database,
+                               attributor.stop, name="standby")
+    while standby.tick(block_ms=10):
+        pass
+    assert r.xpending(keys.ATTRIBUTION_STREAM, keys.ATTRIBUTOR_GROUP)["pending"] == 0
+    revisions = ch.execute(f"SELECT event_id, max(revision), sum(sign) FROM {ch_database}.credits "
+                           f"WHERE event_id LIKE 'c%' AND model = 'last_click' GROUP BY event_id ORDER BY event_id")
+    assert [tuple(row) for row in revisions] == [(f"c{i}", 1, 1) for i in range(5)]  # each once, never restated
