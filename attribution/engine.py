@@ -40,19 +40,26 @@ log = logging.getLogger("clicktrail.attributor")
 FEED_RETENTION_DAYS = 35
 
 
+#: Identities a conversion may share with touchpoints (same field names on both), in the order ties are considered.
+_IDENTITY_KINDS = ("browser_id", "external_id", "email", "phone")
+
+
 class TouchIndex:
     """Touchpoints of a batch, indexed by every identity a conversion may share with them."""
 
     def __init__(self, touches: list[Touch]) -> None:
         self.by_click: dict[tuple, Touch] = {}
-        self.by_identity: dict[tuple, list[Touch]] = {}
+        # Per identity kind, (advertiser, value) -> touchpoints; kinds no touchpoint carries are
+        # left out, so conversions skip their lookups.
+        self.by_identity: dict[str, dict[tuple, list[Touch]]] = {}
         for t in touches:
             if t.kind == "click":
                 self.by_click[(t.advertiser_id, t.touch_id)] = t
-            for kind, value in (("browser_id", t.browser_id), ("external_id", t.external_id), ("email", t.email),
-                                ("phone", t.phone)):
+            for kind in _IDENTITY_KINDS:
+                value = getattr(t, kind)
                 if value:
-                    self.by_identity.setdefault((t.advertiser_id, kind, value), []).append(t)
+                    self.by_identity.setdefault(kind, {}).setdefault((t.advertiser_id, value), []).append(t)
+        self._identity_indexes = [(k, self.by_identity[k]) for k in _IDENTITY_KINDS if k in self.by_identity]
 
     def candidates(self, conv: store.Conversion, browser_clicks: dict) -> list[models.Candidate]:
         """Every touchpoint tied to the conversion within the longest windows, with how it was tied.
@@ -69,11 +76,10 @@ class TouchIndex:
             t = self.by_click.get((adv, click)) if first_ms <= at else None
             if t is not None:
                 tied.append((t, "browser_id"))
-        if self.by_identity:
-            for kind, value in (("browser_id", conv.browser_id), ("external_id", conv.external_id),
-                                ("email", conv.email), ("phone", conv.phone)):
-                if value:
-                    tied += [(t, kind) for t in self.by_identity.get((adv, kind, value), ())]
+        for kind, index in self._identity_indexes:
+            value = getattr(conv, kind)
+            if value:
+                tied += [(t, kind) for t in index.get((adv, value), ())]
         found: dict[tuple, models.Candidate] = {}
         for t, matched in tied:
             if (t.kind, t.touch_id) not in found:
@@ -348,11 +354,11 @@ class Attributor:
         touch_keys: set[tuple] = set()
         for _, fields in notices:
             advertiser = fields[b"a"].decode()
-            for key in orjson.loads(fields[b"d"]):
-                if fields[b"k"] == b"c":  # (pixel, event, event_id, event_ms)
-                    conv_keys[(advertiser, *key[:3])] = key[3] if len(key) > 3 else None
-                else:
-                    touch_keys.add((advertiser, *key))
+            if fields[b"k"] == b"c":  # (pixel, event, event_id[, event_ms])
+                for pixel, event, event_id, *ms in orjson.loads(fields[b"d"]):
+                    conv_keys[(advertiser, pixel, event, event_id)] = ms[0] if ms else None
+            else:
+                touch_keys.update((advertiser, *key) for key in orjson.loads(fields[b"d"]))
         now_ms = self._stamp()
         touched, found = store.conversions_touched_by(self.ch, self.db, touch_keys)
         for key, event_ms in touched.items():
