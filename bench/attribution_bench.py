@@ -229,6 +229,8 @@ def main() -> None:
     f.add_argument("--rate", type=int, default=100, help="conversions per second")
     f.add_argument("--seconds", type=int, default=30)
     args = parser.parse_args()
+    if args.what == "throughput" and args.reuse and args.no_cache:
+        parser.error("--reuse keeps the previous run's click cache; --no-cache needs a fresh run")
     config.load()
     (throughput if args.what == "throughput" else freshness)(args)
 
