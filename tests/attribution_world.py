@@ -54,6 +54,18 @@ class World:
         resp = self.client.post(f"/e/{self.tenant.pixel_id}", json=body)
         assert resp.status_code == 200 and resp.json["accepted"] == 1, resp.json
 
+    def unattributed_conversions(self, n: int, chunk: int) -> None:
+        """n clicks, attributed; then a conversion of each (c0.., clicks k0..), stored but not yet
+        attributed, with the attributor writing ``chunk`` conversions at a time."""
+        t = self.now - 2 * 3600
+        for i in range(n):
+            self.click(f"k{i}", t, f"C{i}")
+        self.settle()
+        for i in range(n):
+            self.convert(f"c{i}", t + 60, ttclid=f"k{i}")
+        self.sink.drain()
+        self.attributor.settings = {**self.attributor.settings, "ATTRIBUTOR_CHUNK": chunk}
+
     def settle(self) -> None:
         self.sink.drain()
         self.attributor.settle()

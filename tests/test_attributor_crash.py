@@ -130,15 +130,8 @@ def test_a_tick_that_loses_its_lease_stops_unacknowledged_and_the_next_holder_fi
     from clicktrail import keys
     from clicktrail.errors import LeaseLost
 
-    t = world.now - 2 * HOUR
-    for i in range(5):
-        world.click(f"k{i}", t, f"C{i}")
-    world.settle()
-    for i in range(5):
-        world.convert(f"c{i}", t + 60, ttclid=f"k{i}")
-    world.sink.drain()
+    world.unattributed_conversions(5, chunk=2)
     attributor = world.attributor
-    attributor.settings = {**attributor.settings, "ATTRIBUTOR_CHUNK": 2}
     r.set(keys.ATTRIBUTOR_LEASE, "standby")  # as if this one had stalled past its lease
     with pytest.raises(LeaseLost):
         attributor.tick(block_ms=10)

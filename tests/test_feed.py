@@ -232,15 +232,8 @@ def test_pollers_asking_at_once_share_one_answer():
 
 def test_a_big_tick_moves_the_watermark_after_each_chunk(world, monkeypatch, ch, ch_database):
     """Within one tick, each chunk's credits are stored before the feed may serve them."""
-    t = world.now - 2 * HOUR
-    for i in range(5):
-        world.click(f"k{i}", t, f"C{i}")
-    world.settle()
-    for i in range(5):
-        world.convert(f"c{i}", t + 60, ttclid=f"k{i}")
-    world.sink.drain()
+    world.unattributed_conversions(5, chunk=2)
     attributor = world.attributor
-    attributor.settings = {**attributor.settings, "ATTRIBUTOR_CHUNK": 2}
     seen, publish = [], attributor._publish
 
     def watched(stamp_ms):
