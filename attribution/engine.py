@@ -195,13 +195,13 @@ return 1
 
 class Attributor:
     def __init__(self, settings: dict, r: redis.Redis, ch: Client, database: str, stop: StopFlag,
-                 name: str | None = None, writer: Client | None = None) -> None:
+                 name: str | None = None) -> None:
         self.settings = settings
         self.redis = r
         self.ch = ch
         # Inserts run on their own connection and thread while the next chunk is computed: a
         # chunk's inserts are mostly ClickHouse's work (the credit views), the rules are Python's.
-        self.writer = writer or clickhouse.connect(settings["CLICKHOUSE_URL"])
+        self.writer = clickhouse.connect(settings["CLICKHOUSE_URL"])
         self._writing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attributor-writer")
         # Likewise the next chunk's reads run ahead on theirs.
         self.loader = clickhouse.connect(settings["CLICKHOUSE_URL"])
