@@ -6,11 +6,9 @@ from datetime import datetime, timezone
 
 from flask import Blueprint, g, jsonify, request
 
-from attribution import report_query as rq
-from attribution.api import api_services
 from attribution.auth import require
+from attribution.reports import caller_query
 from clicktrail.errors import BadRequest
-from pixel.registry import advertiser_settings
 
 bp = Blueprint("conversions", __name__)
 MAX_LIMIT = 500
@@ -23,9 +21,7 @@ def _iso(ms: int) -> str:
 @bp.get("/v1/conversions")
 @require("reports")
 def latest_conversions():
-    svc = api_services()
-    settings = advertiser_settings(svc.redis, g.caller.advertiser_id)
-    query = rq.parse(request.args, settings)
+    svc, settings, query = caller_query()
     limit = request.args.get("limit", "50")
     if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT:
         raise BadRequest(f"must be a whole number from 1 to {MAX_LIMIT}", field="limit", code="invalid_field")

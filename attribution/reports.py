@@ -35,12 +35,17 @@ _RATIOS = ("ctr", "cpc", "cpm", "cvr", "cpa", "roas")
 _SUM_OF = {"conversions": "c", "conversion_value": "v", "clicks": "k", "impressions": "(i + ci)", "spend": "s"}
 
 
+def caller_query() -> tuple:
+    """The API's services, the calling advertiser's settings and the report parameters of this request."""
+    svc = api_services()
+    settings = advertiser_settings(svc.redis, g.caller.advertiser_id)
+    return svc, settings, rq.parse(request.args, settings)
+
+
 @bp.get("/v1/reports")
 @require("reports")
 def report():
-    svc = api_services()
-    settings = advertiser_settings(svc.redis, g.caller.advertiser_id)
-    query = rq.parse(request.args, settings)
+    svc, settings, query = caller_query()
     built = Report(svc.clickhouse.get(), svc.database, g.caller.advertiser_id, settings, query).build()
     if query.format == "csv":
         return _csv(query, built["rows"])

@@ -14,7 +14,6 @@ each one's delay from the collector accepting it to its attributed row being sto
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
@@ -25,26 +24,18 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.benchlib import CH_BASE, bench_env, fresh_databases, redis_url  # noqa: E402
 from clicktrail import clickhouse, config, keys, redis_client, schema, services  # noqa: E402
 from pixel import registry  # noqa: E402
 
-CH_BASE = os.environ.get("BENCH_CLICKHOUSE_URL", "clickhouse://127.0.0.1:9000/default")
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/4")
+REDIS_URL = redis_url(4)
 DB = "ct_bench_attr"
 ADV = "bench"
 
 
 def setup():
-    base = clickhouse.connect(CH_BASE)
-    base.execute(f"DROP DATABASE IF EXISTS {DB}")
-    schema.migrate(base, DB)
-    r = redis_client.patient(REDIS_URL)
-    r.flushdb()
-    pixel_id = registry.create_pixel(r, ADV, ["bench.example"])
-    token = registry.create_token(r, ADV, ["events"])
-    env = dict(os.environ, CLICKTRAIL_REDIS_URL=REDIS_URL,
-               CLICKTRAIL_CLICKHOUSE_URL=clickhouse.with_database(CH_BASE, DB), CLICKTRAIL_DATA_DIR=str(ROOT / "var"))
-    return clickhouse.connect(clickhouse.with_database(CH_BASE, DB)), r, pixel_id, token, env
+    ch, r, pixel_id, env = fresh_databases(DB, REDIS_URL, ADV)
+    return ch, r, pixel_id, registry.create_token(r, ADV, ["events"]), env
 
 
 def fill_clicks(ch, n: int, now: int) -> float:
@@ -115,8 +106,7 @@ def reuse(args):
         base.execute(f"TRUNCATE TABLE {DB}.{table}")
     r.delete(keys.ATTRIBUTION_STREAM, keys.FEED_WATERMARK, keys.ATTRIBUTOR_LEASE)
     pixel_id = pixels[0].decode()
-    env = dict(os.environ, CLICKTRAIL_REDIS_URL=REDIS_URL,
-               CLICKTRAIL_CLICKHOUSE_URL=clickhouse.with_database(CH_BASE, DB), CLICKTRAIL_DATA_DIR=str(ROOT / "var"))
+    env = bench_env(DB, REDIS_URL)
     return clickhouse.connect(clickhouse.with_database(CH_BASE, DB)), r, pixel_id, None, env
 
 

@@ -27,6 +27,14 @@ def _code_dir(argv: list[str]) -> Path:
 CODE = _code_dir(sys.argv)
 sys.path.insert(0, str(CODE))
 
+#: The ClickHouse server the benches create their own databases in.
+CH_BASE = os.environ.get("BENCH_CLICKHOUSE_URL", "clickhouse://127.0.0.1:9000/default")
+
+
+def redis_url(db: int) -> str:
+    """BENCH_REDIS_URL, else the bench's own database of the local Redis."""
+    return os.environ.get("BENCH_REDIS_URL", f"redis://127.0.0.1:6379/{db}")
+
 
 def code_state() -> str:
     """What code was measured: the tree given with --code, or this checkout's commit and uncommitted files."""
@@ -94,3 +102,28 @@ def cpu_seconds(pid: int, scope: str = "children") -> tuple[float, float]:
             todo.extend(c for c, (parent, _, _) in procs.items() if parent == p)
     user = sum(procs[p][1] for p in pids if p in procs)
     return user, sum(procs[p][2] for p in pids if p in procs)
+
+
+def bench_env(db: str, redis: str) -> dict:
+    """The environment of the processes a bench starts: its own ClickHouse and Redis databases."""
+    from clicktrail import clickhouse
+
+    return dict(os.environ, CLICKTRAIL_REDIS_URL=redis,
+                CLICKTRAIL_CLICKHOUSE_URL=clickhouse.with_database(CH_BASE, db), CLICKTRAIL_DATA_DIR=str(ROOT / "var"))
+
+
+def fresh_databases(db: str, redis: str, advertiser: str) -> tuple:
+    """Drop and re-create the bench's ClickHouse database, empty its Redis database, register a pixel.
+
+    Returns a ClickHouse client on the database, the Redis client, the pixel id and ``bench_env``.
+    """
+    from clicktrail import clickhouse, redis_client, schema
+    from pixel import registry
+
+    base = clickhouse.connect(CH_BASE)
+    base.execute(f"DROP DATABASE IF EXISTS {db}")
+    schema.migrate(base, db)
+    r = redis_client.patient(redis)
+    r.flushdb()
+    pixel_id = registry.create_pixel(r, advertiser, ["bench.example"])
+    return clickhouse.connect(clickhouse.with_database(CH_BASE, db)), r, pixel_id, bench_env(db, redis)

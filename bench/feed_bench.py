@@ -55,10 +55,9 @@ from urllib.parse import urlencode
 
 import orjson
 
-from benchlib import CODE, code_state, cpu_seconds  # noqa: E402  (puts the measured tree on sys.path)
+from benchlib import CH_BASE, CODE, code_state, cpu_seconds, redis_url  # noqa: E402  (puts the measured tree on sys.path)
 
-CH_BASE = os.environ.get("BENCH_CLICKHOUSE_URL", "clickhouse://127.0.0.1:9000/default")
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/6")
+REDIS_URL = redis_url(6)
 #: `clicktrail api --nice N` (as `clicktrail up` runs it); 0 = the API at the same priority as ingestion.
 API_NICE = int(os.environ.get("BENCH_API_NICE", "0"))
 DB = "ct_bench_feed"

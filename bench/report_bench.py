@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -29,12 +28,11 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.benchlib import code_state  # noqa: E402
-from clicktrail import clickhouse, keys, redis_client, schema, services  # noqa: E402
+from bench.benchlib import code_state, fresh_databases, redis_url  # noqa: E402
+from clicktrail import keys, services  # noqa: E402
 from pixel import registry  # noqa: E402
 
-CH_BASE = os.environ.get("BENCH_CLICKHOUSE_URL", "clickhouse://127.0.0.1:9000/default")
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/5")
+REDIS_URL = redis_url(5)
 DB = "ct_bench_report"
 ADV = "bench"
 DAYS = 30
@@ -42,15 +40,7 @@ ADS, ADGROUPS, CAMPAIGNS = 5000, 500, 50
 
 
 def setup():
-    base = clickhouse.connect(CH_BASE)
-    base.execute(f"DROP DATABASE IF EXISTS {DB}")
-    schema.migrate(base, DB)
-    r = redis_client.patient(REDIS_URL)
-    r.flushdb()
-    pixel_id = registry.create_pixel(r, ADV, ["bench.example"])
-    env = dict(os.environ, CLICKTRAIL_REDIS_URL=REDIS_URL,
-               CLICKTRAIL_CLICKHOUSE_URL=clickhouse.with_database(CH_BASE, DB), CLICKTRAIL_DATA_DIR=str(ROOT / "var"))
-    return clickhouse.connect(clickhouse.with_database(CH_BASE, DB)), r, pixel_id, env
+    return fresh_databases(DB, REDIS_URL, ADV)
 
 
 def _click_time(number: str, now: int) -> str:
