@@ -83,7 +83,7 @@ class TouchIndex:
         found: dict[tuple, models.Candidate] = {}
         for t, matched in tied:
             if (t.kind, t.touch_id) not in found:
-                candidate = models.Candidate._make((*t[1:7], matched))  # kind .. ad_id, then how it was tied
+                candidate = t.as_candidate(matched)
                 if models.in_longest_windows(candidate, at):
                     found[(t.kind, t.touch_id)] = candidate
         if len(found) <= 1:
@@ -100,10 +100,7 @@ class Result:
         self.candidates = candidates
         self.windows = windows
         self.not_counted = ""  # why the conversion counts for nothing: duplicate_order or repeat_click
-        if len(candidates) == 1:  # most conversions: no ties or levels to settle
-            chosen = candidates if windows.contains(candidates[0], conv.conversion_ms) else []
-        else:
-            chosen = models.eligible(candidates, conv.conversion_ms, windows) if candidates else []
+        chosen = models.eligible(candidates, conv.conversion_ms, windows)
         if len(chosen) <= 1:  # most conversions: every model gives the one touchpoint (or none) everything
             self.credited = dict.fromkeys(models.MODELS, [(chosen[0], 1.0)] if chosen else [])
         else:

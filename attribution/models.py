@@ -78,6 +78,8 @@ def eligible(candidates: list[Candidate], conversion_ms: int, windows: Windows) 
        then click ids seen earlier on the same browser, then shared hashed identifiers.
     3. A click beats an impression: impressions count only when no click does.
     """
+    if len(candidates) <= 1:  # most conversions: no levels, kinds or ties to settle
+        return [candidates[0]] if candidates and windows.contains(candidates[0], conversion_ms) else []
     inside = [t for t in candidates if windows.contains(t, conversion_ms)]
     if not inside:
         return []

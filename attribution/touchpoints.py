@@ -82,8 +82,7 @@ class Touch(NamedTuple):
 
     def as_candidate(self, matched_by: str) -> models.Candidate:
         """This touchpoint as the attribution rules see it, with how it was tied to a conversion."""
-        return models.Candidate(self.kind, self.touch_id, self.touch_ms, self.campaign_id, self.adgroup_id, self.ad_id,
-                            matched_by)
+        return models.Candidate._make((*self[1:7], matched_by))  # kind, touch_id, touch_ms .. ad_id
 
     def row(self, received_ms: int, counted: bool = True) -> tuple:
         """A row in ``TOUCH_COLUMN_NAMES`` order; ``counted`` is false for a copy of a stored id."""
