@@ -13,6 +13,7 @@ from clicktrail import config, keys, redis_client
 from clicktrail.errors import RequestError, http_error_dict
 from collector.buffer import EventBuffer
 from collector.context import Services
+from collector.fast_path import BrowserFastPath
 from collector.metrics import StreamCollector, observe_request
 
 
@@ -25,7 +26,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.json.compact = True
     # One client per process; its pool reconnects by itself after gunicorn forks.
     client = redis_client.fast(settings["REDIS_URL"], settings["REDIS_TIMEOUT_MS"])
-    app.extensions["clicktrail"] = Services(
+    svc = app.extensions["clicktrail"] = Services(
         settings=settings,
         buffer=EventBuffer(client, settings["STREAM_MAX_LEN"], settings["RETRY_AFTER_S"]),
         redis=client,
@@ -33,6 +34,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     )
     _register_blueprints(app)
     _register_handlers(app)
+    app.wsgi_app = BrowserFastPath(app.wsgi_app, svc, settings["MAX_BODY_BYTES"])
     return app
 
 

@@ -6,12 +6,13 @@ import base64
 import re
 
 from flask import Blueprint, Response, request
+from werkzeug.http import dump_cookie
 
 from clicktrail.errors import BadRequest, Forbidden, RequestError
 from collector import intake
-from collector.context import services
+from collector.context import Services, services
 from collector.metrics import count_accepted, count_rejected
-from collector.replies import json_reply
+from collector.replies import Reply
 from pixel.events import Context, parse_events
 
 bp = Blueprint("browser", __name__)
@@ -22,24 +23,24 @@ _COOKIE_SAFE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _IMAGE_FIELDS = {"ev", "eid", "ts", "url", "ref", "ttp", "ttclid", "value", "currency", "order_id", "tec", "noscript"}
 
 
-def _context(pixel_id: str, source: str, received_ms: int, skew: int) -> Context:
-    svc = services()
+def _context(svc: Services, inc: intake.Incoming, pixel_id: str, source: str, received_ms: int,
+             skew: int) -> Context:
     s = svc.settings
     return Context(
         pixel_id=pixel_id,
         source=source,
         received_ms=received_ms,
         skew_ms=skew,
-        ip=intake.client_ip(request, s["TRUST_PROXY_HEADERS"]),
-        user_agent=request.headers.get("User-Agent", "")[:1024],
+        ip=intake.client_ip_of(inc.remote_addr, inc.forwarded_for, s["TRUST_PROXY_HEADERS"]),
+        user_agent=inc.user_agent[:1024],
         max_age_ms=s["MAX_EVENT_AGE_S"] * 1000,
         max_future_ms=s["MAX_FUTURE_S"] * 1000,
     )
 
 
-def _site_host(events: list) -> str:
+def _site_host(events: list, inc: intake.Incoming) -> str:
     """The site that sent the events: Origin, else Referer, else the first event's page URL."""
-    host = intake.host_of(request.headers.get("Origin", "")) or intake.host_of(request.headers.get("Referer", ""))
+    host = intake.host_of(inc.origin) or intake.host_of(inc.referer)
     if not host:
         for raw in events:
             if isinstance(raw, dict) and isinstance(raw.get("page"), dict):
@@ -54,19 +55,17 @@ def _site_host(events: list) -> str:
     return host
 
 
-def _cors(response: Response) -> Response:
+def _cors(reply: Reply, inc: intake.Incoming) -> Reply:
     """Let the page read the status, so the pixel never retries what was refused for good.
 
     Safe to reflect any origin: a response here holds only counts and error reasons, nothing a
     tenant owns. The preflight (needed only for application/json) is what is limited to the
     pixel's registered sites.
     """
-    origin = request.headers.get("Origin")
-    if origin:
-        response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Access-Control-Allow-Credentials"] = "true"
-        response.headers["Vary"] = "Origin"
-    return response
+    if inc.origin:
+        reply.headers.extend((("Access-Control-Allow-Origin", inc.origin),
+                              ("Access-Control-Allow-Credentials", "true"), ("Vary", "Origin")))
+    return reply
 
 
 def _batch(body: object, limit: int) -> tuple[list, int | float | None]:
@@ -82,45 +81,53 @@ def _batch(body: object, limit: int) -> tuple[list, int | float | None]:
 
 @bp.route("/e/<pixel_id>", methods=["POST"], provide_automatic_options=False)
 def browser_events(pixel_id: str):
-    svc = services()
+    # Most requests never get here: the fast path in front of Flask answers them with the same
+    # accept_batch (collector/fast_path.py). This view serves the rest, e.g. chunked bodies.
+    inc = intake.incoming(request, request.get_data(cache=False))
+    return accept_batch(services(), pixel_id, inc).to_response()
+
+
+def accept_batch(svc: Services, pixel_id: str, inc: intake.Incoming) -> Reply:
+    """Validate a pixel batch, queue its valid events, and build the answer (Flask-free)."""
     try:
         received = intake.now_ms()
-        events, sent_at = _batch(intake.read_json(request, svc.settings["MAX_INFLATED_BYTES"]),
+        events, sent_at = _batch(intake.decode_json(inc.body, inc.content_encoding, svc.settings["MAX_INFLATED_BYTES"]),
                                  svc.settings["MAX_BROWSER_EVENTS"])
-        ctx = _context(pixel_id, "browser", received, intake.skew_ms(sent_at, received))
+        ctx = _context(svc, inc, pixel_id, "browser", received, intake.skew_ms(sent_at, received))
         records, rejections = parse_events(events, ctx)
         reasons = [r.reason for r in rejections]
-        appended = svc.buffer.append(pixel_id, records, host=_site_host(events), rejected=reasons)
+        appended = svc.buffer.append(pixel_id, records, host=_site_host(events, inc), rejected=reasons)
     except RequestError as exc:
-        return _cors(_error(exc, "browser"))
+        return _cors(_error(svc, exc, "browser"), inc)
     _count("browser", len(records), reasons)
-    response = json_reply({"accepted": len(records), "rejected": [r.to_dict() for r in rejections]},
-                          200 if records or not rejections else 400)
-    _first_party_cookie(response, appended.site_domain, records)
-    return _cors(response)
+    reply = Reply.json({"accepted": len(records), "rejected": [r.to_dict() for r in rejections]},
+                       200 if records or not rejections else 400)
+    _first_party_cookie(svc, inc, reply, appended.site_domain, records)
+    return _cors(reply, inc)
 
 
 #: TikTok keeps _ttp for 13 months from its last use.
 TTP_MAX_AGE_S = 396 * 86400
 
 
-def _first_party_cookie(response: Response, site_domain: str, records: list[dict]) -> None:
+def _first_party_cookie(svc: Services, inc: intake.Incoming, reply: Reply, site_domain: str,
+                        records: list[dict]) -> None:
     """Refresh ``_ttp`` with Set-Cookie when the collector is served from the site's own domain.
 
     Safari caps cookies written by script at 7 days but not those set by the site's server, so a
     collector on a subdomain of the site (t.shop.example for shop.example) keeps the browser id
     for its full 13 months. Not HttpOnly: the pixel reads the id it sends.
     """
-    collector_host = intake.host_of("//" + request.host)
+    collector_host = intake.host_name(inc.host)
     if not site_domain or not (collector_host == site_domain or collector_host.endswith("." + site_domain)):
         return
     ttp = next((r["ttp"] for r in records if r.get("ttp")), "")
     if not ttp or not _COOKIE_SAFE.match(ttp):
         return
-    forwarded_https = (services().settings["TRUST_PROXY_HEADERS"]
-                       and request.headers.get("X-Forwarded-Proto", "").lower() == "https")
-    response.set_cookie("_ttp", ttp, max_age=TTP_MAX_AGE_S, domain=site_domain, path="/",
-                        secure=request.is_secure or forwarded_https, httponly=False, samesite="Lax")
+    forwarded_https = svc.settings["TRUST_PROXY_HEADERS"] and inc.forwarded_proto.lower() == "https"
+    reply.headers.append(("Set-Cookie", dump_cookie("_ttp", ttp, max_age=TTP_MAX_AGE_S, domain=site_domain,
+                                                    path="/", secure=inc.secure or forwarded_https,
+                                                    httponly=False, samesite="Lax")))
 
 
 @bp.route("/e/<pixel_id>", methods=["OPTIONS"])
@@ -133,7 +140,7 @@ def browser_preflight(pixel_id: str):
     domains = record["domains"] if record else []
     if not any(origin_host == d or origin_host.endswith("." + d) for d in domains):
         return Response(status=403)
-    response = _cors(Response(status=204))
+    response = _cors(Reply(204, b"", []), intake.incoming(request)).to_response()
     response.headers["Access-Control-Allow-Methods"] = "POST"
     response.headers["Access-Control-Allow-Headers"] = "Content-Type, Content-Encoding"
     response.headers["Access-Control-Max-Age"] = "3600"
@@ -161,13 +168,14 @@ def _image_event(args) -> dict:
 def image_event(pixel_id: str):
     """Record one event from query parameters; always answer the GIF, whatever happened."""
     svc = services()
+    inc = intake.incoming(request)
     reasons: list[str] = []
     accepted = 0
     try:
         raw = _image_event(request.args)
-        records, rejections = parse_events([raw], _context(pixel_id, "image", intake.now_ms(), 0))
+        records, rejections = parse_events([raw], _context(svc, inc, pixel_id, "image", intake.now_ms(), 0))
         reasons = [r.reason for r in rejections]
-        svc.buffer.append(pixel_id, records, host=_site_host([raw]), rejected=reasons)
+        svc.buffer.append(pixel_id, records, host=_site_host([raw], inc), rejected=reasons)
         accepted = len(records)
     except RequestError as exc:
         reasons = [exc.code]
@@ -183,9 +191,9 @@ def _count(source: str, accepted: int, reasons: list[str]) -> None:
         count_rejected(source, reason)
 
 
-def _error(exc: RequestError, source: str) -> Response:
+def _error(svc: Services, exc: RequestError, source: str) -> Reply:
     count_rejected(source, exc.code)
-    response = json_reply(exc.to_dict(), exc.status)
+    reply = Reply.json(exc.to_dict(), exc.status)
     if exc.status == 503:
-        response.headers["Retry-After"] = str(services().buffer.retry_after)
-    return response
+        reply.headers.append(("Retry-After", str(svc.buffer.retry_after)))
+    return reply

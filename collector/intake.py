@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import zlib
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import orjson
@@ -30,13 +31,53 @@ def _inflate(data: bytes, limit: int) -> bytes:
     return out
 
 
+class Incoming(NamedTuple):
+    """What the collector reads of a request: built from Flask's request, or straight from the
+    WSGI environ by the browser endpoint's fast path (collector/fast_path.py)."""
+
+    body: bytes
+    content_encoding: str
+    origin: str
+    referer: str
+    user_agent: str
+    remote_addr: str
+    forwarded_for: str
+    forwarded_proto: str
+    host: str  # the Host header as sent (the collector's own host name, maybe with a port)
+    secure: bool
+
+
+def incoming(request: Request, body: bytes = b"") -> Incoming:
+    return incoming_from_environ(request.environ, body)
+
+
+def incoming_from_environ(environ: dict, body: bytes) -> Incoming:
+    get = environ.get
+    return Incoming(
+        body,
+        get("HTTP_CONTENT_ENCODING", ""),
+        get("HTTP_ORIGIN", ""),
+        get("HTTP_REFERER", ""),
+        get("HTTP_USER_AGENT", ""),
+        get("REMOTE_ADDR") or "",
+        get("HTTP_X_FORWARDED_FOR", ""),
+        get("HTTP_X_FORWARDED_PROTO", ""),
+        get("HTTP_HOST") or get("SERVER_NAME", ""),
+        get("wsgi.url_scheme") == "https",
+    )
+
+
 def read_json(request: Request, max_inflated: int) -> object:
     """Return the parsed JSON body, gunzipped when sent with ``Content-Encoding: gzip``.
 
     The raw size limit is enforced by Flask's ``MAX_CONTENT_LENGTH`` before this runs.
     """
-    data = request.get_data(cache=False)
-    encoding = (request.headers.get("Content-Encoding") or "").lower()
+    return decode_json(request.get_data(cache=False), request.headers.get("Content-Encoding") or "", max_inflated)
+
+
+def decode_json(data: bytes, content_encoding: str, max_inflated: int) -> object:
+    """Parse a body as read off the wire: gunzip it if it is gzip, refuse what is not JSON."""
+    encoding = content_encoding.lower()
     # sendBeacon cannot set headers, so gzip is also recognised by its magic bytes.
     if encoding == "gzip" or data[:2] == _GZIP_MAGIC:
         data = _inflate(data, max_inflated)
@@ -51,12 +92,22 @@ def read_json(request: Request, max_inflated: int) -> object:
 
 
 def client_ip(request: Request, trust_proxy: bool) -> str:
+    return client_ip_of(request.remote_addr or "", request.headers.get("X-Forwarded-For", ""), trust_proxy)
+
+
+def client_ip_of(remote_addr: str, forwarded_for: str, trust_proxy: bool) -> str:
     if trust_proxy:
-        forwarded = request.headers.get("X-Forwarded-For", "")
-        first = forwarded.split(",")[0].strip()
+        first = forwarded_for.split(",")[0].strip()
         if first:
             return first
-    return request.remote_addr or ""
+    return remote_addr
+
+
+def host_name(host_header: str) -> str:
+    """The lower-case name in a Host header, without its port: "[::1]:80" -> "::1"."""
+    if host_header.startswith("["):
+        return host_header[1 : host_header.find("]")].lower()
+    return host_header.partition(":")[0].rstrip(".").lower()
 
 
 def host_of(url: str) -> str:

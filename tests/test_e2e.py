@@ -1,5 +1,7 @@
 """End to end: a real gunicorn collector and a real sink process, Redis and ClickHouse."""
 
+import http.client
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -71,3 +73,49 @@ def test_metrics_add_up_across_gunicorn_workers(spawn, tenant, ch, ch_database):
     assert 'clicktrail_request_seconds_bucket{endpoint="browser.browser_events"' in text
     assert call("GET", f"{base}/readyz").json == {"status": "ok", "redis": "ok"}
     assert call("GET", f"{base}/healthz").status == 200
+
+
+def _post_raw(base: str, path: str, body: bytes, headers: dict, chunked: bool) -> tuple[int, dict, bytes]:
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        if chunked:  # no Content-Length: the fast path leaves it to the Flask view
+            conn.request("POST", path, body=iter([body[:10], body[10:]]), headers=headers, encode_chunked=True)
+        else:
+            conn.request("POST", path, body=body, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, {k: v for k, v in resp.getheaders() if k not in ("Date", "Content-Length")}, resp.read()
+    finally:
+        conn.close()
+
+
+def test_fast_path_and_flask_view_answer_pixel_batches_alike(spawn, tenant, ch, ch_database):
+    """Plain batches are answered in front of Flask, chunked ones by the Flask view: same answers."""
+    base = spawn.collector(workers=1)
+    now = now_ms()
+    headers = {"Content-Type": "text/plain", "Origin": "https://shop.example", "Host": "t.shop.example"}
+    path = f"/e/{tenant.pixel_id}"
+    answers = []
+    for chunked in (False, True):
+        batch = {"sent_at": now, "events": [
+            {"event": "ViewContent", "event_id": f"v-{chunked}", "timestamp": now, "ttp": "browser-7",
+             "page": {"url": "https://shop.example/p"}},
+            {"event": "ViewContent", "timestamp": 5},  # too old: rejected, named
+        ]}
+        answers.append(_post_raw(base, path, json.dumps(batch).encode(), headers, chunked))
+        # Refusals go through the same code: a malformed body and an unknown pixel.
+        answers.append(_post_raw(base, path, b"{not json", headers, chunked))
+        answers.append(_post_raw(base, "/e/NO-SUCH-PIXEL", json.dumps(batch).encode(), headers, chunked))
+    fast, flask = answers[:3], answers[3:]
+    assert fast == flask
+    status, reply_headers, body = fast[0]
+    assert status == 200 and json.loads(body)["accepted"] == 1
+    assert json.loads(body)["rejected"][0]["index"] == 1
+    assert reply_headers["Access-Control-Allow-Origin"] == "https://shop.example"
+    assert reply_headers["Set-Cookie"].startswith("_ttp=browser-7; Domain=shop.example;")
+    assert [a[0] for a in fast[1:]] == [400, 404]
+    assert json.loads(fast[1][2])["error"]["code"] == "malformed_json"
+    text = call("GET", f"{base}/metrics").body.decode()
+    assert _metric(text, 'clicktrail_requests_total{endpoint="browser.browser_events",status="200"}') == 2
+    assert _metric(text, 'clicktrail_requests_total{endpoint="browser.browser_events",status="404"}') == 2
+    assert _metric(text, 'clicktrail_events_accepted_total{source="browser"}') == 2
