@@ -16,6 +16,7 @@ import redis
 
 from clicktrail import keys
 from clicktrail.errors import BufferUnavailable, Forbidden, NotFound, Unauthorized
+from collector.redis_line import Line
 
 # KEYS: stream, pixels, tokens, rejected counts
 # ARGV: pixel id, host ('' = no domain check), token hash ('' = no token check),
@@ -138,55 +139,41 @@ class EventBuffer:
             return Appended(result[1].decode(), result[2].decode())
         raise _ERRORS[status](pixel_id, host)
 
-    def _connection(self):
+    def _line(self) -> Line:
         """This thread's own connection, taken from the pool once and kept.
 
         Taking and returning a pooled connection on every request costs a lock and a poll of the
         socket; a connection per thread (gunicorn's gthread workers reuse their threads) does not.
         The process id guards against a connection inherited across a fork.
         """
-        held = getattr(self._local, "held", None)
-        if held is None or held[0] != _pid:
-            held = self._local.held = (_pid, self._client.connection_pool.make_connection())
-        return held[1]
+        line = getattr(self._local, "line", None)
+        if line is None or line.pid != _pid:
+            line = self._local.line = Line(self._client.connection_pool.make_connection(), _pid)
+        return line
 
     def _evalsha(self, args: list) -> list:
-        """EVALSHA on this thread's connection.
+        """EVALSHA on this thread's connection (collector/redis_line.py).
 
-        redis-py's command layer (pool checkout, retries, hooks, response callbacks) costs about
-        100 us of CPU per call, more than the rest of a collector request; the connection's own
-        send and read are what the request needs. Timeouts still apply: they are the
-        connection's socket timeouts.
+        redis-py's command layer (pool checkout, retries, hooks, response callbacks) costs more
+        CPU than the rest of a collector request; the request needs only the send and the read.
         """
-        conn = self._connection()
+        line = self._line()
+        packed = self._packed(args)
         try:
-            return self._send(conn, args)
+            return self._send(line, packed)
         except redis.TimeoutError:
-            conn.disconnect()  # a half-read reply must not be left for the next request
-            raise
+            raise  # the line is closed already: a half-read reply is never left for the next request
         except redis.ConnectionError:
             # A connection kept across a Redis restart fails on first use; one fresh attempt tells
             # a stale socket from a Redis that is really down (refused at once, so still fast).
-            conn.disconnect()
-            try:
-                return self._send(conn, args)
-            except BaseException:
-                conn.disconnect()
-                raise
-        except BaseException:
-            conn.disconnect()
-            raise
+            return self._send(line, packed)
 
-    def _send(self, conn, args: list) -> list:
-        packed = self._packed(args)
+    def _send(self, line: Line, packed: bytes) -> list:
         try:
-            conn.send_packed_command([packed], check_health=False)
-            return conn.read_response()
+            return line.call(packed)
         except redis.exceptions.NoScriptError:  # a new Redis, or one restarted: load the script once
-            conn.send_command("SCRIPT", "LOAD", _APPEND_LUA)
-            conn.read_response()
-            conn.send_packed_command([packed], check_health=False)
-            return conn.read_response()
+            line.call(_command(b"SCRIPT", b"LOAD", _APPEND_LUA.encode()))
+            return line.call(packed)
 
     def _packed(self, args: list) -> bytes:
         """The EVALSHA call in Redis's wire format.
@@ -238,6 +225,10 @@ os.register_at_fork(after_in_child=_after_fork)
 
 def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def _command(*args: bytes) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(_bulk(a) for a in args)
 
 _ERRORS = {
     "unknown_pixel": lambda pixel, host: NotFound(
