@@ -38,7 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "ANONYMIZE_IP": True,  # /24 for IPv4, /48 for IPv6
     "TRUST_PROXY_HEADERS": False,  # read the client IP from X-Forwarded-For
     # Sink.
-    "SINK_BATCH_SIZE": 20_000,  # rows per ClickHouse insert at most
+    "SINK_BATCH_SIZE": 50_000,  # rows per ClickHouse insert at most (fewer parts to merge)
     "SINK_BATCH_WAIT_MS": 500,  # a batch is flushed after this even when not full
     "SINK_READ_COUNT": 5000,  # entries per XREADGROUP call
     "SINK_CLAIM_IDLE_MS": 60_000,  # pending this long: its consumer is presumed dead
