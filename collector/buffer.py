@@ -7,7 +7,6 @@ as one stream entry and counts the rejected ones for diagnostics. One call per r
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import NamedTuple
 
@@ -16,7 +15,7 @@ import redis
 
 from clicktrail import keys
 from clicktrail.errors import BufferUnavailable, Forbidden, NotFound, Unauthorized
-from collector.redis_line import Line
+from collector.redis_line import Line, bulk, command
 
 # KEYS: stream, pixels, tokens, rejected counts
 # ARGV: pixel id, host ('' = no domain check), token hash ('' = no token check),
@@ -104,7 +103,7 @@ class EventBuffer:
         self._max_len = max_len
         self._retry_after = retry_after_s
         # The EVALSHA call's fixed head in Redis's wire format, packed once (see _packed).
-        self._head = b"".join(_bulk(a) for a in [b"EVALSHA", self._sha.encode(), str(len(_KEYS)).encode(),
+        self._head = b"".join(bulk(a) for a in [b"EVALSHA", self._sha.encode(), str(len(_KEYS)).encode(),
                                                  *(k.encode() for k in _KEYS)])
 
     def append(
@@ -147,8 +146,8 @@ class EventBuffer:
         The process id guards against a connection inherited across a fork.
         """
         line = getattr(self._local, "line", None)
-        if line is None or line.pid != _pid:
-            line = self._local.line = Line(self._client.connection_pool.make_connection(), _pid)
+        if line is None or not line.in_this_process:
+            line = self._local.line = Line(self._client.connection_pool.make_connection())
         return line
 
     def _evalsha(self, args: list) -> list:
@@ -161,9 +160,7 @@ class EventBuffer:
         packed = self._packed(args)
         try:
             return self._send(line, packed)
-        except redis.TimeoutError:
-            raise  # the line is closed already: a half-read reply is never left for the next request
-        except redis.ConnectionError:
+        except redis.ConnectionError:  # (a timeout is not one: it fails at once, the line closed)
             # A connection kept across a Redis restart fails on first use; one fresh attempt tells
             # a stale socket from a Redis that is really down (refused at once, so still fast).
             return self._send(line, packed)
@@ -172,7 +169,7 @@ class EventBuffer:
         try:
             return line.call(packed)
         except redis.exceptions.NoScriptError:  # a new Redis, or one restarted: load the script once
-            line.call(_command(b"SCRIPT", b"LOAD", _APPEND_LUA.encode()))
+            line.call(command(b"SCRIPT", b"LOAD", _APPEND_LUA.encode()))
             return line.call(packed)
 
     def _packed(self, args: list) -> bytes:
@@ -182,7 +179,7 @@ class EventBuffer:
         request's CPU); the head never changes and the arguments are str, int or bytes.
         """
         parts = [b"*%d\r\n" % (len(_KEYS) + 3 + len(args)), self._head]
-        parts.extend(_bulk(a if a.__class__ is bytes else str(a).encode()) for a in args)
+        parts.extend(bulk(a if a.__class__ is bytes else str(a).encode()) for a in args)
         return b"".join(parts)
 
     def append_click(self, advertiser_id: str, landing_host: str, record: dict, cache_key: str,
@@ -210,25 +207,6 @@ class EventBuffer:
 
 
 _KEYS = [keys.EVENTS_STREAM, keys.PIXELS, keys.TOKENS, keys.REJECTED_COUNTS]
-
-# os.getpid() is a system call; the per-thread connections check it on every request.
-_pid = os.getpid()
-
-
-def _after_fork() -> None:
-    global _pid
-    _pid = os.getpid()
-
-
-os.register_at_fork(after_in_child=_after_fork)
-
-
-def _bulk(value: bytes) -> bytes:
-    return b"$%d\r\n%s\r\n" % (len(value), value)
-
-
-def _command(*args: bytes) -> bytes:
-    return b"*%d\r\n" % len(args) + b"".join(_bulk(a) for a in args)
 
 _ERRORS = {
     "unknown_pixel": lambda pixel, host: NotFound(

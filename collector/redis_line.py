@@ -10,6 +10,7 @@ receive per request, and a Redis that does not answer in time still fails the ca
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import struct
@@ -18,15 +19,40 @@ import hiredis
 import redis
 from redis.exceptions import NoScriptError
 
+# os.getpid() is a system call; a line checks on every request that it was opened in this process.
+_pid = os.getpid()
+
+
+def _after_fork() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def bulk(value: bytes) -> bytes:
+    """One argument in Redis's wire format (RESP)."""
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def command(*args: bytes) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(bulk(a) for a in args)
+
 
 class Line:
     """A redis-py connection whose hot call skips redis-py's per-call layers."""
 
-    def __init__(self, connection, pid: int) -> None:
+    def __init__(self, connection) -> None:
         self.connection = connection
-        self.pid = pid  # the process that opened it: a connection inherited across a fork is not used
+        self._pid = _pid
         self._sock: socket.socket | None = None
         self._reader: hiredis.Reader | None = None
+
+    @property
+    def in_this_process(self) -> bool:
+        """False for a line inherited across a fork: its socket belongs to the parent."""
+        return self._pid == _pid
 
     def call(self, packed: bytes):
         """Send one packed command and return its reply; raise redis-py's errors on failure."""

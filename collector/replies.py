@@ -37,7 +37,7 @@ class Reply(NamedTuple):
         return response
 
     def wsgi_status(self) -> str:
-        return STATUS_LINES.get(self.status) or f"{self.status} {HTTPStatus(self.status).phrase}"
+        return STATUS_LINES[self.status]
 
 
 STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
