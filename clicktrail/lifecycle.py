@@ -3,10 +3,28 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 
 log = logging.getLogger(__name__)
+
+# os.getpid() is a system call, and per-request code asks it several times to notice a fork
+# (the Redis line, every Prometheus update): keep the answer, refreshed in each forked child.
+_pid = os.getpid()
+
+
+def _after_fork() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def pid() -> int:
+    """This process's id, without a system call."""
+    return _pid
 
 
 class ForcedStop(BaseException):

@@ -10,7 +10,6 @@ receive per request, and a Redis that does not answer in time still fails the ca
 
 from __future__ import annotations
 
-import os
 import socket
 import ssl
 import struct
@@ -19,17 +18,7 @@ import hiredis
 import redis
 from redis.exceptions import NoScriptError
 
-# os.getpid() is a system call; a line checks on every request that it was opened in this process.
-_pid = os.getpid()
-
-
-def _after_fork() -> None:
-    global _pid
-    _pid = os.getpid()
-
-
-os.register_at_fork(after_in_child=_after_fork)
-
+from clicktrail.lifecycle import pid
 
 def bulk(value: bytes) -> bytes:
     """One argument in Redis's wire format (RESP)."""
@@ -45,14 +34,14 @@ class Line:
 
     def __init__(self, connection) -> None:
         self.connection = connection
-        self._pid = _pid
+        self._pid = pid()
         self._sock: socket.socket | None = None
         self._reader: hiredis.Reader | None = None
 
     @property
     def in_this_process(self) -> bool:
         """False for a line inherited across a fork: its socket belongs to the parent."""
-        return self._pid == _pid
+        return self._pid == pid()
 
     def call(self, packed: bytes):
         """Send one packed command and return its reply; raise redis-py's errors on failure."""
