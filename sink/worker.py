@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import socket
-import struct
 import time
 from typing import NamedTuple
 
@@ -48,8 +47,6 @@ SYSTEMIC_CODES = {
     252,  # too many parts: inserts outpace merges
     425,  # system error
 }
-#: Client-side errors raised while serialising a block: some row holds a value the column cannot take.
-ROW_ERRORS = (TypeError, ValueError, OverflowError, struct.error, UnicodeError, ch_errors.TypeMismatchError)
 
 Entry = tuple[bytes, dict]
 #: A consumer idle this long with nothing pending belongs to a sink that is gone.
@@ -178,6 +175,7 @@ class Sink:
     def _insert_all(self, entries: list[Entry], tables: dict, dead: list[DeadLetter]) -> list[tuple]:
         """Insert each table's rows; refused rows join ``dead``; return notices for the attributor."""
         by_id = dict(entries)
+        decoded: dict[bytes, list] = {}  # an entry's records, decoded again only if one is refused
         notices: list[tuple] = []
         for is_touch, pending in tables.items():
             if is_touch and pending.rows:
@@ -187,7 +185,9 @@ class Sink:
             notices.extend(_notice(is_touch, pending.rows[i]) for i in stored)
             for i, reason in refused:
                 entry_id, index = pending.owners[i]
-                record = orjson.loads(by_id[entry_id][b"d"])[index]
+                if entry_id not in decoded:
+                    decoded[entry_id] = orjson.loads(by_id[entry_id][b"d"])
+                record = decoded[entry_id][index]
                 dead.append(DeadLetter(entry_id, str(index), reason, _one_event(by_id[entry_id], record)))
         return notices
 
@@ -207,14 +207,18 @@ class Sink:
                     self._wait_for_storage(backoff, exc)
                     continue
                 return self._split(sql, rows, ids, exc)
-            except ROW_ERRORS as exc:
+            except Exception as exc:
+                # Anything else was raised by the driver while serialising the block (AttributeError,
+                # TypeError, struct.error...): some row holds a value its column cannot take. The
+                # driver dropped the connection; bisecting finds the row, and its batch-mates are stored.
                 return self._split(sql, rows, ids, exc)
 
     def _split(self, sql, rows, ids, exc) -> tuple[list, list[tuple[object, str]]]:
         """Bisect a refused block so one bad row never holds back the others."""
         if len(rows) == 1:
-            log.warning("row %s refused by ClickHouse: %s", ids[0], exc)
-            return [], [(ids[0], f"refused by ClickHouse: {type(exc).__name__}: {str(exc)[:500]}")]
+            by = "refused by ClickHouse" if isinstance(exc, ch_errors.ServerException) else "cannot be written"
+            log.warning("row %s %s: %s: %s", ids[0], by, type(exc).__name__, exc)
+            return [], [(ids[0], f"{by}: {type(exc).__name__}: {str(exc)[:500]}")]
         mid = len(rows) // 2
         left_ok, left_bad = self._insert(sql, rows[:mid], ids[:mid])
         right_ok, right_bad = self._insert(sql, rows[mid:], ids[mid:])
@@ -246,9 +250,10 @@ class Sink:
             return
         pipe = self.redis.pipeline(transaction=True)
         for letter in dead:
-            record = {b"id": letter.entry_id, b"index": letter.index, b"reason": letter.reason.encode(),
-                      b"consumer": self.name.encode()}
-            record.update(letter.fields or {})
+            record = dict(letter.fields or {})
+            # The letter's own facts last: an entry's fields cannot pass for them.
+            record.update({b"id": letter.entry_id, b"index": letter.index, b"reason": letter.reason.encode(),
+                           b"consumer": self.name.encode()})
             pipe.xadd(keys.DEAD_LETTER_STREAM, record)
         for (advertiser, kind), items in _group_notices(notices).items():
             # Capped (approximately) so that a deployment without an attributor cannot fill Redis.
@@ -292,13 +297,15 @@ class Sink:
             self.redis.xclaim, keys.EVENTS_STREAM, keys.SINK_GROUP, self.name, idle_ms, list(deliveries)
         )
         limit = self.settings["SINK_MAX_DELIVERIES"]
-        keep, dead = [], []
+        keep, dead, given_up = [], [], []
         for entry_id, fields in claimed:
             if deliveries.get(entry_id, 0) >= limit:
-                dead.append(DeadLetter(entry_id, "*", f"not stored after {deliveries[entry_id]} deliveries", fields))
+                given_up.append(entry_id)
+                dead.extend(_letters_per_event(entry_id, f"not stored after {deliveries[entry_id]} deliveries",
+                                               fields))
             else:
                 keep.append((entry_id, fields))
-        self._settle([letter.entry_id for letter in dead], dead)
+        self._settle(given_up, dead)
         if keep:
             log.info("reclaimed %d entries left pending by other consumers", len(keep))
         return keep
@@ -356,5 +363,29 @@ def _event_count(fields: dict) -> int:
 
 
 def _one_event(fields: dict, record: object) -> dict:
-    """The fields of a dead letter holding one event of an entry."""
-    return {b"a": fields.get(b"a", b""), b"n": b"1", b"d": orjson.dumps([record])}
+    """The fields of a dead letter holding one event of an entry (its kind kept, for touchpoints).
+
+    A record orjson cannot write back (nested past its 254 levels) keeps the whole entry instead:
+    nothing is lost, and the letter's index still names the event.
+    """
+    try:
+        data = orjson.dumps([record])
+    except orjson.JSONEncodeError:
+        return fields
+    one = {b"a": fields.get(b"a", b""), b"n": b"1", b"d": data}
+    if b"k" in fields:
+        one[b"k"] = fields[b"k"]
+    return one
+
+
+def _letters_per_event(entry_id: bytes, reason: str, fields: dict) -> list[DeadLetter]:
+    """Dead letters for an entry given up on: one per event where it decodes, so that a requeue
+    stores each event on its own and one poison event cannot take its batch-mates with it again."""
+    try:
+        records = orjson.loads(fields[b"d"])
+    except Exception:
+        records = None
+    if not isinstance(records, list) or not records:
+        return [DeadLetter(entry_id, "*", reason, fields)]
+    return [DeadLetter(entry_id, str(index), reason, _one_event(fields, record))
+            for index, record in enumerate(records)]

@@ -38,7 +38,7 @@ def test_undecodable_entry_goes_to_dead_letters_and_the_rest_is_stored(client, t
     assert r.xlen(STREAM) == 0 and r.xpending(STREAM, GROUP)["pending"] == 0
 
 
-def test_row_clickhouse_refuses_is_isolated_and_dead_lettered(client, tenant, sink, r, ch, ch_database):
+def test_row_that_cannot_be_stored_is_isolated_and_dead_lettered(client, tenant, sink, r, ch, ch_database):
     queue(client, tenant, 5, "ok")
     records = orjson.loads(r.xrange(STREAM, count=1)[0][1][b"d"])
     bad = dict(records[0], event_id="bad", received_ms=-5)  # decodes, but no UInt64 column can hold it
@@ -49,9 +49,26 @@ def test_row_clickhouse_refuses_is_isolated_and_dead_lettered(client, tenant, si
     stored = unique_ids(ch, ch_database)
     assert len(stored) == 11 and "good-neighbour" in stored and "bad" not in stored
     (_, dead), = r.xrange(DEAD)
-    assert dead[b"id"] == bad_id and dead[b"index"] == b"1" and b"refused by ClickHouse" in dead[b"reason"]
+    assert dead[b"id"] == bad_id and dead[b"index"] == b"1"
+    assert dead[b"reason"].startswith(b"cannot build row: RowError: received_ms must be an integer from 0")
     assert orjson.loads(dead[b"d"]) == [bad]
     assert r.xlen(STREAM) == 0 and r.xpending(STREAM, GROUP)["pending"] == 0
+
+
+def test_a_block_the_driver_cannot_write_is_bisected_to_the_row(client, tenant, sink, r, ch, ch_database):
+    """Rows that got past the row builder (an older one) but not the driver: the float in a String
+    column of issue 11 made clickhouse-driver raise AttributeError, which stopped the sink."""
+    queue(client, tenant, 4, "ok")
+    (entry_id, fields), = r.xrange(STREAM)
+    rows, _, failures = sink.builder.rows(entry_id, fields)
+    assert failures == [] and len(rows) == 4
+    query_at = sink.insert_sql.split("(")[1].split(")")[0].split(", ").index("search_query")
+    poison = tuple(1.5 if i == query_at else v for i, v in enumerate(rows[1]))
+    stored, refused = sink._insert(sink.insert_sql, [rows[0], poison, rows[2], rows[3]], ["a", "b", "c", "d"])
+    assert sorted(stored) == ["a", "c", "d"]
+    (refused_id, reason), = refused
+    assert refused_id == "b" and reason.startswith("cannot be written: AttributeError")
+    assert unique_ids(ch, ch_database) == ["ok0", "ok2", "ok3"]
 
 
 def test_entries_of_a_dead_consumer_are_reclaimed_and_stored(client, tenant, sink, r, ch, ch_database):
@@ -170,7 +187,7 @@ def test_dead_letters_can_be_listed_and_requeued_once_fixed(client, tenant, sink
                                        env=env_for(settings), capture_output=True, text=True, timeout=60)
     listed = [json_module.loads(line) for line in run("list").stdout.splitlines()]
     assert [(x["index"], x["events"], x["advertiser_id"]) for x in listed] == [("0", 1, tenant.advertiser)]
-    assert listed[0]["reason"].startswith("refused by ClickHouse")
+    assert listed[0]["reason"].startswith("cannot build row: RowError: received_ms")
     # The cause is fixed (here: the letter is corrected in place), then it is requeued.
     (letter_id, fields), = r.xrange(DEAD)
     r.xdel(DEAD, letter_id)
