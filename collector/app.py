@@ -66,4 +66,10 @@ def _register_handlers(app: Flask) -> None:
         body = http_error_dict(exc.code, exc.description or exc.name, app.config["MAX_CONTENT_LENGTH"])
         if request.path.startswith("/open_api/"):
             body = {"code": 40002, "message": body["error"]["message"], "request_id": "", "data": body}
-        return jsonify(body), exc.code
+        response = jsonify(body)
+        response.status_code = exc.code
+        # Werkzeug's own headers, e.g. a 405's Allow (RFC 9110 requires it); not its Content-Type.
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response

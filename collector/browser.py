@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import logging
 import re
 
+import redis
 from flask import Blueprint, Response, request
 from werkzeug.http import dump_cookie
 
-from clicktrail.errors import BadRequest, Forbidden, RequestError
+from clicktrail.errors import BadRequest, BufferUnavailable, Forbidden, RequestError
 from collector import intake
 from collector.context import Services, services
 from collector.metrics import count_accepted, count_rejected
@@ -16,6 +18,7 @@ from collector.replies import Reply
 from pixel.events import Context, parse_events
 
 bp = Blueprint("browser", __name__)
+log = logging.getLogger("clicktrail.collector")
 
 # The smallest transparent GIF: 1x1, one colour, transparent.
 GIF = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
@@ -83,8 +86,12 @@ def _batch(body: object, limit: int) -> tuple[list, int | float | None]:
 def browser_events(pixel_id: str):
     # Most requests never get here: the fast path in front of Flask answers them with the same
     # accept_batch (collector/fast_path.py). This view serves the rest, e.g. chunked bodies.
-    inc = intake.incoming(request, request.get_data(cache=False))
-    return accept_batch(services(), pixel_id, inc).to_response()
+    svc = services()
+    try:
+        body = intake.read_body(request.environ, svc.settings["MAX_BODY_BYTES"])
+    except RequestError as exc:
+        return _cors(_error(svc, exc, "browser"), intake.incoming(request)).to_response()
+    return accept_batch(svc, pixel_id, intake.incoming(request, body)).to_response()
 
 
 def accept_batch(svc: Services, pixel_id: str, inc: intake.Incoming) -> Reply:
@@ -135,8 +142,13 @@ def browser_preflight(pixel_id: str):
     """CORS preflight for ``application/json`` bodies: allowed only for the pixel's registered sites."""
     from pixel.registry import get_pixel  # the preflight path is rare; the pixel sends text/plain
 
+    svc = services()
     origin_host = intake.host_of(request.headers.get("Origin", ""))
-    record = get_pixel(services().redis, pixel_id) if origin_host else None
+    try:
+        record = get_pixel(svc.redis, pixel_id) if origin_host else None
+    except redis.RedisError:
+        unavailable = BufferUnavailable("the pixel registry is unavailable; retry later", code="buffer_unavailable")
+        return _error(svc, unavailable, "browser").to_response()
     domains = record["domains"] if record else []
     if not any(origin_host == d or origin_host.endswith("." + d) for d in domains):
         return Response(status=403)
@@ -154,8 +166,11 @@ def _image_event(args) -> dict:
     for key, target in (("eid", "event_id"), ("ttp", "ttp"), ("ttclid", "ttclid"), ("tec", "test_event_code")):
         if args.get(key):
             raw[target] = args[key]
-    if args.get("ts", "").isdigit():
-        raw["timestamp"] = int(args["ts"])
+    ts = args.get("ts", "")
+    if ts:
+        # ASCII digits only ("²".isdigit() is true, and int() refuses it); anything else is passed
+        # on as it is, for the validation to refuse and count.
+        raw["timestamp"] = int(ts) if ts.isascii() and ts.isdigit() and len(ts) <= 20 else ts
     if props:
         raw["properties"] = props
     for key in args:  # unknown parameters are kept, not dropped
@@ -179,6 +194,9 @@ def image_event(pixel_id: str):
         accepted = len(records)
     except RequestError as exc:
         reasons = [exc.code]
+    except Exception:  # a bug must not turn an image into a JSON 500 on the advertiser's page
+        log.exception("image event failed for pixel %r", pixel_id)
+        reasons = ["internal_error"]
     _count("image", accepted, reasons)
     response = Response(GIF, mimetype="image/gif")
     response.headers["Cache-Control"] = "no-store, max-age=0"

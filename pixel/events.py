@@ -8,7 +8,9 @@ rows) differ in shape but become the same record, a plain dict queued as JSON:
     properties, extra, user_extra, test_event_code, limited_data_use
 
 Validation never raises for one bad event: it returns a ``Rejection`` naming the field and the
-rule, so one bad row never sinks a batch.
+rule, so one bad row never sinks a batch. Every field a later stage reads is checked for type and
+range here (the bounds below, documented in docs/wire-format.md), so whatever is accepted can be
+serialised, queued and stored; the sink checks again, as records may come from an older collector.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +40,22 @@ MAX_ID = 128
 MAX_URL = 8192
 MAX_UA = 1024
 MAX_SHORT = 256
+MAX_TEXT = 1024  # content names and categories, search queries
+#: Containers may nest this deep inside ``properties`` and inside each custom top-level field.
+MAX_DEPTH = 16
+#: Money (``value``, a content's ``price``): a bound that keeps sums over millions of events finite.
+MAX_MONEY = 1e12
+MAX_QUANTITY = 1e9
+#: Items in ``contents`` or ``content_ids``.
+MAX_ITEMS = 1000
+#: The latest unix time in milliseconds accepted anywhere (2100-01-01); the earliest is 10**11 (1973).
+MAX_UNIX_MS = 4_102_444_800_000
+MIN_UNIX_MS = 10**11
+#: Rejections of custom top-level fields name this, never the attacker-chosen key, so that the
+#: rejection counts (Redis hash, Prometheus labels) stay a bounded set.
+CUSTOM_FIELDS = "custom_fields"
+#: A number sent as a string: ASCII digits only (``float`` would also take "1_000", "²" or "١٢").
+_NUMERIC = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?", re.ASCII)
 _USER_ID_ALIASES = {
     "email": "email",
     "sha256_email": "email",
@@ -45,7 +64,6 @@ _USER_ID_ALIASES = {
     "sha256_phone_number": "phone",
     "external_id": "external_id",
 }
-_USER_PLAIN = {"ttclid", "ttp", "ip", "user_agent", "locale", "lead_id"}
 
 
 @dataclass(frozen=True)
@@ -109,17 +127,36 @@ def _object(value: Any, field: str) -> dict:
     return value
 
 
-def _number(value: Any, field: str) -> float:
+def _number(value: Any, field: str, bound: float = MAX_MONEY) -> float:
+    """A finite number with absolute value at most ``bound``; ASCII numeric strings are accepted."""
     if isinstance(value, bool):
         raise _Invalid(field, "must be a number")
     if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise _Invalid(field, "must be a number") from None
+        text = value.strip()
+        if not _NUMERIC.fullmatch(text):
+            raise _Invalid(field, "must be a number")
+        value = float(text)
     if not isinstance(value, (int, float)) or not math.isfinite(value):
         raise _Invalid(field, "must be a finite number")
+    if not -bound <= value <= bound:
+        raise _Invalid(field, f"must be from -{bound:.0f} to {bound:.0f}")
     return float(value)
+
+
+def _depth_ok(value: Any, levels: int) -> bool:
+    """Whether ``value`` nests at most ``levels`` containers deep (a scalar is 0 deep).
+
+    Bounded: it never descends past ``levels``, so a 1000-deep body costs 16 steps, not 1000.
+    """
+    if value.__class__ is dict:
+        children = value.values()
+    elif value.__class__ is list:
+        children = value
+    else:
+        return True
+    if levels == 0:
+        return False
+    return all(_depth_ok(child, levels - 1) for child in children if child.__class__ in (dict, list))
 
 
 def _event_name(raw: dict) -> str:
@@ -143,8 +180,10 @@ def _browser_time(raw: dict, ctx: Context) -> tuple[int, int]:
         return 0, ctx.received_ms
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise _Invalid("timestamp", "must be unix time in milliseconds")
+    if value > MAX_UNIX_MS:
+        raise _Invalid("timestamp", "must be unix time in milliseconds before 2100")
     client_ms = int(value)
-    if client_ms < 10**11:
+    if client_ms < MIN_UNIX_MS:
         raise _Invalid("timestamp", "must be unix time in milliseconds (this looks like seconds)")
     corrected = client_ms - ctx.skew_ms
     _check_time(corrected, ctx, "timestamp")
@@ -156,9 +195,9 @@ def _server_time(raw: dict, ctx: Context) -> tuple[int, int]:
     value = raw.get("event_time")
     if value is None:
         raise _Invalid("event_time", "is required (unix time in seconds)")
-    if isinstance(value, str) and value.strip().lstrip("-").replace(".", "", 1).isdigit():
+    if isinstance(value, str) and _NUMERIC.fullmatch(value.strip()):
         value = float(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise _Invalid("event_time", "must be unix time in seconds")
     if value > 10**11:
         raise _Invalid("event_time", "must be unix time in seconds (this looks like milliseconds)")
@@ -185,6 +224,22 @@ def _ip(value: Any, field: str) -> str:
         raise _Invalid(field, "must be an IPv4 or IPv6 address") from None
 
 
+def _user_other(value: Any) -> str:
+    """A user field clicktrail has no column for: a string (or number), hashed by the caller.
+
+    Refused under the name ``user``: the key is the sender's choice, and rejection counts must
+    stay a bounded set.
+    """
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise _Invalid("user", "other user fields must be strings")
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > MAX_SHORT:
+        raise _Invalid("user", f"other user fields must be at most {MAX_SHORT} characters")
+    return text
+
+
 def _user(user: dict, record: dict, prefix: str) -> None:
     """Fill identity fields from a ``user`` object; hash anything personal left over."""
     extra: dict[str, str] = {}
@@ -205,29 +260,67 @@ def _user(user: dict, record: dict, prefix: str) -> None:
             record["ip"] = _ip(value, field) or record["ip"]
         elif key == "user_agent":
             record["user_agent"] = _string(value, field, MAX_UA) or record["user_agent"]
-        elif isinstance(value, str) and value.strip():
+        else:
             # Names, city, zip...: personal data, so stored only as a hash (TikTok hashes them too).
-            text = value.strip()
-            extra[key] = text.lower() if is_sha256_hex(text) else sha256_hex(text.lower())
+            text = _user_other(value).strip()
+            if text:
+                extra[key] = text.lower() if is_sha256_hex(text) else sha256_hex(text.lower())
     if extra:
         record["user_extra"] = extra
 
 
+#: String properties with a column of their own: (name, maximum length).
+_TEXT_PROPERTIES = (("order_id", MAX_ID), ("content_type", MAX_SHORT), ("content_id", MAX_ID),
+                    ("query", MAX_TEXT), ("search_string", MAX_TEXT))
+_CONTENT_TEXT = (("content_id", MAX_ID), ("content_name", MAX_TEXT), ("content_category", MAX_TEXT))
+
+
 def _properties(props: dict, field: str) -> dict:
-    if "value" in props and props["value"] not in (None, ""):
+    """Check and normalise the properties a later stage reads; keep the rest as sent (bounded depth)."""
+    if not _depth_ok(props, MAX_DEPTH):
+        raise _Invalid(field, f"must not nest deeper than {MAX_DEPTH} levels")
+    if props.get("value") not in (None, ""):
         props["value"] = _number(props["value"], f"{field}.value")
-    if "currency" in props and props["currency"] not in (None, ""):
+    if props.get("currency") not in (None, ""):
         currency = _string(props["currency"], f"{field}.currency", MAX_SHORT).strip().upper()
-        if len(currency) != 3 or not currency.isalpha():
+        if len(currency) != 3 or not (currency.isascii() and currency.isalpha()):
             raise _Invalid(f"{field}.currency", "must be a 3-letter ISO 4217 code")
         props["currency"] = currency
-    if "contents" in props and props["contents"] is not None:
-        contents = props["contents"]
-        if not isinstance(contents, list) or not all(isinstance(c, dict) for c in contents):
-            raise _Invalid(f"{field}.contents", "must be a list of objects")
-    if "order_id" in props and props["order_id"] is not None:
-        props["order_id"] = _string(props["order_id"], f"{field}.order_id", MAX_ID)
+    for name, limit in _TEXT_PROPERTIES:
+        if props.get(name) is not None:
+            props[name] = _string(props[name], f"{field}.{name}", limit)
+    if props.get("contents") is not None:
+        props["contents"] = _contents(props["contents"], f"{field}.contents")
+    if props.get("content_ids") is not None:
+        props["content_ids"] = _content_ids(props["content_ids"], f"{field}.content_ids")
     return props
+
+
+def _contents(contents: Any, field: str) -> list[dict]:
+    if not isinstance(contents, list) or not all(isinstance(c, dict) for c in contents):
+        raise _Invalid(field, "must be a list of objects")
+    if len(contents) > MAX_ITEMS:
+        raise _Invalid(field, f"must hold at most {MAX_ITEMS} items")
+    checked = []
+    for item in contents:
+        item = dict(item)
+        for name, limit in _CONTENT_TEXT:
+            if item.get(name) is not None:
+                item[name] = _string(item[name], f"{field}.{name}", limit)
+        if item.get("quantity") not in (None, ""):
+            item["quantity"] = _number(item["quantity"], f"{field}.quantity", MAX_QUANTITY)
+        if item.get("price") not in (None, ""):
+            item["price"] = _number(item["price"], f"{field}.price")
+        checked.append(item)
+    return checked
+
+
+def _content_ids(ids: Any, field: str) -> list[str]:
+    if not isinstance(ids, list):
+        raise _Invalid(field, "must be a list of strings")
+    if len(ids) > MAX_ITEMS:
+        raise _Invalid(field, f"must hold at most {MAX_ITEMS} items")
+    return [_string(i, field, MAX_ID) for i in ids if i is not None]
 
 
 def _derived_event_id(record: dict) -> str:
@@ -253,6 +346,9 @@ def _base(ctx: Context) -> dict:
 def _finish(record: dict, raw: dict, known: frozenset, event_id_raw: Any) -> dict:
     extra = {k: v for k, v in raw.items() if k not in known}
     if extra:
+        # The custom fields are the dict's values: the dict itself is one more level.
+        if not _depth_ok(extra, MAX_DEPTH + 1):
+            raise _Invalid(CUSTOM_FIELDS, f"must not nest deeper than {MAX_DEPTH} levels")
         record["extra"] = extra
     event_id = _string(event_id_raw, "event_id", MAX_ID)
     record["id_generated"] = not event_id
