@@ -10,6 +10,7 @@ inserted again by whoever reclaims it, and the storage's dedup key folds the cop
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import signal
@@ -365,13 +366,17 @@ def _event_count(fields: dict) -> int:
 def _one_event(fields: dict, record: object) -> dict:
     """The fields of a dead letter holding one event of an entry (its kind kept, for touchpoints).
 
-    A record orjson cannot write back (nested past its 254 levels) keeps the whole entry instead:
-    nothing is lost, and the letter's index still names the event.
+    A record orjson cannot write back (nested past its 254 levels) is written by the standard
+    library's encoder, and failing that the letter keeps the whole entry: nothing is lost, and the
+    letter's index still names the event.
     """
     try:
         data = orjson.dumps([record])
     except orjson.JSONEncodeError:
-        return fields
+        try:
+            data = json.dumps([record]).encode()
+        except (RecursionError, TypeError, ValueError):
+            return fields
     one = {b"a": fields.get(b"a", b""), b"n": b"1", b"d": data}
     if b"k" in fields:
         one[b"k"] = fields[b"k"]
