@@ -33,13 +33,19 @@ def requeue(r: redis.Redis, count: int) -> int:
     are harmless: storage counts each event once.
     """
     moved = 0
-    for letter_id, fields in r.xrange(keys.DEAD_LETTER_STREAM, count=count):
-        entry = {name: fields[name] for name in ENTRY_FIELDS if name in fields}
-        if b"d" not in entry:
-            continue
-        pipe = r.pipeline(transaction=True)
-        pipe.xadd(keys.EVENTS_STREAM, entry)
-        pipe.xdel(keys.DEAD_LETTER_STREAM, letter_id)
-        pipe.execute()
-        moved += 1
+    start = "-"
+    while moved < count:
+        page = r.xrange(keys.DEAD_LETTER_STREAM, min=start, count=min(count - moved, 1000))
+        if not page:
+            break
+        for letter_id, fields in page:
+            entry = {name: fields[name] for name in ENTRY_FIELDS if name in fields}
+            if b"d" not in entry or b"a" not in entry:  # nothing to store: left for inspection, passed over
+                continue
+            pipe = r.pipeline(transaction=True)
+            pipe.xadd(keys.EVENTS_STREAM, entry)
+            pipe.xdel(keys.DEAD_LETTER_STREAM, letter_id)
+            pipe.execute()
+            moved += 1
+        start = "(" + page[-1][0].decode()  # exclusive: the letters passed over stay behind
     return moved

@@ -265,11 +265,14 @@ def test_requeue_recovers_the_storable_rows_of_an_old_whole_entry_letter(client,
     r.delete(STREAM)
     good = json.loads(fields[b"d"])
     poison = dict(good[0], event_id="old-1", properties={"query": {"nested": True}})
+    # First, a letter with nothing to requeue (an entry deleted before it was claimed): passed over.
+    empty_id = r.xadd(DEAD, {"id": "1-0", "index": "*", "reason": "not stored after 5 deliveries"})
     r.xadd(DEAD, {"id": entry_id, "index": "*", "reason": "not stored after 5 deliveries", "consumer": "old-sink",
                   "a": tenant.advertiser, "n": 3, "d": orjson.dumps([good[0], poison, good[1]])})
-    run = subprocess.run([sys.executable, "-m", "clicktrail.cli", "dead-letters", "requeue"],
+    run = subprocess.run([sys.executable, "-m", "clicktrail.cli", "dead-letters", "requeue", "--count", "1"],
                          env=env_for(settings), capture_output=True, text=True, timeout=60)
-    assert run.stdout == "1\n" and r.xlen(DEAD) == 0
+    assert run.stdout == "1\n" and [i for i, _ in r.xrange(DEAD)] == [empty_id]
+    r.xdel(DEAD, empty_id)
     sink = spawn.sink()
     wait_drained(r)
     assert sink.poll() is None
