@@ -6,7 +6,7 @@ the validation and the Redis write together: a bare Flask view answering 204 doe
 requests per second of a bare WSGI function under the same gunicorn (docs/performance.md).
 So this WSGI middleware recognises the one hot request shape and hands it straight to
 ``browser.accept_batch``, the same function the Flask view calls; everything else, and every
-unusual variant of the hot request (no Content-Length, a body over the limit), goes to Flask
+unusual variant of the hot request (a chunked body, a body over the limit), goes to Flask
 untouched, so there is one behaviour, written once.
 """
 
@@ -67,6 +67,6 @@ class BrowserFastPath:
         if environ.get("SCRIPT_NAME"):  # mounted under a prefix: let Flask's routing decide
             return None
         length = environ.get("CONTENT_LENGTH", "")
-        if not length.isdigit() or int(length) > self.max_body:  # chunked, or Flask's 413
+        if not (length.isascii() and length.isdigit()) or int(length) > self.max_body:  # chunked, or a 413
             return None
         return int(length)
