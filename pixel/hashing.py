@@ -10,14 +10,15 @@ from __future__ import annotations
 import hashlib
 import re
 
-_SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
-_NON_DIGITS = re.compile(r"\D+")
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+# ASCII digits only, as the pixel's /\D/g does: the same number must hash alike from both sides.
+_NON_DIGITS = re.compile(r"\D+", re.ASCII)
 #: E.164 allows at most 15 digits.
 MAX_PHONE_DIGITS = 15
 
 
 def is_sha256_hex(value: str) -> bool:
-    return bool(_SHA256_HEX.match(value))
+    return bool(_SHA256_HEX.fullmatch(value))
 
 
 def sha256_hex(text: str) -> str:
