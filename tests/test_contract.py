@@ -256,3 +256,67 @@ def test_the_pass_reached_every_handler():
     assert ANSWERED, "run with the two tests above"
     without_success = {op: sorted(codes) for op, codes in ANSWERED.items() if not any(c < 400 for c in codes)}
     assert not without_success
+
+
+# --- Answers while a server is down: 503 with Retry-After, in the documented shape --------------
+
+def _outage_requests(pixel_id: str, today: date) -> dict[str, dict]:
+    """One well-formed request per operation that needs Redis or ClickHouse (valid tokens are put in below)."""
+    now = int(time.time())
+    touch = {"campaign_id": "c", "adgroup_id": "g", "ad_id": "a"}
+    week = {"start": (today - timedelta(days=7)).isoformat(), "end": today.isoformat()}
+    return {
+        "POST /e/{pixel_id}": {"path_parameters": {"pixel_id": pixel_id}, "headers": {"Origin": "https://shop.example"},
+                               "body": {"events": [{"event": "PageView"}]}, "media_type": "text/plain"},
+        "POST /open_api/v1.3/event/track/": {"body": {"event_source": "web", "event_source_id": pixel_id,
+                                                      "data": [{"event": "Purchase", "event_time": now}]}},
+        "GET /readyz": {},
+        "POST /v1/clicks": {"body": {"clicks": [{"click_id": "k", "click_time": now, **touch}]}},
+        "POST /v1/impressions": {"body": {"impressions": [{"impression_id": "i", "impression_time": now, **touch}]}},
+        "POST /v1/costs": {"body": {"costs": [{"date": (today - timedelta(days=1)).isoformat(), "spend": 1.5,
+                                               **touch}]}},
+        "GET /v1/conversions/{event_id}/attribution": {"path_parameters": {"event_id": "e"}},
+        "GET /v1/optimizer/conversions": {"query": {"event": "CompletePayment"}},
+        "GET /v1/reports": {"query": week},
+        "GET /v1/conversions": {"query": week},
+        "GET /v1/advertiser": {},
+        "GET /v1/pixels/{pixel_id}/diagnostics": {"path_parameters": {"pixel_id": pixel_id}},
+    }
+
+
+#: Operations that do not read ClickHouse here: with only ClickHouse down they still answer. (The
+#: feed answers an advertiser with nothing attributed yet from its Redis watermark alone.)
+WITHOUT_CLICKHOUSE = {"POST /e/{pixel_id}", "POST /open_api/v1.3/event/track/", "GET /readyz", "GET /v1/advertiser",
+                      "GET /v1/optimizer/conversions"}
+
+
+@pytest.mark.parametrize("down", ["redis", "clickhouse"])
+def test_a_server_down_is_answered_503_with_retry_after_as_documented(down, settings, r, tenant):
+    from attribution.api import create_app as create_api
+    from collector import create_app as create_collector
+    from clicktrail import services
+    from schemathesis.checks import (content_type_conformance, response_headers_conformance,
+                                     response_schema_conformance, status_code_conformance)
+
+    token = registry.create_token(r, tenant.advertiser, ["adserver", "optimizer", "reports"])
+    unreachable = {"redis": {"REDIS_URL": f"redis://127.0.0.1:{services.free_port()}/0"},
+                   "clickhouse": {"CLICKHOUSE_URL": f"clickhouse://127.0.0.1:{services.free_port()}/default"}}[down]
+    apps = {**{k: settings[k] for k in ("REDIS_URL", "CLICKHOUSE_URL", "DATA_DIR")}, **unreachable}
+    by_app = {"collector": create_collector(apps), "api": create_api(apps)}
+    checks = [status_code_conformance, content_type_conformance, response_headers_conformance,
+              response_schema_conformance]
+    wrong = {}
+    for label, request in _outage_requests(tenant.pixel_id, date.today()).items():
+        method, path = label.split(" ", 1)
+        operation = (collector_schema if "collector" in served_by(path) else api_schema)[path][method]
+        auth = {"Authorization": f"Bearer {token}"} if "api" in served_by(path) else {"Access-Token": tenant.token}
+        case = operation.Case(**{**request, "headers": {**request.get("headers", {}), **auth}})
+        expected = 200 if down == "clickhouse" and label in WITHOUT_CLICKHOUSE else 503
+        try:  # every operation is tried, so one run lists every wrong answer
+            response = case.call_and_validate(app=by_app[served_by(path)[0]], checks=checks)
+        except Exception as exc:  # a failed check, or the app's own exception (schemathesis re-raises it)
+            wrong[label] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            continue
+        if response.status_code != expected:
+            wrong[label] = f"{response.status_code} {response.text[:200]}"
+    assert not wrong
