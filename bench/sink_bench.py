@@ -291,10 +291,21 @@ def _sha(text: str) -> str:
 
 def build_requests(n: int, seed: int = 1) -> list[tuple[bytes, list[dict]]]:
     """Simulated requests holding ``n`` events in all: (advertiser id, records built by ``parse_events``)."""
+    out: list[tuple[bytes, list[dict]]] = []
+    for advertiser, raws, ctx in raw_requests(n, seed):
+        records, rejections = parse_events(raws, ctx)
+        if rejections:
+            raise RuntimeError(f"generated events were rejected: {rejections[:3]}")
+        out.append((advertiser.encode(), records))
+    return out
+
+
+def raw_requests(n: int, seed: int = 1) -> list[tuple[str, list[dict], Context]]:
+    """Simulated requests holding ``n`` events in all, as sent: (advertiser id, raw events, context)."""
     rng = random.Random(seed)
     pop = Population(rng)
     now_ms = int(time.time() * 1000)
-    out: list[tuple[bytes, list[dict]]] = []
+    out: list[tuple[str, list[dict], Context]] = []
     serial = 0
     while serial < n:
         advertiser, pixel, host = rng.choice(pop.pixels)
@@ -357,10 +368,7 @@ def build_requests(n: int, seed: int = 1) -> list[tuple[bytes, list[dict]]]:
                 max_age_ms=7 * 86_400_000,
                 max_future_ms=86_400_000,
             )
-        records, rejections = parse_events(raws, ctx)
-        if rejections:
-            raise RuntimeError(f"generated events were rejected: {rejections[:3]}")
-        out.append((advertiser.encode(), records))
+        out.append((advertiser, raws, ctx))
     return out
 
 
