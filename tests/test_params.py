@@ -6,7 +6,7 @@ the HTTP tests send the values an attacker tried to every read endpoint of the r
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings as hsettings, strategies as st
@@ -33,8 +33,8 @@ hostile = st.one_of(
 )
 
 
-def _args(names, data, **base) -> MultiDict:
-    chosen = data.draw(st.lists(st.sampled_from(names), unique=True))
+def _args(names, data, most: int | None = None, **base) -> MultiDict:
+    chosen = data.draw(st.lists(st.sampled_from(names), unique=True, max_size=most))
     return MultiDict({**base, **{name: data.draw(hostile) for name in chosen}})
 
 
@@ -150,3 +150,30 @@ def test_the_first_and_last_days_are_answered(api_client, auth, ch, timezone, di
         resp = api_client.get("/v1/conversions", query_string={"start": start, "end": end, "timezone": timezone},
                               headers=auth)
         assert resp.status_code == 200 and resp.json["rows"] == [], resp.get_data(as_text=True)
+
+
+ENDPOINTS = {"/v1/reports": REPORT_PARAMS, "/v1/conversions": REPORT_PARAMS + ("limit",),
+             "/v1/optimizer/conversions": FEED_PARAMS}
+
+
+@hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(st.data())
+def test_any_parameters_are_an_answer_or_a_400_from_the_real_app(api_client, auth, ch, data):
+    """Whatever reaches ClickHouse is a query it runs (1970 east of UTC, 2100 west of it, odd
+    filters): the app answers 200 with valid JSON, or 400 naming the parameter."""
+    import json
+
+    path = data.draw(st.sampled_from(sorted(ENDPOINTS)))
+    first = data.draw(st.dates(min_value=date(1970, 1, 1), max_value=date(2100, 12, 31)))
+    last = min(first + timedelta(days=data.draw(st.integers(0, 370))), date(2100, 12, 31))
+    base = {"start": first.isoformat(), "end": last.isoformat(), "event": "CompletePayment",
+            "timezone": data.draw(st.sampled_from(["Pacific/Kiritimati", "Pacific/Pago_Pago", "UTC"]))}
+    args = _args(ENDPOINTS[path], data, most=2, **base)
+    resp = api_client.get(path, query_string=args, headers=auth)
+    event(f"{path} {resp.status_code}")
+    assert resp.status_code in (200, 400), (path, dict(args), resp.get_data(as_text=True)[:300])
+    if resp.mimetype == "application/json":
+        body = json.loads(resp.get_data(as_text=True), parse_constant=lambda name: pytest.fail(name))
+        if resp.status_code == 400:
+            assert body["error"]["field"] in ENDPOINTS[path] + ("event",) and body["error"]["message"]
