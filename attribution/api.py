@@ -6,15 +6,21 @@ event collection.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from flask import Flask, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+from attribution.finite_json import FiniteJSONProvider
 from clicktrail import clickhouse, config, redis_client
 from clicktrail.errors import RequestError, StorageError, http_error_dict
+
+
+log = logging.getLogger("clicktrail.api")
 
 
 @dataclass
@@ -34,6 +40,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     settings = config.load(overrides)
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_API_BODY_BYTES
+    app.json = FiniteJSONProvider(app)
     app.json.sort_keys = False
     url = settings["CLICKHOUSE_URL"]
     app.extensions["clicktrail.api"] = ApiServices(
@@ -59,6 +66,12 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     def healthz():
         return jsonify(status="ok")
 
+    def unavailable(code: str, message: str):
+        response = jsonify({"error": {"code": code, "message": message}})
+        response.status_code = 503
+        response.headers["Retry-After"] = str(settings["RETRY_AFTER_S"])
+        return response
+
     @app.errorhandler(RequestError)
     def _request_error(exc: RequestError):
         response = jsonify(exc.to_dict())
@@ -69,14 +82,35 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
 
     @app.errorhandler(StorageError)
     def _storage_error(exc: StorageError):
-        response = jsonify({"error": {"code": "storage_unavailable", "message": str(exc)}})
-        response.status_code = 503
-        response.headers["Retry-After"] = str(settings["RETRY_AFTER_S"])
-        return response
+        return unavailable("storage_unavailable", str(exc))
+
+    # A read that finds ClickHouse or Redis unreachable is a 503 to retry, whichever endpoint it is.
+    def _clickhouse_down(exc: Exception):
+        log.warning("ClickHouse unreachable: %s", exc)
+        app.extensions["clicktrail.api"].clickhouse.get().disconnect()  # the next request connects anew
+        return unavailable("storage_unavailable", "storage is unavailable; retry later")
+
+    for error in clickhouse.NETWORK_ERRORS:
+        app.register_error_handler(error, _clickhouse_down)
+
+    @app.errorhandler(redis.RedisError)
+    def _redis_down(exc: redis.RedisError):
+        log.warning("Redis unreachable: %s", exc)
+        return unavailable("unavailable", "the registry is unavailable; retry later")
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
-        return jsonify(http_error_dict(exc.code, exc.description or exc.name, MAX_API_BODY_BYTES)), exc.code
+        response = jsonify(http_error_dict(exc.code, exc.description or exc.name, MAX_API_BODY_BYTES))
+        response.status_code = exc.code
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        # Still the JSON error shape, never the server's HTML page; the cause goes to the log.
+        log.exception("unexpected error answering %s %s", request.method, request.path)
+        return jsonify({"error": {"code": "internal_error", "message": "unexpected error; it was logged"}}), 500
 
     return app
 

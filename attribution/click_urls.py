@@ -14,6 +14,7 @@ import secrets
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
+from werkzeug.urls import iri_to_uri
 
 from clicktrail.errors import BadRequest
 from pixel.ids import is_valid_id
@@ -35,9 +36,19 @@ def _sign(secret: str, payload: bytes) -> bytes:
 
 
 def check_landing(landing: str) -> str:
-    parts = urlsplit(landing)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise BadRequest(f"landing URL {landing!r} must be an absolute http(s) URL", field="landing")
+    """The landing URL's host name, or ``BadRequest`` if the redirect could not send a visitor there."""
+    problem = f"landing URL {landing!r} must be an absolute http(s) URL"
+    try:
+        parts = urlsplit(landing)
+        parts.port  # noqa: B018 - raises for a port past 65535 or not a number
+        # The redirect's Location header is this URL as the redirect writes it (host name to IDNA,
+        # the rest percent-encoded): a URL it cannot write is refused now, not at the visitor's click.
+        iri_to_uri(add_click_id(landing, "CT.x"))
+    except ValueError as exc:  # UnicodeError included (a host name IDNA refuses)
+        raise BadRequest(f"{problem} with a port from 1 to 65535 and a valid host name ({exc})",
+                         field="landing") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.port == 0:
+        raise BadRequest(problem, field="landing")
     return parts.hostname.rstrip(".").lower()
 
 
@@ -61,8 +72,15 @@ def read_token(secret: str, token: str) -> dict:
     if not valid:
         raise BadRequest("click URL is not signed by this clicktrail, or was altered", field="token",
                          code="bad_signature")
-    fields = orjson.loads(payload)
-    return {name: fields[key] for key, name in FIELDS.items()}
+    try:
+        fields = orjson.loads(payload)
+        click = {name: fields[key] for key, name in FIELDS.items()}
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        click = None  # signed with this secret, yet not what make_token writes
+    if (click is None or not all(isinstance(v, str) for v in click.values())
+            or not all(is_valid_id(click[name]) for name in ("advertiser", "campaign", "adgroup", "ad"))):
+        raise BadRequest("click URL does not hold a click", field="token", code="bad_token")
+    return click
 
 
 def new_click_id() -> str:

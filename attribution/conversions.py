@@ -7,8 +7,8 @@ from datetime import datetime, timezone
 from flask import Blueprint, g, jsonify, request
 
 from attribution.auth import require
+from attribution.params import whole
 from attribution.reports import caller_query
-from clicktrail.errors import BadRequest
 
 bp = Blueprint("conversions", __name__)
 MAX_LIMIT = 500
@@ -22,9 +22,7 @@ def _iso(ms: int) -> str:
 @require("reports")
 def latest_conversions():
     svc, settings, query = caller_query()
-    limit = request.args.get("limit", "50")
-    if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT:
-        raise BadRequest(f"must be a whole number from 1 to {MAX_LIMIT}", field="limit", code="invalid_field")
+    limit = whole(request.args, "limit", 50, 1, MAX_LIMIT)
     lo, hi = query.bounds()
     events = query.filters.get("event")
     rows = svc.clickhouse.get().execute(
@@ -37,7 +35,7 @@ def latest_conversions():
           AND conversion_time >= toDateTime(%(lo)s) AND conversion_time < toDateTime(%(hi)s)
           {"AND event IN %(events)s" if events else ""}
         GROUP BY pixel_id, event, event_id ORDER BY at_ms DESC, event_id LIMIT %(limit)s""",
-        {"adv": g.caller.advertiser_id, "model": query.model, "lo": lo, "hi": hi, "limit": int(limit),
+        {"adv": g.caller.advertiser_id, "model": query.model, "lo": lo, "hi": hi, "limit": limit,
          "events": tuple(events or ())},
     )
     names = ("pixel_id", "event", "event_id", "conversion_time", "value", "campaign_id", "adgroup_id", "ad_id",

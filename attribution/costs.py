@@ -8,7 +8,6 @@ by part of what was meant.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
@@ -28,6 +27,11 @@ bp = Blueprint("costs", __name__)
 
 #: Spend may be posted for days this far back (a year of history), and never for future days.
 MAX_COST_AGE_DAYS = 400
+#: Spend of one ad on one day, in the advertiser's currency: the bound event values have too. Far
+#: beyond any real budget, and sums of a year of such rows stay exact to the cent in a double.
+MAX_SPEND = 1e12
+#: Impressions of one ad on one day: sums of many such rows stay far inside ClickHouse's UInt64.
+MAX_IMPRESSIONS = 10**12
 COST_COLUMNS = ["advertiser_id", "day", "version", "campaign_id", "adgroup_id", "ad_id", "spend", "impressions",
                 "has_impressions", "currency"]
 
@@ -71,24 +75,28 @@ def _day(row: dict, today: date) -> date:
     return day
 
 
-def _number(row: dict, field: str, required: bool) -> float | None:
+def _number(row: dict, field: str, most: float) -> float | None:
+    """A finite number from 0 to ``most``, or None when the field is absent."""
     value = row.get(field)
-    if value is None and not required:
+    if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise _Invalid(field, "must be a number of at least 0" if required else "must be a number of at least 0 "
-                       "when given")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value <= most):
+        # NaN fails the range test too, as does a number past 2^64 or 1e308.
+        raise _Invalid(field, f"must be a number from 0 to {most:,.0f}")
     return value
 
 
 def parse_cost(row: object, today: date) -> Cost:
     if not isinstance(row, dict):
         raise _Invalid("", "must be an object")
-    impressions = _number(row, "impressions", required=False)
+    spend = _number(row, "spend", MAX_SPEND)
+    if spend is None:
+        raise _Invalid("spend", f"is required, a number from 0 to {MAX_SPEND:,.0f}")
+    impressions = _number(row, "impressions", MAX_IMPRESSIONS)
     if impressions is not None and impressions != int(impressions):
         raise _Invalid("impressions", "must be a whole number")
     return Cost(_day(row, today), _text(row, "campaign_id"), _text(row, "adgroup_id"), _text(row, "ad_id"),
-                float(_number(row, "spend", required=True)), None if impressions is None else int(impressions))
+                float(spend), None if impressions is None else int(impressions))
 
 
 def parse_costs(rows: list, today: date) -> tuple[list[Cost], list[Rejection]]:

@@ -25,6 +25,8 @@ from flask import Blueprint, g, jsonify, request
 from attribution.api import api_services
 from attribution.auth import require
 from attribution.engine import FEED_RETENTION_DAYS
+from attribution.finite_json import finite_or_none
+from attribution.params import choice, digits, listed, whole
 from clicktrail import keys
 from clicktrail.errors import BadRequest, BufferUnavailable
 from pixel.registry import settings_of
@@ -53,35 +55,26 @@ class FeedQuery:
 
     @classmethod
     def from_args(cls, args) -> FeedQuery:
-        events = tuple(dict.fromkeys(e.strip() for raw in args.getlist("event") for e in raw.split(",") if e.strip()))
+        events = tuple(dict.fromkeys(listed(args, "event")))
         if not events:
             raise BadRequest("name at least one event, e.g. event=CompletePayment (repeat or comma-separate "
                              "for several)", field="event", code="missing_field")
         if len(events) > MAX_EVENTS:
             raise BadRequest(f"at most {MAX_EVENTS} events per request", field="event", code="invalid_field")
-        level = args.get("level", "ad")
-        if level not in LEVELS:
-            raise BadRequest(f"must be one of {', '.join(LEVELS)}", field="level", code="invalid_field")
-        bucket = args.get("bucket", "hour")
-        if bucket not in BUCKETS:
-            raise BadRequest(f"must be one of {', '.join(BUCKETS)}", field="bucket", code="invalid_field")
-        return cls(events, level, bucket, _cursor(args.get("cursor")), _limit(args.get("limit")))
+        level = choice(args, "level", tuple(LEVELS), "ad")
+        bucket = choice(args, "bucket", tuple(BUCKETS), "hour")
+        return cls(events, level, bucket, _cursor(args.get("cursor")),
+                   whole(args, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT))
 
 
 def _cursor(text: str | None) -> int | None:
     if text in (None, ""):
         return None
-    if not text.isdigit() or len(text) > 19:
-        raise BadRequest("must be a next_cursor this feed returned", field="cursor", code="invalid_field")
-    return int(text)
-
-
-def _limit(text: str | None) -> int:
-    if text in (None, ""):
-        return DEFAULT_LIMIT
-    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
-        raise BadRequest(f"must be a whole number from 1 to {MAX_LIMIT}", field="limit", code="invalid_field")
-    return int(text)
+    value = digits(text)
+    if value is None:
+        raise BadRequest("must be a next_cursor this feed returned (ASCII digits)", field="cursor",
+                         code="invalid_field")
+    return value
 
 
 def _iso(seconds: int) -> str:
@@ -245,7 +238,9 @@ class Feed:
             row.update(zip(self.levels, head[1:]))
             row.update(event=event, clicks=touches.get((*head, "click"), 0),
                        impressions=touches.get((*head, "impression"), 0),
-                       conversions=round(count, 6) + 0.0, conversion_value=round(value, 6) + 0.0,
+                       conversions=round(count, 6) + 0.0,
+                       # null for a sum beyond the largest double, never Infinity (docs/attribution.md)
+                       conversion_value=finite_or_none(round(value, 6) + 0.0),
                        revision=changed[key])
             rows.append(row)
         return rows

@@ -8,6 +8,7 @@ from functools import lru_cache
 from zoneinfo import ZoneInfo, available_timezones
 
 from attribution import models
+from attribution.params import choice, day, listed, whole
 from clicktrail.errors import BadRequest
 
 TIME_DIMENSIONS = ("stat_time_day", "stat_time_hour")
@@ -54,10 +55,14 @@ class ReportQuery:
         return ZoneInfo(self.timezone)
 
     def bounds(self) -> tuple[int, int]:
-        """The report's instants as unix seconds: local midnight of start, local midnight after end."""
+        """The report's instants as unix seconds: local midnight of start, local midnight after end.
+
+        Never before 1970 (nothing is stored earlier, and ClickHouse's DateTime starts there),
+        which 1970-01-01 east of UTC would be.
+        """
         lo = datetime.combine(self.start, time(0), self.zone)
         hi = datetime.combine(self.end + timedelta(days=1), time(0), self.zone)
-        return int(lo.timestamp()), int(hi.timestamp())
+        return max(0, int(lo.timestamp())), max(0, int(hi.timestamp()))
 
     @property
     def needs_touches(self) -> bool:
@@ -70,41 +75,8 @@ class ReportQuery:
                 "currency": currency}
 
 
-def _list(args, name: str) -> list[str]:
-    return [v.strip() for raw in args.getlist(name) for v in raw.split(",") if v.strip()]
-
-
-def _date(args, name: str) -> date:
-    text = args.get(name, "")
-    try:
-        if len(text) == 10:
-            return date.fromisoformat(text)
-    except ValueError:
-        pass
-    raise BadRequest("is required, as a date YYYY-MM-DD", field=name, code="invalid_field")
-
-
-def _choice(args, name: str, allowed: tuple, default):
-    text = args.get(name)
-    if text in (None, ""):
-        return default
-    value = int(text) if isinstance(allowed[0], int) and text.lstrip("-").isdigit() else text
-    if value not in allowed:
-        raise BadRequest(f"must be one of {', '.join(map(str, allowed))}", field=name, code="invalid_field")
-    return value
-
-
-def _whole(args, name: str, default: int, lo: int, hi: int) -> int:
-    text = args.get(name)
-    if text in (None, ""):
-        return default
-    if not text.isdigit() or not lo <= int(text) <= hi:
-        raise BadRequest(f"must be a whole number from {lo} to {hi}", field=name, code="invalid_field")
-    return int(text)
-
-
 def _dimensions(args) -> tuple[str, ...]:
-    dims = tuple(dict.fromkeys(_list(args, "dimensions")))
+    dims = tuple(dict.fromkeys(listed(args, "dimensions")))
     for d in dims:
         if d not in DIMENSIONS:
             raise BadRequest(f"unknown dimension {d!r}; use any of {', '.join(DIMENSIONS)}", field="dimensions",
@@ -115,7 +87,7 @@ def _dimensions(args) -> tuple[str, ...]:
 
 
 def _metrics(args, dims: tuple[str, ...]) -> tuple[str, ...]:
-    metrics = tuple(dict.fromkeys(_list(args, "metrics"))) or METRICS
+    metrics = tuple(dict.fromkeys(listed(args, "metrics"))) or METRICS
     for m in metrics:
         if m not in METRICS:
             raise BadRequest(f"unknown metric {m!r}; use any of {', '.join(METRICS)}", field="metrics",
@@ -133,7 +105,7 @@ def _filters(args) -> dict:
     filters = {}
     for name, dim in (("campaign_ids", "campaign_id"), ("adgroup_ids", "adgroup_id"), ("ad_ids", "ad_id"),
                       ("events", "event")):
-        values = tuple(dict.fromkeys(_list(args, name)))
+        values = tuple(dict.fromkeys(listed(args, name)))
         if len(values) > MAX_FILTER_VALUES:
             raise BadRequest(f"at most {MAX_FILTER_VALUES} values", field=name, code="invalid_field")
         if values:
@@ -153,7 +125,7 @@ def _order_by(args, dims: tuple[str, ...], metrics: tuple[str, ...]) -> tuple[st
 
 
 def parse(args, settings: dict) -> ReportQuery:
-    start, end = _date(args, "start"), _date(args, "end")
+    start, end = day(args, "start"), day(args, "end")
     if end < start:
         raise BadRequest("must not be before start", field="end", code="invalid_field")
     if (end - start).days >= MAX_DAYS:
@@ -164,14 +136,14 @@ def parse(args, settings: dict) -> ReportQuery:
                          code="invalid_field")
     dims = _dimensions(args)
     metrics = _metrics(args, dims)
-    click = _choice(args, "click_window", models.CLICK_WINDOWS, settings["click_window_days"])
-    view = _choice(args, "view_window", models.VIEW_WINDOWS, settings["view_window_days"])
+    click = choice(args, "click_window", models.CLICK_WINDOWS, settings["click_window_days"])
+    view = choice(args, "view_window", models.VIEW_WINDOWS, settings["view_window_days"])
     return ReportQuery(
         start=start, end=end, timezone=tz, dimensions=dims, metrics=metrics,
-        model=_choice(args, "model", models.MODELS, settings.get("model", models.DEFAULT_MODEL)),
+        model=choice(args, "model", models.MODELS, settings.get("model", models.DEFAULT_MODEL)),
         click_window=click, view_window=view,
         custom_windows=(click, view) != (settings["click_window_days"], settings["view_window_days"]),
-        date_basis=_choice(args, "date_basis", DATE_BASES, "touch"), filters=_filters(args),
-        order_by=_order_by(args, dims, metrics), page=_whole(args, "page", 1, 1, 1_000_000),
-        page_size=_whole(args, "page_size", 100, 1, MAX_PAGE_SIZE), format=_choice(args, "format", FORMATS, "json"),
+        date_basis=choice(args, "date_basis", DATE_BASES, "touch"), filters=_filters(args),
+        order_by=_order_by(args, dims, metrics), page=whole(args, "page", 1, 1, 1_000_000),
+        page_size=whole(args, "page_size", 100, 1, MAX_PAGE_SIZE), format=choice(args, "format", FORMATS, "json"),
     )

@@ -25,6 +25,9 @@ from attribution import models
 from attribution import report_query as rq
 from attribution.api import api_services
 from attribution.auth import require
+from attribution.finite_json import finite_or_none
+from attribution.params import FIRST_DAY
+from attribution.spreadsheet import safe_cell
 from pixel.registry import advertiser_settings
 
 bp = Blueprint("reports", __name__)
@@ -133,15 +136,17 @@ class Report:
         return tuple(values[d] for d in self.q.dimensions)
 
     def _metrics(self, conv: tuple, touch: tuple, cost: tuple, only: tuple[str, ...] | None = None) -> dict:
-        conversions, value = conv
+        # A sum beyond the largest double (only rows stored before the input bounds can add up
+        # to one) is null, and so is every ratio of it: never Infinity or NaN.
+        conversions, value = map(finite_or_none, conv)
         clicks, impressions = touch
-        spend, cost_impressions = cost
-        impressions += int(round(cost_impressions))
+        spend, cost_impressions = map(finite_or_none, cost)
+        impressions = None if cost_impressions is None else impressions + int(round(cost_impressions))
         known = {
-            "spend": lambda: round(spend, 6), "impressions": lambda: impressions, "clicks": lambda: clicks,
+            "spend": lambda: _rounded(spend), "impressions": lambda: impressions, "clicks": lambda: clicks,
             "ctr": lambda: _ratio(clicks, impressions), "cpc": lambda: _ratio(spend, clicks),
-            "cpm": lambda: _ratio(spend * 1000, impressions), "conversions": lambda: round(conversions, 6) + 0.0,
-            "conversion_value": lambda: round(value, 6) + 0.0, "cvr": lambda: _ratio(conversions, clicks),
+            "cpm": lambda: _ratio(spend, impressions, 1000), "conversions": lambda: _rounded(conversions),
+            "conversion_value": lambda: _rounded(value), "cvr": lambda: _ratio(conversions, clicks),
             "cpa": lambda: _ratio(spend, conversions), "roas": lambda: _ratio(value, spend),
         }
         return {m: known[m]() for m in (only or self.q.metrics)}
@@ -364,8 +369,9 @@ class Report:
         from zoneinfo import ZoneInfo
 
         cost_zone = ZoneInfo(self.settings["timezone"])
-        first = datetime.fromtimestamp(self.lo, cost_zone).date()
-        last = datetime.fromtimestamp(self.hi - 1, cost_zone).date()
+        # Days before 1970 (1970-01-01 west of UTC) are outside ClickHouse's Date, and hold nothing.
+        first = max(datetime.fromtimestamp(self.lo, cost_zone).date(), FIRST_DAY)
+        last = max(datetime.fromtimestamp(max(self.hi - 1, 0), cost_zone).date(), FIRST_DAY)
         filters, params = self._filter_sql(rq.AD_DIMENSIONS)
         # Summed per day and the ad dimensions asked for in ClickHouse: Python then only splits days.
         # A posting holds one row per ad and day (checked on import), so the latest version of a
@@ -428,8 +434,16 @@ def _credits_sql(model: str) -> str:
     raise ValueError(f"unknown model {model!r}")
 
 
-def _ratio(numerator: float, denominator: float) -> float | None:
-    return round(numerator / denominator, 6) if denominator else None
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 6) + 0.0  # + 0.0: never -0.0
+
+
+def _ratio(numerator: float | None, denominator: float | None, scale: int = 1) -> float | None:
+    """numerator / denominator * scale; null when either is unknown, the denominator is 0 or
+    the quotient overflows."""
+    if numerator is None or not denominator:
+        return None
+    return finite_or_none(round(numerator / denominator * scale, 6))
 
 
 def _sum_values(values, width: int) -> tuple:
@@ -454,7 +468,7 @@ def _csv(query: rq.ReportQuery, rows: list[dict]) -> Response:
     columns = list(query.dimensions) + list(query.metrics)
     writer.writerow(columns)
     for row in rows:
-        writer.writerow(["" if row[c] is None else row[c] for c in columns])
+        writer.writerow([safe_cell(row[c]) for c in columns])
     name = f"clicktrail-report-{query.start.isoformat()}-{query.end.isoformat()}.csv"
     return Response(out.getvalue(), mimetype="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})

@@ -1,10 +1,12 @@
 """The click redirect: signed URLs, recorded clicks, no open redirect."""
 
+import json
 import subprocess
 import sys
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from attribution.click_urls import make_token
 from tests.conftest import query_dicts
@@ -91,3 +93,61 @@ def test_a_click_redelivered_to_the_sink_is_stored_again_but_counted_once(client
     sink.store(entries)  # the re-delivery
     assert ch.execute(f"SELECT count() FROM {ch_database}.touchpoints")[0][0] == 2
     assert ch.execute(f"SELECT sum(touches) FROM {ch_database}.touch_stats")[0][0] == 1
+
+
+def _signed(secret: str, payload: bytes) -> str:
+    """A token in the documented format (payload.signature, both unpadded base64url, HMAC-SHA256
+    cut to 16 bytes), for payloads make_token would never write."""
+    import base64
+    import hashlib
+    import hmac
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    return f"{b64(payload)}.{b64(hmac.new(secret.encode(), payload, hashlib.sha256).digest()[:16])}"
+
+
+BAD_LANDINGS = ["https://www.shop.example:99999/spring", "https://www.shop.example:abc/", "https://www.shop.example:0/",
+                "https://a..shop.example/", "http://[::1/"]
+
+
+@pytest.mark.parametrize("landing", BAD_LANDINGS)
+def test_click_url_refuses_a_landing_the_redirect_could_not_send_to(click_url, landing):
+    printed = click_url(landing=landing)
+    assert printed.returncode == 2 and printed.stdout == "", printed.stderr
+    assert "must be an absolute http(s) URL" in printed.stderr and "Traceback" not in printed.stderr
+
+
+@pytest.mark.parametrize("landing", BAD_LANDINGS)
+def test_a_signed_landing_the_redirect_cannot_send_to_is_a_json_400(client, settings, r, tenant, landing):
+    """Signed before landings were checked this way (or with a leaked key): a 400, never a 500."""
+    payload = json.dumps({"a": "adv-1", "c": "cmp-1", "g": "grp-1", "d": "ad-1", "l": landing}).encode()
+    resp = client.get(f"/r/{_signed(settings['SECRET_KEY'], payload)}")
+    assert resp.status_code == 400 and "Location" not in resp.headers
+    assert resp.json["error"]["field"] == "landing" and r.xlen("ct:events") == 0
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner,
+                                                                                         max_size=3), max_leaves=8)
+click_fields = st.fixed_dictionaries({}, optional={
+    "a": st.one_of(st.just("adv-1"), json_values), "c": st.one_of(st.just("cmp-1"), json_values),
+    "g": st.one_of(st.just("grp-1"), json_values), "d": st.one_of(st.just("ad-1"), json_values),
+    "l": st.one_of(st.sampled_from(["https://shop.example/", "https://shop.example:99999/", "mailto:x@shop.example",
+                                    "https://shop.example:443/ü?q=1#f", "https://evil.example/"]),
+                   st.text(max_size=30).map(lambda t: "https://shop.example/" + t), json_values)})
+
+
+@hsettings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(token=st.one_of(st.text(min_size=1, max_size=60).map(lambda t: quote(t, safe="")),
+                       click_fields.map(lambda f: json.dumps(f).encode()), json_values.map(lambda v: json.dumps(v).encode())))
+def test_any_token_is_a_redirect_or_a_json_4xx(client, settings, tenant, token):
+    """Any path after /r/, and any payload signed with the key (as one could with a leaked key)."""
+    if isinstance(token, bytes):
+        token = _signed(settings["SECRET_KEY"], token)
+    resp = client.get(f"/r/{token}")
+    if resp.status_code == 302:
+        assert urlsplit(resp.headers["Location"]).hostname == "shop.example"
+    else:
+        assert 400 <= resp.status_code < 500 and resp.json["error"]["code"], (token, resp.status_code)

@@ -394,3 +394,36 @@ def test_an_error_from_the_api_is_shown(shop, api_base, page):
     page.reload()
     page.wait_for_selector("#error:not([hidden])")
     assert "the token is not valid" in page.inner_text("#error") and page.is_visible("#sign-in")
+
+
+FORMULA_IDS = ['=HYPERLINK("http://x")', "+SUM(1,2)", "@SUM(1+1)", "-1+cmd|' /C calc'!A0", "-5"]
+
+
+def test_the_csv_never_starts_a_formula(r, api_client, api_base, page):
+    """Campaign, ad group and ad ids an ad server sent as formulas are downloaded as text ('
+    first); a plain negative number stays a number. The table itself shows the ids as they are."""
+    ads = registry.create_token(r, "formulas", ["adserver"])
+    reports = registry.create_token(r, "formulas", ["reports"])
+    day = datetime.now(UTC).date() - timedelta(days=1)
+    at = int(datetime(day.year, day.month, day.day, 12, tzinfo=UTC).timestamp())
+    clicks = [{"click_id": f"k{i}", "click_time": at, "campaign_id": name, "adgroup_id": name, "ad_id": name}
+              for i, name in enumerate(FORMULA_IDS)]
+    costs = [{"date": day.isoformat(), "campaign_id": name, "adgroup_id": name, "ad_id": name, "spend": 1.0 + i}
+             for i, name in enumerate(FORMULA_IDS)]
+    for path, body in (("/v1/clicks", {"clicks": clicks}), ("/v1/costs", {"costs": costs})):
+        resp = api_client.post(path, json=body, headers={"Authorization": f"Bearer {ads}"})
+        assert resp.status_code == 200 and resp.json["accepted"] == len(FORMULA_IDS), resp.json
+    sign_in(page, api_base, reports)
+    wait_table(page, "last_click")
+    shown = {row[1] for row in table_rows(page) if row[0] == "campaign"}
+    assert shown == set(FORMULA_IDS)
+    with page.expect_download() as info:
+        page.click("#download-csv")
+    lines = list(csv.reader(io.StringIO(info.value.path().read_text(encoding="utf-8"))))
+    assert lines[0] == HEADER
+    ids = {cell for line in lines[1:] for cell in line[1:4] if cell}
+    assert ids == {"'" + name for name in FORMULA_IDS[:4]} | {"-5"}
+    for line in lines[1:]:
+        for cell in line:
+            assert not cell.startswith(("=", "+", "@", "\t", "\r")), line
+            assert not cell.startswith("-") or float(cell) < 0, line

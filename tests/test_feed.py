@@ -166,6 +166,9 @@ def test_tokens_of_another_advertiser_or_scope(world, r):
     ({"bucket": "day"}, "bucket"),
     ({"cursor": "abc"}, "cursor"),
     ({"limit": "0"}, "limit"),
+    ({"limit": "²"}, "limit"),
+    ({"cursor": "²"}, "cursor"),
+    ({"cursor": "１２３"}, "cursor"),
 ])
 def test_bad_parameters_name_the_parameter(world, params, field):
     resp = world.api.get("/v1/optimizer/conversions", query_string={"event": "CompletePayment", **params},
@@ -246,3 +249,26 @@ def test_a_big_tick_moves_the_watermark_after_each_chunk(world, monkeypatch, ch,
     attributor.settle()
     assert seen == [2, 4]  # published between the three chunks, each time covering what was stored
     assert len(_poll(world)["rows"]) == 5
+
+
+def test_a_value_sum_beyond_the_largest_double_is_null_never_infinity(world, ch, ch_database):
+    """Two conversions worth 1.7e308 each (stored before today's bounds) in one bucket: the sum is
+    no double, and the feed says null, in valid JSON."""
+    import json
+
+    t = world.now - 3 * HOUR
+    world.click("k1", t, "C")
+    world.convert("c1", t + 60, value=10.0, ttclid="k1")
+    world.settle()
+    minute = datetime.fromtimestamp(t // 60 * 60, timezone.utc)
+    ch.execute(f"INSERT INTO {ch_database}.conversion_stats (advertiser_id, model, touch_minute, event, campaign_id, "
+               "adgroup_id, ad_id, touch_kind, conversion_minute, click_window_days, view_window_days, conversions, "
+               "conversion_value) VALUES",
+               [(world.tenant.advertiser, "last_click", minute, "CompletePayment", "C", "C-g", "C-ad", "click",
+                 minute, 7, 1, 1.0, 1.7e308)] * 2)
+    resp = world.api.get("/v1/optimizer/conversions", query_string={"event": "CompletePayment"},
+                         headers=world.optimizer)
+    assert resp.status_code == 200
+    body = json.loads(resp.get_data(as_text=True), parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+    (row,) = body["rows"]
+    assert (row["ad_id"], row["conversions"], row["conversion_value"], row["clicks"]) == ("C-ad", 3.0, None, 1)

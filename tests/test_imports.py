@@ -77,3 +77,49 @@ def test_impressions_are_imported_for_the_tokens_advertiser_only(api_client, r, 
     resp = api_client.post("/v1/impressions", json={"impressions": [row]}, headers={"Authorization": f"Bearer {other}"})
     assert resp.status_code == 200
     assert ch.execute(f"SELECT advertiser_id, kind FROM {ch_database}.touchpoints") == [("adv-other", "impression")]
+
+
+@pytest.mark.parametrize("collection, changes, field", [
+    ("clicks", {"click_time": 1e308}, "click_time"),
+    ("clicks", {"click_time": -1e308}, "click_time"),
+    ("clicks", {"click_time": 2**64 - 1}, "click_time"),
+    ("clicks", {"click_time": -(2**63)}, "click_time"),
+    ("clicks", {"click_time": "1700000000"}, "click_time"),
+    ("clicks", {"click_time": True}, "click_time"),
+    ("clicks", {"click_id": 1.5}, "click_id"),
+    ("clicks", {"click_id": 1e308}, "click_id"),
+    ("clicks", {"campaign_id": -(2**63)}, None),  # an integer id is its digits
+    ("impressions", {"impression_time": 1e308}, "impression_time"),
+    ("impressions", {"impression_time": -0.0}, "impression_time"),
+    ("impressions", {"ad_id": {"$gt": ""}}, "ad_id"),
+])
+def test_numbers_out_of_range_are_refused_by_field(api_client, adserver, collection, changes, field, attributor):
+    kind = "impression" if collection == "impressions" else "click"
+    good = {f"{kind}_id": "good", f"{kind}_time": int(time.time()) - 60, "campaign_id": "c", "adgroup_id": "g",
+            "ad_id": "a"}
+    resp = api_client.post(f"/v1/{collection}", json={collection: [{**good, f"{kind}_id": "bad", **changes}, good]},
+                           headers=adserver)
+    assert resp.status_code == 200, resp.json
+    if field is None:
+        assert resp.json == {"accepted": 2, "rejected": []}
+    else:  # the bad row is refused by name, its batch-mate kept
+        (rejected,) = resp.json["rejected"]
+        assert resp.json["accepted"] == 1 and (rejected["index"], rejected["field"]) == (0, field), resp.json
+
+
+@pytest.mark.parametrize("number, answer", [
+    ("18446744073709551616", "click_time"),  # past 64 bits: read as a double, then out of range
+    ("1" + "0" * 400, "malformed_json"),  # past a double: no JSON number this API reads
+    ("NaN", "malformed_json"),
+    ("Infinity", "malformed_json"),
+])
+def test_numbers_past_64_bits_or_a_double(api_client, adserver, attributor, number, answer):
+    body = ('{"clicks": [{"click_id": "k", "click_time": %s, "campaign_id": "c", "adgroup_id": "g", "ad_id": "a"}]}'
+            % number).encode()
+    resp = api_client.post("/v1/clicks", data=body, headers={**adserver, "Content-Type": "application/json"})
+    assert resp.status_code == 400, resp.json
+    if answer == "malformed_json":
+        assert resp.json["error"]["code"] == "malformed_json"
+    else:
+        assert resp.json["rejected"] == [{"index": 0, "field": answer, "rule": "must be unix time in seconds (this "
+                                                                               "looks like milliseconds)"}]

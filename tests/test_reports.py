@@ -266,8 +266,17 @@ def test_bad_parameters_name_the_parameter(world, params, field, words):
 
 
 @pytest.mark.parametrize("row, field, words", [
-    ({"spend": -1}, "spend", "at least 0"),
+    ({"spend": -1}, "spend", "from 0 to 1,000,000,000,000"),
     ({"spend": "12"}, "spend", "number"),
+    ({"spend": 1.7e308}, "spend", "from 0 to 1,000,000,000,000"),
+    ({"spend": 1e12 + 1}, "spend", "from 0 to 1,000,000,000,000"),
+    ({"spend": None}, "spend", "required"),
+    ({"impressions": 2**64}, "impressions", "from 0 to 1,000,000,000,000"),
+    ({"impressions": 2**63 - 1}, "impressions", "from 0 to 1,000,000,000,000"),
+    ({"impressions": -1}, "impressions", "from 0 to 1,000,000,000,000"),
+    ({"impressions": 1e30}, "impressions", "from 0 to 1,000,000,000,000"),
+    ({"impressions": "10"}, "impressions", "number"),
+    ({"impressions": True}, "impressions", "number"),
     ({"date": "2026/11/01"}, "date", "YYYY-MM-DD"),
     ({"date": "2999-01-01"}, "date", "future"),
     ({"ad_id": ""}, "ad_id", "required"),
@@ -370,3 +379,86 @@ def _by_the_rules(report) -> dict[tuple, tuple[float, float]]:
             out[key][0] += credit
             out[key][1] += credit * value
     return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def test_the_largest_cost_row_is_stored(world, ch, ch_database):
+    day = _date(_day_start(1))
+    _costs(world, [{"date": day, **_ad("Z"), "spend": 1e12, "impressions": 10**12}])
+    body = _report(world, start=day, end=day, dimensions="campaign_id", metrics="spend,impressions,cpm")
+    assert body["rows"] == [{"campaign_id": "Z", "spend": 1e12, "impressions": 10**12, "cpm": 1000.0}]
+
+
+def _strict_json(text: str):
+    """JSON as the standard has it: NaN and Infinity are not numbers there."""
+    import json
+
+    def refuse(name):
+        raise AssertionError(f"{name} in a JSON answer")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_sums_beyond_the_largest_double_are_null_never_infinity(world, ch, ch_database):
+    """Rows stored before today's bounds (two costs of 1.7e308, two conversions worth 1.7e308):
+    their sums overflow a double, and are reported as null, in JSON and CSV (empty cells)."""
+    d = _day_start(2)
+    day = _date(d)
+    world.click("c1", d + HOUR, "A")
+    world.click("c2", d + HOUR, "B")
+    world.convert("normal", d + 2 * HOUR, value=10.0, ttclid="c2")
+    world.settle()
+    minute = datetime.fromtimestamp(d + HOUR, timezone.utc)
+    ch.execute(f"INSERT INTO {ch_database}.costs (advertiser_id, day, version, campaign_id, adgroup_id, ad_id, spend, "
+               "impressions, has_impressions, currency) VALUES",
+               [(world.tenant.advertiser, date.fromisoformat(day), 1, "A", "A-g", f"A-ad{i}", 1.7e308, 0, 0, "USD")
+                for i in range(2)])
+    ch.execute(f"INSERT INTO {ch_database}.conversion_stats (advertiser_id, model, touch_minute, event, campaign_id, "
+               "adgroup_id, ad_id, touch_kind, conversion_minute, click_window_days, view_window_days, conversions, "
+               "conversion_value) VALUES",
+               [(world.tenant.advertiser, "last_click", minute, "CompletePayment", "A", "A-g", f"A-ad{i}", "click",
+                 minute, 7, 1, 1.0, 1.7e308) for i in range(2)])
+    for dims in ("campaign_id", "ad_id", "campaign_id,event"):  # joined in Python, in ClickHouse, per event
+        params = dict(start=day, end=day, dimensions=dims)
+        resp = world.api.get("/v1/reports", query_string=params, headers=world.auth)
+        assert resp.status_code == 200
+        body = _strict_json(resp.get_data(as_text=True))
+        totals = body["totals"]
+        assert (totals["spend"], totals["conversion_value"], totals["roas"], totals["cpa"]) == (None,) * 4
+        assert totals["clicks"] == 2 and totals["conversions"] == 3.0
+        text = world.api.get("/v1/reports", query_string={**params, "format": "csv"},
+                             headers=world.auth).get_data(as_text=True)
+        assert "inf" not in text.lower() and "nan" not in text.lower()
+        if dims == "ad_id":  # each ad's own spend and value fit a double
+            assert {r["ad_id"]: (r["spend"], r["conversion_value"]) for r in body["rows"]} == {
+                "A-ad0": (1.7e308, 1.7e308), "A-ad1": (1.7e308, 1.7e308), "A-ad": (0.0, 0.0), "B-ad": (0.0, 10.0)}
+            continue
+        a, b = body["rows"]
+        assert (a["campaign_id"], b["campaign_id"]) == ("A", "B")
+        assert (a["spend"], a["conversion_value"], a["roas"], a["cpc"], a["cpa"], a["cpm"]) == (None,) * 6
+        assert a["conversions"] == 2.0 and a["clicks"] == 1
+        assert (b["spend"], b["conversion_value"], b["roas"], b["conversions"]) == (0.0, 10.0, None, 1.0)
+        table = list(csv.DictReader(io.StringIO(text)))
+        assert [(r["campaign_id"], r["spend"], r["conversion_value"], r["roas"]) for r in table] == [
+            ("A", "", "", ""), ("B", "0.0", "10.0", "")]
+
+
+FORMULAS = ['=HYPERLINK("http://x")', "+SUM(1,2)", "@SUM(1+1)", "-1+cmd|' /C calc'!A0", "-5", "-2.5e3"]
+
+
+def test_csv_cells_never_start_a_formula(world):
+    """Campaign ids an ad server may send are written so that a spreadsheet shows them as text;
+    a plain number, negative too, stays a number."""
+    d = _day_start(1)
+    campaigns = FORMULAS  # tabs and carriage returns are refused in ids; tests/test_spreadsheet.py has them
+    for i, campaign in enumerate(campaigns):
+        world.click(f"k{i}", d + HOUR, campaign)
+    world.settle()
+    params = {"start": _date(d), "end": _date(d), "dimensions": "campaign_id", "metrics": "clicks", "format": "csv"}
+    text = world.api.get("/v1/reports", query_string=params, headers=world.auth).get_data(as_text=True)
+    cells = {row["campaign_id"] for row in csv.DictReader(io.StringIO(text))}
+    assert cells == {"'" + c for c in campaigns[:4]} | {"-5", "-2.5e3"}
+    for cell in cells:
+        assert not cell.startswith(("=", "+", "@", "\t", "\r")) and (not cell.startswith("-") or float(cell) < 0)
+    # The JSON answer keeps the ids as they are.
+    body = _report(world, **{**params, "format": "json"})
+    assert {row["campaign_id"] for row in body["rows"]} == set(campaigns)

@@ -489,7 +489,8 @@
 
   function csvCell(value) {
     let text = value === null || value === undefined ? '' : String(value);
-    if (/^[=+\-@\t\r]/.test(text) && !/^-?\d/.test(text)) text = "'" + text; // no formulas in spreadsheets
+    // No formulas in spreadsheets (OWASP): the rule of attribution/spreadsheet.py; plain numbers stay numbers.
+    if (/^[=+\-@\t\r]/.test(text) && !/^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$/.test(text)) text = "'" + text;
     return /[",\r\n]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
   }
 
