@@ -19,7 +19,7 @@ from attribution.auth import require
 from attribution.touchpoints import MAX_ID, MAX_ROWS
 from clicktrail.clickhouse import NETWORK_ERRORS
 from clicktrail.errors import BadRequest, StorageError
-from pixel.events import Rejection
+from pixel.events import MAX_MONEY, Rejection
 from pixel.registry import advertiser_settings
 from sink.rows import columns
 
@@ -29,7 +29,7 @@ bp = Blueprint("costs", __name__)
 MAX_COST_AGE_DAYS = 400
 #: Spend of one ad on one day, in the advertiser's currency: the bound event values have too. Far
 #: beyond any real budget, and sums of a year of such rows stay exact to the cent in a double.
-MAX_SPEND = 1e12
+MAX_SPEND = MAX_MONEY
 #: Impressions of one ad on one day: sums of many such rows stay far inside ClickHouse's UInt64.
 MAX_IMPRESSIONS = 10**12
 COST_COLUMNS = ["advertiser_id", "day", "version", "campaign_id", "adgroup_id", "ad_id", "spend", "impressions",
