@@ -16,15 +16,21 @@ and temporary folders live under ``DATA_DIR``.
 
 from __future__ import annotations
 
+import grp
+import logging
 import os
+import pwd
 import resource
 import shutil
+import stat
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from clicktrail.errors import ServiceError
 from clicktrail.services import free_port
+
+log = logging.getLogger("clicktrail.proxy")
 
 # Each slow client is one connection and each proxied request two (client + upstream), per worker.
 WORKER_CONNECTIONS = 8192
@@ -58,11 +64,11 @@ _ERRORS = {
 }
 
 _TEMPLATE = """\
-# Written by clicktrail (clicktrail/proxy.py); regenerated at every start. Do not edit.
-worker_processes auto;
+# %(origin)s
+%(user)sworker_processes auto;
 worker_rlimit_nofile %(nofile)d;
 pid %(pid)s;
-error_log stderr warn;
+error_log stderr error;
 
 events {
     worker_connections %(worker_connections)d;
@@ -152,7 +158,8 @@ http {
 
 
 def render(*, listen: str, upstream: str, max_body_bytes: int, pid: str, temp: str, nofile: int,
-           retry_after_s: int = DEFAULT_RETRY_AFTER, resolver: str | None = None) -> str:
+           retry_after_s: int = DEFAULT_RETRY_AFTER, resolver: str | None = None, user: str | None = None,
+           origin: str = "Written by clicktrail (clicktrail/proxy.py) at every start; do not edit.") -> str:
     """The nginx config: listen on ``listen``, pass complete requests to ``upstream`` (HOST:PORT).
 
     With ``resolver`` (a DNS server), the upstream's name is re-resolved while nginx runs (needs
@@ -164,6 +171,8 @@ def render(*, listen: str, upstream: str, max_body_bytes: int, pid: str, temp: s
     messages = "\n".join(f'        {status} "{message % {"max_body": max_body_bytes}}";'
                          for status, (_, message) in _ERRORS.items())
     return _TEMPLATE % {
+        "origin": origin,
+        "user": f"user {user};\n" if user else "",
         "listen": listen,
         "upstream": upstream + (" resolve" if resolver else ""),
         "upstream_name": UPSTREAM,
@@ -186,7 +195,9 @@ def render(*, listen: str, upstream: str, max_body_bytes: int, pid: str, temp: s
 def compose_config(max_body_bytes: int = DEFAULT_MAX_BODY) -> str:
     """``deploy/nginx.conf``: the official nginx image in docker-compose, Docker's DNS for the collector."""
     return render(listen=COMPOSE_LISTEN, upstream=COMPOSE_UPSTREAM, max_body_bytes=max_body_bytes,
-                  pid="/tmp/nginx.pid", temp="/tmp/nginx", nofile=WANTED_NOFILE, resolver="127.0.0.11")
+                  pid="/tmp/nginx.pid", temp="/tmp/nginx", nofile=WANTED_NOFILE, resolver="127.0.0.11",
+                  origin="Written by `python -m clicktrail.proxy > deploy/nginx.conf`: change clicktrail/proxy.py, "
+                         "not this file.")
 
 
 def nginx_binary() -> str:
@@ -210,6 +221,20 @@ def listen_address(bind: str) -> str:
     if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
         raise ServiceError(f"--bind must be HOST:PORT with a port from 1 to 65535; got {bind!r}")
     return f"{host}:{port}" if sep and host else port
+
+
+def _worker_user(temp: Path) -> str | None:
+    """Who nginx's workers run as when started by root: nobody (nginx's default) where nobody can
+    reach the temporary folder (request bodies over the memory buffer are written there), else
+    root, rather than failing every large body because the data folder is private."""
+    if os.geteuid() != 0:
+        return None  # the workers stay the user who started nginx
+    for folder in [temp, *temp.parents]:
+        if not folder.stat().st_mode & stat.S_IXOTH:
+            log.warning("nginx workers run as root: %s is not reachable by nobody", folder)
+            return "root root"
+    nobody = pwd.getpwnam("nobody")
+    return f"nobody {grp.getgrgid(nobody.pw_gid).gr_name}"
 
 
 @dataclass(frozen=True)
@@ -236,11 +261,12 @@ def prepare(data_dir: str | Path, listen: str, upstream: str, max_body_bytes: in
     """
     address = listen_address(listen)
     prefix = (Path(data_dir) / f"nginx-{address.rpartition(':')[2]}").resolve()
-    (prefix / "temp").mkdir(parents=True, exist_ok=True)  # nginx makes (and, as root, hands over) the rest
+    temp = prefix / "temp"
+    temp.mkdir(parents=True, exist_ok=True)  # nginx makes (and, as root, hands to its workers) the rest
     conf = prefix / "nginx.conf"
     pid = prefix / "nginx.pid"
     conf.write_text(render(listen=address, upstream=upstream, max_body_bytes=max_body_bytes, pid=str(pid),
-                           temp=str(prefix / "temp"), nofile=_nofile(), retry_after_s=retry_after_s))
+                           temp=str(temp), nofile=_nofile(), retry_after_s=retry_after_s, user=_worker_user(temp)))
     # -e: start-up errors to stderr too, not to the packaged /var/log/nginx (before the config is read).
     argv = [nginx_binary(), "-p", str(prefix), "-c", str(conf), "-e", "stderr", "-g", "daemon off;"]
     return Nginx(prefix, conf, pid, argv)
