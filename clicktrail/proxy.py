@@ -3,7 +3,7 @@
 gunicorn's ``gthread`` workers give a thread to a connection as soon as its headers arrive, and
 that thread then waits for the body: a dozen clients sending a body a byte at a time hold every
 thread, and real requests wait (issue 11). gunicorn's documentation recommends a buffering proxy
-in front; nginx holds a slow client in its event loop for a few hundred bytes of memory, and
+in front; nginx holds a slow client in its event loop for some kilobytes of memory, and
 passes a request on only once the whole body is in (``proxy_request_buffering on``), so gunicorn
 only ever sees complete requests.
 

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import settings as settings_
+from hypothesis import strategies as st
 
 from clicktrail import proxy, services
 from tests.conftest import ROOT, now_ms
@@ -257,3 +260,19 @@ def _pixel(r) -> str:
     from pixel import registry
 
     return registry.create_pixel(r, "acme", ["shop.example"])
+
+
+@settings_(max_examples=300, deadline=None)
+@given(st.text(max_size=30))
+def test_listen_address_keeps_a_valid_port_or_refuses_the_bind(bind):
+    from clicktrail.errors import ServiceError
+
+    try:
+        listen = proxy.listen_address(bind)
+    except ServiceError as exc:
+        assert "HOST:PORT" in str(exc)
+        return
+    port = listen.rpartition(":")[2]
+    assert port.isascii() and port.isdigit() and 0 < int(port) < 65536
+    assert bind.endswith(port)
+    assert listen in (bind, port)  # the bind as given, or only its port (every address)
