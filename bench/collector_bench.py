@@ -7,11 +7,17 @@ Starts, on free loopback ports:
   (production gunicorn options, N = cores by default), pointed at Redis DB 3;
 - ``bench/bare_app.py``: a Flask app answering 204 to everything, under the same options.
 
+- nginx in front of that collector, configured as ``clicktrail up`` configures it (clicktrail/proxy.py:
+  whole bodies buffered, then passed on a keep-alive upstream connection); the collector runs with
+  ``CLICKTRAIL_TRUST_PROXY_HEADERS=true`` as it does behind ``up``. Skipped with ``--no-proxy``, or when
+  the measured tree has no clicktrail/proxy.py.
+
 Registers a pixel (domain ``bench.example``) and an Events API token in Redis DB 3, builds request
 bodies with current timestamps, checks that one sample of each is accepted in full, then drives each
 scenario with wrk (same threads, connections and duration; a warm-up first) and prints a Markdown
 table: requests/s, events/s, p50/p99 latency, non-2xx and socket errors, CPU the server processes
-spent per request, and the ratio collector/bare for 1-event bodies (target: at least 0.7).
+spent per request (through nginx: nginx's and the collector's), the ratio collector/bare for 1-event
+bodies (target: at least 0.7), and the ratio through nginx/direct.
 
 The stream ``ct:events`` of DB 3 is deleted before every scenario (no sink runs during the bench)
 and the collector runs with a very high ``CLICKTRAIL_STREAM_MAX_LEN``, so the memory guard never
@@ -54,7 +60,13 @@ from clicktrail import keys  # noqa: E402
 from clicktrail.services import free_port  # noqa: E402
 from pixel import registry  # noqa: E402
 
+try:
+    from clicktrail import proxy  # noqa: E402
+except ImportError:  # a measured commit from before the front end
+    proxy = None
+
 DEFAULT_REDIS = "redis://127.0.0.1:6379/3"
+PROXY_SUFFIX = ", through nginx"
 ADVERTISER = "bench-adv"
 DOMAIN = "bench.example"
 ORIGIN = f"https://{DOMAIN}"
@@ -246,12 +258,15 @@ def redis_cpu_s(r: redis.Redis) -> float:
 @dataclass
 class Scenario:
     name: str
-    server: str  # "collector" or "bare"
+    server: str  # "collector", "proxy" (nginx in front of the same collector) or "bare"
     path: str
     body: bytes
     headers: dict
     events: int  # per request
     runs: list = field(default_factory=list)
+
+    def fields(self) -> tuple:
+        return self.path, self.body, self.headers, self.events
 
 
 def post(port: int, s: Scenario) -> tuple[int, bytes]:
@@ -306,6 +321,13 @@ def write_lua(folder: Path, s: Scenario) -> Path:
     return lua
 
 
+def server_cpu_s(procs: dict, server: str) -> tuple[float, float]:
+    """(user, system) CPU seconds of the processes serving a scenario: through nginx, nginx's and the collector's."""
+    names = ["proxy", "collector"] if server == "proxy" else [server]
+    times = [tree_cpu_s(procs[name].pid) for name in names]
+    return sum(t[0] for t in times), sum(t[1] for t in times)
+
+
 def measure(args, r: redis.Redis, procs: dict, ports: dict, s: Scenario, lua: Path) -> dict:
     port = ports[s.server]
     r.unlink(keys.EVENTS_STREAM)
@@ -313,9 +335,9 @@ def measure(args, r: redis.Redis, procs: dict, ports: dict, s: Scenario, lua: Pa
         run_wrk(args, port, s, lua, args.warmup)
     r.unlink(keys.EVENTS_STREAM)
     time.sleep(0.5)
-    cpu0, rcpu0 = tree_cpu_s(procs[s.server].pid), redis_cpu_s(r)
+    cpu0, rcpu0 = server_cpu_s(procs, s.server), redis_cpu_s(r)
     result, cmd = run_wrk(args, port, s, lua, args.duration)
-    cpu1, rcpu1 = tree_cpu_s(procs[s.server].pid), redis_cpu_s(r)
+    cpu1, rcpu1 = server_cpu_s(procs, s.server), redis_cpu_s(r)
     time.sleep(0.5)  # requests in flight when wrk stopped still land
     queued = queued_events(r)
     r.unlink(keys.EVENTS_STREAM)
@@ -336,12 +358,12 @@ def measure(args, r: redis.Redis, procs: dict, ports: dict, s: Scenario, lua: Pa
         "server_user_cpu_ms_per_req": 1000 * (cpu1[0] - cpu0[0]) / max(n, 1),
         "server_system_cpu_ms_per_req": 1000 * (cpu1[1] - cpu0[1]) / max(n, 1),
         "redis_cpu_ms_per_req": 1000 * (rcpu1 - rcpu0) / max(n, 1),
-        "queued": queued if s.server == "collector" else None,
-        "expected_min": n * s.events if s.server == "collector" else None,
+        "queued": queued if s.server != "bare" else None,
+        "expected_min": n * s.events if s.server != "bare" else None,
         "wrk": " ".join(shlex.quote(c) for c in cmd),
     }
     flag = ""
-    if s.server == "collector" and queued < n * s.events:
+    if s.server != "bare" and queued < n * s.events:
         flag = f"  LOST: {queued} queued < {n * s.events}"
     print(
         f"  {s.name:28} {run['rps']:8.0f} req/s  p50 {run['p50_ms']:6.2f} ms  p99 {run['p99_ms']:7.2f} ms  "
@@ -371,6 +393,24 @@ def median_run(runs: list[dict]) -> dict:
     return out
 
 
+def proxy_ratios(scenarios: list[Scenario]) -> list[str]:
+    """Lines comparing each scenario measured through nginx with the same one measured directly."""
+    by_name = {s.name: s for s in scenarios}
+    lines = []
+    for s in scenarios:
+        direct = by_name.get(s.name.removesuffix(PROXY_SUFFIX))
+        if s.server != "proxy" or direct is None:
+            continue
+        rps = [p["rps"] / d["rps"] for p, d in zip(s.runs, direct.runs)]
+        cpu = [p["server_cpu_ms_per_req"] - d["server_cpu_ms_per_req"] for p, d in zip(s.runs, direct.runs)]
+        lines.append(
+            f"Through nginx/direct, {direct.name}, requests/s: **{statistics.median(rps):.2f}**"
+            + (f" (per round: {', '.join(f'{x:.2f}' for x in rps)})" if len(rps) > 1 else "")
+            + f"; server CPU per request {statistics.median(cpu):+.2f} ms (nginx's share)"
+        )
+    return lines
+
+
 def table(scenarios: list[Scenario], ratios: list[float], cpu_ratios: list[float], args) -> str:
     lines = [
         "| scenario | server | events/request | requests/s | events/s | p50 ms | p99 ms | non-2xx "
@@ -397,6 +437,7 @@ def table(scenarios: list[Scenario], ratios: list[float], cpu_ratios: list[float
         f"Ratio by server CPU per request (bare/collector, less sensitive to noise): "
         f"{statistics.median(cpu_ratios):.2f}"
     )
+    lines.extend(proxy_ratios(scenarios))
     return "\n".join(lines)
 
 
@@ -490,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         "collector with its Redis call and metric updates replaced by no-ops",
     )
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
+    parser.add_argument("--no-proxy", action="store_true", help="skip the scenarios through nginx")
     args = parser.parse_args(argv)
     if args.cpu_breakdown:
         r = redis.Redis.from_url(args.redis_url)
@@ -524,6 +566,8 @@ def main(argv: list[str] | None = None) -> int:
         CLICKTRAIL_REDIS_URL=args.redis_url,
         CLICKTRAIL_STREAM_MAX_LEN="1000000000",
         CLICKTRAIL_DATA_DIR=str(folder / "data"),
+        # As behind `clicktrail up`'s nginx (the direct scenarios send no X-Forwarded-For).
+        CLICKTRAIL_TRUST_PROXY_HEADERS="true",
     )
     # The servers import the code from CODE whatever is installed (an editable install may not know
     # packages added since, and PYTHONPATH precedes it).
@@ -565,6 +609,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         wait_up(ports["collector"], "/healthz", procs["collector"])
         wait_up(ports["bare"], "/healthz", procs["bare"])
+        if proxy is not None and not args.no_proxy:
+            ports["proxy"] = free_port()
+            nginx = proxy.prepare(folder / "data", f"127.0.0.1:{ports['proxy']}", f"127.0.0.1:{ports['collector']}",
+                                  proxy.DEFAULT_MAX_BODY)
+            procs["proxy"] = subprocess.Popen(nginx.argv, start_new_session=True)
+            wait_up(ports["proxy"], "/healthz", procs["proxy"])
 
         rng = random.Random(7)
         now_ms = int(time.time() * 1000)
@@ -591,6 +641,9 @@ def main(argv: list[str] | None = None) -> int:
                 100,
             ),
         ]
+        if "proxy" in ports:  # the same requests through nginx, beside the direct ones
+            scenarios.insert(2, Scenario(scenarios[1].name + PROXY_SUFFIX, "proxy", *scenarios[1].fields()))
+            scenarios.append(Scenario(scenarios[-1].name + PROXY_SUFFIX, "proxy", *scenarios[-1].fields()))
         luas = {}
         for s in scenarios:
             check_sample(ports[s.server], s)
@@ -598,7 +651,8 @@ def main(argv: list[str] | None = None) -> int:
         r.unlink(keys.EVENTS_STREAM)
         print(
             f"collector :{ports['collector']} and bare :{ports['bare']} up, {args.workers} workers x "
-            f"{args.threads} threads each; samples accepted; measuring {args.duration}s per scenario",
+            f"{args.threads} threads each{', nginx :' + str(ports['proxy']) if 'proxy' in ports else ''}; "
+            f"samples accepted; measuring {args.duration}s per scenario",
             file=sys.stderr,
         )
 

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from clicktrail import clickhouse, schema, services
+from clicktrail import clickhouse, proxy, schema, services
 
 log = logging.getLogger("clicktrail.up")
 
 
-def _start(name: str, args: list[str]) -> subprocess.Popen:
+def _start(name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
     # Children get their own process group, so the terminal's Ctrl-C reaches only us and we stop
-    # them in order (collector first, so nothing arrives that the sinks will not store).
-    return subprocess.Popen([sys.executable, "-m", "clicktrail.cli", *args], start_new_session=True)
+    # them in order (front end and collector first, so nothing arrives that the sinks will not store).
+    return subprocess.Popen([sys.executable, "-m", "clicktrail.cli", *args], start_new_session=True,
+                            env={**os.environ, **env} if env else None)
 
 
 def _prepare(settings: dict, start_services: bool) -> None:
@@ -49,14 +51,20 @@ def _wait_healthy(url: str, proc: subprocess.Popen, seconds: float = 30.0) -> No
 
 def up(settings: dict, *, bind: str, api_bind: str, sinks: int, start_services: bool) -> None:
     _prepare(settings, start_services)
-    children: list[tuple[str, subprocess.Popen]] = [("collector", _start("collector", ["collector", "--bind", bind]))]
+    # nginx on the public --bind buffers every request; the collector listens behind it on loopback.
+    front = proxy.front_end(settings, bind)
+    children: list[tuple[str, subprocess.Popen]] = [
+        ("proxy", subprocess.Popen(front.nginx.argv, start_new_session=True)),
+        ("collector", _start("collector", ["collector", "--bind", front.collector_bind], front.collector_env)),
+    ]
     children += [(f"sink-{i + 1}", _start("sink", ["sink"])) for i in range(sinks)]
     children += [("attributor", _start("attributor", ["attributor"])),
                  # On one machine, reports and pollers must never slow collection: the API yields the CPU.
                  ("api", _start("api", ["api", "--bind", api_bind, "--nice", "5"]))]
-    _wait_healthy(f"http://{bind}/healthz", children[0][1])
+    _wait_healthy(f"http://{bind}/healthz", children[0][1])  # through the proxy
     _wait_healthy(f"http://{api_bind}/healthz", children[-1][1])
     print(f"{'collector':<11} http://{bind} (public URL {settings['PUBLIC_URL']})", flush=True)
+    print(f"{'proxy':<11} nginx on {bind} in front of the collector at {front.collector_bind}", flush=True)
     print(f"{'api':<11} http://{api_bind}", flush=True)
     print(f"{'sinks':<11} {sinks} reading the Redis stream into ClickHouse", flush=True)
     print(f"{'attributor':<11} attributing new conversions", flush=True)
