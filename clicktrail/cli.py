@@ -91,15 +91,18 @@ def api(bind: str, workers: int, threads: int, nice: int) -> None:
 def _run_worker(name: str, worker_class, log_level: str) -> None:
     """Run a Redis → ClickHouse worker until a signal: the first finishes the batch, a second exits."""
     from clicktrail import clickhouse
-    from clicktrail.lifecycle import ForcedStop, StopFlag
+    from clicktrail.lifecycle import ForcedStop, StopFlag, retry_until_stopped
 
     _setup_logging(log_level)
     settings = _settings()
     url = settings["CLICKHOUSE_URL"]
     stop = StopFlag()
     stop.install(name)
-    worker = worker_class(settings, _redis(settings), clickhouse.connect(url), clickhouse.database_of(url), stop)
+    ch = clickhouse.connect(url)
     try:
+        # ClickHouse may be down or still starting (Redis is waited for in the worker's own start-up).
+        retry_until_stopped("ClickHouse", lambda: ch.execute("SELECT 1"), stop)
+        worker = worker_class(settings, _redis(settings), ch, clickhouse.database_of(url), stop)
         worker.run()
     except ForcedStop:
         sys.exit(1)
