@@ -91,18 +91,17 @@ def api(bind: str, workers: int, threads: int, nice: int) -> None:
 def _run_worker(name: str, worker_class, log_level: str) -> None:
     """Run a Redis → ClickHouse worker until a signal: the first finishes the batch, a second exits."""
     from clicktrail import clickhouse
-    from clicktrail.lifecycle import ForcedStop, StopFlag, retry_until_stopped
+    from clicktrail.lifecycle import ForcedStop, StopFlag
 
     _setup_logging(log_level)
     settings = _settings()
     url = settings["CLICKHOUSE_URL"]
     stop = StopFlag()
     stop.install(name)
-    ch = clickhouse.connect(url)
+    # Neither connects here: the worker waits for Redis as it starts (its consumer group), and for
+    # ClickHouse at its first insert or tick, which retry with backoff while it is unreachable.
+    worker = worker_class(settings, _redis(settings), clickhouse.connect(url), clickhouse.database_of(url), stop)
     try:
-        # ClickHouse may be down or still starting (Redis is waited for in the worker's own start-up).
-        retry_until_stopped("ClickHouse", lambda: ch.execute("SELECT 1"), stop)
-        worker = worker_class(settings, _redis(settings), ch, clickhouse.database_of(url), stop)
         worker.run()
     except ForcedStop:
         sys.exit(1)
