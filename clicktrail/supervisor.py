@@ -69,13 +69,25 @@ class Running:
         self.started_at = time.monotonic()
         self.restart_at = None
 
+    def start_or_schedule(self, now: float) -> bool:
+        """Start it; if it cannot even be started (its program is missing...), try again later."""
+        try:
+            self.start()
+            return True
+        except OSError as exc:
+            self.proc = None
+            delay = self.backoff.next_delay()
+            self.restart_at = now + delay
+            log.error("%s could not be started (%s); retrying in %.1fs", self.spec.name, exc, delay)
+            return False
+
     def check(self, now: float) -> None:
         """Notice a death and schedule the restart; start it again when its delay is over."""
         if self.restart_at is not None:
             if now >= self.restart_at:
                 self._signal_group(signal.SIGKILL)  # leftovers that ignored the earlier SIGTERM
-                self.start()
-                log.info("%s restarted (pid %d)", self.spec.name, self.proc.pid)
+                if self.start_or_schedule(now):
+                    log.info("%s restarted (pid %d)", self.spec.name, self.proc.pid)
             return
         if self.proc is None or self.proc.poll() is None:
             return
@@ -140,19 +152,28 @@ class Supervisor:
 
     def start_all(self) -> None:
         for child in self.children:
-            child.start()
+            child.start_or_schedule(time.monotonic())
 
     def wait_ready(self, seconds: float = 60.0) -> None:
-        for child in self.children:
-            if child.spec.health_url and not self.stop_flag.is_set:
-                _wait_healthy(child.spec.health_url, seconds, self.stop_flag)
+        """Return once every child with a health URL answers it (restarting any that die meanwhile)."""
+        waiting = [child.spec.health_url for child in self.children if child.spec.health_url]
+        deadline = time.monotonic() + seconds
+        while waiting and time.monotonic() < deadline and not self.stop_flag.is_set:
+            waiting = [url for url in waiting if not _answers(url)]
+            if waiting and not self.stop_flag.wait(POLL_S):
+                self._check_all()
+        for url in waiting:
+            log.error("%s did not answer within %.0fs; going on, and restarting what dies", url, seconds)
 
     def watch(self) -> None:
         """Restart what dies, until a stop signal."""
         while not self.stop_flag.wait(POLL_S):
-            now = time.monotonic()
-            for child in self.children:
-                child.check(now)
+            self._check_all()
+
+    def _check_all(self) -> None:
+        now = time.monotonic()
+        for child in self.children:
+            child.check(now)
 
     def stop_all(self) -> None:
         deadline = time.monotonic() + STOP_BOUND_S
@@ -161,16 +182,12 @@ class Supervisor:
             print(f"stopped {child.spec.name}", flush=True)
 
 
-def _wait_healthy(url: str, seconds: float, stop: StopFlag) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and not stop.is_set:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return True
-        except OSError:
-            stop.wait(0.2)
-    log.error("%s did not answer within %.0fs; still waiting for it in the background", url, seconds)
-    return False
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def children(*, bind: str, api_bind: str, sinks: int) -> list[Child]:

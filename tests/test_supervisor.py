@@ -9,11 +9,26 @@ import re
 import sys
 import threading
 import time
+from contextlib import contextmanager
 
 from clicktrail.supervisor import Child, Supervisor
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
 CRASHER = [sys.executable, "-c", "import sys; sys.exit(3)"]
+
+
+@contextmanager
+def watching(supervisor: Supervisor):
+    """Run the supervisor's watch loop in a thread; stop it and every child however the test ends."""
+    watcher = threading.Thread(target=supervisor.watch, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        supervisor.stop_flag.set()
+        watcher.join(timeout=10)
+        supervisor.stop_all()
+    assert not watcher.is_alive()
 
 
 def alive(pid: int) -> bool:
@@ -30,14 +45,8 @@ def test_a_crash_looping_child_is_retried_with_growing_delays_and_the_others_kee
     supervisor = Supervisor([Child("steady", argv=SLEEPER), Child("broken", argv=CRASHER)])
     supervisor.start_all()
     steady_pid = supervisor.children[0].proc.pid
-    watcher = threading.Thread(target=supervisor.watch)
-    with caplog.at_level(logging.INFO, logger="clicktrail.up"):
-        watcher.start()
+    with caplog.at_level(logging.INFO, logger="clicktrail.up"), watching(supervisor):
         time.sleep(8)  # delays of 0.25-0.5, 0.5-1, 1-2, 2-4 s: about four restarts
-        supervisor.stop_flag.set()
-        watcher.join(timeout=10)
-        supervisor.stop_all()
-    assert not watcher.is_alive()
     deaths = [r.getMessage() for r in caplog.records if r.getMessage().startswith("broken exited with status 3")]
     assert 3 <= len(deaths) <= 6, deaths
     delays = [float(re.search(r"restarting in ([0-9.]+)s", line).group(1)) for line in deaths]
@@ -53,16 +62,11 @@ def test_any_death_is_restarted_including_sigkill_and_a_clean_exit(caplog):
     supervisor = Supervisor([Child("killed", argv=SLEEPER), Child("finished", argv=once)])
     supervisor.start_all()
     first = supervisor.children[0].proc.pid
-    watcher = threading.Thread(target=supervisor.watch)
-    with caplog.at_level(logging.INFO, logger="clicktrail.up"):
-        watcher.start()
+    with caplog.at_level(logging.INFO, logger="clicktrail.up"), watching(supervisor):
         os.kill(first, 9)
         deadline = time.monotonic() + 10
         while supervisor.children[0].proc.pid == first and time.monotonic() < deadline:
             time.sleep(0.1)
-        supervisor.stop_flag.set()
-        watcher.join(timeout=10)
-        supervisor.stop_all()
     messages = [r.getMessage() for r in caplog.records]
     assert supervisor.children[0].proc.pid != first
     assert any(m.startswith("killed was killed by SIGKILL") for m in messages), messages
@@ -77,9 +81,24 @@ def test_a_child_that_ignores_sigterm_is_killed_within_the_bound(monkeypatch):
                 "print('ready', flush=True); time.sleep(600)"]
     supervisor = Supervisor([Child("stubborn", argv=stubborn), Child("plain", argv=SLEEPER)])
     supervisor.start_all()
-    time.sleep(1)  # let it install its handler
     pids = [child.proc.pid for child in supervisor.children]
-    started = time.monotonic()
-    supervisor.stop_all()
+    try:
+        time.sleep(1)  # let it install its handler
+    finally:
+        started = time.monotonic()
+        supervisor.stop_all()
     assert time.monotonic() - started < 20  # a guard against a hang, not a measurement
     assert not any(alive(pid) for pid in pids)
+
+
+def test_a_child_that_cannot_even_be_started_is_retried_and_the_others_run(caplog, tmp_path):
+    supervisor = Supervisor([Child("missing", argv=[str(tmp_path / "no-such-program")]),
+                             Child("steady", argv=SLEEPER)])
+    supervisor.start_all()
+    steady = supervisor.children[1].proc
+    with caplog.at_level(logging.INFO, logger="clicktrail.up"), watching(supervisor):
+        time.sleep(3)
+        assert steady.poll() is None
+    failures = [r.getMessage() for r in caplog.records if r.getMessage().startswith("missing could not be started")]
+    assert len(failures) >= 2, failures
+    assert steady.poll() is not None
