@@ -162,7 +162,7 @@ class Supervisor:
             waiting = [url for url in waiting if not _answers(url)]
             if waiting and not self.stop_flag.wait(POLL_S):
                 self._check_all()
-        for url in waiting:
+        for url in waiting if not self.stop_flag.is_set else ():
             log.error("%s did not answer within %.0fs; going on, and restarting what dies", url, seconds)
 
     def watch(self) -> None:
