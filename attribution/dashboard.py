@@ -19,13 +19,14 @@ import hashlib
 import mimetypes
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from flask import Blueprint, Response, abort, request
 
+from clicktrail.assets import static_dir
+
 bp = Blueprint("dashboard", __name__)
 
-ROOT = Path(__file__).resolve().parent.parent / "static" / "dashboard"
+ROOT = static_dir() / "dashboard"
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "font-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'")

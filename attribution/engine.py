@@ -28,7 +28,7 @@ from clicktrail import clickhouse, keys, redis_client
 from clicktrail.backoff import Backoff
 from clicktrail.clickhouse import NETWORK_ERRORS
 from clicktrail.errors import LeaseLost
-from clicktrail.lifecycle import StopFlag
+from clicktrail.lifecycle import StopFlag, retry_until_stopped
 from clicktrail.schema import CANDIDATE_COLUMN_NAMES, CREDIT_INPUT_COLUMN_NAMES
 from pixel.registry import advertiser_settings
 from sink.rows import columns
@@ -229,7 +229,7 @@ class Attributor:
         copies of the same revision; the lease makes a second one a hot standby instead, which
         takes over (with the notices the first left pending) once the lease lapses.
         """
-        self.ensure_group()
+        retry_until_stopped("Redis", self.ensure_group, self.stop)  # Redis may be down or starting
         gc.freeze()  # what start-up built lives as long as the process: never scan it again
         log.info("attributor %s reading %s", self.name, keys.ATTRIBUTION_STREAM)
         leading = False

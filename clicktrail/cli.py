@@ -98,6 +98,8 @@ def _run_worker(name: str, worker_class, log_level: str) -> None:
     url = settings["CLICKHOUSE_URL"]
     stop = StopFlag()
     stop.install(name)
+    # Neither connects here: the worker waits for Redis as it starts (its consumer group), and for
+    # ClickHouse at its first insert or tick, which retry with backoff while it is unreachable.
     worker = worker_class(settings, _redis(settings), clickhouse.connect(url), clickhouse.database_of(url), stop)
     try:
         worker.run()

@@ -8,7 +8,10 @@ environment variable fails at start-up with its name in the message, not later o
 from __future__ import annotations
 
 import os
+import secrets
+import stat
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from clicktrail.errors import ConfigError
@@ -20,8 +23,8 @@ DEFAULTS: dict[str, Any] = {
     "REDIS_URL": "redis://127.0.0.1:6379/0",
     "CLICKHOUSE_URL": "clickhouse://127.0.0.1:9000/clicktrail",
     "PUBLIC_URL": "http://127.0.0.1:8080",
-    # Signs click URLs; set a long random value in production.
-    "SECRET_KEY": "dev-insecure-secret-change-me",
+    # Signs click URLs. Unset: a random key generated once and kept in DATA_DIR/secret_key.
+    "SECRET_KEY": "",
     # Folder for local data (Redis and ClickHouse started by `clicktrail up`, metrics files).
     "DATA_DIR": "var",
     # Collector request path.
@@ -84,4 +87,77 @@ def load(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] 
         if name not in DEFAULTS:
             raise ConfigError(f"unknown setting {name!r}; known settings: {', '.join(sorted(DEFAULTS))}")
         settings[name] = value
+    settings["SECRET_KEY"] = _secret_key(settings["SECRET_KEY"], settings["DATA_DIR"])
     return settings
+
+
+# -- the secret key --------------------------------------------------------------------------------
+
+SECRET_FILE = "secret_key"
+MIN_SECRET_CHARS = 16
+#: Strings that were ever printed in clicktrail's docs or defaults: anyone can sign URLs with them.
+DOCUMENTED_SECRETS = frozenset({"dev-insecure-secret-change-me"})
+_PLACEHOLDER_WORDS = ("change-me", "changeme", "change_me")
+
+
+def secret_path(data_dir: str) -> Path:
+    return Path(data_dir) / SECRET_FILE
+
+
+def _secret_key(configured: str, data_dir: str) -> str:
+    """The configured key, checked; without one, the key kept in DATA_DIR (made on first use)."""
+    if configured:
+        return _checked(configured, f"{ENV_PREFIX}SECRET_KEY")
+    path = secret_path(data_dir)
+    try:
+        return _checked(_read_secret(path) or _create_secret(path), str(path))
+    except OSError as exc:
+        raise ConfigError(f"{ENV_PREFIX}SECRET_KEY is unset and its generated key at {path} cannot be "
+                          f"used ({exc.strerror or exc}); set {ENV_PREFIX}SECRET_KEY or make "
+                          f"{ENV_PREFIX}DATA_DIR writable") from None
+
+
+def _checked(key: str, where: str) -> str:
+    lowered = key.strip().lower()
+    if key in DOCUMENTED_SECRETS or any(word in lowered for word in _PLACEHOLDER_WORDS):
+        raise ConfigError(f"{where} is a documented placeholder, so anyone could sign click URLs with it; "
+                          "use a long random value (openssl rand -hex 32), or unset it to use a generated one")
+    if len(key) < MIN_SECRET_CHARS:
+        raise ConfigError(f"{where} must be at least {MIN_SECRET_CHARS} characters; use a long random value "
+                          "(openssl rand -hex 32)")
+    return key
+
+
+def _read_secret(path: Path) -> str | None:
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"{path} is readable by other users (mode {stat.S_IMODE(info.st_mode):04o}); "
+                          f"chmod 600 {path}")
+    return path.read_text("ascii").strip()
+
+
+def _create_secret(path: Path) -> str:
+    """Write a new random key to ``path`` unless another process got there first; return the key kept.
+
+    Written whole to a private temporary file, then hard-linked into place: the link fails if the
+    file exists, so processes starting together all end up with the first one's key, and nobody
+    ever reads a half-written file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as out:
+            out.write(secrets.token_hex(32) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            pass  # another process made it first: use theirs
+    finally:
+        temp.unlink(missing_ok=True)
+    return _read_secret(path) or ""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import threading
+import time
 
 log = logging.getLogger(__name__)
 
@@ -32,30 +32,74 @@ class ForcedStop(BaseException):
 
 
 class StopFlag:
-    """Set by the first signal; the worker checks it between batches and while waiting."""
+    """Set by the first signal; the worker checks it between batches and while waiting.
+
+    A plain attribute, polled, rather than a threading.Event: the signal handler sets it, and an
+    Event's set() takes a lock that the interrupted code may be holding (a deadlock).
+    """
 
     def __init__(self) -> None:
-        self._event = threading.Event()
+        self._set = False
 
     @property
     def is_set(self) -> bool:
-        return self._event.is_set()
+        return self._set
 
     def set(self) -> None:
-        self._event.set()
+        self._set = True
 
     def wait(self, seconds: float) -> bool:
         """Sleep up to ``seconds``; return True early if a stop was asked for."""
-        return self._event.wait(seconds)
+        deadline = time.monotonic() + seconds
+        while not self._set:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            time.sleep(min(remaining, 0.05))
+        return True
 
     def install(self, name: str) -> None:
         def handle(signum, _frame):
-            if self._event.is_set():
+            if self._set:
                 log.warning("%s: second signal, exiting now", name)
                 raise ForcedStop()
             log.info("%s: %s received, finishing the current batch (signal again to exit now)",
                      name, signal.Signals(signum).name)
-            self._event.set()
+            self._set = True
 
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
+
+
+def connection_errors() -> tuple[type[BaseException], ...]:
+    """What a server that is not there (yet) raises: Redis's and ClickHouse's connection errors."""
+    import redis
+
+    from clicktrail.clickhouse import NETWORK_ERRORS
+
+    return (redis.ConnectionError, redis.TimeoutError, *NETWORK_ERRORS)
+
+
+def retry_until_stopped(what: str, attempt, stop: StopFlag, cap: float = 10.0):
+    """Call ``attempt`` until it gets through to ``what``, waiting with backoff; None if stopped first.
+
+    For a worker's start-up: a server that is down (or still starting) is waited for, with one log
+    line per try, rather than ending the process; a stop signal ends the wait at once.
+    """
+    from clicktrail.backoff import Backoff
+
+    errors = connection_errors()
+    backoff = Backoff(base=0.5, cap=cap)
+    while not stop.is_set:
+        try:
+            result = attempt()
+        except errors as exc:
+            delay = backoff.next_delay()
+            log.warning("waiting for %s (%s: %s); retrying in %.1fs", what, type(exc).__name__,
+                        str(exc).splitlines()[0][:200] if str(exc) else "", delay)
+            stop.wait(delay)
+            continue
+        if backoff.failures:
+            log.info("%s is reachable", what)
+        return result
+    return None

@@ -1,4 +1,11 @@
-"""``clicktrail up``: every part of the system in the foreground, until Ctrl-C."""
+"""``clicktrail up``: every part of the system in the foreground, supervised, until Ctrl-C.
+
+Each part is a child process described by a :class:`Child` (name, command, health URL). A child
+that dies, whatever its exit status (SIGKILL included), is logged and started again after a
+capped exponential backoff; the others keep serving meanwhile. Only SIGINT or SIGTERM to ``up``
+stops everything: the children in their listed order (the collector first, so nothing arrives
+that the sinks will not store; then the sinks drain their batches), within ``STOP_BOUND_S``.
+"""
 
 from __future__ import annotations
 
@@ -8,61 +15,236 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from clicktrail import clickhouse, proxy, schema, services
+from clicktrail import clickhouse, config, proxy, redis_client, schema, services
+from clicktrail.backoff import Backoff
+from clicktrail.lifecycle import StopFlag, retry_until_stopped
 
 log = logging.getLogger("clicktrail.up")
 
+#: A child that ran this long before dying was healthy: its next restart starts the backoff over.
+STABLE_S = 10.0
+#: Restart delays: from half a second, doubling for each crash in a row, up to this.
+RESTART_CAP_S = 30.0
+#: From the first stop signal to the last child gone (then what is left is killed).
+STOP_BOUND_S = 60.0
+#: How long one child may take to stop before the next is asked (gunicorn's graceful timeout is 10 s).
+CHILD_STOP_S = 30.0
+POLL_S = 0.2
 
-def _start(name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-    # Children get their own process group, so the terminal's Ctrl-C reaches only us and we stop
-    # them in order (front end and collector first, so nothing arrives that the sinks will not store).
-    return subprocess.Popen([sys.executable, "-m", "clicktrail.cli", *args], start_new_session=True,
-                            env={**os.environ, **env} if env else None)
+
+@dataclass
+class Child:
+    """One supervised process: ``clicktrail <args>`` unless ``argv`` names another program."""
+
+    name: str
+    args: list[str] = field(default_factory=list)
+    argv: list[str] | None = None
+    env: dict[str, str] | None = None  # added to up's own environment
+    health_url: str | None = None  # answered 200 once it serves; "Ready" waits for it
+
+    def command(self) -> list[str]:
+        return self.argv or [sys.executable, "-m", "clicktrail.cli", *self.args]
 
 
-def _prepare(settings: dict, start_services: bool) -> None:
+class Running:
+    """A child's current process and its restart bookkeeping."""
+
+    def __init__(self, spec: Child) -> None:
+        self.spec = spec
+        self.proc: subprocess.Popen | None = None
+        self.started_at = 0.0
+        self.restart_at: float | None = None  # set while it waits out a backoff
+        self.backoff = Backoff(base=0.5, cap=RESTART_CAP_S)
+
+    def start(self) -> None:
+        env = {**os.environ, **self.spec.env} if self.spec.env else None
+        # Its own process group: the terminal's Ctrl-C reaches only us, so we stop the children in
+        # order, and whatever a dead child leaves behind (gunicorn's workers) can be found and ended.
+        self.proc = subprocess.Popen(self.spec.command(), env=env, start_new_session=True)
+        self.started_at = time.monotonic()
+        self.restart_at = None
+
+    def start_or_schedule(self, now: float) -> bool:
+        """Start it; if it cannot even be started (its program is missing...), try again later."""
+        try:
+            self.start()
+            return True
+        except OSError as exc:
+            self.proc = None
+            delay = self.backoff.next_delay()
+            self.restart_at = now + delay
+            log.error("%s could not be started (%s); retrying in %.1fs", self.spec.name, exc, delay)
+            return False
+
+    def check(self, now: float) -> None:
+        """Notice a death and schedule the restart; start it again when its delay is over."""
+        if self.restart_at is not None:
+            if now >= self.restart_at:
+                self._signal_group(signal.SIGKILL)  # leftovers that ignored the earlier SIGTERM
+                if self.start_or_schedule(now):
+                    log.info("%s restarted (pid %d)", self.spec.name, self.proc.pid)
+            return
+        if self.proc is None or self.proc.poll() is None:
+            return
+        ran = now - self.started_at
+        if ran >= STABLE_S:
+            self.backoff.reset()
+        delay = self.backoff.next_delay()
+        # A dead gunicorn master leaves its workers serving the old socket: ask them to finish.
+        self._signal_group(signal.SIGTERM)
+        self.restart_at = now + delay
+        crashes = f", {self.backoff.failures} failures in a row" if self.backoff.failures > 1 else ""
+        log.error("%s %s after %.1fs; restarting in %.1fs%s", self.spec.name, describe(self.proc.returncode),
+                  ran, delay, crashes)
+
+    def stop(self, deadline: float, forced: StopFlag) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            self._signal_group(signal.SIGKILL)
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        until = min(deadline, time.monotonic() + CHILD_STOP_S)
+        while self.proc.poll() is None and time.monotonic() < until and not forced.is_set:
+            time.sleep(0.05)
+        if self.proc.poll() is None:
+            log.warning("%s did not stop in time; killing it", self.spec.name)
+        self._signal_group(signal.SIGKILL)
+        self.proc.wait()
+
+    def _signal_group(self, signum: int) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass  # nothing of it is left
+
+
+def describe(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+class Supervisor:
+    """Keeps every child running until told to stop."""
+
+    def __init__(self, children: list[Child]) -> None:
+        self.children = [Running(spec) for spec in children]
+        self.stop_flag = StopFlag()  # the first SIGINT/SIGTERM
+        self.forced = StopFlag()  # a second one: kill what is left now
+
+    def install_signals(self) -> None:
+        def handle(signum, _frame):
+            if self.stop_flag.is_set:
+                self.forced.set()
+            self.stop_flag.set()
+
+        signal.signal(signal.SIGINT, handle)
+        signal.signal(signal.SIGTERM, handle)
+
+    def start_all(self) -> None:
+        for child in self.children:
+            child.start_or_schedule(time.monotonic())
+
+    def wait_ready(self, seconds: float = 60.0) -> None:
+        """Return once every child with a health URL answers it (restarting any that die meanwhile)."""
+        waiting = [child.spec.health_url for child in self.children if child.spec.health_url]
+        deadline = time.monotonic() + seconds
+        while waiting and time.monotonic() < deadline and not self.stop_flag.is_set:
+            waiting = [url for url in waiting if not _answers(url)]
+            if waiting and not self.stop_flag.wait(POLL_S):
+                self._check_all()
+        for url in waiting if not self.stop_flag.is_set else ():
+            log.error("%s did not answer within %.0fs; going on, and restarting what dies", url, seconds)
+
+    def watch(self) -> None:
+        """Restart what dies, until a stop signal."""
+        while not self.stop_flag.wait(POLL_S):
+            self._check_all()
+
+    def _check_all(self) -> None:
+        now = time.monotonic()
+        for child in self.children:
+            child.check(now)
+
+    def stop_all(self) -> None:
+        deadline = time.monotonic() + STOP_BOUND_S
+        for child in self.children:  # in order: the collector first, then the sinks drain their batches
+            child.stop(deadline, self.forced)
+            print(f"stopped {child.spec.name}", flush=True)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def children(*, front: proxy.FrontEnd, bind: str, api_bind: str, sinks: int) -> list[Child]:
+    """What ``up`` runs, in stop order; one line per part."""
+    return [
+        # nginx on the public --bind buffers every request; the collector listens behind it on loopback.
+        Child("proxy", argv=front.nginx.argv, health_url=f"http://{bind}/healthz"),
+        Child("collector", ["collector", "--bind", front.collector_bind], env=front.collector_env,
+              health_url=f"http://{front.collector_bind}/healthz"),
+        *(Child(f"sink-{i + 1}", ["sink"]) for i in range(sinks)),
+        Child("attributor", ["attributor"]),
+        # On one machine, reports and pollers must never slow collection: the API yields the CPU.
+        Child("api", ["api", "--bind", api_bind, "--nice", "5"], health_url=f"http://{api_bind}/healthz"),
+    ]
+
+
+# -- before the children: servers, schema, secret ---------------------------------------------------
+
+def _prepare(settings: dict, start_services: bool, stop: StopFlag) -> bool:
+    """Start or wait for Redis and ClickHouse, migrate; False if a stop signal came first."""
     data = Path(settings["DATA_DIR"])
     if start_services:
-        for server in (services.ensure_redis(settings["REDIS_URL"], data),
-                       services.ensure_clickhouse(settings["CLICKHOUSE_URL"], data)):
-            how = "started, data in " + str(server.pid_file.parent) if server.started else "already running"
-            print(f"{server.name:<11} {server.host}:{server.port} ({how})", flush=True)
+        for name, url, ensure in (("redis", settings["REDIS_URL"], services.ensure_redis),
+                                  ("clickhouse", settings["CLICKHOUSE_URL"], services.ensure_clickhouse)):
+            if (urlsplit(url).hostname or "") in services.LOOPBACK:
+                server = ensure(url, data)
+                how = "started, data in " + str(server.pid_file.parent) if server.started else "already running"
+                print(f"{name:<11} {server.host}:{server.port} ({how})", flush=True)
+    # Servers elsewhere (or --no-services) may be down or still starting: wait, do not crash.
+    r = redis_client.patient(settings["REDIS_URL"])
+    if retry_until_stopped(f"Redis at {_where(settings['REDIS_URL'])}", r.ping, stop) is None:
+        return False
     url = settings["CLICKHOUSE_URL"]
     client = clickhouse.connect(url, database="default")
-    schema.migrate(client, clickhouse.database_of(url))
-    print(f"{'schema':<11} version {schema.current_version(client, clickhouse.database_of(url))}", flush=True)
+    db = clickhouse.database_of(url)
+    if retry_until_stopped(f"ClickHouse at {_where(url)}", lambda: schema.migrate(client, db), stop) is None:
+        return False
+    print(f"{'schema':<11} version {schema.current_version(client, db)}", flush=True)
+    if not os.environ.get(config.ENV_PREFIX + "SECRET_KEY"):
+        print(f"{'secret key':<11} {config.secret_path(settings['DATA_DIR']).resolve()} (generated once, mode 0600; "
+              f"set {config.ENV_PREFIX}SECRET_KEY to choose your own)", flush=True)
+    return True
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, seconds: float = 30.0) -> None:
-    """Return once the collector answers, so "Ready" is printed only when it is."""
-    import urllib.request
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
-    log.error("the collector did not answer at %s", url)
+def _where(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
 
 
 def up(settings: dict, *, bind: str, api_bind: str, sinks: int, start_services: bool) -> None:
-    _prepare(settings, start_services)
-    # nginx on the public --bind buffers every request; the collector listens behind it on loopback.
     front = proxy.front_end(settings, bind)
-    children: list[tuple[str, subprocess.Popen]] = [
-        ("proxy", subprocess.Popen(front.nginx.argv, start_new_session=True)),
-        ("collector", _start("collector", ["collector", "--bind", front.collector_bind], front.collector_env)),
-    ]
-    children += [(f"sink-{i + 1}", _start("sink", ["sink"])) for i in range(sinks)]
-    children += [("attributor", _start("attributor", ["attributor"])),
-                 # On one machine, reports and pollers must never slow collection: the API yields the CPU.
-                 ("api", _start("api", ["api", "--bind", api_bind, "--nice", "5"]))]
-    _wait_healthy(f"http://{bind}/healthz", children[0][1])  # through the proxy
-    _wait_healthy(f"http://{api_bind}/healthz", children[-1][1])
+    supervisor = Supervisor(children(front=front, bind=bind, api_bind=api_bind, sinks=sinks))
+    supervisor.install_signals()  # first, so a Ctrl-C while waiting for a server stops at once
+    if not _prepare(settings, start_services, supervisor.stop_flag):
+        sys.exit(0)
+    supervisor.start_all()
+    supervisor.wait_ready()
     print(f"{'collector':<11} http://{bind} (public URL {settings['PUBLIC_URL']})", flush=True)
     print(f"{'proxy':<11} nginx on {bind} in front of the collector at {front.collector_bind}", flush=True)
     print(f"{'api':<11} http://{api_bind}", flush=True)
@@ -70,28 +252,6 @@ def up(settings: dict, *, bind: str, api_bind: str, sinks: int, start_services: 
     print(f"{'attributor':<11} attributing new conversions", flush=True)
     print("Ready. Register a pixel: clicktrail pixel create --advertiser ADV --domain shop.example.com", flush=True)
     print("Press Ctrl-C to stop.", flush=True)
-
-    stopping = False
-
-    def _stop(signum, _frame):
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
-    exit_code = 0
-    while not stopping:
-        for name, proc in children:
-            if proc.poll() is not None:
-                log.error("%s exited with status %s; stopping everything", name, proc.returncode)
-                stopping, exit_code = True, 1
-        time.sleep(0.5)
-    for name, proc in children:  # collector first, then the sinks drain their batches
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        print(f"stopped {name}", flush=True)
-    sys.exit(exit_code)
+    supervisor.watch()
+    supervisor.stop_all()
+    sys.exit(0)

@@ -10,10 +10,11 @@ import hashlib
 import html
 import re
 from functools import cache
-from pathlib import Path
 from urllib.parse import urlsplit
 
-JS_DIR = Path(__file__).resolve().parent.parent / "static" / "js"
+from clicktrail.assets import static_dir
+
+JS_DIR = static_dir() / "js"
 
 PIXEL_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 

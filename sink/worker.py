@@ -27,7 +27,7 @@ from attribution import store
 from clicktrail import keys, redis_client
 from clicktrail.backoff import Backoff
 from clicktrail.clickhouse import NETWORK_ERRORS
-from clicktrail.lifecycle import StopFlag
+from clicktrail.lifecycle import StopFlag, retry_until_stopped
 from clicktrail.schema import EVENT_COLUMN_NAMES, TOUCH_COLUMN_NAMES
 from sink.rows import PoisonEntry, RowBuilder, columns, is_touch_entry
 
@@ -90,7 +90,7 @@ class Sink:
     # -- the loop ----------------------------------------------------------------------------
 
     def run(self) -> None:
-        self.ensure_group()
+        retry_until_stopped("Redis", self.ensure_group, self.stop)  # Redis may be down or starting
         # What exists now lives for the whole process: keep the collector from walking it again.
         gc.freeze()
         log.info("sink %s reading %s as group %s", self.name, keys.EVENTS_STREAM, keys.SINK_GROUP)
