@@ -159,6 +159,10 @@ def role_pids(up_pid: int, role: str) -> set[int]:
     return {pid for pid, cmd in children_of(up_pid).items() if f"clicktrail.cli {role}" in cmd}
 
 
+def proxy_pids(up_pid: int) -> set[int]:
+    return {pid for pid, cmd in children_of(up_pid).items() if cmd.startswith("nginx") or "/nginx " in cmd}
+
+
 def wait_for(what: str, check, seconds: float = 60.0):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -261,6 +265,14 @@ def test_up_restarts_killed_sinks_and_collectors_under_load_and_loses_nothing(up
         wait_for("a new collector", lambda: role_pids(up.pid, "collector") - {master})
         seen = len(load.accepted)
         wait_for("requests after the collector restarted", lambda: load.accepted_more_than(seen + 50), 90)
+
+        # The front end: nginx's master SIGKILLed leaves its workers holding the port; up ends
+        # them and starts a new nginx on the same address.
+        (nginx,) = proxy_pids(up.pid)
+        os.kill(nginx, signal.SIGKILL)
+        wait_for("a new nginx", lambda: proxy_pids(up.pid) - {nginx})
+        seen = len(load.accepted)
+        wait_for("requests after nginx restarted", lambda: load.accepted_more_than(seen + 50), 90)
     finally:
         load.halt.set()
         load.join(timeout=30)
@@ -277,6 +289,7 @@ def test_up_restarts_killed_sinks_and_collectors_under_load_and_loses_nothing(up
     log = up.log_path.read_text()
     assert re.search(r"sink-[12] was killed by SIGKILL after [0-9.]+s; restarting in", log), log
     assert "collector was killed by SIGKILL" in log
+    assert "proxy was killed by SIGKILL" in log
 
     # SIGTERM to up stops everything: every child and every gunicorn worker.
     everything = set(children_of(up.pid))
@@ -284,7 +297,7 @@ def test_up_restarts_killed_sinks_and_collectors_under_load_and_loses_nothing(up
     up.send_signal(signal.SIGTERM)
     rest, _ = up.communicate(timeout=120)
     assert up.returncode == 0
-    for name in ("collector", "sink-1", "sink-2", "attributor", "api"):
+    for name in ("proxy", "collector", "sink-1", "sink-2", "attributor", "api"):
         assert f"stopped {name}" in rest
     wait_for("every process gone", lambda: not any(map(alive, everything)), 10)
 
