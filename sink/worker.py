@@ -133,9 +133,12 @@ class Sink:
                 count=count, block=block_ms,
             )
         except redis.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+            # NOGROUP: Redis lost the stream (a restart without persistence); UNBLOCKED: the stream
+            # was deleted while we waited on it (DEL, FLUSHDB). Either way there is nothing to
+            # store: make the group again and read on.
+            if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
                 raise
-            self.ensure_group()  # Redis lost the stream (a restart without persistence)
+            self.ensure_group()
             return []
         return reply[0][1] if reply else []
 

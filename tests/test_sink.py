@@ -196,3 +196,23 @@ def test_dead_letters_can_be_listed_and_requeued_once_fixed(client, tenant, sink
     assert r.xlen(DEAD) == 0
     sink.drain()
     assert "fixable" in unique_ids(ch, ch_database)
+
+
+def test_a_stream_deleted_under_a_blocked_sink_is_made_again_and_the_sink_reads_on(client, tenant, spawn, r, ch,
+                                                                                     ch_database):
+    worker = spawn.sink()
+    queue(client, tenant, 2, "first")
+    deadline = time.monotonic() + 30
+    while len(unique_ids(ch, ch_database)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # The sink now waits in XREADGROUP ... BLOCK on the stream; deleting the key wakes it with
+    # "UNBLOCKED the stream key no longer exists" (an operator's DEL or FLUSHDB).
+    for _ in range(5):
+        r.delete(STREAM)
+        time.sleep(0.2)
+    queue(client, tenant, 3, "second")
+    deadline = time.monotonic() + 30
+    while len(unique_ids(ch, ch_database)) < 5 and time.monotonic() < deadline and worker.poll() is None:
+        time.sleep(0.1)
+    assert worker.poll() is None, "the sink exited"
+    assert unique_ids(ch, ch_database) == ["first0", "first1", "second0", "second1", "second2"]
