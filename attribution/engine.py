@@ -233,26 +233,39 @@ class Attributor:
         gc.freeze()  # what start-up built lives as long as the process: never scan it again
         log.info("attributor %s reading %s", self.name, keys.ATTRIBUTION_STREAM)
         leading = False
+        outage = Backoff(cap=self.settings["SINK_BACKOFF_CAP_S"])
         try:
             while not self.stop.is_set:
-                if not self._hold_lease():
-                    if leading:
-                        log.warning("attributor %s lost the lease; standing by", self.name)
-                    leading = False
-                    self.stop.wait(self.settings["ATTRIBUTOR_LEASE_S"] / 3)
-                    continue
-                if not leading:
-                    log.info("attributor %s holds the lease", self.name)
-                    self.written_ms = 0  # stamp after whatever the previous holder published
-                leading = True
                 try:
-                    self.tick()
-                except LeaseLost:
-                    continue  # the tick stopped unacknowledged; the new holder reclaims its notices
-                self._prune_if_due()
+                    leading = self._lead_once(leading)
+                    outage.reset()
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    # Wait Redis out in place: what a tick had not acknowledged is read again (the
+                    # rules give the same answer twice), and the lease is taken afresh.
+                    delay = outage.next_delay()
+                    log.warning("Redis unavailable (%s); retrying in %.1fs", exc, delay)
+                    leading = False
+                    self.stop.wait(delay)
         finally:
             self._release_lease()
         log.info("attributor %s stopped: %d revisions written", self.name, self.revisions_written)
+
+    def _lead_once(self, leading: bool) -> bool:
+        """One tick if this process holds the lease, else a short wait; return whether it leads."""
+        if not self._hold_lease():
+            if leading:
+                log.warning("attributor %s lost the lease; standing by", self.name)
+            self.stop.wait(self.settings["ATTRIBUTOR_LEASE_S"] / 3)
+            return False
+        if not leading:
+            log.info("attributor %s holds the lease", self.name)
+            self.written_ms = 0  # stamp after whatever the previous holder published
+        try:
+            self.tick()
+        except LeaseLost:
+            return True  # the tick stopped unacknowledged; the new holder reclaims its notices
+        self._prune_if_due()
+        return True
 
     def _prune_if_due(self) -> None:
         """Drop days of the feed's change log no cursor may still need (18.16 has no TTL)."""
@@ -320,7 +333,8 @@ class Attributor:
             reply = self.redis.xreadgroup(keys.ATTRIBUTOR_GROUP, self.name, {keys.ATTRIBUTION_STREAM: ">"},
                                           count=self.settings["ATTRIBUTOR_BATCH"], block=block_ms)
         except redis.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+            # The stream lost (NOGROUP) or deleted while we waited on it (UNBLOCKED): start again.
+            if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
                 raise
             self.ensure_group()
             return []

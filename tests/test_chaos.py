@@ -369,3 +369,29 @@ def test_up_waits_for_redis_and_then_starts(settings, tmp_path):
                 except ProcessLookupError:
                     pass
         own.cleanup()
+
+
+def test_an_attributor_waits_out_a_redis_outage_in_place_and_leads_again(spawn, settings, tmp_path):
+    own = PrivateRedis()
+    own.start()
+    log_path = tmp_path / "attributor.log"
+    try:
+        with open(log_path, "w") as log:
+            worker = subprocess.Popen([sys.executable, "-m", "clicktrail.cli", "attributor"],
+                                      env=env_for(settings, REDIS_URL=own.url), stderr=log, start_new_session=True)
+        spawn.procs.append(worker)
+        client = redis_client.patient(own.url)
+        wait_for("the lease taken", lambda: client.get(keys.ATTRIBUTOR_LEASE), 30)
+
+        own.stop()
+        wait_for("the outage noticed", lambda: "Redis unavailable" in log_path.read_text(), 30)
+        time.sleep(1)
+        assert worker.poll() is None, log_path.read_text()  # waiting, not exited
+
+        own.start()  # AOF: the group and the lease's expiry come back as they were
+        client = redis_client.patient(own.url)
+        client.delete(keys.ATTRIBUTOR_LEASE)
+        wait_for("the lease taken again", lambda: client.get(keys.ATTRIBUTOR_LEASE), 60)
+        assert worker.poll() is None
+    finally:
+        own.cleanup()
