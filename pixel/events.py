@@ -55,6 +55,8 @@ MIN_UNIX_MS = 10**11
 #: rejection counts (Redis hash, Prometheus labels) stay a bounded set.
 CUSTOM_FIELDS = "custom_fields"
 #: A number sent as a string: ASCII digits only (``float`` would also take "1_000", "²" or "١٢").
+#: ASCII control characters (a regex: a tenth of the cost of testing each character in Python).
+_CONTROL = re.compile(r"[\x00-\x1f]")
 _NUMERIC = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?", re.ASCII)
 _USER_ID_ALIASES = {
     "email": "email",
@@ -161,7 +163,7 @@ def _depth_ok(value: Any, levels: int) -> bool:
 
 def _event_name(raw: dict) -> str:
     name = _string(raw.get("event"), "event", MAX_NAME, required=True)
-    if any(ord(ch) < 32 for ch in name):
+    if _CONTROL.search(name):
         raise _Invalid("event", "must not contain control characters")
     return name
 
