@@ -31,8 +31,7 @@ class ApiServices:
     database: str
 
 
-#: Bulk imports carry up to 10,000 rows.
-MAX_API_BODY_BYTES = 16 * 1024 * 1024
+MAX_API_BODY_BYTES = config.MAX_API_BODY_BYTES
 
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:

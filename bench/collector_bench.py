@@ -611,8 +611,8 @@ def main(argv: list[str] | None = None) -> int:
         wait_up(ports["bare"], "/healthz", procs["bare"])
         if proxy is not None and not args.no_proxy:
             ports["proxy"] = free_port()
-            nginx = proxy.prepare(folder / "data", f"127.0.0.1:{ports['proxy']}", f"127.0.0.1:{ports['collector']}",
-                                  proxy.DEFAULT_MAX_BODY)
+            nginx = proxy.prepare(folder / "data", proxy.collector_site(
+                f"127.0.0.1:{ports['proxy']}", f"127.0.0.1:{ports['collector']}", proxy.DEFAULT_MAX_BODY))
             procs["proxy"] = subprocess.Popen(nginx.argv, start_new_session=True)
             wait_up(ports["proxy"], "/healthz", procs["proxy"])
 

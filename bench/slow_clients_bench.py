@@ -118,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
              "--workers", str(args.workers), "--threads", str(args.threads)],
             env=env, cwd=ROOT, start_new_session=True)
         wait_up(ports["gunicorn directly"], "/healthz", procs["collector"])
-        nginx = proxy.prepare(folder, f"127.0.0.1:{ports['through nginx']}",
-                              f"127.0.0.1:{ports['gunicorn directly']}", proxy.DEFAULT_MAX_BODY)
+        nginx = proxy.prepare(folder, proxy.collector_site(f"127.0.0.1:{ports['through nginx']}",
+                                                           f"127.0.0.1:{ports['gunicorn directly']}",
+                                                           proxy.DEFAULT_MAX_BODY))
         procs["nginx"] = subprocess.Popen(nginx.argv, start_new_session=True)
         wait_up(ports["through nginx"], "/healthz", procs["nginx"])
         for count in counts:

@@ -57,6 +57,10 @@ DEFAULTS: dict[str, Any] = {
     "SINK_FAILPOINT": "",
 }
 
+#: The API's body limit (bulk imports carry up to 10,000 rows): fixed, not a setting; the API
+#: refuses a larger body with 413, and so does nginx in front of it (clicktrail/proxy.py).
+MAX_API_BODY_BYTES = 16 * 1024 * 1024
+
 
 def _parse(name: str, raw: str, default: Any) -> Any:
     if isinstance(default, bool):

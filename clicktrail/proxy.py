@@ -1,4 +1,4 @@
-"""The collector's front end: nginx, buffering every request before gunicorn sees it.
+"""The front end of the collector and the API: nginx, buffering every request before gunicorn sees it.
 
 gunicorn's ``gthread`` workers give a thread to a connection as soon as its headers arrive, and
 that thread then waits for the body: a dozen clients sending a body a byte at a time hold every
@@ -7,8 +7,9 @@ in front; nginx holds a slow client in its event loop for some kilobytes of memo
 passes a request on only once the whole body is in (``proxy_request_buffering on``), so gunicorn
 only ever sees complete requests.
 
-``clicktrail up`` runs nginx on the public ``--bind`` with the collector behind it on a loopback
-port (:func:`front_end`); docker-compose runs the official nginx image with ``deploy/nginx.conf``,
+``clicktrail up`` runs one nginx on the public ``--bind`` and ``--api-bind``, with the collector
+and the API behind it on loopback ports (:func:`front_end`); each public address is a
+:class:`Site`. docker-compose runs the official nginx image with ``deploy/nginx.conf``,
 which is :func:`compose_config` written out (``python -m clicktrail.proxy > deploy/nginx.conf``;
 a test keeps the two equal). Nothing in ``/etc/nginx`` is read or changed: the config, pid file
 and temporary folders live under ``DATA_DIR``.
@@ -27,6 +28,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clicktrail import config
 from clicktrail.errors import ServiceError
 from clicktrail.services import free_port
 
@@ -41,26 +43,33 @@ WANTED_NOFILE = 2 * WORKER_CONNECTIONS + 1024
 CLIENT_TIMEOUT_S = 5
 # Bodies up to this stay in memory; larger ones (Events API batches) go to a temporary file.
 BODY_BUFFER = "64k"
-UPSTREAM = "clicktrail_collector"
 # Idle upstream connections are closed before gunicorn's own keep-alive (5 s) closes them, so a
 # request is never sent down a connection gunicorn is closing (a POST is not retried: 502).
 UPSTREAM_IDLE_S = 4
+# How long nginx waits for the app's answer before a 504. The collector answers in milliseconds
+# or sheds load with 503; an API report has no server-side bound other than clickhouse-driver's
+# socket timeout (300 s), so a slow report is not cut short by the front end.
+COLLECTOR_READ_TIMEOUT_S = 30
+API_READ_TIMEOUT_S = 300
 COMPOSE_UPSTREAM = "collector:8080"
 COMPOSE_LISTEN = "8080"
+COMPOSE_API_UPSTREAM = "api:8081"
+COMPOSE_API_LISTEN = "8081"
 # CLICKTRAIL_MAX_BODY_BYTES's and CLICKTRAIL_RETRY_AFTER_S's defaults (docker-compose keeps them).
 DEFAULT_MAX_BODY = 1_048_576
 DEFAULT_RETRY_AFTER = 2
 
-# nginx's own refusals, in the collector's error shape ({"error": {"code", "message"}}); the
-# Events API wraps it TikTok-style as the collector does. %(max_body)s is the body limit.
+# nginx's own refusals, in the apps' error shape ({"error": {"code", "message"}}); the Events
+# API wraps it TikTok-style as the collector does. %(max_body)s is the body limit, %(app)s the
+# app behind the address.
 _ERRORS = {
     400: ("bad_request", "the request is malformed, or its headers are too large"),
     413: ("payload_too_large", "body is larger than %(max_body)s bytes"),
     414: ("uri_too_long", "the request URI is too long"),
     500: ("proxy_error", "the front end failed; retry later"),
-    502: ("unavailable", "the collector is unavailable; retry later"),
-    503: ("unavailable", "the collector is unavailable; retry later"),
-    504: ("unavailable", "the collector did not answer in time; retry later"),
+    502: ("unavailable", "the %(app)s is unavailable; retry later"),
+    503: ("unavailable", "the %(app)s is unavailable; retry later"),
+    504: ("unavailable", "the %(app)s did not answer in time; retry later"),
 }
 
 _TEMPLATE = """\
@@ -80,17 +89,14 @@ http {
     access_log off;
     default_type application/octet-stream;
 %(resolver)s
-    # Slow clients cost nginx a connection slot each, never a collector thread; these drop the
-    # ones that stall (no byte of the headers, or of the body, for this long), with a reset that
+    # Slow clients cost nginx a connection slot each, never an app thread; these drop the ones
+    # that stall (no byte of the headers, or of the body, for this long), with a reset that
     # frees the connection's memory at once.
     client_header_timeout %(timeout)ds;
     client_body_timeout %(timeout)ds;
     send_timeout 10s;
     keepalive_timeout 15s;
     reset_timedout_connection on;
-    # The collector's body limit (CLICKTRAIL_MAX_BODY_BYTES), so an oversized body, chunked or
-    # not, is refused here with 413 before any of it reaches the collector.
-    client_max_body_size %(max_body)d;
     client_body_buffer_size %(body_buffer)s;
     client_body_temp_path %(temp)s/body;
     proxy_temp_path %(temp)s/proxy;
@@ -108,12 +114,17 @@ http {
         504 %(retry_after)d;
         default "";
     }
-    map $status $ct_error_message {
+%(sites)s}
+"""
+
+# One public address and the app behind it (the upstream and the messages are named after it).
+_SITE = """
+    map $status $ct_%(name)s_message {
 %(message_map)s
         default "the request was refused";
     }
 
-    upstream %(upstream_name)s {
+    upstream clicktrail_%(name)s {
 %(upstream_zone)s        server %(upstream)s;
         keepalive 32;
         keepalive_timeout %(upstream_idle)ds;
@@ -122,64 +133,112 @@ http {
     server {
         listen %(listen)s backlog=4096;
         server_name _;
+        # The %(app)s's own body limit, so an oversized body, chunked or not, is refused here
+        # with 413 before any of it reaches the %(app)s.
+        client_max_body_size %(max_body)d;
         # 494 (headers too large) is answered as 400.
         error_page 400 413 414 494 500 502 503 504 @ct_error;
 
         location / {
-            proxy_pass http://%(upstream_name)s;
+            proxy_pass http://clicktrail_%(name)s;
             # The whole body is read before the request goes on, so gunicorn never waits on a client.
             proxy_request_buffering on;
             proxy_buffering on;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host $http_host;
-            # Replaced, never appended to: the collector (CLICKTRAIL_TRUST_PROXY_HEADERS=true behind
-            # this proxy) takes the first address, which must be the peer nginx saw.
+            # Replaced, never appended to: %(forwarded_for_why)s
             proxy_set_header X-Forwarded-For $remote_addr;
             proxy_set_header X-Forwarded-Proto $scheme;
             proxy_set_header Forwarded "";
             proxy_connect_timeout 2s;
             proxy_send_timeout 30s;
-            proxy_read_timeout 30s;
+            proxy_read_timeout %(read_timeout)ds;
         }
 
         location @ct_error {
             default_type application/json;
             add_header Retry-After $ct_retry_after always;
             # The status stays the refusal's; 200 here only sets the body.
-            if ($request_uri ~ "^/open_api/") {
-                return 200 '{"code":40002,"message":"$ct_error_message","request_id":"","data":{"error":{"code":"$ct_error_code","message":"$ct_error_message"}}}\\n';
-            }
-            return 200 '{"error":{"code":"$ct_error_code","message":"$ct_error_message"}}\\n';
+%(events_api)s            return 200 '{"error":{"code":"$ct_error_code","message":"$ct_%(name)s_message"}}\\n';
         }
     }
-}
+"""
+
+_EVENTS_API_ERROR = """\
+            if ($request_uri ~ "^/open_api/") {
+                return 200 '{"code":40002,"message":"$ct_%(name)s_message","request_id":"","data":{"error":{"code":"$ct_error_code","message":"$ct_%(name)s_message"}}}\\n';
+            }
 """
 
 
-def render(*, listen: str, upstream: str, max_body_bytes: int, pid: str, temp: str, nofile: int,
-           retry_after_s: int = DEFAULT_RETRY_AFTER, resolver: str | None = None, user: str | None = None,
-           origin: str = "Written by clicktrail (clicktrail/proxy.py) at every start; do not edit.") -> str:
-    """The nginx config: listen on ``listen``, pass complete requests to ``upstream`` (HOST:PORT).
+@dataclass(frozen=True)
+class Site:
+    """One public address of the front end and the app behind it."""
 
-    With ``resolver`` (a DNS server), the upstream's name is re-resolved while nginx runs (needs
-    nginx 1.27.3 or later), so a re-created collector container is found at its new address.
-    """
+    name: str  # "collector" or "api": names the upstream and the messages
+    app: str  # the app as error messages name it
+    listen: str  # nginx's listen (see listen_address)
+    upstream: str  # HOST:PORT of the app's gunicorn
+    max_body_bytes: int
+    read_timeout_s: int
+    forwarded_for_why: str  # the comment on X-Forwarded-For
+    events_api: bool = False  # refusals under /open_api/ wrapped TikTok-style
+
+
+def collector_site(listen: str, upstream: str, max_body_bytes: int) -> Site:
     if max_body_bytes <= 0:
         raise ServiceError(f"CLICKTRAIL_MAX_BODY_BYTES must be positive for the proxy; got {max_body_bytes}")
+    return Site("collector", "collector", listen_address(listen), upstream, max_body_bytes,
+                COLLECTOR_READ_TIMEOUT_S,
+                "the collector (CLICKTRAIL_TRUST_PROXY_HEADERS=true behind\n"
+                "            # this proxy) takes the first address, which must be the peer nginx saw.",
+                events_api=True)
+
+
+def api_site(listen: str, upstream: str) -> Site:
+    # The API never reads the client's address (no route logs, limits or stores it), so it is not
+    # told to trust X-Forwarded-For; nginx still replaces the header, as for the collector.
+    return Site("api", "API", listen_address(listen), upstream, config.MAX_API_BODY_BYTES, API_READ_TIMEOUT_S,
+                "the API reads no client address (it is not told to trust\n"
+                "            # this header), and no forged one reaches it.")
+
+
+def _render_site(site: Site, resolver: str | None) -> str:
+    values = {"max_body": site.max_body_bytes, "app": site.app}
+    messages = "\n".join(f'        {status} "{message % values}";' for status, (_, message) in _ERRORS.items())
+    name = f"clicktrail_{site.name}"
+    return _SITE % {
+        "name": site.name,
+        "app": site.app,
+        "listen": site.listen,
+        "upstream": site.upstream + (" resolve" if resolver else ""),
+        "upstream_zone": f"        zone {name} 64k;\n" if resolver else "",
+        "upstream_idle": UPSTREAM_IDLE_S,
+        "max_body": site.max_body_bytes,
+        "read_timeout": site.read_timeout_s,
+        "message_map": messages,
+        "forwarded_for_why": site.forwarded_for_why,
+        "events_api": _EVENTS_API_ERROR % {"name": site.name} if site.events_api else "",
+    }
+
+
+def render(*, sites: list[Site], pid: str, temp: str, nofile: int, retry_after_s: int = DEFAULT_RETRY_AFTER,
+           resolver: str | None = None, user: str | None = None,
+           origin: str = "Written by clicktrail (clicktrail/proxy.py) at every start; do not edit.") -> str:
+    """The nginx config: one ``server`` per site, passing complete requests to its upstream.
+
+    With ``resolver`` (a DNS server), the upstreams' names are re-resolved while nginx runs (needs
+    nginx 1.27.3 or later), so a re-created app container is found at its new address.
+    """
+    listens = [site.listen for site in sites]
+    if len(set(listens)) != len(listens):
+        raise ServiceError(f"the collector and the API need different addresses; got {', '.join(listens)}")
     codes = "\n".join(f"        {status} {code};" for status, (code, _) in _ERRORS.items())
-    messages = "\n".join(f'        {status} "{message % {"max_body": max_body_bytes}}";'
-                         for status, (_, message) in _ERRORS.items())
     return _TEMPLATE % {
         "origin": origin,
         "user": f"user {user};\n" if user else "",
-        "listen": listen,
-        "upstream": upstream + (" resolve" if resolver else ""),
-        "upstream_name": UPSTREAM,
-        "upstream_zone": f"        zone {UPSTREAM} 64k;\n" if resolver else "",
         "resolver": f"    resolver {resolver} valid=10s ipv6=off;\n" if resolver else "",
-        "upstream_idle": UPSTREAM_IDLE_S,
-        "max_body": max_body_bytes,
         "retry_after": retry_after_s,
         "body_buffer": BODY_BUFFER,
         "timeout": CLIENT_TIMEOUT_S,
@@ -188,14 +247,15 @@ def render(*, listen: str, upstream: str, max_body_bytes: int, pid: str, temp: s
         "nofile": nofile,
         "worker_connections": WORKER_CONNECTIONS,
         "code_map": codes,
-        "message_map": messages,
+        "sites": "".join(_render_site(site, resolver) for site in sites),
     }
 
 
 def compose_config(max_body_bytes: int = DEFAULT_MAX_BODY) -> str:
-    """``deploy/nginx.conf``: the official nginx image in docker-compose, Docker's DNS for the collector."""
-    return render(listen=COMPOSE_LISTEN, upstream=COMPOSE_UPSTREAM, max_body_bytes=max_body_bytes,
-                  pid="/tmp/nginx.pid", temp="/tmp/nginx", nofile=WANTED_NOFILE, resolver="127.0.0.11",
+    """``deploy/nginx.conf``: the official nginx image in docker-compose, Docker's DNS for the apps."""
+    sites = [collector_site(COMPOSE_LISTEN, COMPOSE_UPSTREAM, max_body_bytes),
+             api_site(COMPOSE_API_LISTEN, COMPOSE_API_UPSTREAM)]
+    return render(sites=sites, pid="/tmp/nginx.pid", temp="/tmp/nginx", nofile=WANTED_NOFILE, resolver="127.0.0.11",
                   origin="Written by `python -m clicktrail.proxy > deploy/nginx.conf`: change clicktrail/proxy.py, "
                          "not this file.")
 
@@ -253,20 +313,19 @@ class Nginx:
             raise ServiceError(f"nginx refused {self.conf}: {test.stderr.strip()}")
 
 
-def prepare(data_dir: str | Path, listen: str, upstream: str, max_body_bytes: int,
-            retry_after_s: int = DEFAULT_RETRY_AFTER) -> Nginx:
-    """Write the config for nginx on ``listen`` in front of ``upstream``; return how to run it.
+def prepare(data_dir: str | Path, *sites: Site, retry_after_s: int = DEFAULT_RETRY_AFTER) -> Nginx:
+    """Write the config for one nginx serving ``sites``; return how to run it.
 
-    Its folder is ``DATA_DIR/nginx-<port>``, so two fronts on one data folder do not share a pid file.
+    Its folder is ``DATA_DIR/nginx-<first site's port>``, so two fronts on one data folder do not
+    share a pid file.
     """
-    address = listen_address(listen)
-    prefix = (Path(data_dir) / f"nginx-{address.rpartition(':')[2]}").resolve()
+    prefix = (Path(data_dir) / f"nginx-{sites[0].listen.rpartition(':')[2]}").resolve()
     temp = prefix / "temp"
     temp.mkdir(parents=True, exist_ok=True)  # nginx makes (and, as root, hands to its workers) the rest
     conf = prefix / "nginx.conf"
     pid = prefix / "nginx.pid"
-    conf.write_text(render(listen=address, upstream=upstream, max_body_bytes=max_body_bytes, pid=str(pid),
-                           temp=str(temp), nofile=_nofile(), retry_after_s=retry_after_s, user=_worker_user(temp)))
+    conf.write_text(render(sites=list(sites), pid=str(pid), temp=str(temp), nofile=_nofile(),
+                           retry_after_s=retry_after_s, user=_worker_user(temp)))
     # -e: start-up errors to stderr too, not to the packaged /var/log/nginx (before the config is read).
     argv = [nginx_binary(), "-p", str(prefix), "-c", str(conf), "-e", "stderr", "-g", "daemon off;"]
     return Nginx(prefix, conf, pid, argv)
@@ -274,23 +333,26 @@ def prepare(data_dir: str | Path, listen: str, upstream: str, max_body_bytes: in
 
 @dataclass(frozen=True)
 class FrontEnd:
-    """How ``clicktrail up`` runs the collector behind nginx."""
+    """How ``clicktrail up`` runs the collector and the API behind nginx."""
 
     nginx: Nginx
     collector_bind: str  # loopback HOST:PORT gunicorn listens on, reached only through nginx
     collector_env: dict[str, str]  # environment overrides for the collector behind the proxy
+    api_bind: str  # the API's gunicorn, likewise
 
 
-def front_end(settings: dict, bind: str) -> FrontEnd:
-    """nginx on the public ``bind``, the collector on a free loopback port behind it.
+def front_end(settings: dict, bind: str, api_bind: str) -> FrontEnd:
+    """One nginx on the public ``bind`` and ``api_bind``, the collector and the API on free
+    loopback ports behind it.
 
     The collector trusts X-Forwarded-For there: only local processes reach that port, and nginx
-    replaces whatever a client sent with the address it saw.
+    replaces whatever a client sent with the address it saw. The API reads no client address.
     """
-    collector_bind = f"127.0.0.1:{free_port()}"
-    nginx = prepare(settings["DATA_DIR"], bind, collector_bind, settings["MAX_BODY_BYTES"], settings["RETRY_AFTER_S"])
+    collector_bind, api_upstream = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    nginx = prepare(settings["DATA_DIR"], collector_site(bind, collector_bind, settings["MAX_BODY_BYTES"]),
+                    api_site(api_bind, api_upstream), retry_after_s=settings["RETRY_AFTER_S"])
     nginx.check()
-    return FrontEnd(nginx, collector_bind, {"CLICKTRAIL_TRUST_PROXY_HEADERS": "true"})
+    return FrontEnd(nginx, collector_bind, {"CLICKTRAIL_TRUST_PROXY_HEADERS": "true"}, api_upstream)
 
 
 if __name__ == "__main__":

@@ -190,17 +190,18 @@ def _answers(url: str) -> bool:
         return False
 
 
-def children(*, front: proxy.FrontEnd, bind: str, api_bind: str, sinks: int) -> list[Child]:
+def children(*, front: proxy.FrontEnd, bind: str, sinks: int) -> list[Child]:
     """What ``up`` runs, in stop order; one line per part."""
     return [
-        # nginx on the public --bind buffers every request; the collector listens behind it on loopback.
+        # nginx on the public --bind and --api-bind buffers every request; the collector and the
+        # API listen behind it on loopback.
         Child("proxy", argv=front.nginx.argv, health_url=f"http://{bind}/healthz"),
         Child("collector", ["collector", "--bind", front.collector_bind], env=front.collector_env,
               health_url=f"http://{front.collector_bind}/healthz"),
         *(Child(f"sink-{i + 1}", ["sink"]) for i in range(sinks)),
         Child("attributor", ["attributor"]),
         # On one machine, reports and pollers must never slow collection: the API yields the CPU.
-        Child("api", ["api", "--bind", api_bind, "--nice", "5"], health_url=f"http://{api_bind}/healthz"),
+        Child("api", ["api", "--bind", front.api_bind, "--nice", "5"], health_url=f"http://{front.api_bind}/healthz"),
     ]
 
 
@@ -238,16 +239,17 @@ def _where(url: str) -> str:
 
 
 def up(settings: dict, *, bind: str, api_bind: str, sinks: int, start_services: bool) -> None:
-    front = proxy.front_end(settings, bind)
-    supervisor = Supervisor(children(front=front, bind=bind, api_bind=api_bind, sinks=sinks))
+    front = proxy.front_end(settings, bind, api_bind)
+    supervisor = Supervisor(children(front=front, bind=bind, sinks=sinks))
     supervisor.install_signals()  # first, so a Ctrl-C while waiting for a server stops at once
     if not _prepare(settings, start_services, supervisor.stop_flag):
         sys.exit(0)
     supervisor.start_all()
     supervisor.wait_ready()
     print(f"{'collector':<11} http://{bind} (public URL {settings['PUBLIC_URL']})", flush=True)
-    print(f"{'proxy':<11} nginx on {bind} in front of the collector at {front.collector_bind}", flush=True)
     print(f"{'api':<11} http://{api_bind}", flush=True)
+    print(f"{'proxy':<11} nginx on {bind} in front of the collector at {front.collector_bind}, "
+          f"and on {api_bind} in front of the API at {front.api_bind}", flush=True)
     print(f"{'sinks':<11} {sinks} reading the Redis stream into ClickHouse", flush=True)
     print(f"{'attributor':<11} attributing new conversions", flush=True)
     print("Ready. Register a pixel: clicktrail pixel create --advertiser ADV --domain shop.example.com", flush=True)

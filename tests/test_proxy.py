@@ -7,8 +7,10 @@ alone does under the same attack is measured by bench/slow_clients_bench.py (doc
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -23,8 +25,10 @@ from hypothesis import given
 from hypothesis import settings as settings_
 from hypothesis import strategies as st
 
-from clicktrail import proxy, services
+from clicktrail import config, proxy, services
+from pixel import registry
 from tests.conftest import ROOT, now_ms
+from tests.http import call
 from tests.servers import env_for, wait_http
 from tests.slow_clients import SlowBodies, probe, raise_open_files
 
@@ -38,14 +42,20 @@ ORIGIN = "https://shop.example"
 
 @dataclass
 class Front:
-    port: int  # nginx
+    port: int  # nginx, in front of the collector
     collector: str  # the collector's own base URL, behind it
+    api_port: int  # nginx, in front of the API
+    api: str  # the API's own base URL, behind it
     nginx: proxy.Nginx
     proc: subprocess.Popen
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_base(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -61,15 +71,22 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @pytest.fixture
 def front(spawn, settings, r):
+    """One nginx, as `up` configures it: the collector on one address, the API on another."""
     collector = spawn.collector(workers=2, TRUST_PROXY_HEADERS="true")
-    port = services.free_port()
+    api_direct = services.free_port()
+    spawn.start("api", "--bind", f"127.0.0.1:{api_direct}", "--workers", "2")
+    port, api_port = services.free_port(), services.free_port()
     # Under the test's data folder: nginx's workers (nobody, when root runs the tests) must reach it.
-    nginx = proxy.prepare(settings["DATA_DIR"], f"127.0.0.1:{port}", collector.removeprefix("http://"),
-                          settings["MAX_BODY_BYTES"])
+    nginx = proxy.prepare(settings["DATA_DIR"],
+                          proxy.collector_site(f"127.0.0.1:{port}", collector.removeprefix("http://"),
+                                               settings["MAX_BODY_BYTES"]),
+                          proxy.api_site(f"127.0.0.1:{api_port}", f"127.0.0.1:{api_direct}"))
     proc = subprocess.Popen(nginx.argv, start_new_session=True)
     try:
+        wait_http(f"http://127.0.0.1:{api_direct}/healthz")
         wait_http(f"http://127.0.0.1:{port}/healthz")
-        yield Front(port, collector, nginx, proc)
+        wait_http(f"http://127.0.0.1:{api_port}/healthz")
+        yield Front(port, collector, api_port, f"http://127.0.0.1:{api_direct}", nginx, proc)
     finally:
         _stop(proc)
         shutil.rmtree(nginx.prefix, ignore_errors=True)
@@ -182,17 +199,95 @@ def test_proxy_refuses_oversized_bodies_in_json_and_passes_the_rest_unchanged(fr
     assert status == 502 and reply["error"]["code"] == "unavailable" and headers["retry-after"] == "2"
 
 
-def _get(url: str) -> tuple[int, dict, bytes]:
-    from tests.http import call
+def test_a_thousand_slow_bodies_against_the_api_leave_its_reads_answered_in_time(front, r):
+    # The same attack on the API's address (imports from ad servers, the feed, the dashboard).
+    assert raise_open_files(SLOW_CLIENTS + 500) >= SLOW_CLIENTS + 100, "raise the hard limit on open files"
+    token = registry.create_token(r, "adv-api", ["reports"])
+    slow = SlowBodies("127.0.0.1", front.api_port, "/v1/clicks", SLOW_CLIENTS, interval=2.0)
+    try:
+        slow.open()
+        time.sleep(2.5)  # every slow client has trickled at least once
+        assert slow.open_count == SLOW_CLIENTS
+        probes = []
+        for _ in range(10):
+            probes.append(("GET /healthz", probe("127.0.0.1", front.api_port, "GET", "/healthz")))
+            # 200 only with the token: an authenticated read, from Redis, through the API's gunicorn.
+            probes.append(("GET /v1/advertiser", probe("127.0.0.1", front.api_port, "GET", "/v1/advertiser",
+                                                       headers={"Authorization": f"Bearer {token}"})))
+        assert slow.open_count == SLOW_CLIENTS and slow.dropped == 0
+    finally:
+        slow.close()
+    late = [(name, p) for name, p in probes if p.status != 200 or p.seconds >= 2.0]
+    assert late == [], f"answered late or not at all while {SLOW_CLIENTS} slow bodies were open"
 
+
+def _head_only(port: int, path: str, length: int, headers: dict) -> tuple[int, dict]:
+    """Send a request's headers announcing ``length`` bytes of body, none of it; the answer and its JSON."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{lines}"
+                 f"Content-Length: {length}\r\nConnection: close\r\n\r\n".encode())
+    # Read the answer, not until the close: nginx lingers a while for the body it refused.
+    reply = http.client.HTTPResponse(sock)
+    reply.begin()
+    status, body = reply.status, reply.read()
+    sock.close()
+    return status, json.loads(body)
+
+
+def test_api_body_over_its_limit_is_refused_by_nginx_in_the_apis_json(front, r):
+    limit = config.MAX_API_BODY_BYTES
+    auth = {"Authorization": "Bearer " + registry.create_token(r, "adv-api", ["adserver"])}
+    expected = {"error": {"code": "payload_too_large", "message": f"body is larger than {limit} bytes"}}
+    # The API's own refusal of an oversized body, for comparison.
+    assert _head_only(int(front.api.rpartition(":")[2]), "/v1/clicks", limit + 1, auth) == (413, expected)
+    # Through nginx: the same answer on the size alone, without a token (the API would say 401),
+    # so nginx refused it before any of it reached the API.
+    assert _head_only(front.api_port, "/v1/clicks", limit + 1, {}) == (413, expected)
+    big = b'{"clicks": [' + b" " * limit + b"]}"
+    status, reply, _ = _chunked("127.0.0.1", front.api_port, "/v1/clicks", big, auth)
+    assert (status, reply) == (413, expected)
+    # A body within the limit is passed on whole: the API's own answer (an empty list refused).
+    near = b'{"clicks": [' + b" " * (limit - 100) + b"]}"
+    direct = _chunked("127.0.0.1", int(front.api.rpartition(":")[2]), "/v1/clicks", near, auth)
+    proxied = _chunked("127.0.0.1", front.api_port, "/v1/clicks", near, auth)
+    assert proxied[:2] == direct[:2] and proxied[0] == 400 and proxied[1]["error"]["field"] == "clicks"
+
+
+# Differ by hop and by server only; every other header passes through as the API sent it.
+HOP_HEADERS = {"server", "date", "connection", "keep-alive"}
+
+
+def test_dashboard_keeps_its_headers_through_the_proxy_and_an_api_down_is_a_json_502(front, spawn):
+    from attribution import dashboard
+
+    asset = f"/dashboard/app.js?v={dashboard.ASSETS['app.js'].version}"
+    for path, headers in (("/dashboard", {}), ("/dashboard", {"Accept-Encoding": "gzip"}), (asset, {}),
+                          ("/dashboard/app.css", {"Accept-Encoding": "gzip"})):
+        direct = call("GET", front.api + path, headers=headers)
+        proxied = call("GET", front.api_base + path, headers=headers)
+        assert proxied.status == direct.status == 200 and proxied.body == direct.body, path
+        seen = {k.lower(): v for k, v in proxied.headers.items() if k.lower() not in HOP_HEADERS}
+        sent = {k.lower(): v for k, v in direct.headers.items() if k.lower() not in HOP_HEADERS}
+        assert seen == sent, path
+        assert seen["content-security-policy"] == dashboard.CSP
+    assert call("GET", front.api_base + asset).headers["Cache-Control"] == dashboard.LONG_CACHE
+    page_etag = call("GET", front.api_base + "/dashboard").headers["ETag"]
+    assert probe("127.0.0.1", front.api_port, "GET", "/dashboard", headers={"If-None-Match": page_etag}).status == 304
+    # The API gone: nginx's own answer, in the API's shape, with Retry-After.
+    spawn.stop_all()
+    gone = call("GET", front.api_base + "/v1/advertiser", headers={"Authorization": "Bearer x"})
+    assert gone.status == 502 and gone.headers["Retry-After"] == "2"
+    assert gone.json == {"error": {"code": "unavailable", "message": "the API is unavailable; retry later"}}
+
+
+def _get(url: str) -> tuple[int, dict, bytes]:
     reply = call("GET", url)
     return reply.status, reply.headers, reply.body
 
 
 def _chunked(host: str, port: int, path: str, body: bytes, headers: dict) -> tuple[int, dict, dict]:
     """POST ``body`` with Transfer-Encoding: chunked; return the status, the JSON answer and its headers."""
-    import http.client
-
     conn = http.client.HTTPConnection(host, port, timeout=10)
     chunks = (body[i:i + 65536] for i in range(0, len(body), 65536))
     try:
@@ -212,10 +307,13 @@ def test_compose_config_is_the_one_clicktrail_renders():
     assert (ROOT / "deploy" / "nginx.conf").read_text() == proxy.compose_config()
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services_ = compose["services"]
-    # Browsers reach nginx only; the collector is not published and trusts the proxy's headers.
-    assert services_["nginx"]["ports"] == ["8080:8080"]
-    assert "ports" not in services_["collector"]
+    # Clients reach nginx only; the collector and the API are not published; the collector
+    # trusts the proxy's headers, the API (which reads no client address) is not told to.
+    assert services_["nginx"]["ports"] == ["8080:8080", "8081:8081"]
+    assert "ports" not in services_["collector"] and "ports" not in services_["api"]
     assert services_["collector"]["environment"]["CLICKTRAIL_TRUST_PROXY_HEADERS"] == "true"
+    assert services_["api"]["environment"]["CLICKTRAIL_TRUST_PROXY_HEADERS"] != "true"
+    assert services_["api"]["command"][-1].endswith(":8081") and "server api:8081 resolve;" in proxy.compose_config()
     assert "./deploy/nginx.conf:/etc/nginx/nginx.conf:ro" in services_["nginx"]["volumes"]
 
 
@@ -223,9 +321,13 @@ def test_config_refuses_a_bad_bind_clearly(settings):
     from clicktrail.errors import ServiceError
 
     with pytest.raises(ServiceError, match="HOST:PORT with a port from 1 to 65535"):
-        proxy.prepare(settings["DATA_DIR"], "127.0.0.1:99999", "127.0.0.1:1", 1000)
+        proxy.collector_site("127.0.0.1:99999", "127.0.0.1:1", 1000)
     with pytest.raises(ServiceError, match="HOST:PORT"):
-        proxy.prepare(settings["DATA_DIR"], "127.0.0.1:８０", "127.0.0.1:1", 1000)
+        proxy.api_site("127.0.0.1:８０", "127.0.0.1:1")
+    # One address for both would leave one app unreachable (nginx gives it to the first server).
+    with pytest.raises(ServiceError, match="different addresses; got 127.0.0.1:8080, 127.0.0.1:8080"):
+        proxy.prepare(settings["DATA_DIR"], proxy.collector_site("127.0.0.1:8080", "127.0.0.1:1", 1000),
+                      proxy.api_site("127.0.0.1:8080", "127.0.0.1:2"))
 
 
 def test_up_serves_through_nginx_with_the_clients_address(settings, r, ch, ch_database):
@@ -241,7 +343,16 @@ def test_up_serves_through_nginx_with_the_clients_address(settings, r, ch, ch_da
             lines.append(line)
             if line.startswith("Press Ctrl-C") or not line:
                 break
-        assert f"proxy       nginx on 127.0.0.1:{port}" in "".join(lines)
+        printed = re.search(rf"proxy       nginx on 127.0.0.1:{port} in front of the collector at \S+, "
+                            rf"and on 127.0.0.1:{api_port} in front of the API at 127.0.0.1:(\d+)\n", "".join(lines))
+        assert printed, "".join(lines)
+        # The API's address is nginx's; the API's gunicorn listens on the loopback port printed.
+        token = registry.create_token(r, "acme", ["reports"])
+        read = call("GET", f"http://127.0.0.1:{api_port}/v1/advertiser", headers={"Authorization": f"Bearer {token}"})
+        assert read.status == 200 and read.json["advertiser_id"] == "acme" and read.headers["Server"] == "nginx"
+        behind = call("GET", f"http://127.0.0.1:{printed.group(1)}/healthz")
+        assert behind.status == 200 and behind.headers["Server"] == "gunicorn"
+        assert _head_only(api_port, "/v1/clicks", config.MAX_API_BODY_BYTES + 1, {})[0] == 413
         pixel_id = _pixel(r)
         reply = probe("127.0.0.1", port, "POST", f"/e/{pixel_id}", pixel_batch("up-1"),
                       {"Content-Type": "text/plain", "Origin": ORIGIN, "X-Forwarded-For": "203.0.113.9"},
@@ -254,11 +365,10 @@ def test_up_serves_through_nginx_with_the_clients_address(settings, r, ch, ch_da
         rest, _ = proc.communicate(timeout=90)
     assert "stopped proxy" in rest and "stopped collector" in rest
     assert not services.is_listening("127.0.0.1", port)  # nginx's workers went with it
+    assert not services.is_listening("127.0.0.1", api_port)
 
 
 def _pixel(r) -> str:
-    from pixel import registry
-
     return registry.create_pixel(r, "acme", ["shop.example"])
 
 
