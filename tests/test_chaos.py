@@ -224,6 +224,7 @@ def up(settings, r, ch, tmp_path):  # after r and ch, which empty the Redis db a
             break
     assert lines[-1].startswith("Press Ctrl-C"), "".join(lines) + log_path.read_text()
     proc.base = f"http://127.0.0.1:{port}"
+    proc.api_base = f"http://127.0.0.1:{api_port}"
     proc.log_path = log_path
     yield proc
     if proc.poll() is None:  # the test failed before stopping it: end everything it started
@@ -273,6 +274,7 @@ def test_up_restarts_killed_sinks_and_collectors_under_load_and_loses_nothing(up
         wait_for("a new nginx", lambda: proxy_pids(up.pid) - {nginx})
         seen = len(load.accepted)
         wait_for("requests after nginx restarted", lambda: load.accepted_more_than(seen + 50), 90)
+        assert call("GET", up.api_base + "/healthz").status == 200  # the API's address is back too
     finally:
         load.halt.set()
         load.join(timeout=30)
