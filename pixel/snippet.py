@@ -1,7 +1,8 @@
 """The HTML snippet a site pastes into <head>, and the minified SDK the collector serves.
 
-The JavaScript lives in static/js/ (stub.js, ct.js); bench/build_js.py writes the minified
-.min.js files next to them, which are committed, so nothing here needs Node.js or a minifier.
+The JavaScript lives in static/js/: stub.js, and the SDK's modules in src/, which
+bench/build_js.py assembles into ct.js; it writes the minified .min.js files next to them. All are
+committed, so nothing here needs Node.js or a minifier.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import importlib.util
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -134,12 +135,55 @@ def test_size_budgets():
     assert gz(html.encode()) <= STUB_BUDGET + 150
 
 
-def test_min_files_are_up_to_date():
+@pytest.fixture
+def build_js():
     pytest.importorskip("rjsmin", reason="rjsmin builds the .min.js files (pip install rjsmin)")
     spec = importlib.util.spec_from_file_location("build_js", ROOT / "bench" / "build_js.py")
-    build_js = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build_js)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_built_files_are_up_to_date(build_js):
+    # ct.js from the modules in static/js/src/, and each .min.js from its .js
     assert build_js.stale() == [], "run: python bench/build_js.py"
+    sdk = (JS / "ct.js").read_text(encoding="utf-8")
+    for name in build_js.MODULES:
+        module = (JS / "src" / f"{name}.js").read_text(encoding="utf-8").strip()
+        assert module in sdk, f"{name}.js is not in ct.js as written"
+
+
+def test_an_edited_module_makes_the_built_sdk_stale(build_js, tmp_path):
+    js = tmp_path / "js"
+    shutil.copytree(JS, js)
+    assert build_js.stale(js) == []
+    events = js / "src" / "events.js"
+    events.write_text(events.read_text(encoding="utf-8").replace("'bad event'", "'bad event name'"), encoding="utf-8")
+    assert build_js.stale(js) == [js / "ct.js", js / "ct.min.js"]
+    build_js.build(js)
+    assert build_js.stale(js) == []
+    assert "log('warn','bad event name',name)" in (js / "ct.min.js").read_text(encoding="utf-8")
+
+
+def test_a_module_left_out_of_the_build_order_is_refused(build_js, tmp_path):
+    js = tmp_path / "js"
+    shutil.copytree(JS, js)
+    (js / "src" / "extra.js").write_text("var x = 1;\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match=r"list every module in MODULES"):
+        build_js.stale(js)
+    (js / "src" / "extra.js").unlink()
+    (js / "src" / "spa.js").unlink()
+    with pytest.raises(SystemExit, match=r"list every module in MODULES"):
+        build_js.stale(js)
+
+
+def test_the_modules_seams_cost_no_bytes_beyond_the_wrapper(build_js):
+    # The build adds one function around the modules and nothing else to the minified SDK.
+    sdk = (JS / "ct.min.js").read_text(encoding="utf-8")
+    assert sdk.startswith("((w,d)=>{'use strict';var METHODS=") and sdk.endswith("})(window,document);\n")
+    body = "".join(build_js.minify((JS / "src" / f"{name}.js").read_text(encoding="utf-8")).strip()
+                   for name in build_js.MODULES)
+    assert len(sdk) - len(body) == len("((w,d)=>{'use strict';})(window,document);\n")
 
 
 def test_min_files_are_safe_to_inline_and_serve():
