@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from clicktrail import services
+from clicktrail import clickhouse, services
 from tests.http import call
 from tests.servers import env_for, wait_http
 
@@ -28,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PRODUCT = ("clicktrail", "collector", "sink", "pixel", "attribution")
 STATIC_FILES = sorted(p.relative_to(ROOT / "static").as_posix()
                       for p in (ROOT / "static").rglob("*") if p.is_file() and not p.name.startswith("."))
+MIGRATION_FILES = sorted(p.name for p in (ROOT / "clicktrail/migrations").glob("*.sql"))
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +62,31 @@ def test_the_wheel_holds_every_browser_file(wheel):
     with zipfile.ZipFile(wheel) as archive:
         for name in STATIC_FILES:
             assert archive.read(f"clicktrail/static/{name}") == (ROOT / "static" / name).read_bytes(), name
+
+
+def test_the_wheel_holds_every_migration(wheel):
+    assert len(MIGRATION_FILES) >= 7  # the glob sees the migrations at all
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = sorted(n.removeprefix("clicktrail/migrations/") for n in archive.namelist()
+                         if n.startswith("clicktrail/migrations/"))
+        assert shipped == MIGRATION_FILES
+        for name in MIGRATION_FILES:
+            assert archive.read(f"clicktrail/migrations/{name}") == (ROOT / "clicktrail/migrations" / name).read_bytes()
+
+
+def test_the_install_alone_creates_the_schema(installed, settings, ch, tmp_path):
+    db = f"ct_wheel_{secrets.token_hex(4)}"
+    url = clickhouse.with_database(settings["CLICKHOUSE_URL"], db)
+    try:
+        done = subprocess.run([sys.executable, "-m", "clicktrail.cli", "migrate"], cwd=tmp_path, timeout=120,
+                              env={**env_for(settings, CLICKHOUSE_URL=url), "PYTHONPATH": str(installed)},
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == f"{len(MIGRATION_FILES)}\n" and f"applied {len(MIGRATION_FILES)}: " in done.stderr
+        tables = {name for (name,) in ch.execute(f"SHOW TABLES FROM {db}")}
+        assert {"events", "touchpoints", "credits", "credit_input", "costs"} <= tables
+    finally:
+        ch.execute(f"DROP DATABASE IF EXISTS {db}")
 
 
 def _third_party_imports() -> dict[str, str]:

@@ -1,0 +1,56 @@
+-- events table
+
+-- ReplacingMergeTree folds copies of one event together as parts merge, keeping the row with the
+-- highest dedup_version (the sink writes max - received_ms, so the first copy received wins).
+-- Merges are eventual, so queries still deduplicate: see events_unique and docs/schema.md.
+CREATE TABLE IF NOT EXISTS {db}.events (
+  advertiser_id {lc},
+  pixel_id {lc},
+  event {lc},
+  event_id String,
+  event_time DateTime('UTC'),
+  event_ms UInt64,
+  client_ms UInt64,
+  sent_ms UInt64,
+  received_at DateTime('UTC'),
+  received_ms UInt64,
+  source {lc},
+  id_generated UInt8,
+  browser_id String,
+  click_id String,
+  email_sha256 String,
+  phone_sha256 String,
+  external_id_sha256 String,
+  url String,
+  url_host {lc},
+  url_path String,
+  referrer String,
+  referrer_host {lc},
+  utm_source {lc},
+  utm_medium {lc},
+  utm_campaign String,
+  utm_content String,
+  utm_term String,
+  value Float64,
+  currency {lc},
+  order_id String,
+  content_type {lc},
+  content_ids Array(String),
+  search_query String,
+  properties String,
+  extra String,
+  ip String,
+  user_agent String,
+  ua_browser {lc},
+  ua_browser_version {lc},
+  ua_os {lc},
+  ua_os_version {lc},
+  device_type {lc},
+  is_bot UInt8,
+  test_event_code String,
+  limited_data_use UInt8,
+  stream_id String,
+  dedup_version UInt64
+) ENGINE = ReplacingMergeTree(dedup_version)
+PARTITION BY toYYYYMM(event_time)
+ORDER BY (advertiser_id, pixel_id, event, toDate(event_time), event_id);

@@ -1,0 +1,155 @@
+"""The migration files build the schema the code writes to, on 18.16 and on a current ClickHouse.
+
+Migrations are frozen text (clicktrail/migrations/NNNN_name.sql); the column lists in
+clicktrail/schema.py are what the sink and the attributor insert. These tests tie the two: a
+database built from migration 1 on has every listed column, in order, with the listed type; an
+old database upgraded from any version ends with exactly the schema of a fresh one; a migration
+interrupted before it was recorded runs again harmlessly; and a released file's DDL never changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+import pytest
+
+from clicktrail import clickhouse, schema
+from clicktrail.errors import ClicktrailError
+from tests.chdb_client import ChdbClient
+from tests.conftest import CLICKHOUSE_BASE
+
+#: Tables the code inserts into, and the definitions its inserts are built from.
+WRITTEN = {"events": schema.EVENT_COLUMNS, "touchpoints": schema.TOUCH_COLUMNS,
+           "attribution_candidates": schema.CANDIDATE_COLUMNS, "credits": schema.CREDIT_COLUMNS,
+           "credit_input": schema.CREDIT_INPUT_COLUMNS}
+
+#: SHA-256 of each released migration's statements (comment lines excluded). A released migration
+#: has run on someone's database: change the schema with a new file, never by editing one of these.
+RELEASED = {
+    1: "e33c81b7e14cc40c87b56908deaf124c7e427f8fdc6ede3ede62d4d802d51bbb",
+    2: "2ffd79467515f2a0d93e95f4efe794d55dfb632a0cdf2d406725a1ea8dedb8b7",
+    3: "2e9dd9303b98db224ce618396f9699e1327d5bc494f7a59c291f956f99e91f25",
+    4: "76ca35a49fc1d43393063472a22511620863907b2d25216db5950311c9a9e598",
+    5: "5d071ac0efa17b743bb2e18fef160ac3df8a08d99bcad77acbfeab195890ea6f",
+    6: "94ab588f2b3e45a00322e6de9f5b76d35c7f1679896ac5d71ba7a4b0b362ed1b",
+    7: "5a6ae526842f8ca23db1d31c965e98628e837fb2afc73380ad45afdafe533d1a",
+}
+
+
+@pytest.fixture(scope="module")
+def current(tmp_path_factory):
+    client = ChdbClient(str(tmp_path_factory.mktemp("chdb-migrations")))
+    yield client
+    client.close()
+
+
+@pytest.fixture(params=["debian", "current"])
+def server(request, ch_database, current):
+    """A client of either server and a fresh database name on it, dropped afterwards."""
+    client = clickhouse.connect(CLICKHOUSE_BASE, database="default") if request.param == "debian" else current
+    prefix = f"ct_mig_{secrets.token_hex(3)}"
+    yield client, prefix
+    for (name,) in client.execute(f"SELECT name FROM system.databases WHERE name LIKE '{prefix}%'"):
+        client.execute(f"DROP DATABASE IF EXISTS {name}")
+
+
+def _columns(client, db: str, table: str) -> list[tuple]:
+    # system.columns lists a table's columns in their order (18.16 has no `position` column).
+    rows = client.execute(f"SELECT name, type, default_kind, default_expression FROM system.columns "
+                          f"WHERE database = '{db}' AND table = '{table}'")
+    return [(position, *row) for position, row in enumerate(rows, 1)]
+
+
+def _shape(client, db: str) -> dict:
+    """Everything a schema is: each table's columns with defaults, engine, keys and full DDL."""
+    tables = client.execute(f"SELECT name, engine_full, sorting_key, partition_key FROM system.tables "
+                            f"WHERE database = '{db}' AND name != 'schema_migrations' ORDER BY name")
+    return {name: (engine, sorting, partition, _columns(client, db, name),
+                   client.execute(f"SHOW CREATE TABLE {db}.{name}")[0][0].replace(db, "DB"))
+            for name, engine, sorting, partition in tables}
+
+
+def test_a_database_built_from_the_files_has_every_column_the_code_writes(server):
+    client, db = server
+    features = clickhouse.server_features(client)
+    assert [m.version for m in schema.migrate(client, db)] == list(range(1, len(schema.MIGRATIONS) + 1))
+    for table, definition in WRITTEN.items():
+        expected = [(i, name, kind.format(lc=features.lc())) for i, (name, kind) in enumerate(definition, 1)]
+        assert [c[:3] for c in _columns(client, db, table)] == expected, table
+    # The deduplicating view has every event column, with the table's values (argMax of a
+    # LowCardinality column is a plain one on current servers).
+    unique = {c[1]: _plain(c[2]) for c in _columns(client, db, "events_unique")}
+    assert unique == {name: _plain(kind.format(lc=features.lc())) for name, kind in schema.EVENT_COLUMNS}
+
+
+def _plain(kind: str) -> str:
+    return kind[len("LowCardinality("):-1] if kind.startswith("LowCardinality(") else kind
+
+
+def test_the_engines_keep_what_the_code_relies_on(server):
+    client, db = server
+    schema.migrate(client, db)
+    tables = {name: (engine, sorting.replace(" ", "").split(",")) for name, engine, sorting in client.execute(
+        f"SELECT name, engine_full, sorting_key FROM system.tables WHERE database = '{db}'")}
+    # Copies of one event fold together (the first received kept): the key holds the dedup key.
+    assert tables["events"][0].startswith("ReplacingMergeTree(dedup_version)")
+    assert set(schema.DEDUP_KEY) <= set(tables["events"][1])
+    assert tables["touchpoints"][0].startswith("ReplacingMergeTree(received_ms)")
+    assert tables["credits"][0].startswith("CollapsingMergeTree(sign)")
+    null = client.execute(f"SELECT engine FROM system.tables WHERE database = '{db}' AND name = 'credit_input'")
+    assert [tuple(row) for row in null] == [("Null",)]
+    # One insert into credit_input feeds credits, the report sums and the feed through its views.
+    views = {name: query for name, query in client.execute(
+        f"SELECT name, create_table_query FROM system.tables WHERE database = '{db}' AND engine = 'MaterializedView'")}
+    assert {v for v, q in views.items() if f"FROM {db}.credit_input" in q} == {
+        "credits_mv", "conversion_stats_mv", "feed_changes_mv"}
+
+
+def test_upgrading_from_every_version_gives_the_fresh_schema(server, monkeypatch):
+    client, prefix = server
+    schema.migrate(client, f"{prefix}_fresh")
+    fresh = _shape(client, f"{prefix}_fresh")
+    assert {"events", "touchpoints", "credits", "credit_input", "touch_stats", "costs"} <= set(fresh)
+    everything = schema.MIGRATIONS
+    for k in range(1, len(everything)):
+        db = f"{prefix}_from_{k}"
+        monkeypatch.setattr(schema, "MIGRATIONS", everything[:k])
+        schema.migrate(client, db)
+        assert schema.current_version(client, db) == k
+        monkeypatch.setattr(schema, "MIGRATIONS", everything)
+        assert [m.version for m in schema.migrate(client, db)] == list(range(k + 1, len(everything) + 1))
+        assert _shape(client, db) == fresh, f"upgraded from version {k}"
+
+
+def test_a_migration_interrupted_before_it_was_recorded_runs_again(server):
+    client, db = server
+    schema.migrate(client, db)
+    before = _shape(client, db)
+    # As if every migration had run but none was recorded: all run again (ADD COLUMN included).
+    client.execute(f"TRUNCATE TABLE {db}.schema_migrations")
+    assert len(schema.migrate(client, db)) == len(schema.MIGRATIONS)
+    assert _shape(client, db) == before
+
+
+def _statements_digest(migration: schema.Migration) -> str:
+    body = "\n".join(line for line in migration.text.splitlines() if not line.lstrip().startswith("--"))
+    return hashlib.sha256(body.strip().encode()).hexdigest()
+
+
+def test_released_migrations_are_never_edited():
+    released = {m.version: _statements_digest(m) for m in schema.MIGRATIONS if m.version in RELEASED}
+    edited = sorted(v for v, digest in released.items() if digest != RELEASED[v])
+    assert edited == [], f"migrations {edited} changed: add a new migration file instead of editing a released one"
+    assert set(RELEASED) <= {m.version for m in schema.MIGRATIONS}
+
+
+def test_the_files_are_numbered_without_gaps(tmp_path):
+    (tmp_path / "0001_first.sql").write_text("-- first\nSELECT 1;\n")
+    assert [(m.version, m.name) for m in schema.load_migrations(tmp_path)] == [(1, "first")]
+    (tmp_path / "0003_third.sql").write_text("-- third\nSELECT 3;\n")
+    with pytest.raises(ClicktrailError, match="numbered 1..N"):
+        schema.load_migrations(tmp_path)
+    (tmp_path / "0003_third.sql").rename(tmp_path / "2_second.sql")
+    with pytest.raises(ClicktrailError, match="2_second.sql"):
+        schema.load_migrations(tmp_path)
