@@ -17,6 +17,16 @@ def queue(client, tenant, n, prefix="e"):
     assert client.post(f"/e/{tenant.pixel_id}", data=json.dumps(body)).json["accepted"] == n
 
 
+def wait_for_group(r, seconds: float = 30.0) -> None:
+    """Return once a sink has made its consumer group on the stream."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if r.exists(STREAM) and any(g["name"] in (GROUP, GROUP.encode()) for g in r.xinfo_groups(STREAM)):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no sink made the group {GROUP!r} within {seconds:.0f}s")
+
+
 def unique_ids(ch, db):
     return sorted(r["event_id"] for r in query_dicts(ch, f"SELECT event_id FROM {db}.events_unique"))
 
@@ -117,9 +127,9 @@ def test_sink_killed_between_insert_and_ack_counts_once(client, tenant, spawn, r
 
 def test_sigterm_finishes_the_current_batch(client, tenant, spawn, r, ch, ch_database):
     worker = spawn.sink(SINK_BATCH_WAIT_MS=3000, SINK_BATCH_SIZE=100000)
-    time.sleep(1.0)
+    wait_for_group(r)  # the sink is up (a fixed sleep was too short on a loaded machine)
     queue(client, tenant, 30)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 15
     while r.xpending(STREAM, GROUP)["pending"] < 1 and time.monotonic() < deadline:
         time.sleep(0.02)
     worker.send_signal(signal.SIGTERM)  # mid-batch: read, not yet stored
@@ -160,7 +170,7 @@ def test_a_second_signal_exits_even_mid_batch_and_nothing_is_acknowledged(client
     r.xgroup_create(STREAM, GROUP, id="0")
     nowhere = f"clickhouse://127.0.0.1:{services.free_port()}/nothing"  # inserts fail: the batch never finishes
     worker = spawn.sink(CLICKHOUSE_URL=nowhere, SINK_BACKOFF_CAP_S=0.5)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30  # a guard against a hang: a loaded machine starts the sink slowly
     while r.xpending(STREAM, GROUP)["pending"] < 1 and time.monotonic() < deadline:
         time.sleep(0.05)
     worker.send_signal(signal.SIGTERM)
