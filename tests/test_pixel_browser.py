@@ -228,7 +228,7 @@ def test_event_tracked_right_before_navigating_away_arrives(stack, r, ch, ch_dat
     with page.expect_navigation():
         page.click("#buy")
     assert page.url == pages.url("/elsewhere")
-    wait_for(lambda: held, 5, what="the event's request", pump=page)
+    wait_for(lambda: held, 15, what="the event's request", pump=page)  # a guard: a loaded machine is slow
     for route in held:
         route.continue_()
     (row,) = wait_rows(ch, ch_database, "event = 'AddToCart'", 1)
@@ -405,7 +405,8 @@ def test_spa_route_changes_give_one_page_view_each(stack, r, ch, ch_database, pa
     # Each route's referrer is the route before it (as a page, without its in-page anchor).
     assert [g["referrer"] for g in got[1:]] == [g["url"].split("#")[0] for g in got[:-1]]
     wire = [e for _, _, _, body in log.events() if body for e in json.loads(body)["events"]]
-    assert [e["event"] for e in wire].count("PageView") == n + 1
+    # One PageView per route; a request retried on a slow, loaded machine repeats its event ids.
+    assert len({e["event_id"] for e in wire if e["event"] == "PageView"}) == n + 1
 
 
 # ---- 8. calls before the SDK loaded ----------------------------------------------------------------
