@@ -17,9 +17,9 @@ failing a constructor. Rows and notice keys are ``NamedTuple``s: rows are tuples
 columnar insert transposes with ``zip`` as before, and a field read by name is a C-level accessor,
 as fast as an index.
 
-Dependency-free but for orjson: it is the encoding on the wire (compact JSON, UTF-8 as is), what
-every stage already uses, and several times faster than the standard library's ``json`` on the
-collector's request path.
+Dependency-free but for orjson: its output is the encoding on the wire (compact JSON, UTF-8 as
+is), byte for byte what every stage has written and read so far, and it is what the collector,
+the sink and the attributor already use on their hot paths.
 """
 
 # No ``from __future__ import annotations``: the rows' annotations are read at import time.

@@ -110,7 +110,7 @@ class Sink:
     def _read_batch(self, entries: list[Entry]) -> list[Entry]:
         """Add entries until the batch holds SINK_BATCH_SIZE events or SINK_BATCH_WAIT_MS has passed."""
         batch = list(entries)
-        events = sum(_event_count(fields) for _, fields in batch)
+        events = sum(records.entry_count(fields) for _, fields in batch)
         limit = self.settings["SINK_BATCH_SIZE"]
         deadline = time.monotonic() + self.settings["SINK_BATCH_WAIT_MS"] / 1000.0
         while events < limit and not self.stop.is_set:
@@ -123,7 +123,7 @@ class Sink:
             reply = self._read(count, block_ms=min(remaining_ms, 500))  # short blocks notice a stop soon
             if reply:
                 batch.extend(reply)
-                events += sum(_event_count(fields) for _, fields in reply)
+                events += sum(records.entry_count(fields) for _, fields in reply)
             elif batch:
                 break  # the stream is drained: store what we have now rather than wait
         return batch
@@ -362,8 +362,6 @@ def _group_notices(notices) -> dict[tuple[str, str], list]:
         grouped.setdefault((advertiser, kind), []).append(key)
     return grouped
 
-
-_event_count = records.entry_count
 
 
 def _one_event(fields: dict, record: object) -> dict:
