@@ -30,6 +30,7 @@ from clicktrail.clickhouse import NETWORK_ERRORS
 from clicktrail.errors import LeaseLost
 from clicktrail.lifecycle import StopFlag, retry_until_stopped
 from clicktrail.schema import CANDIDATE_COLUMN_NAMES, CREDIT_INPUT_COLUMN_NAMES
+from pixel import records
 from pixel.registry import advertiser_settings
 from sink.rows import columns
 
@@ -364,12 +365,12 @@ class Attributor:
         conv_keys: dict[tuple, int | None] = {}
         touch_keys: set[tuple] = set()
         for _, fields in notices:
-            advertiser = fields[b"a"].decode()
-            if fields[b"k"] == b"c":  # (pixel, event, event_id[, event_ms])
-                for pixel, event, event_id, *ms in orjson.loads(fields[b"d"]):
-                    conv_keys[(advertiser, pixel, event, event_id)] = ms[0] if ms else None
+            advertiser, kind, notice_keys = records.decode_notice(fields)
+            if kind == records.NOTICE_CONVERSIONS:
+                for key in notice_keys:
+                    conv_keys[(advertiser, key.pixel_id, key.event, key.event_id)] = key.event_ms
             else:
-                touch_keys.update((advertiser, *key) for key in orjson.loads(fields[b"d"]))
+                touch_keys.update((advertiser, key.kind, key.touch_id) for key in notice_keys)
         now_ms = self._stamp()
         touched, found = store.conversions_touched_by(self.ch, self.db, touch_keys)
         for key, event_ms in touched.items():

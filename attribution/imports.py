@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 
-import orjson
 import redis
 from flask import Blueprint, g, jsonify
 
@@ -20,6 +19,7 @@ from clicktrail import keys
 from clicktrail.clickhouse import NETWORK_ERRORS
 from clicktrail.errors import BadRequest, BufferUnavailable, StorageError
 from clicktrail.schema import TOUCH_COLUMN_NAMES
+from pixel import records
 from sink.rows import columns
 
 bp = Blueprint("imports", __name__)
@@ -48,12 +48,11 @@ def _store(touches: list[touchpoints.Touch]) -> None:
     except NETWORK_ERRORS as exc:
         svc.clickhouse.get().disconnect()
         raise StorageError("storage is unavailable; retry later (re-posting rows is harmless)") from exc
-    notice = orjson.dumps([(t.kind, t.touch_id) for t in touches])
+    notice = records.encode_notice(g.caller.advertiser_id, records.NOTICE_TOUCHES, [records.touch_key(t) for t in touches])
     try:
         pipe = svc.redis.pipeline(transaction=False)
         click_cache.put(pipe, touches, time.time())
-        pipe.xadd(keys.ATTRIBUTION_STREAM, {"a": g.caller.advertiser_id, "k": "t", "d": notice},
-                  maxlen=1_000_000, approximate=True)
+        pipe.xadd(keys.ATTRIBUTION_STREAM, notice, maxlen=1_000_000, approximate=True)
         pipe.execute()
     except redis.RedisError as exc:
         # Stored but the attributor was not told: ask for a re-post, which is harmless.

@@ -13,6 +13,7 @@ from clickhouse_driver import Client
 from attribution import click_cache
 from attribution.touchpoints import Touch
 from clicktrail.schema import CANDIDATE_COLUMN_NAMES
+from pixel.records import TouchRow
 
 DAY_S = 86_400
 
@@ -259,7 +260,7 @@ def cancel_rows(ch: Client, db: str, revisions: dict[tuple, int], now_ms: int) -
             for row in rows]
 
 
-def count_once(ch: Client, db: str, rows: list[tuple]) -> list[tuple]:
+def count_once(ch: Client, db: str, rows: list[TouchRow]) -> list[TouchRow]:
     """Touchpoint rows with ``counted`` cleared for ids already stored or repeated in ``rows``.
 
     One primary-key lookup for the whole batch; this is what lets touch_stats count a re-posted
@@ -267,7 +268,7 @@ def count_once(ch: Client, db: str, rows: list[tuple]) -> list[tuple]:
     """
     if not rows:
         return rows
-    wanted = {(row[0], row[1], row[2]) for row in rows}
+    wanted = {(row.advertiser_id, row.kind, row.touch_id) for row in rows}
     stored = {tuple(r) for r in ch.execute(
         f"SELECT DISTINCT advertiser_id, kind, touch_id FROM {db}.touchpoints "
         "WHERE advertiser_id IN (SELECT DISTINCT advertiser_id FROM _t) AND kind IN ('click', 'impression') "
@@ -276,8 +277,8 @@ def count_once(ch: Client, db: str, rows: list[tuple]) -> list[tuple]:
     )}
     out = []
     for row in rows:
-        key = (row[0], row[1], row[2])
+        key = (row.advertiser_id, row.kind, row.touch_id)
         first = key not in stored
         stored.add(key)
-        out.append(row if first == bool(row[-1]) else (*row[:-1], int(first)))
+        out.append(row if first == bool(row.counted) else row._replace(counted=int(first)))
     return out

@@ -8,6 +8,7 @@ from typing import NamedTuple
 from attribution import models
 from pixel.events import Rejection
 from pixel.hashing import hash_identifier
+from pixel.records import TouchRow
 
 #: Touchpoints as old as the longest click window are accepted.
 MAX_TOUCH_AGE_S = 28 * 86400
@@ -84,11 +85,15 @@ class Touch(NamedTuple):
         """This touchpoint as the attribution rules see it, with how it was tied to a conversion."""
         return models.Candidate._make((*self[1:7], matched_by))  # kind, touch_id, touch_ms .. ad_id
 
-    def row(self, received_ms: int, counted: bool = True) -> tuple:
-        """A row in ``TOUCH_COLUMN_NAMES`` order; ``counted`` is false for a copy of a stored id."""
-        return (self.advertiser_id, self.kind, self.touch_id, self.touch_ms // 1000, self.touch_ms,
-                self.campaign_id, self.adgroup_id, self.ad_id, self.browser_id, self.email, self.phone,
-                self.external_id, "", "", "import", received_ms, int(counted))
+    def row(self, received_ms: int, counted: bool = True) -> TouchRow:
+        """The touchpoints table's row of an imported touchpoint; ``counted`` is false for a copy of a stored id."""
+        return TouchRow(
+            advertiser_id=self.advertiser_id, kind=self.kind, touch_id=self.touch_id,
+            touch_time=self.touch_ms // 1000, touch_ms=self.touch_ms, campaign_id=self.campaign_id,
+            adgroup_id=self.adgroup_id, ad_id=self.ad_id, browser_id=self.browser_id, email_sha256=self.email,
+            phone_sha256=self.phone, external_id_sha256=self.external_id, ip="", user_agent="", source="import",
+            received_ms=received_ms, counted=int(counted),
+        )
 
 
 def parse_rows(collection: str, rows: list, advertiser_id: str, now_s: float) -> tuple[list[Touch], list[Rejection]]:

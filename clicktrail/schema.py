@@ -19,83 +19,17 @@ from clickhouse_driver import Client
 
 from clicktrail.clickhouse import Features, server_features
 from clicktrail.errors import ClicktrailError
+from pixel import records
 
 #: The events table's columns: (name, type) where type may use {lc} for LowCardinality(String).
-EVENT_COLUMNS: list[tuple[str, str]] = [
-    ("advertiser_id", "{lc}"),
-    ("pixel_id", "{lc}"),
-    ("event", "{lc}"),
-    ("event_id", "String"),
-    ("event_time", "DateTime('UTC')"),
-    ("event_ms", "UInt64"),
-    ("client_ms", "UInt64"),
-    ("sent_ms", "UInt64"),
-    ("received_at", "DateTime('UTC')"),
-    ("received_ms", "UInt64"),
-    ("source", "{lc}"),
-    ("id_generated", "UInt8"),
-    ("browser_id", "String"),
-    ("click_id", "String"),
-    ("email_sha256", "String"),
-    ("phone_sha256", "String"),
-    ("external_id_sha256", "String"),
-    ("url", "String"),
-    ("url_host", "{lc}"),
-    ("url_path", "String"),
-    ("referrer", "String"),
-    ("referrer_host", "{lc}"),
-    ("utm_source", "{lc}"),
-    ("utm_medium", "{lc}"),
-    ("utm_campaign", "String"),
-    ("utm_content", "String"),
-    ("utm_term", "String"),
-    ("value", "Float64"),
-    ("currency", "{lc}"),
-    ("order_id", "String"),
-    ("content_type", "{lc}"),
-    ("content_ids", "Array(String)"),
-    ("search_query", "String"),
-    ("properties", "String"),
-    ("extra", "String"),
-    ("ip", "String"),
-    ("user_agent", "String"),
-    ("ua_browser", "{lc}"),
-    ("ua_browser_version", "{lc}"),
-    ("ua_os", "{lc}"),
-    ("ua_os_version", "{lc}"),
-    ("device_type", "{lc}"),
-    ("is_bot", "UInt8"),
-    ("test_event_code", "String"),
-    ("limited_data_use", "UInt8"),
-    ("stream_id", "String"),
-    ("dedup_version", "UInt64"),
-]
+#: Defined, with the record fields each is built from, by ``EventRow`` in pixel/records.py.
+EVENT_COLUMNS: list[tuple[str, str]] = records.column_types(records.EventRow)
 EVENT_COLUMN_NAMES = [name for name, _ in EVENT_COLUMNS]
 #: The key that makes two rows the same event: pixel and server copies, retries, re-deliveries.
 DEDUP_KEY = ("advertiser_id", "pixel_id", "event", "event_id")
 
-#: Ad clicks and impressions: the touchpoints conversions are attributed to.
-TOUCH_COLUMNS: list[tuple[str, str]] = [
-    ("advertiser_id", "{lc}"),
-    ("kind", "{lc}"),  # click or impression
-    ("touch_id", "String"),  # click id (ttclid) or impression id
-    ("touch_time", "DateTime('UTC')"),
-    ("touch_ms", "UInt64"),
-    ("campaign_id", "String"),
-    ("adgroup_id", "String"),
-    ("ad_id", "String"),
-    ("browser_id", "String"),
-    ("email_sha256", "String"),
-    ("phone_sha256", "String"),
-    ("external_id_sha256", "String"),
-    ("ip", "String"),
-    ("user_agent", "String"),
-    ("source", "{lc}"),  # redirect or import
-    ("received_ms", "UInt64"),
-    # 1 for the first copy of a touchpoint id stored, 0 for re-posted or re-delivered copies, so
-    # touch_stats counts each click once with a plain sum (added by migration 6).
-    ("counted", "UInt8"),
-]
+#: Ad clicks and impressions: the touchpoints conversions are attributed to (``TouchRow``).
+TOUCH_COLUMNS: list[tuple[str, str]] = records.column_types(records.TouchRow)
 TOUCH_COLUMN_NAMES = [name for name, _ in TOUCH_COLUMNS]
 
 #: Columns shared by the two attribution tables: the conversion, the revision, the touchpoint.

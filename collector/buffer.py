@@ -16,6 +16,7 @@ import redis
 from clicktrail import keys
 from clicktrail.errors import BufferUnavailable, Forbidden, NotFound, Unauthorized
 from collector.redis_line import Line, bulk, command
+from pixel.records import EventRecord, TouchRecord, encode_records
 
 # KEYS: stream, pixels, tokens, rejected counts
 # ARGV: pixel id, host ('' = no domain check), token hash ('' = no token check),
@@ -61,6 +62,7 @@ end
 if ARGV[7] ~= '' then
   -- Shed load rather than let Redis run out of memory; never trim what is not yet stored.
   if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[4]) then return {'overloaded'} end
+  -- Entry fields as pixel/records.py names them (ADVERTISER, COUNT, DATA).
   redis.call('XADD', KEYS[1], '*', 'a', adv, 'n', ARGV[6], 'd', ARGV[7])
 end
 return {'ok', adv, matched}
@@ -81,6 +83,7 @@ for _, d in ipairs(cjson.decode(raw)) do
 end
 if not matched then return {'domain_not_allowed'} end
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[3]) then return {'overloaded'} end
+-- Entry fields as pixel/records.py names them (ADVERTISER, KIND = TOUCH_ENTRY, COUNT, DATA).
 redis.call('XADD', KEYS[1], '*', 'a', ARGV[1], 'k', 't', 'n', ARGV[4], 'd', ARGV[5])
 redis.call('SET', KEYS[3], ARGV[6], 'EX', ARGV[7])
 return {'ok'}
@@ -109,7 +112,7 @@ class EventBuffer:
     def append(
         self,
         pixel_id: str,
-        records: list[dict],
+        records: list[EventRecord],
         *,
         host: str = "",
         token_hash: str = "",
@@ -126,7 +129,7 @@ class EventBuffer:
         # One entry per request, whatever its size: the stream, the sink's reads and its
         # acknowledgements all cost per entry, so a 100-event batch costs about what one event does.
         args = [pixel_id, host, token_hash, self._max_len, orjson.dumps(rejected) if rejected else "",
-                len(records), orjson.dumps(records) if records else ""]
+                len(records), encode_records(records) if records else ""]
         try:
             result = self._evalsha(args)
         except redis.RedisError as exc:
@@ -182,14 +185,14 @@ class EventBuffer:
         parts.extend(bulk(a if a.__class__ is bytes else str(a).encode()) for a in args)
         return b"".join(parts)
 
-    def append_click(self, advertiser_id: str, landing_host: str, record: dict, cache_key: str,
+    def append_click(self, advertiser_id: str, landing_host: str, record: TouchRecord, cache_key: str,
                      cache_value: bytes, cache_ttl_s: int) -> None:
         """Queue a redirect click through the same stream as events, and keep it in the click cache.
 
         Raises Forbidden when the landing host is not one of the advertiser's site domains, and
         BufferUnavailable as ``append`` does.
         """
-        args = [advertiser_id, landing_host, self._max_len, 1, orjson.dumps([record]), cache_value, cache_ttl_s]
+        args = [advertiser_id, landing_host, self._max_len, 1, encode_records([record]), cache_value, cache_ttl_s]
         try:
             status = self._touch_script(keys=[keys.EVENTS_STREAM, keys.ADVERTISER_DOMAINS, cache_key],
                                         args=args)[0].decode()

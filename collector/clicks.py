@@ -14,12 +14,13 @@ from collector import intake
 from collector.context import services
 from collector.metrics import count_accepted, count_rejected
 from collector.replies import json_reply
+from pixel.records import TouchRecord
 
 bp = Blueprint("clicks", __name__)
 log = logging.getLogger("clicktrail.clicks")
 
 
-def _click_record(click: dict, click_id: str) -> dict:
+def _click_record(click: dict, click_id: str) -> TouchRecord:
     s = services().settings
     now = intake.now_ms()
     return {

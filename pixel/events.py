@@ -1,11 +1,8 @@
 """Event schema: standard events and the validation of one incoming event.
 
 Browser events (the pixel's wire format) and server events (TikTok Events API 2.0 ``data[]``
-rows) differ in shape but become the same record, a plain dict queued as JSON:
-
-    pixel_id, source, event, event_id, id_generated, event_ms, client_ms, sent_ms, received_ms,
-    url, referrer, ttp, ttclid, email, phone, external_id, ip, user_agent,
-    properties, extra, user_extra, test_event_code, limited_data_use
+rows) differ in shape but become the same record, ``pixel.records.EventRecord`` (a dict, queued
+as JSON; its fields, and the columns each fills, are defined there).
 
 Validation never raises for one bad event: it returns a ``Rejection`` naming the field and the
 rule, so one bad row never sinks a batch. Every field a later stage reads is checked for type and
@@ -25,6 +22,7 @@ from typing import Any
 import orjson
 
 from pixel.hashing import hash_identifier, is_sha256_hex, sha256_hex
+from pixel.records import EventRecord
 
 #: TikTok's current standard events, the legacy ones it still accepts, and PageView.
 STANDARD_EVENTS = frozenset(
@@ -398,7 +396,7 @@ def _server(raw: dict, ctx: Context) -> dict:
     return _finish(record, raw, _SERVER_KEYS, raw.get("event_id"))
 
 
-def parse_event(raw: Any, index: int, ctx: Context) -> dict | Rejection:
+def parse_event(raw: Any, index: int, ctx: Context) -> EventRecord | Rejection:
     """Validate one event; return its record, or a ``Rejection`` naming the field and rule."""
     if not isinstance(raw, dict):
         return Rejection(index, "", "event must be an object")
@@ -408,8 +406,8 @@ def parse_event(raw: Any, index: int, ctx: Context) -> dict | Rejection:
         return Rejection(index, exc.field, exc.rule)
 
 
-def parse_events(rows: list, ctx: Context) -> tuple[list[dict], list[Rejection]]:
-    records: list[dict] = []
+def parse_events(rows: list, ctx: Context) -> tuple[list[EventRecord], list[Rejection]]:
+    records: list[EventRecord] = []
     rejections: list[Rejection] = []
     for index, raw in enumerate(rows):
         result = parse_event(raw, index, ctx)

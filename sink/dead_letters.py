@@ -7,9 +7,10 @@ from collections.abc import Iterator
 import redis
 
 from clicktrail import keys
+from pixel import records
 
 #: Fields of a dead letter that make up the original stream entry.
-ENTRY_FIELDS = (b"a", b"k", b"n", b"d")
+ENTRY_FIELDS = records.ENTRY_FIELDS
 
 
 def listing(r: redis.Redis, count: int) -> Iterator[dict]:
@@ -20,8 +21,8 @@ def listing(r: redis.Redis, count: int) -> Iterator[dict]:
             "entry": fields.get(b"id", b"").decode(),
             "index": fields.get(b"index", b"*").decode(),
             "reason": fields.get(b"reason", b"").decode(errors="replace"),
-            "advertiser_id": fields.get(b"a", b"").decode(errors="replace"),
-            "events": int(fields.get(b"n", b"1") or 1),
+            "advertiser_id": fields.get(records.ADVERTISER, b"").decode(errors="replace"),
+            "events": int(fields.get(records.COUNT, b"1") or 1),
         }
 
 
@@ -40,7 +41,7 @@ def requeue(r: redis.Redis, count: int) -> int:
             break
         for letter_id, fields in page:
             entry = {name: fields[name] for name in ENTRY_FIELDS if name in fields}
-            if b"d" not in entry or b"a" not in entry:  # nothing to store: left for inspection, passed over
+            if records.DATA not in entry or records.ADVERTISER not in entry:  # nothing to store: left for inspection, passed over
                 continue
             pipe = r.pipeline(transaction=True)
             pipe.xadd(keys.EVENTS_STREAM, entry)

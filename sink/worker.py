@@ -29,7 +29,9 @@ from clicktrail.backoff import Backoff
 from clicktrail.clickhouse import NETWORK_ERRORS
 from clicktrail.lifecycle import StopFlag, retry_until_stopped
 from clicktrail.schema import EVENT_COLUMN_NAMES, TOUCH_COLUMN_NAMES
-from sink.rows import PoisonEntry, RowBuilder, columns, is_touch_entry
+from pixel import records
+from pixel.records import EventRow, TouchRow
+from sink.rows import PoisonEntry, RowBuilder, columns
 
 log = logging.getLogger("clicktrail.sink")
 
@@ -108,7 +110,7 @@ class Sink:
     def _read_batch(self, entries: list[Entry]) -> list[Entry]:
         """Add entries until the batch holds SINK_BATCH_SIZE events or SINK_BATCH_WAIT_MS has passed."""
         batch = list(entries)
-        events = sum(_event_count(fields) for _, fields in batch)
+        events = sum(records.entry_count(fields) for _, fields in batch)
         limit = self.settings["SINK_BATCH_SIZE"]
         deadline = time.monotonic() + self.settings["SINK_BATCH_WAIT_MS"] / 1000.0
         while events < limit and not self.stop.is_set:
@@ -121,7 +123,7 @@ class Sink:
             reply = self._read(count, block_ms=min(remaining_ms, 500))  # short blocks notice a stop soon
             if reply:
                 batch.extend(reply)
-                events += sum(_event_count(fields) for _, fields in reply)
+                events += sum(records.entry_count(fields) for _, fields in reply)
             elif batch:
                 break  # the stream is drained: store what we have now rather than wait
         return batch
@@ -170,7 +172,7 @@ class Sink:
             except PoisonEntry as exc:
                 dead.append(DeadLetter(entry_id, "*", f"cannot decode: {exc}", fields))
                 continue
-            pending = tables[is_touch_entry(fields)]
+            pending = tables[records.is_touch_entry(fields)]
             pending.rows.extend(built)
             pending.owners.extend((entry_id, index) for index in indexes)
             dead.extend(DeadLetter(entry_id, str(f.index), f.reason, _one_event(fields, f.record))
@@ -190,7 +192,7 @@ class Sink:
             for i, reason in refused:
                 entry_id, index = pending.owners[i]
                 if entry_id not in decoded:
-                    decoded[entry_id] = orjson.loads(by_id[entry_id][b"d"])
+                    decoded[entry_id] = orjson.loads(by_id[entry_id][records.DATA])
                 record = decoded[entry_id][index]
                 dead.append(DeadLetter(entry_id, str(index), reason, _one_event(by_id[entry_id], record)))
         return notices
@@ -261,7 +263,7 @@ class Sink:
             pipe.xadd(keys.DEAD_LETTER_STREAM, record)
         for (advertiser, kind), items in _group_notices(notices).items():
             # Capped (approximately) so that a deployment without an attributor cannot fill Redis.
-            pipe.xadd(keys.ATTRIBUTION_STREAM, {b"a": advertiser, b"k": kind, b"d": orjson.dumps(items)},
+            pipe.xadd(keys.ATTRIBUTION_STREAM, records.encode_notice(advertiser, kind, items),
                       maxlen=1_000_000, approximate=True)
         for start in range(0, len(entry_ids), 10_000):
             chunk = entry_ids[start : start + 10_000]
@@ -347,9 +349,11 @@ class _Pending:
         self.owners: list[tuple[bytes, int]] = []
 
 
-def _notice(is_touch: bool, row: tuple) -> tuple:
-    # (advertiser, kind, key): events by (pixel, event, event_id, event_ms), touchpoints by (kind, touch id).
-    return (row[0], "t", (row[1], row[2])) if is_touch else (row[0], "c", (row[1], row[2], row[3], row[5]))
+def _notice(is_touch: bool, row: EventRow | TouchRow) -> tuple:
+    """(advertiser, notice kind, key) of a stored row: the key as pixel/records.py's ConversionKey or TouchKey."""
+    if is_touch:
+        return row.advertiser_id, records.NOTICE_TOUCHES, records.touch_key(row)
+    return row.advertiser_id, records.NOTICE_CONVERSIONS, records.conversion_key(row)
 
 
 def _group_notices(notices) -> dict[tuple[str, str], list]:
@@ -358,12 +362,6 @@ def _group_notices(notices) -> dict[tuple[str, str], list]:
         grouped.setdefault((advertiser, kind), []).append(key)
     return grouped
 
-
-def _event_count(fields: dict) -> int:
-    try:
-        return int(fields.get(b"n", 1)) if fields else 0
-    except ValueError:
-        return 1
 
 
 def _one_event(fields: dict, record: object) -> dict:
@@ -380,9 +378,9 @@ def _one_event(fields: dict, record: object) -> dict:
             data = json.dumps([record]).encode()
         except (RecursionError, TypeError, ValueError):
             return fields
-    one = {b"a": fields.get(b"a", b""), b"n": b"1", b"d": data}
-    if b"k" in fields:
-        one[b"k"] = fields[b"k"]
+    one = {records.ADVERTISER: fields.get(records.ADVERTISER, b""), records.COUNT: b"1", records.DATA: data}
+    if records.KIND in fields:
+        one[records.KIND] = fields[records.KIND]
     return one
 
 
@@ -390,10 +388,10 @@ def _letters_per_event(entry_id: bytes, reason: str, fields: dict) -> list[DeadL
     """Dead letters for an entry given up on: one per event where it decodes, so that a requeue
     stores each event on its own and one poison event cannot take its batch-mates with it again."""
     try:
-        records = orjson.loads(fields[b"d"])
+        decoded = orjson.loads(fields[records.DATA])
     except Exception:
-        records = None
-    if not isinstance(records, list) or not records:
+        decoded = None
+    if not isinstance(decoded, list) or not decoded:
         return [DeadLetter(entry_id, "*", reason, fields)]
     return [DeadLetter(entry_id, str(index), reason, _one_event(fields, record))
-            for index, record in enumerate(records)]
+            for index, record in enumerate(decoded)]
