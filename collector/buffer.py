@@ -15,7 +15,7 @@ import redis
 
 from clicktrail import keys
 from clicktrail.errors import BufferUnavailable, Forbidden, NotFound, Unauthorized
-from collector.redis_line import Line, bulk, command
+from collector.redis_line import ConnectionLine, SocketLine, bulk, command, line_for
 from pixel.records import EventRecord, TouchRecord, encode_records
 
 # KEYS: stream, pixels, tokens, rejected counts
@@ -141,8 +141,8 @@ class EventBuffer:
             return Appended(result[1].decode(), result[2].decode())
         raise _ERRORS[status](pixel_id, host)
 
-    def _line(self) -> Line:
-        """This thread's own connection, taken from the pool once and kept.
+    def _line(self) -> SocketLine | ConnectionLine:
+        """This thread's own connection, opened once and kept.
 
         Taking and returning a pooled connection on every request costs a lock and a poll of the
         socket; a connection per thread (gunicorn's gthread workers reuse their threads) does not.
@@ -150,7 +150,7 @@ class EventBuffer:
         """
         line = getattr(self._local, "line", None)
         if line is None or not line.in_this_process:
-            line = self._local.line = Line(self._client.connection_pool.make_connection())
+            line = self._local.line = line_for(self._client)
         return line
 
     def _evalsha(self, args: list) -> list:
@@ -168,7 +168,7 @@ class EventBuffer:
             # a stale socket from a Redis that is really down (refused at once, so still fast).
             return self._send(line, packed)
 
-    def _send(self, line: Line, packed: bytes) -> list:
+    def _send(self, line: SocketLine | ConnectionLine, packed: bytes) -> list:
         try:
             return line.call(packed)
         except redis.exceptions.NoScriptError:  # a new Redis, or one restarted: load the script once

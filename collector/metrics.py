@@ -17,7 +17,9 @@ from clicktrail.lifecycle import pid
 
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     # Every update checks the process id to notice a fork; by default that is a system call
-    # (os.getpid), four per collector request. The same answer, kept (see lifecycle.pid).
+    # (os.getpid), four per collector request. The same answer, kept (see lifecycle.pid), through
+    # the hook prometheus_client documents for a custom process identifier (MultiProcessValue's
+    # docstring, client_python#514), not through a private attribute.
     values.ValueClass = values.MultiProcessValue(process_identifier=pid)
 
 EVENTS_ACCEPTED = Counter("clicktrail_events_accepted", "Events queued for storage", ["source"])
