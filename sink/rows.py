@@ -12,7 +12,6 @@ from typing import NamedTuple
 
 import orjson
 
-from clicktrail.schema import EVENT_COLUMN_NAMES
 from pixel.events import MAX_MONEY
 from sink.enrich import EMPTY_URL, anonymize_ip, click_id, content_ids, make_agent_parser, split_url
 
@@ -213,8 +212,3 @@ class RowBuilder:
 
 def is_touch_entry(fields: dict) -> bool:
     return fields.get(b"k") == b"t"
-
-
-def columns(rows: list[tuple]) -> list[list]:
-    """Transpose rows into the column lists clickhouse-driver sends as native blocks."""
-    return [list(col) for col in zip(*rows)] if rows else [[] for _ in EVENT_COLUMN_NAMES]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from attribution import models
 from pixel.events import Rejection
 from pixel.hashing import hash_identifier
 
@@ -79,10 +78,6 @@ class Touch(NamedTuple):
     email: str
     phone: str
     external_id: str
-
-    def as_candidate(self, matched_by: str) -> models.Candidate:
-        """This touchpoint as the attribution rules see it, with how it was tied to a conversion."""
-        return models.Candidate._make((*self[1:7], matched_by))  # kind, touch_id, touch_ms .. ad_id
 
     def row(self, received_ms: int, counted: bool = True) -> tuple:
         """A row in ``TOUCH_COLUMN_NAMES`` order; ``counted`` is false for a copy of a stored id."""
