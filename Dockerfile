@@ -8,6 +8,7 @@ COPY collector collector
 COPY sink sink
 COPY pixel pixel
 COPY attribution attribution
+COPY reporting reporting
 COPY static static
 # A regular (wheel) install: the pixel SDK and the dashboard travel inside the package as data,
 # so the source tree is not needed at run time.

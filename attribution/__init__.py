@@ -1,1 +1,1 @@
-"""Attribution: touchpoints (ad clicks and impressions), the engine, and the read/import API."""
+"""Attribution: the engine that ties conversions to touchpoints (matching, models, the attributor)."""

@@ -23,16 +23,16 @@ import redis
 from clickhouse_driver import Client
 
 from attribution import models, store
-from attribution.touchpoints import Touch
+from pixel.touchpoints import Touch
 from clicktrail import clickhouse, keys, redis_client
 from clicktrail.backoff import Backoff
 from clicktrail.clickhouse import NETWORK_ERRORS
 from clicktrail.errors import LeaseLost
+from clicktrail.inserts import columns
 from clicktrail.lifecycle import StopFlag, retry_until_stopped
 from clicktrail.schema import CANDIDATE_COLUMN_NAMES, CREDIT_INPUT_COLUMN_NAMES
 from pixel import records
 from pixel.registry import advertiser_settings
-from sink.rows import columns
 
 log = logging.getLogger("clicktrail.attributor")
 
@@ -84,7 +84,7 @@ class TouchIndex:
         found: dict[tuple, models.Candidate] = {}
         for t, matched in tied:
             if (t.kind, t.touch_id) not in found:
-                candidate = t.as_candidate(matched)
+                candidate = models.candidate(t, matched)
                 if models.in_longest_windows(candidate, at):
                     found[(t.kind, t.touch_id)] = candidate
         if len(found) <= 1:

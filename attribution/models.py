@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from pixel.touchpoints import Touch
+
 DAY_MS = 86_400_000
 CLICK_WINDOWS = (1, 7, 14, 28)
 VIEW_WINDOWS = (0, 1, 7)
@@ -44,6 +46,11 @@ class Candidate(NamedTuple):
         # Tie rule: touchpoints at the same millisecond are ordered by touch id, so every model
         # and every re-run picks the same one.
         return (self.touch_ms, self.touch_id)
+
+
+def candidate(touch: Touch, matched_by: str) -> Candidate:
+    """A touchpoint as the attribution rules see it, with how it was tied to a conversion."""
+    return Candidate._make((*touch[1:7], matched_by))  # kind, touch_id, touch_ms .. ad_id
 
 
 @dataclass(frozen=True)

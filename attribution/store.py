@@ -10,10 +10,10 @@ from typing import NamedTuple
 
 from clickhouse_driver import Client
 
-from attribution import click_cache
-from attribution.touchpoints import Touch
+from clicktrail.inserts import external_table as _table
+from pixel import click_cache
+from pixel.touchpoints import Touch
 from clicktrail.schema import CANDIDATE_COLUMN_NAMES
-from pixel.records import TouchRow
 
 DAY_S = 86_400
 
@@ -41,12 +41,6 @@ class Conversion(NamedTuple):
     @property
     def key(self) -> tuple[str, str, str, str]:
         return self[:4]
-
-
-def _table(name: str, columns: list[str], rows) -> dict:
-    """An external table of String columns sent with a query (rows as tuples: dicts cost more)."""
-    return {"name": name, "structure": [(c, "String") for c in columns],
-            "data": rows if isinstance(rows, list) else list(rows)}
 
 
 _KEY_COLUMNS = ["advertiser_id", "pixel_id", "event", "event_id"]
@@ -259,26 +253,3 @@ def cancel_rows(ch: Client, db: str, revisions: dict[tuple, int], now_ms: int) -
     return [(*row[:stamp], now_ms, *row[stamp + 1:n], row[n], row[n + 1], -1, [row[n + 2]], [row[n + 3]])
             for row in rows]
 
-
-def count_once(ch: Client, db: str, rows: list[TouchRow]) -> list[TouchRow]:
-    """Touchpoint rows with ``counted`` cleared for ids already stored or repeated in ``rows``.
-
-    One primary-key lookup for the whole batch; this is what lets touch_stats count a re-posted
-    or re-delivered touchpoint once with a plain sum.
-    """
-    if not rows:
-        return rows
-    wanted = {(row.advertiser_id, row.kind, row.touch_id) for row in rows}
-    stored = {tuple(r) for r in ch.execute(
-        f"SELECT DISTINCT advertiser_id, kind, touch_id FROM {db}.touchpoints "
-        "WHERE advertiser_id IN (SELECT DISTINCT advertiser_id FROM _t) AND kind IN ('click', 'impression') "
-        "AND touch_id IN (SELECT touch_id FROM _t)",
-        external_tables=[_table("_t", ["advertiser_id", "kind", "touch_id"], wanted)],
-    )}
-    out = []
-    for row in rows:
-        key = (row.advertiser_id, row.kind, row.touch_id)
-        first = key not in stored
-        stored.add(key)
-        out.append(row if first == bool(row.counted) else row._replace(counted=int(first)))
-    return out

@@ -57,8 +57,8 @@ def fill_click_cache(r, n: int, now: int) -> float:
     """The same clicks in the click cache, as the redirect and imports would have put them."""
     import hashlib
 
-    from attribution import click_cache
-    from attribution.touchpoints import Touch
+    from pixel import click_cache
+    from pixel.touchpoints import Touch
 
     started = time.perf_counter()
     pipe = r.pipeline(transaction=False)

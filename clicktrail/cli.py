@@ -85,7 +85,7 @@ def api(bind: str, workers: int, threads: int, nice: int) -> None:
     if nice:
         os.nice(nice)  # inherited by gunicorn's workers
     settings = _settings()
-    serve.run("attribution.api:create_app", bind, workers, threads, settings["DATA_DIR"], "api")
+    serve.run("reporting.api:create_app", bind, workers, threads, settings["DATA_DIR"], "api")
 
 
 def _run_worker(name: str, worker_class, log_level: str) -> None:
@@ -188,7 +188,7 @@ def pixel_snippet(pixel_id: str, collector_url: str | None) -> None:
 @click.option("--landing", required=True, help="landing page URL on one of the advertiser's site domains")
 def click_url(advertiser: str, campaign: str, adgroup: str, ad: str, landing: str) -> None:
     """Print a signed click-tracking URL for an ad."""
-    from attribution.click_urls import check_landing, make_token
+    from pixel.click_urls import check_landing, make_token
     from clicktrail.errors import RegistryError
     from pixel import registry
 

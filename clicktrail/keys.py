@@ -41,12 +41,12 @@ ATTRIBUTOR_GROUP = "attributor"
 ATTRIBUTOR_LEASE = PREFIX + "attributor:lease"
 
 #: Recent clicks by click id, ``ct:click:<advertiser>:<click id>`` -> JSON, expiring 29 days after
-#: the click (see attribution/click_cache.py).
+#: the click (see pixel/click_cache.py).
 CLICK_CACHE_PREFIX = PREFIX + "click:"
 
 #: Hash ``<pixel_id>:<reason>`` -> count of events the collector rejected (diagnostics).
 REJECTED_COUNTS = PREFIX + "stats:rejected"
 
 #: Write time (ms) up to which everything the attributor stamped is stored; the optimizer feed's
-#: cursors never go past it (see attribution/feed.py).
+#: cursors never go past it (see reporting/feed.py).
 FEED_WATERMARK = PREFIX + "feed:watermark"

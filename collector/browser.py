@@ -10,6 +10,7 @@ import redis
 from flask import Blueprint, Response, request
 from werkzeug.http import dump_cookie
 
+from clicktrail import http_body
 from clicktrail.errors import BadRequest, BufferUnavailable, Forbidden, RequestError
 from collector import intake
 from collector.context import Services, services
@@ -88,7 +89,7 @@ def browser_events(pixel_id: str):
     # accept_batch (collector/fast_path.py). This view serves the rest, e.g. chunked bodies.
     svc = services()
     try:
-        body = intake.read_body(request.environ, svc.settings["MAX_BODY_BYTES"])
+        body = http_body.read_body(request.environ, svc.settings["MAX_BODY_BYTES"])
     except RequestError as exc:
         return _cors(_error(svc, exc, "browser"), intake.incoming(request)).to_response()
     return accept_batch(svc, pixel_id, intake.incoming(request, body)).to_response()
@@ -98,8 +99,8 @@ def accept_batch(svc: Services, pixel_id: str, inc: intake.Incoming) -> Reply:
     """Validate a pixel batch, queue its valid events, and build the answer (Flask-free)."""
     try:
         received = intake.now_ms()
-        events, sent_at = _batch(intake.decode_json(inc.body, inc.content_encoding, svc.settings["MAX_INFLATED_BYTES"]),
-                                 svc.settings["MAX_BROWSER_EVENTS"])
+        body = http_body.decode_json(inc.body, inc.content_encoding, svc.settings["MAX_INFLATED_BYTES"])
+        events, sent_at = _batch(body, svc.settings["MAX_BROWSER_EVENTS"])
         ctx = _context(svc, inc, pixel_id, "browser", received, intake.skew_ms(sent_at, received))
         records, rejections = parse_events(events, ctx)
         reasons = [r.reason for r in rejections]

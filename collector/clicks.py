@@ -6,14 +6,14 @@ import logging
 
 from flask import Blueprint, Response, redirect, request
 
-from attribution import click_cache
-from attribution.click_urls import add_click_id, check_landing, new_click_id, read_token
-from attribution.touchpoints import Touch
 from clicktrail.errors import BufferUnavailable, RequestError
 from collector import intake
 from collector.context import services
 from collector.metrics import count_accepted, count_rejected
 from collector.replies import json_reply
+from pixel import click_cache
+from pixel.click_urls import add_click_id, check_landing, new_click_id, read_token
+from pixel.touchpoints import Touch
 from pixel.records import TouchRecord
 
 bp = Blueprint("clicks", __name__)

@@ -11,6 +11,7 @@ import secrets
 
 from flask import Blueprint, request
 
+from clicktrail import http_body
 from clicktrail.errors import BadRequest, RequestError, Unauthorized
 from collector import intake
 from collector.context import services
@@ -84,7 +85,7 @@ def track():
     try:
         token = _token()
         received = intake.now_ms()
-        body = intake.read_json(request, s["MAX_INFLATED_BYTES"])
+        body = http_body.read_json(request, s["MAX_INFLATED_BYTES"])
         pixel_id, data, test_code = _envelope(body, s["MAX_SERVER_EVENTS"])
         skew = intake.skew_ms(_seconds_to_ms(body.get("sent_at")), received, "seconds")
         ctx = Context(pixel_id=pixel_id, source="server", received_ms=received, skew_ms=skew, ip="",

@@ -219,6 +219,3 @@ class RowBuilder:
         )
 
 
-def columns(rows: list[tuple]) -> list[list]:
-    """Transpose rows into the column lists clickhouse-driver sends as native blocks."""
-    return [list(col) for col in zip(*rows)] if rows else [[] for _ in EventRow._fields]

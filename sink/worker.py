@@ -23,15 +23,15 @@ import redis
 from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 
-from attribution import store
 from clicktrail import keys, redis_client
 from clicktrail.backoff import Backoff
 from clicktrail.clickhouse import NETWORK_ERRORS
+from clicktrail.inserts import columns, count_once
 from clicktrail.lifecycle import StopFlag, retry_until_stopped
 from clicktrail.schema import EVENT_COLUMN_NAMES, TOUCH_COLUMN_NAMES
 from pixel import records
 from pixel.records import EventRow, TouchRow
-from sink.rows import PoisonEntry, RowBuilder, columns
+from sink.rows import PoisonEntry, RowBuilder
 
 log = logging.getLogger("clicktrail.sink")
 
@@ -234,7 +234,7 @@ class Sink:
         backoff = Backoff(cap=self.settings["SINK_BACKOFF_CAP_S"])
         while True:
             try:
-                return store.count_once(self.ch, self.db, rows)
+                return count_once(self.ch, self.db, rows)
             except NETWORK_ERRORS as exc:
                 self._wait_for_storage(backoff, exc)
 

@@ -136,7 +136,7 @@ def spawn(settings):
 
 @pytest.fixture
 def api_client(settings, r):
-    from attribution.api import create_app as create_api
+    from reporting.api import create_app as create_api
 
     app = create_api({k: settings[k] for k in ("REDIS_URL", "CLICKHOUSE_URL", "DATA_DIR")})
     return app.test_client()

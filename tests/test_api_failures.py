@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from attribution.api import create_app
 from clicktrail import clickhouse, keys, redis_client, schema, services
 from pixel import registry
+from reporting.api import create_app
 from tests import servers
 from tests.http import call
 

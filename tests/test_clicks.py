@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from attribution.click_urls import make_token
+from pixel.click_urls import make_token
 from tests.conftest import query_dicts
 from tests.servers import env_for
 

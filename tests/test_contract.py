@@ -34,10 +34,10 @@ import schemathesis
 import yaml
 from schemathesis.config import SchemathesisConfig
 
-from attribution.click_urls import make_token
 from clicktrail import clickhouse, config, keys, redis_client
 from clicktrail.lifecycle import StopFlag
 from pixel import registry
+from pixel.click_urls import make_token
 from pixel.snippet import SDK_VERSION
 from sink.worker import Sink
 from tests.attribution_world import HOUR, World
@@ -200,9 +200,9 @@ class Contract:
 def contract(ch_database) -> Contract:
     """One world for every operation of the module (the conftest's fixtures are per test, and
     seeding a world per operation would cost more than the pass itself)."""
-    from attribution.api import create_app as create_api
     from attribution.engine import Attributor
     from collector import create_app as create_collector
+    from reporting.api import create_app as create_api
 
     s = config.load({"REDIS_URL": REDIS_URL, "CLICKHOUSE_URL": clickhouse.with_database(CLICKHOUSE_BASE, ch_database),
                      "DATA_DIR": str(ARTIFACTS / "var"), "SINK_BATCH_WAIT_MS": 200})
@@ -292,9 +292,9 @@ WITHOUT_CLICKHOUSE = {"POST /e/{pixel_id}", "POST /open_api/v1.3/event/track/", 
 
 @pytest.mark.parametrize("down", ["redis", "clickhouse"])
 def test_a_server_down_is_answered_503_with_retry_after_as_documented(down, settings, r, tenant):
-    from attribution.api import create_app as create_api
-    from collector import create_app as create_collector
     from clicktrail import services
+    from collector import create_app as create_collector
+    from reporting.api import create_app as create_api
     from schemathesis.checks import (content_type_conformance, response_headers_conformance,
                                      response_schema_conformance, status_code_conformance)
 

@@ -214,7 +214,7 @@ def test_pollers_asking_at_once_share_one_answer():
     import threading
     import time
 
-    from attribution.feed import _Responses
+    from reporting.feed import _Responses
 
     answers, builds = _Responses(), []
 

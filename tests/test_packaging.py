@@ -26,7 +26,7 @@ from tests.http import call
 from tests.servers import env_for, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
-PRODUCT = ("clicktrail", "collector", "sink", "pixel", "attribution")
+PRODUCT = ("clicktrail", "collector", "sink", "pixel", "attribution", "reporting")
 STATIC_FILES = sorted(p.relative_to(ROOT / "static").as_posix()
                       for p in (ROOT / "static").rglob("*") if p.is_file() and not p.name.startswith("."))
 MIGRATION_FILES = sorted(p.name for p in (ROOT / "clicktrail/migrations").glob("*.sql"))
@@ -132,8 +132,9 @@ def _serve(installed: Path, command: str, settings: dict, cwd: Path) -> tuple[su
 
 
 def test_the_collector_and_the_api_run_from_the_install_alone(installed, settings, r, tmp_path):
-    where = subprocess.run([sys.executable, "-c", "import clicktrail, collector, attribution; "
-                            "print(clicktrail.__file__, collector.__file__, attribution.__file__)"],
+    where = subprocess.run([sys.executable, "-c", "import clicktrail, collector, attribution, reporting; "
+                            "print(clicktrail.__file__, collector.__file__, attribution.__file__, "
+                            "reporting.__file__)"],
                            env={**env_for(settings), "PYTHONPATH": str(installed)}, cwd=tmp_path,
                            capture_output=True, text=True, check=True)
     assert all(path.startswith(str(installed)) for path in where.stdout.split()), where.stdout

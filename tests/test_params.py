@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings as hsettings, strategies as st
 from werkzeug.datastructures import MultiDict
 
-from attribution import feed, params, report_query
 from clicktrail.errors import BadRequest
 from pixel import registry
 from pixel.registry import settings_of
+from reporting import feed, params, report_query
 
 ADVERTISER = settings_of(None)
 REPORT_PARAMS = ("start", "end", "timezone", "dimensions", "metrics", "model", "click_window", "view_window",

@@ -259,7 +259,7 @@ HOP_HEADERS = {"server", "date", "connection", "keep-alive"}
 
 
 def test_dashboard_keeps_its_headers_through_the_proxy_and_an_api_down_is_a_json_502(front, spawn):
-    from attribution import dashboard
+    from reporting import dashboard
 
     asset = f"/dashboard/app.js?v={dashboard.ASSETS['app.js'].version}"
     for path, headers in (("/dashboard", {}), ("/dashboard", {"Accept-Encoding": "gzip"}), (asset, {}),

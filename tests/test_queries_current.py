@@ -13,12 +13,12 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from werkzeug.datastructures import MultiDict
 
-from attribution import report_query
-from attribution.feed import Feed, FeedQuery
-from attribution.reports import Report
 from clicktrail import schema
+from clicktrail.inserts import columns
 from pixel.registry import DEFAULT_SETTINGS
-from sink.rows import columns
+from reporting import report_query
+from reporting.feed import Feed, FeedQuery
+from reporting.reports import Report
 from tests.chdb_client import ChdbClient
 
 ADV = "adv"

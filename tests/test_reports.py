@@ -303,8 +303,8 @@ def test_the_clickhouse_path_equals_the_python_path(world, shop, r, params):
     """Reports ClickHouse can sum, order and page in one query give what the general path gives."""
     from werkzeug.datastructures import MultiDict
 
-    from attribution import report_query
-    from attribution.reports import Report
+    from reporting import report_query
+    from reporting.reports import Report
 
     settings = registry.advertiser_settings(r, world.tenant.advertiser)
     query = report_query.parse(MultiDict({"start": _date(shop), "end": _date(shop), **params}), settings)
@@ -324,8 +324,8 @@ def test_recomputed_windows_in_clickhouse_equal_the_rules_in_python(world, r, mo
     """Other windows than the advertiser's: the array-function SQL gives what attribution.models gives."""
     from werkzeug.datastructures import MultiDict
 
-    from attribution import report_query
-    from attribution.reports import Report
+    from reporting import report_query
+    from reporting.reports import Report
 
     d = _day_start(2)
     email = {"email": sha("p@example.com")}
@@ -356,7 +356,7 @@ def _by_the_rules(report) -> dict[tuple, tuple[float, float]]:
     from collections import defaultdict
 
     from attribution import models
-    from attribution import report_query as rq
+    from reporting import report_query as rq
 
     q = report.q
     sql, params = report._candidates_sql()

@@ -5,7 +5,8 @@ import pytest
 
 from clicktrail import schema
 from clicktrail.clickhouse import Features, server_features
-from sink.rows import RowBuilder, columns
+from clicktrail.inserts import columns
+from sink.rows import RowBuilder
 from tests.chdb_client import ChdbClient
 
 

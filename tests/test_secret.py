@@ -10,9 +10,9 @@ import subprocess
 import sys
 from urllib.parse import urlsplit
 
-from attribution.click_urls import make_token
 from clicktrail import services
 from pixel import registry
+from pixel.click_urls import make_token
 from tests.servers import env_for, wait_http
 
 DOCUMENTED_DEFAULT = "dev-insecure-secret-change-me"  # the default README documented until now

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, strategies as st
 
-from attribution.spreadsheet import FORMULA_STARTS, safe_cell
+from reporting.spreadsheet import FORMULA_STARTS, safe_cell
 
 
 @pytest.mark.parametrize("text, cell", [

@@ -489,7 +489,7 @@
 
   function csvCell(value) {
     let text = value === null || value === undefined ? '' : String(value);
-    // No formulas in spreadsheets (OWASP): the rule of attribution/spreadsheet.py; plain numbers stay numbers.
+    // No formulas in spreadsheets (OWASP): the rule of reporting/spreadsheet.py; plain numbers stay numbers.
     if (/^[=+\-@\t\r]/.test(text) && !/^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$/.test(text)) text = "'" + text;
     return /[",\r\n]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
   }

@@ -8,30 +8,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import redis
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from attribution.finite_json import FiniteJSONProvider
 from clicktrail import clickhouse, config, redis_client
 from clicktrail.errors import RequestError, StorageError, http_error_dict
-
+from reporting.context import EXTENSION, MAX_API_BODY_BYTES, ApiServices
+from reporting.finite_json import FiniteJSONProvider
 
 log = logging.getLogger("clicktrail.api")
-
-
-@dataclass
-class ApiServices:
-    settings: dict
-    redis: object
-    clickhouse: clickhouse.ThreadClients
-    database: str
-
-
-MAX_API_BODY_BYTES = config.MAX_API_BODY_BYTES
 
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
@@ -42,15 +30,13 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.json = FiniteJSONProvider(app)
     app.json.sort_keys = False
     url = settings["CLICKHOUSE_URL"]
-    app.extensions["clicktrail.api"] = ApiServices(
+    app.extensions[EXTENSION] = ApiServices(
         settings=settings,
         redis=redis_client.fast(settings["REDIS_URL"], 2000),
         clickhouse=clickhouse.ThreadClients(url),
         database=clickhouse.database_of(url),
     )
-    from attribution import diagnostics, explain, imports
-    from attribution import conversions, costs, feed, reports
-    from attribution import dashboard
+    from reporting import conversions, costs, dashboard, diagnostics, explain, feed, imports, reports
 
     app.register_blueprint(imports.bp)
     app.register_blueprint(explain.bp)
@@ -86,7 +72,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     # A read that finds ClickHouse or Redis unreachable is a 503 to retry, whichever endpoint it is.
     def _clickhouse_down(exc: Exception):
         log.warning("ClickHouse unreachable: %s", exc)
-        app.extensions["clicktrail.api"].clickhouse.get().disconnect()  # the next request connects anew
+        app.extensions[EXTENSION].clickhouse.get().disconnect()  # the next request connects anew
         return unavailable("storage_unavailable", "storage is unavailable; retry later")
 
     for error in clickhouse.NETWORK_ERRORS:
@@ -113,14 +99,3 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
 
     return app
 
-
-def api_services() -> ApiServices:
-    from flask import current_app
-
-    return current_app.extensions["clicktrail.api"]
-
-
-def json_body() -> object:
-    from collector.intake import read_json
-
-    return read_json(request, MAX_API_BODY_BYTES * 4)

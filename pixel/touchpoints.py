@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from attribution import models
 from pixel.events import Rejection
 from pixel.hashing import hash_identifier
 from pixel.records import TouchRow
@@ -80,10 +79,6 @@ class Touch(NamedTuple):
     email: str
     phone: str
     external_id: str
-
-    def as_candidate(self, matched_by: str) -> models.Candidate:
-        """This touchpoint as the attribution rules see it, with how it was tied to a conversion."""
-        return models.Candidate._make((*self[1:7], matched_by))  # kind, touch_id, touch_ms .. ad_id
 
     def row(self, received_ms: int, counted: bool = True) -> TouchRow:
         """The touchpoints table's row of an imported touchpoint; ``counted`` is false for a copy of a stored id."""

@@ -12,15 +12,15 @@ import time
 import redis
 from flask import Blueprint, g, jsonify
 
-from attribution import click_cache, store, touchpoints
-from attribution.api import api_services, json_body
-from attribution.auth import require
+from pixel import click_cache, touchpoints
+from reporting.context import api_services, json_body
+from reporting.auth import require
 from clicktrail import keys
 from clicktrail.clickhouse import NETWORK_ERRORS
+from clicktrail.inserts import columns, count_once
 from clicktrail.errors import BadRequest, BufferUnavailable, StorageError
 from clicktrail.schema import TOUCH_COLUMN_NAMES
 from pixel import records
-from sink.rows import columns
 
 bp = Blueprint("imports", __name__)
 
@@ -43,7 +43,7 @@ def _store(touches: list[touchpoints.Touch]) -> None:
     sql = f"INSERT INTO {svc.database}.touchpoints ({', '.join(TOUCH_COLUMN_NAMES)}) VALUES"
     try:
         ch = svc.clickhouse.get()
-        rows = store.count_once(ch, svc.database, [t.row(now_ms) for t in touches])
+        rows = count_once(ch, svc.database, [t.row(now_ms) for t in touches])
         ch.execute(sql, columns(rows), columnar=True)
     except NETWORK_ERRORS as exc:
         svc.clickhouse.get().disconnect()

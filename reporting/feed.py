@@ -22,14 +22,14 @@ import orjson
 import redis
 from flask import Blueprint, g, jsonify, request
 
-from attribution.api import api_services
-from attribution.auth import require
 from attribution.engine import FEED_RETENTION_DAYS
-from attribution.finite_json import finite_or_none
-from attribution.params import choice, digits, listed, whole
 from clicktrail import keys
 from clicktrail.errors import BadRequest, BufferUnavailable
 from pixel.registry import settings_of
+from reporting.auth import require
+from reporting.context import api_services
+from reporting.finite_json import finite_or_none
+from reporting.params import choice, digits, listed, whole
 
 bp = Blueprint("feed", __name__)
 

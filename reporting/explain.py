@@ -7,10 +7,10 @@ from datetime import datetime, timezone
 from flask import Blueprint, g, jsonify
 
 from attribution import models
-from attribution.api import api_services
-from attribution.auth import require
 from clicktrail.errors import NotFound
 from clicktrail.schema import ATTRIBUTION_COLUMN_NAMES, CANDIDATE_COLUMN_NAMES
+from reporting.auth import require
+from reporting.context import api_services
 
 bp = Blueprint("explain", __name__)
 

@@ -14,14 +14,14 @@ from datetime import date, datetime, timedelta, timezone
 
 from flask import Blueprint, g, jsonify
 
-from attribution.api import api_services, json_body
-from attribution.auth import require
-from attribution.touchpoints import MAX_ID, MAX_ROWS
 from clicktrail.clickhouse import NETWORK_ERRORS
 from clicktrail.errors import BadRequest, StorageError
+from clicktrail.inserts import columns
 from pixel.events import MAX_MONEY, Rejection
 from pixel.registry import advertiser_settings
-from sink.rows import columns
+from pixel.touchpoints import MAX_ID, MAX_ROWS
+from reporting.auth import require
+from reporting.context import api_services, json_body
 
 bp = Blueprint("costs", __name__)
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import orjson
 import redis
 
-from attribution.touchpoints import Touch
 from clicktrail import keys
+from pixel.touchpoints import Touch
 
 #: The longest click window, plus a day for late conversions.
 TTL_S = 29 * 86_400

@@ -22,13 +22,13 @@ from datetime import date, datetime, timedelta, timezone
 from flask import Blueprint, Response, g, jsonify, request
 
 from attribution import models
-from attribution import report_query as rq
-from attribution.api import api_services
-from attribution.auth import require
-from attribution.finite_json import finite_or_none
-from attribution.params import FIRST_DAY
-from attribution.spreadsheet import safe_cell
 from pixel.registry import advertiser_settings
+from reporting import report_query as rq
+from reporting.auth import require
+from reporting.context import api_services
+from reporting.finite_json import finite_or_none
+from reporting.params import FIRST_DAY
+from reporting.spreadsheet import safe_cell
 
 bp = Blueprint("reports", __name__)
 

@@ -15,13 +15,13 @@ from datetime import datetime, timezone
 import redis
 from flask import Blueprint, g, jsonify
 
-from attribution.api import api_services
-from attribution.auth import require
 from clicktrail import keys
 from clicktrail.clickhouse import NETWORK_ERRORS
 from clicktrail.errors import BufferUnavailable, NotFound, StorageError
 from pixel import registry
 from pixel.snippet import build_snippet
+from reporting.auth import require
+from reporting.context import api_services
 
 bp = Blueprint("diagnostics", __name__)
 
@@ -34,7 +34,7 @@ MATCHES_FROM = ("credits", "sign = 1")
 
 
 def _redis_read(call, *args):
-    # Same answer as the token check in attribution.auth: Redis trouble is a 503 to retry.
+    # Same answer as the token check in reporting.auth: Redis trouble is a 503 to retry.
     try:
         return call(*args)
     except redis.RedisError as exc:

@@ -8,8 +8,8 @@ from functools import lru_cache
 from zoneinfo import ZoneInfo, available_timezones
 
 from attribution import models
-from attribution.params import choice, day, listed, whole
 from clicktrail.errors import BadRequest
+from reporting.params import choice, day, listed, whole
 
 TIME_DIMENSIONS = ("stat_time_day", "stat_time_hour")
 AD_DIMENSIONS = ("campaign_id", "adgroup_id", "ad_id")

@@ -6,9 +6,9 @@ from datetime import datetime, timezone
 
 from flask import Blueprint, g, jsonify, request
 
-from attribution.auth import require
-from attribution.params import whole
-from attribution.reports import caller_query
+from reporting.auth import require
+from reporting.params import whole
+from reporting.reports import caller_query
 
 bp = Blueprint("conversions", __name__)
 MAX_LIMIT = 500
