@@ -26,6 +26,8 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     """Build the API app: defaults, then ``CLICKTRAIL_*`` environment, then ``overrides``."""
     settings = config.load(overrides)
     app = Flask(__name__, static_folder=None)
+    # "/r//x" is not "/r/x": a 308 to a merged path would answer a malformed request with a redirect.
+    app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = MAX_API_BODY_BYTES
     app.json = FiniteJSONProvider(app)
     app.json.sort_keys = False

@@ -151,3 +151,9 @@ def test_any_token_is_a_redirect_or_a_json_4xx(client, settings, tenant, token):
         assert urlsplit(resp.headers["Location"]).hostname == "shop.example"
     else:
         assert 400 <= resp.status_code < 500 and resp.json["error"]["code"], (token, resp.status_code)
+
+
+def test_an_empty_path_segment_is_a_json_404_not_a_redirect(client):
+    resp = client.get("/r/%2F0")  # the path /r//0
+    assert resp.status_code == 404 and resp.json["error"]["code"] == "not_found"
+    assert "Location" not in resp.headers
