@@ -24,7 +24,7 @@ from clickhouse_driver import Client
 
 from attribution import models, store
 from attribution.touchpoints import Touch
-from clicktrail import clickhouse, keys, redis_client
+from clicktrail import clickhouse, keys, redis_client, scripting
 from clicktrail.backoff import Backoff
 from clicktrail.clickhouse import NETWORK_ERRORS
 from clicktrail.errors import LeaseLost
@@ -178,17 +178,9 @@ def _touch_part(t: models.Candidate) -> tuple:
     return (t.kind, t.touch_id, t.touch_ms // 1000, t.touch_ms, t.campaign_id, t.adgroup_id, t.ad_id, t.matched_by)
 
 
-# Take the lease if free or ours, and (re)arm its expiry; answer 1 when we hold it.
-_LEASE_LUA = """
-local owner = redis.call('GET', KEYS[1])
-if owner and owner ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
-_RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-return 1
-"""
+# Take the lease if free or ours (and re-arm its expiry); give it back if still ours.
+_LEASE_LUA = scripting.source("lease_take")
+_RELEASE_LUA = scripting.source("lease_release")
 
 
 class Attributor:
