@@ -25,7 +25,7 @@ from clickhouse_driver import Client
 from attribution import models, store
 from attribution.touchpoints import Touch
 from clicktrail import clickhouse, keys, redis_client, scripting
-from clicktrail.backoff import Backoff
+from clicktrail.backoff import Backoff, retry
 from clicktrail.clickhouse import NETWORK_ERRORS
 from clicktrail.errors import LeaseLost
 from clicktrail.lifecycle import StopFlag, retry_until_stopped
@@ -183,6 +183,10 @@ _LEASE_LUA = scripting.source("lease_take")
 _RELEASE_LUA = scripting.source("lease_release")
 
 
+def _redis_failed(exc: BaseException, delay: float) -> None:
+    log.warning("Redis unavailable (%s); retrying in %.1fs", exc, delay)
+
+
 class Attributor:
     def __init__(self, settings: dict, r: redis.Redis, ch: Client, database: str, stop: StopFlag,
                  name: str | None = None) -> None:
@@ -226,19 +230,18 @@ class Attributor:
         gc.freeze()  # what start-up built lives as long as the process: never scan it again
         log.info("attributor %s reading %s", self.name, keys.ATTRIBUTION_STREAM)
         leading = False
-        outage = Backoff(cap=self.settings["SINK_BACKOFF_CAP_S"])
+
+        def lead_once() -> None:
+            # Wait Redis out in place: what a tick had not acknowledged is read again (the rules
+            # give the same answer twice), and the lease is taken afresh (not leading meanwhile).
+            nonlocal leading
+            was, leading = leading, False
+            leading = self._lead_once(was)
+
         try:
             while not self.stop.is_set:
-                try:
-                    leading = self._lead_once(leading)
-                    outage.reset()
-                except (redis.ConnectionError, redis.TimeoutError) as exc:
-                    # Wait Redis out in place: what a tick had not acknowledged is read again (the
-                    # rules give the same answer twice), and the lease is taken afresh.
-                    delay = outage.next_delay()
-                    log.warning("Redis unavailable (%s); retrying in %.1fs", exc, delay)
-                    leading = False
-                    self.stop.wait(delay)
+                retry(lead_once, errors=(redis.ConnectionError, redis.TimeoutError), stop=self.stop,
+                      backoff=Backoff(cap=self.settings["SINK_BACKOFF_CAP_S"]), on_failure=_redis_failed)
         finally:
             self._release_lease()
         log.info("attributor %s stopped: %d revisions written", self.name, self.revisions_written)
@@ -291,17 +294,8 @@ class Attributor:
         notices = self._pending_of_others() or self._read(block_ms)
         if not notices:
             return 0
-        backoff = Backoff(cap=self.settings["SINK_BACKOFF_CAP_S"])
-        while True:
-            try:
-                self.attribute(notices)
-                break
-            except NETWORK_ERRORS as exc:
-                delay = backoff.next_delay()
-                log.warning("ClickHouse unavailable (%s); retrying the tick in %.1fs", exc, delay)
-                time.sleep(delay)
-                for client in (self.ch, self.writer, self.loader):
-                    client.disconnect()
+        retry(lambda: self.attribute(notices), errors=NETWORK_ERRORS, on_failure=self._storage_failed,
+              backoff=Backoff(cap=self.settings["SINK_BACKOFF_CAP_S"]))
         ids = [entry_id for entry_id, _ in notices]
         pipe = self.redis.pipeline(transaction=True)
         pipe.xack(keys.ATTRIBUTION_STREAM, keys.ATTRIBUTOR_GROUP, *ids)
@@ -310,6 +304,11 @@ class Attributor:
         pipe.set(keys.FEED_WATERMARK, self.written_ms)
         pipe.execute()
         return len(notices)
+
+    def _storage_failed(self, exc: BaseException, delay: float) -> None:
+        log.warning("ClickHouse unavailable (%s); retrying the tick in %.1fs", exc, delay)
+        for client in (self.ch, self.writer, self.loader):
+            client.disconnect()
 
     def _stamp(self) -> int:
         """A write time after every earlier one, even across attributors with skewed clocks.
