@@ -524,8 +524,6 @@ class Attributor:
         # between the two inserts leaves the revision unwritten, and the re-run writes it.
         if credit_rows:
             self.writer.execute(self._candidates_sql, columns(candidate_rows), columnar=True)
-            if self.settings["SINK_FAILPOINT"] == "between_attribution_inserts":
-                os.kill(os.getpid(), 9)
             self.writer.execute(self._credits_sql, columns(credit_rows), columnar=True)
         if publish_ms:
             self._publish(publish_ms)

@@ -13,7 +13,6 @@ import gc
 import json
 import logging
 import os
-import signal
 import socket
 import time
 from typing import NamedTuple
@@ -159,8 +158,6 @@ class Sink:
             notices = self._insert_all(entries, tables, dead)
         finally:
             gc.enable()
-        if notices and self.settings["SINK_FAILPOINT"] == "after_insert":
-            os.kill(os.getpid(), signal.SIGKILL)
         self._settle([entry_id for entry_id, _ in entries], dead, notices)
 
     def _build(self, entries: list[Entry], tables: dict, dead: list[DeadLetter]) -> None:
