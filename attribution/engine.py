@@ -24,8 +24,8 @@ from clickhouse_driver import Client
 
 from attribution import models, store
 from pixel.touchpoints import Touch
-from clicktrail import clickhouse, keys, redis_client
-from clicktrail.backoff import Backoff
+from clicktrail import clickhouse, keys, redis_client, scripting
+from clicktrail.backoff import Backoff, retry
 from clicktrail.clickhouse import NETWORK_ERRORS
 from clicktrail.errors import LeaseLost
 from clicktrail.inserts import columns
@@ -178,17 +178,13 @@ def _touch_part(t: models.Candidate) -> tuple:
     return (t.kind, t.touch_id, t.touch_ms // 1000, t.touch_ms, t.campaign_id, t.adgroup_id, t.ad_id, t.matched_by)
 
 
-# Take the lease if free or ours, and (re)arm its expiry; answer 1 when we hold it.
-_LEASE_LUA = """
-local owner = redis.call('GET', KEYS[1])
-if owner and owner ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
-_RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-return 1
-"""
+# Take the lease if free or ours (and re-arm its expiry); give it back if still ours.
+_LEASE_LUA = scripting.source("lease_take")
+_RELEASE_LUA = scripting.source("lease_release")
+
+
+def _redis_failed(exc: BaseException, delay: float) -> None:
+    log.warning("Redis unavailable (%s); retrying in %.1fs", exc, delay)
 
 
 class Attributor:
@@ -234,19 +230,18 @@ class Attributor:
         gc.freeze()  # what start-up built lives as long as the process: never scan it again
         log.info("attributor %s reading %s", self.name, keys.ATTRIBUTION_STREAM)
         leading = False
-        outage = Backoff(cap=self.settings["SINK_BACKOFF_CAP_S"])
+
+        def lead_once() -> None:
+            # Wait Redis out in place: what a tick had not acknowledged is read again (the rules
+            # give the same answer twice), and the lease is taken afresh (not leading meanwhile).
+            nonlocal leading
+            was, leading = leading, False
+            leading = self._lead_once(was)
+
         try:
             while not self.stop.is_set:
-                try:
-                    leading = self._lead_once(leading)
-                    outage.reset()
-                except (redis.ConnectionError, redis.TimeoutError) as exc:
-                    # Wait Redis out in place: what a tick had not acknowledged is read again (the
-                    # rules give the same answer twice), and the lease is taken afresh.
-                    delay = outage.next_delay()
-                    log.warning("Redis unavailable (%s); retrying in %.1fs", exc, delay)
-                    leading = False
-                    self.stop.wait(delay)
+                retry(lead_once, errors=(redis.ConnectionError, redis.TimeoutError), stop=self.stop,
+                      backoff=Backoff(cap=self.settings["SINK_BACKOFF_CAP_S"]), on_failure=_redis_failed)
         finally:
             self._release_lease()
         log.info("attributor %s stopped: %d revisions written", self.name, self.revisions_written)
@@ -299,17 +294,8 @@ class Attributor:
         notices = self._pending_of_others() or self._read(block_ms)
         if not notices:
             return 0
-        backoff = Backoff(cap=self.settings["SINK_BACKOFF_CAP_S"])
-        while True:
-            try:
-                self.attribute(notices)
-                break
-            except NETWORK_ERRORS as exc:
-                delay = backoff.next_delay()
-                log.warning("ClickHouse unavailable (%s); retrying the tick in %.1fs", exc, delay)
-                time.sleep(delay)
-                for client in (self.ch, self.writer, self.loader):
-                    client.disconnect()
+        retry(lambda: self.attribute(notices), errors=NETWORK_ERRORS, on_failure=self._storage_failed,
+              backoff=Backoff(cap=self.settings["SINK_BACKOFF_CAP_S"]))
         ids = [entry_id for entry_id, _ in notices]
         pipe = self.redis.pipeline(transaction=True)
         pipe.xack(keys.ATTRIBUTION_STREAM, keys.ATTRIBUTOR_GROUP, *ids)
@@ -318,6 +304,11 @@ class Attributor:
         pipe.set(keys.FEED_WATERMARK, self.written_ms)
         pipe.execute()
         return len(notices)
+
+    def _storage_failed(self, exc: BaseException, delay: float) -> None:
+        log.warning("ClickHouse unavailable (%s); retrying the tick in %.1fs", exc, delay)
+        for client in (self.ch, self.writer, self.loader):
+            client.disconnect()
 
     def _stamp(self) -> int:
         """A write time after every earlier one, even across attributors with skewed clocks.
@@ -533,8 +524,6 @@ class Attributor:
         # between the two inserts leaves the revision unwritten, and the re-run writes it.
         if credit_rows:
             self.writer.execute(self._candidates_sql, columns(candidate_rows), columnar=True)
-            if self.settings["SINK_FAILPOINT"] == "between_attribution_inserts":
-                os.kill(os.getpid(), 9)
             self.writer.execute(self._credits_sql, columns(credit_rows), columnar=True)
         if publish_ms:
             self._publish(publish_ms)

@@ -52,9 +52,6 @@ DEFAULTS: dict[str, Any] = {
     "ATTRIBUTOR_BATCH": 10,  # notices per tick; each names up to a sink batch (20,000) of conversions
     "ATTRIBUTOR_LEASE_S": 10,  # a dead attributor's standby takes over after this
     "ATTRIBUTOR_CHUNK": 10_000,  # conversions written (and published to the feed) at a time within a tick
-    # Fault injection for crash-safety tests: "after_insert" makes a sink SIGKILL itself between
-    # a successful insert and the acknowledgement. Never set it in production.
-    "SINK_FAILPOINT": "",
 }
 
 #: The API's body limit (bulk imports carry up to 10,000 rows): fixed, not a setting; the API

@@ -15,6 +15,10 @@
 
 Request errors render as ``{"error": {"code", "field", "message"}}`` (the Events API wraps
 the same facts in TikTok's ``{code, message, request_id, data}``).
+
+One row of a batch that breaks a rule (an event, an imported click, a cost) is not an error of
+this tree: the parsers raise ``pixel.events.InvalidField`` and keep it as that row's
+``Rejection``, reported beside the rows accepted.
 """
 
 from __future__ import annotations

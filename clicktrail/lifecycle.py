@@ -86,20 +86,18 @@ def retry_until_stopped(what: str, attempt, stop: StopFlag, cap: float = 10.0):
     For a worker's start-up: a server that is down (or still starting) is waited for, with one log
     line per try, rather than ending the process; a stop signal ends the wait at once.
     """
-    from clicktrail.backoff import Backoff
+    from clicktrail.backoff import Backoff, retry
 
-    errors = connection_errors()
     backoff = Backoff(base=0.5, cap=cap)
-    while not stop.is_set:
-        try:
-            result = attempt()
-        except errors as exc:
-            delay = backoff.next_delay()
-            log.warning("waiting for %s (%s: %s); retrying in %.1fs", what, type(exc).__name__,
-                        str(exc).splitlines()[0][:200] if str(exc) else "", delay)
-            stop.wait(delay)
-            continue
+
+    def attempt_and_say():
+        result = attempt()
         if backoff.failures:
             log.info("%s is reachable", what)
         return result
-    return None
+
+    def say(exc: BaseException, delay: float) -> None:
+        log.warning("waiting for %s (%s: %s); retrying in %.1fs", what, type(exc).__name__,
+                    str(exc).splitlines()[0][:200] if str(exc) else "", delay)
+
+    return retry(attempt_and_say, errors=connection_errors(), backoff=backoff, on_failure=say, stop=stop)

@@ -17,6 +17,7 @@ from collector.context import Services, services
 from collector.metrics import count_accepted, count_rejected
 from collector.replies import Reply
 from pixel.events import Context, parse_events
+from pixel.registry import get_pixel, host_allowed
 
 bp = Blueprint("browser", __name__)
 log = logging.getLogger("clicktrail.collector")
@@ -127,7 +128,7 @@ def _first_party_cookie(svc: Services, inc: intake.Incoming, reply: Reply, site_
     for its full 13 months. Not HttpOnly: the pixel reads the id it sends.
     """
     collector_host = intake.host_name(inc.host)
-    if not site_domain or not (collector_host == site_domain or collector_host.endswith("." + site_domain)):
+    if not site_domain or not host_allowed(collector_host, [site_domain]):
         return
     ttp = next((r["ttp"] for r in records if r.get("ttp")), "")
     if not ttp or not _COOKIE_SAFE.match(ttp):
@@ -141,8 +142,6 @@ def _first_party_cookie(svc: Services, inc: intake.Incoming, reply: Reply, site_
 @bp.route("/e/<pixel_id>", methods=["OPTIONS"])
 def browser_preflight(pixel_id: str):
     """CORS preflight for ``application/json`` bodies: allowed only for the pixel's registered sites."""
-    from pixel.registry import get_pixel  # the preflight path is rare; the pixel sends text/plain
-
     svc = services()
     origin_host = intake.host_of(request.headers.get("Origin", ""))
     try:
@@ -151,7 +150,7 @@ def browser_preflight(pixel_id: str):
         unavailable = BufferUnavailable("the pixel registry is unavailable; retry later", code="buffer_unavailable")
         return _error(svc, unavailable, "browser").to_response()
     domains = record["domains"] if record else []
-    if not any(origin_host == d or origin_host.endswith("." + d) for d in domains):
+    if not host_allowed(origin_host, domains):
         return Response(status=403)
     response = _cors(Reply(204, b"", []), intake.incoming(request)).to_response()
     response.headers["Access-Control-Allow-Methods"] = "POST"

@@ -13,81 +13,14 @@ from typing import NamedTuple
 import orjson
 import redis
 
-from clicktrail import keys
+from clicktrail import keys, scripting
 from clicktrail.errors import BufferUnavailable, Forbidden, NotFound, Unauthorized
 from collector.redis_line import ConnectionLine, SocketLine, bulk, command, line_for
 from pixel.records import EventRecord, TouchRecord, encode_records
 
-# KEYS: stream, pixels, tokens, rejected counts
-# ARGV: pixel id, host ('' = no domain check), token hash ('' = no token check),
-#       max stream length, rejected reasons as JSON list ('' = none), event count,
-#       the events as one JSON array ('' when none)
-_APPEND_LUA = """
-local raw = redis.call('HGET', KEYS[2], ARGV[1])
-if not raw then return {'unknown_pixel'} end
-local pixel = cjson.decode(raw)
-local adv = pixel['advertiser_id']
-local matched = ''
--- A whole request refused for a known pixel is counted for its diagnostics (per event it held).
-local function refuse(reason, label)
-  redis.call('HINCRBY', KEYS[4], ARGV[1] .. ':' .. label, math.max(1, tonumber(ARGV[6]) or 0))
-  return {reason}
-end
-if ARGV[3] ~= '' then
-  local tok = redis.call('HGET', KEYS[3], ARGV[3])
-  if not tok then return refuse('bad_token', 'request: Access-Token is not a valid token') end
-  tok = cjson.decode(tok)
-  if tok['advertiser_id'] ~= adv then
-    return refuse('token_advertiser', "request: Access-Token belongs to another advertiser")
-  end
-  local scoped = false
-  for _, s in ipairs(tok['scopes']) do if s == 'events' then scoped = true end end
-  if not scoped then return refuse('token_scope', "request: Access-Token lacks the 'events' scope") end
-end
-if ARGV[2] ~= '' then
-  local host = ARGV[2]
-  for _, d in ipairs(pixel['domains']) do
-    if host == d or (#host > #d and string.sub(host, -(#d + 1)) == '.' .. d) then
-      matched = d
-      break
-    end
-  end
-  if matched == '' then return refuse('domain_not_allowed', 'request: page domain is not registered for the pixel') end
-end
-if ARGV[5] ~= '' then
-  for _, reason in ipairs(cjson.decode(ARGV[5])) do
-    redis.call('HINCRBY', KEYS[4], ARGV[1] .. ':' .. reason, 1)
-  end
-end
-if ARGV[7] ~= '' then
-  -- Shed load rather than let Redis run out of memory; never trim what is not yet stored.
-  if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[4]) then return {'overloaded'} end
-  -- Entry fields as pixel/records.py names them (ADVERTISER, COUNT, DATA).
-  redis.call('XADD', KEYS[1], '*', 'a', adv, 'n', ARGV[6], 'd', ARGV[7])
-end
-return {'ok', adv, matched}
-"""
-
-
-# KEYS: stream, advertiser domains, click cache key.
-# ARGV: advertiser, landing host, max stream length, count, payload, cache value, cache TTL seconds
-_APPEND_TOUCH_LUA = """
-local raw = redis.call('HGET', KEYS[2], ARGV[1])
-if not raw then return {'domain_not_allowed'} end
-local matched = false
-for _, d in ipairs(cjson.decode(raw)) do
-  if ARGV[2] == d or (#ARGV[2] > #d and string.sub(ARGV[2], -(#d + 1)) == '.' .. d) then
-    matched = true
-    break
-  end
-end
-if not matched then return {'domain_not_allowed'} end
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[3]) then return {'overloaded'} end
--- Entry fields as pixel/records.py names them (ADVERTISER, KIND = TOUCH_ENTRY, COUNT, DATA).
-redis.call('XADD', KEYS[1], '*', 'a', ARGV[1], 'k', 't', 'n', ARGV[4], 'd', ARGV[5])
-redis.call('SET', KEYS[3], ARGV[6], 'EX', ARGV[7])
-return {'ok'}
-"""
+# The scripts (clicktrail/lua/append_events.lua, append_touch.lua) hold their KEYS and ARGV.
+_APPEND_LUA = scripting.source("append_events")
+_APPEND_TOUCH_LUA = scripting.source("append_touch")
 
 
 class Appended(NamedTuple):

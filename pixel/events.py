@@ -83,6 +83,23 @@ class Rejection:
         return f"{self.field or 'event'} {self.rule}"
 
 
+class InvalidField(Exception):
+    """A row of a batch breaks a rule: ``field`` names what broke it ("" for the row itself).
+
+    The one invalid-input exception of the per-row parsers (events here, imported touchpoints and
+    costs): each catches it per row and keeps it as that row's ``Rejection``, so it never leaves a
+    parser, and the batch's other rows go on.
+    """
+
+    def __init__(self, field: str, rule: str) -> None:
+        super().__init__(f"{field or 'row'} {rule}")
+        self.field = field
+        self.rule = rule
+
+    def rejection(self, index: int) -> Rejection:
+        return Rejection(index, self.field, self.rule)
+
+
 @dataclass(frozen=True)
 class Context:
     """What the collector knows about the request that carried the events."""
@@ -98,24 +115,18 @@ class Context:
     test_event_code: str = ""
 
 
-class _Invalid(Exception):
-    def __init__(self, field: str, rule: str) -> None:
-        self.field = field
-        self.rule = rule
-
-
 def _string(value: Any, field: str, max_len: int, *, required: bool = False) -> str:
     if value is None:
         if required:
-            raise _Invalid(field, "is required")
+            raise InvalidField(field, "is required")
         return ""
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise _Invalid(field, "must be a string")
+        raise InvalidField(field, "must be a string")
     text = str(value)
     if required and not text.strip():
-        raise _Invalid(field, "must not be empty")
+        raise InvalidField(field, "must not be empty")
     if len(text) > max_len:
-        raise _Invalid(field, f"must be at most {max_len} characters")
+        raise InvalidField(field, f"must be at most {max_len} characters")
     return text
 
 
@@ -123,23 +134,23 @@ def _object(value: Any, field: str) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise _Invalid(field, "must be an object")
+        raise InvalidField(field, "must be an object")
     return value
 
 
 def _number(value: Any, field: str, bound: float = MAX_MONEY) -> float:
     """A finite number with absolute value at most ``bound``; ASCII numeric strings are accepted."""
     if isinstance(value, bool):
-        raise _Invalid(field, "must be a number")
+        raise InvalidField(field, "must be a number")
     if isinstance(value, str):
         text = value.strip()
         if not _NUMERIC.fullmatch(text):
-            raise _Invalid(field, "must be a number")
+            raise InvalidField(field, "must be a number")
         value = float(text)
     if not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _Invalid(field, "must be a finite number")
+        raise InvalidField(field, "must be a finite number")
     if not -bound <= value <= bound:
-        raise _Invalid(field, f"must be from -{bound:.0f} to {bound:.0f}")
+        raise InvalidField(field, f"must be from -{bound:.0f} to {bound:.0f}")
     return float(value)
 
 
@@ -162,15 +173,15 @@ def _depth_ok(value: Any, levels: int) -> bool:
 def _event_name(raw: dict) -> str:
     name = _string(raw.get("event"), "event", MAX_NAME, required=True)
     if _CONTROL.search(name):
-        raise _Invalid("event", "must not contain control characters")
+        raise InvalidField("event", "must not contain control characters")
     return name
 
 
 def _check_time(event_ms: int, ctx: Context, field: str) -> None:
     if event_ms < ctx.received_ms - ctx.max_age_ms:
-        raise _Invalid(field, f"must be at most {ctx.max_age_ms // 86_400_000} days old")
+        raise InvalidField(field, f"must be at most {ctx.max_age_ms // 86_400_000} days old")
     if event_ms > ctx.received_ms + ctx.max_future_ms:
-        raise _Invalid(field, f"must be at most {ctx.max_future_ms // 3_600_000} hours in the future")
+        raise InvalidField(field, f"must be at most {ctx.max_future_ms // 3_600_000} hours in the future")
 
 
 def _browser_time(raw: dict, ctx: Context) -> tuple[int, int]:
@@ -179,12 +190,12 @@ def _browser_time(raw: dict, ctx: Context) -> tuple[int, int]:
     if value is None:
         return 0, ctx.received_ms
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _Invalid("timestamp", "must be unix time in milliseconds")
+        raise InvalidField("timestamp", "must be unix time in milliseconds")
     if value > MAX_UNIX_MS:
-        raise _Invalid("timestamp", "must be unix time in milliseconds before 2100")
+        raise InvalidField("timestamp", "must be unix time in milliseconds before 2100")
     client_ms = int(value)
     if client_ms < MIN_UNIX_MS:
-        raise _Invalid("timestamp", "must be unix time in milliseconds (this looks like seconds)")
+        raise InvalidField("timestamp", "must be unix time in milliseconds (this looks like seconds)")
     corrected = client_ms - ctx.skew_ms
     _check_time(corrected, ctx, "timestamp")
     return client_ms, corrected
@@ -194,13 +205,13 @@ def _server_time(raw: dict, ctx: Context) -> tuple[int, int]:
     """Return (client ms, ms) from the Events API's ``event_time`` in unix seconds."""
     value = raw.get("event_time")
     if value is None:
-        raise _Invalid("event_time", "is required (unix time in seconds)")
+        raise InvalidField("event_time", "is required (unix time in seconds)")
     if isinstance(value, str) and _NUMERIC.fullmatch(value.strip()):
         value = float(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise _Invalid("event_time", "must be unix time in seconds")
+        raise InvalidField("event_time", "must be unix time in seconds")
     if value > 10**11:
-        raise _Invalid("event_time", "must be unix time in seconds (this looks like milliseconds)")
+        raise InvalidField("event_time", "must be unix time in seconds (this looks like milliseconds)")
     client_ms = int(value * 1000)
     corrected = client_ms - ctx.skew_ms
     _check_time(corrected, ctx, "event_time")
@@ -221,7 +232,7 @@ def _ip(value: Any, field: str) -> str:
     try:
         return str(ipaddress.ip_address(text.strip()))
     except ValueError:
-        raise _Invalid(field, "must be an IPv4 or IPv6 address") from None
+        raise InvalidField(field, "must be an IPv4 or IPv6 address") from None
 
 
 def _user_other(value: Any) -> str:
@@ -233,10 +244,10 @@ def _user_other(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise _Invalid("user", "other user fields must be strings")
+        raise InvalidField("user", "other user fields must be strings")
     text = value if isinstance(value, str) else str(value)
     if len(text) > MAX_SHORT:
-        raise _Invalid("user", f"other user fields must be at most {MAX_SHORT} characters")
+        raise InvalidField("user", f"other user fields must be at most {MAX_SHORT} characters")
     return text
 
 
@@ -278,13 +289,13 @@ _CONTENT_TEXT = (("content_id", MAX_ID), ("content_name", MAX_TEXT), ("content_c
 def _properties(props: dict, field: str) -> dict:
     """Check and normalise the properties a later stage reads; keep the rest as sent (bounded depth)."""
     if not _depth_ok(props, MAX_DEPTH):
-        raise _Invalid(field, f"must not nest deeper than {MAX_DEPTH} levels")
+        raise InvalidField(field, f"must not nest deeper than {MAX_DEPTH} levels")
     if props.get("value") not in (None, ""):
         props["value"] = _number(props["value"], f"{field}.value")
     if props.get("currency") not in (None, ""):
         currency = _string(props["currency"], f"{field}.currency", MAX_SHORT).strip().upper()
         if len(currency) != 3 or not (currency.isascii() and currency.isalpha()):
-            raise _Invalid(f"{field}.currency", "must be a 3-letter ISO 4217 code")
+            raise InvalidField(f"{field}.currency", "must be a 3-letter ISO 4217 code")
         props["currency"] = currency
     for name, limit in _TEXT_PROPERTIES:
         if props.get(name) is not None:
@@ -298,9 +309,9 @@ def _properties(props: dict, field: str) -> dict:
 
 def _contents(contents: Any, field: str) -> list[dict]:
     if not isinstance(contents, list) or not all(isinstance(c, dict) for c in contents):
-        raise _Invalid(field, "must be a list of objects")
+        raise InvalidField(field, "must be a list of objects")
     if len(contents) > MAX_ITEMS:
-        raise _Invalid(field, f"must hold at most {MAX_ITEMS} items")
+        raise InvalidField(field, f"must hold at most {MAX_ITEMS} items")
     checked = []
     for item in contents:
         item = dict(item)
@@ -317,9 +328,9 @@ def _contents(contents: Any, field: str) -> list[dict]:
 
 def _content_ids(ids: Any, field: str) -> list[str]:
     if not isinstance(ids, list):
-        raise _Invalid(field, "must be a list of strings")
+        raise InvalidField(field, "must be a list of strings")
     if len(ids) > MAX_ITEMS:
-        raise _Invalid(field, f"must hold at most {MAX_ITEMS} items")
+        raise InvalidField(field, f"must hold at most {MAX_ITEMS} items")
     return [_string(i, field, MAX_ID) for i in ids if i is not None]
 
 
@@ -348,7 +359,7 @@ def _finish(record: dict, raw: dict, known: frozenset, event_id_raw: Any) -> dic
     if extra:
         # The custom fields are the dict's values: the dict itself is one more level.
         if not _depth_ok(extra, MAX_DEPTH + 1):
-            raise _Invalid(CUSTOM_FIELDS, f"must not nest deeper than {MAX_DEPTH} levels")
+            raise InvalidField(CUSTOM_FIELDS, f"must not nest deeper than {MAX_DEPTH} levels")
         record["extra"] = extra
     event_id = _string(event_id_raw, "event_id", MAX_ID)
     record["id_generated"] = not event_id
@@ -369,7 +380,7 @@ def _common(record: dict, raw: dict) -> None:
     record["properties"] = _properties(dict(_object(raw.get("properties"), "properties")), "properties")
     ldu = raw.get("limited_data_use", False)
     if not isinstance(ldu, bool):
-        raise _Invalid("limited_data_use", "must be true or false")
+        raise InvalidField("limited_data_use", "must be true or false")
     record["limited_data_use"] = ldu
 
 
@@ -402,8 +413,8 @@ def parse_event(raw: Any, index: int, ctx: Context) -> EventRecord | Rejection:
         return Rejection(index, "", "event must be an object")
     try:
         return _server(raw, ctx) if ctx.source == "server" else _browser(raw, ctx)
-    except _Invalid as exc:
-        return Rejection(index, exc.field, exc.rule)
+    except InvalidField as exc:
+        return exc.rejection(index)
 
 
 def parse_events(rows: list, ctx: Context) -> tuple[list[EventRecord], list[Rejection]]:

@@ -165,7 +165,11 @@ def advertiser_domains(r: redis.Redis, advertiser_id: str) -> list[str]:
 
 
 def host_allowed(host: str, domains: list[str]) -> bool:
-    """A host is allowed when it is one of the domains or a subdomain of one."""
+    """A host is allowed when it is one of the domains or a subdomain of one.
+
+    The one statement of the rule: Redis applies its Lua copy (clicktrail/lua/host_allowed.lua),
+    which tests/test_lua.py checks against this one.
+    """
     return any(host == d or host.endswith("." + d) for d in domains)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from pixel.events import Rejection
+from pixel.events import InvalidField, Rejection
 from pixel.hashing import hash_identifier
 from pixel.records import TouchRow
 
@@ -18,51 +18,46 @@ KINDS = {"clicks": ("click", "click_id", "click_time"), "impressions": ("impress
                                                                         "impression_time")}
 
 
-class _Invalid(Exception):
-    def __init__(self, field: str, rule: str) -> None:
-        self.field, self.rule = field, rule
-
-
 def _id(row: dict, field: str) -> str:
     value = row.get(field)
     if value is None or value == "":
-        raise _Invalid(field, "is required")
+        raise InvalidField(field, "is required")
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise _Invalid(field, "must be a string")
+        raise InvalidField(field, "must be a string")
     text = str(value)
     if len(text) > MAX_ID or any(ord(c) < 32 for c in text):
-        raise _Invalid(field, f"must be at most {MAX_ID} printable characters")
+        raise InvalidField(field, f"must be at most {MAX_ID} printable characters")
     return text
 
 
 def _time(row: dict, field: str, now_s: float) -> int:
     value = row.get(field)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _Invalid(field, "must be unix time in seconds")
+        raise InvalidField(field, "must be unix time in seconds")
     if value > 10**11:
-        raise _Invalid(field, "must be unix time in seconds (this looks like milliseconds)")
+        raise InvalidField(field, "must be unix time in seconds (this looks like milliseconds)")
     if value < now_s - MAX_TOUCH_AGE_S:
-        raise _Invalid(field, "must be at most 28 days old")
+        raise InvalidField(field, "must be at most 28 days old")
     if value > now_s + MAX_FUTURE_S:
-        raise _Invalid(field, "must be at most 24 hours in the future")
+        raise InvalidField(field, "must be at most 24 hours in the future")
     return int(value * 1000)
 
 
 def _user(row: dict) -> dict:
     user = row.get("user") or {}
     if not isinstance(user, dict):
-        raise _Invalid("user", "must be an object")
+        raise InvalidField("user", "must be an object")
     out = {}
     for kind in ("email", "phone", "external_id"):
         value = user.get(kind)
         if value is None or value == "":
             continue
         if not isinstance(value, str):
-            raise _Invalid(f"user.{kind}", "must be a string (SHA-256 hex)")
+            raise InvalidField(f"user.{kind}", "must be a string (SHA-256 hex)")
         out[kind] = hash_identifier(kind, value)  # raw values are hashed here, never stored
     ttp = user.get("ttp")
     if ttp is not None and (not isinstance(ttp, str) or len(ttp) > 256):
-        raise _Invalid("user.ttp", "must be a string of at most 256 characters")
+        raise InvalidField("user.ttp", "must be a string of at most 256 characters")
     out["browser_id"] = ttp or ""
     return out
 
@@ -97,13 +92,13 @@ def parse_rows(collection: str, rows: list, advertiser_id: str, now_s: float) ->
     for index, row in enumerate(rows):
         try:
             if not isinstance(row, dict):
-                raise _Invalid("", "row must be an object")
+                raise InvalidField("", "row must be an object")
             user = _user(row)
             touches.append(Touch(
                 advertiser_id, kind, _id(row, id_field), _time(row, time_field, now_s),
                 _id(row, "campaign_id"), _id(row, "adgroup_id"), _id(row, "ad_id"), user["browser_id"],
                 user.get("email", ""), user.get("phone", ""), user.get("external_id", ""),
             ))
-        except _Invalid as exc:
-            rejections.append(Rejection(index, exc.field, exc.rule))
+        except InvalidField as exc:
+            rejections.append(exc.rejection(index))
     return touches, rejections

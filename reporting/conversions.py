@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 from flask import Blueprint, g, jsonify, request
 
 from reporting.auth import require
 from reporting.params import whole
 from reporting.reports import caller_query
+from clicktrail.timestamps import utc_iso
 
 bp = Blueprint("conversions", __name__)
 MAX_LIMIT = 500
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @bp.get("/v1/conversions")
@@ -43,6 +38,6 @@ def latest_conversions():
     out = []
     for row in rows:
         item = dict(zip(names, row))
-        item["conversion_time"] = _iso(item["conversion_time"])
+        item["conversion_time"] = utc_iso(item["conversion_time"])
         out.append(item)
     return jsonify({"rows": out, "model": query.model})

@@ -17,7 +17,7 @@ from flask import Blueprint, g, jsonify
 from clicktrail.clickhouse import NETWORK_ERRORS
 from clicktrail.errors import BadRequest, StorageError
 from clicktrail.inserts import columns
-from pixel.events import MAX_MONEY, Rejection
+from pixel.events import MAX_MONEY, InvalidField, Rejection
 from pixel.registry import advertiser_settings
 from pixel.touchpoints import MAX_ID, MAX_ROWS
 from reporting.auth import require
@@ -36,11 +36,6 @@ COST_COLUMNS = ["advertiser_id", "day", "version", "campaign_id", "adgroup_id", 
                 "has_impressions", "currency"]
 
 
-class _Invalid(Exception):
-    def __init__(self, field: str, rule: str) -> None:
-        self.field, self.rule = field, rule
-
-
 @dataclass(frozen=True)
 class Cost:
     day: date
@@ -54,9 +49,9 @@ class Cost:
 def _text(row: dict, field: str) -> str:
     value = row.get(field)
     if not isinstance(value, str) or not value:
-        raise _Invalid(field, "is required and must be a string")
+        raise InvalidField(field, "is required and must be a string")
     if len(value) > MAX_ID or any(ord(c) < 32 for c in value):
-        raise _Invalid(field, f"must be at most {MAX_ID} printable characters")
+        raise InvalidField(field, f"must be at most {MAX_ID} printable characters")
     return value
 
 
@@ -67,11 +62,11 @@ def _day(row: dict, today: date) -> date:
     except ValueError:
         day = None
     if day is None:
-        raise _Invalid("date", "must be a date as YYYY-MM-DD")
+        raise InvalidField("date", "must be a date as YYYY-MM-DD")
     if day > today:
-        raise _Invalid("date", "must not be in the future (in the advertiser's time zone)")
+        raise InvalidField("date", "must not be in the future (in the advertiser's time zone)")
     if day < today - timedelta(days=MAX_COST_AGE_DAYS):
-        raise _Invalid("date", f"must be at most {MAX_COST_AGE_DAYS} days ago")
+        raise InvalidField("date", f"must be at most {MAX_COST_AGE_DAYS} days ago")
     return day
 
 
@@ -82,19 +77,19 @@ def _number(row: dict, field: str, most: float) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value <= most):
         # NaN fails the range test too, as does a number past 2^64 or 1e308.
-        raise _Invalid(field, f"must be a number from 0 to {most:,.0f}")
+        raise InvalidField(field, f"must be a number from 0 to {most:,.0f}")
     return value
 
 
 def parse_cost(row: object, today: date) -> Cost:
     if not isinstance(row, dict):
-        raise _Invalid("", "must be an object")
+        raise InvalidField("", "must be an object")
     spend = _number(row, "spend", MAX_SPEND)
     if spend is None:
-        raise _Invalid("spend", f"is required, a number from 0 to {MAX_SPEND:,.0f}")
+        raise InvalidField("spend", f"is required, a number from 0 to {MAX_SPEND:,.0f}")
     impressions = _number(row, "impressions", MAX_IMPRESSIONS)
     if impressions is not None and impressions != int(impressions):
-        raise _Invalid("impressions", "must be a whole number")
+        raise InvalidField("impressions", "must be a whole number")
     return Cost(_day(row, today), _text(row, "campaign_id"), _text(row, "adgroup_id"), _text(row, "ad_id"),
                 float(spend), None if impressions is None else int(impressions))
 
@@ -104,8 +99,8 @@ def parse_costs(rows: list, today: date) -> tuple[list[Cost], list[Rejection]]:
     for index, row in enumerate(rows):
         try:
             cost = parse_cost(row, today)
-        except _Invalid as exc:
-            rejections.append(Rejection(index, exc.field, exc.rule))
+        except InvalidField as exc:
+            rejections.append(exc.rejection(index))
             continue
         if (cost.day, cost.ad_id) in seen:
             rejections.append(Rejection(index, "ad_id", "appears twice for this date; post one row per ad and day"))

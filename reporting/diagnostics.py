@@ -10,7 +10,6 @@ advertiser's pixels: another tenant's pixel answers exactly as a missing one doe
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
 
 import redis
 from flask import Blueprint, g, jsonify
@@ -18,6 +17,7 @@ from flask import Blueprint, g, jsonify
 from clicktrail import keys
 from clicktrail.clickhouse import NETWORK_ERRORS
 from clicktrail.errors import BufferUnavailable, NotFound, StorageError
+from clicktrail.timestamps import utc_iso
 from pixel import registry
 from pixel.snippet import build_snippet
 from reporting.auth import require
@@ -47,11 +47,6 @@ def _query(sql: str, params: dict) -> list[tuple]:
         return svc.clickhouse.get().execute(sql, params)
     except NETWORK_ERRORS as exc:
         raise StorageError("storage is unavailable; retry later") from exc
-
-
-def _iso(ms: int) -> str:
-    stamp = datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds")
-    return stamp.replace("+00:00", "Z")
 
 
 def _share(part: int, whole: int) -> float | None:
@@ -173,10 +168,10 @@ def pixel_diagnostics(pixel_id: str):
     return jsonify(
         pixel_id=pixel_id,
         advertiser_id=adv,
-        generated_at=_iso(now_ms),
+        generated_at=utc_iso(now_ms),
         events=[{k: gr[k] for k in ("event", "source", "last_24h", "last_7d")} for gr in groups],
         test_events_7d=tests,
-        last_event_at=_iso(last_ms) if last_ms is not None else None,
+        last_event_at=utc_iso(last_ms) if last_ms is not None else None,
         received_7d=received,
         duplicates_merged_7d=received - unique,
         rejected=_rejected(pixel_id),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 from flask import Blueprint, g, jsonify
 
 from attribution import models
@@ -11,6 +9,7 @@ from clicktrail.errors import NotFound
 from clicktrail.schema import ATTRIBUTION_COLUMN_NAMES, CANDIDATE_COLUMN_NAMES
 from reporting.auth import require
 from reporting.context import api_services
+from clicktrail.timestamps import utc_iso
 
 bp = Blueprint("explain", __name__)
 
@@ -29,10 +28,6 @@ def _latest(table: str, columns: list[str], advertiser_id: str, event_id: str) -
     )
     unique = {tuple(row): dict(zip(columns, row)) for row in rows}  # a revision written twice is one
     return list(unique.values())
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _why_not(touch: models.Candidate, conv_ms: int, windows: models.Windows, chosen: list[models.Candidate]) -> str:
@@ -65,7 +60,7 @@ def _explain(conversion: list[dict], credited: list[dict]) -> dict:
     for t in candidates:
         reason = "" if t.touch_id in chosen_ids else _why_not(t, conv_ms, windows, chosen)
         touchpoints.append({
-            "kind": t.kind, "touch_id": t.touch_id, "touch_time": _iso(t.touch_ms), "campaign_id": t.campaign_id,
+            "kind": t.kind, "touch_id": t.touch_id, "touch_time": utc_iso(t.touch_ms), "campaign_id": t.campaign_id,
             "adgroup_id": t.adgroup_id, "ad_id": t.ad_id, "matched_by": t.matched_by,
             "days_before_conversion": round((conv_ms - t.touch_ms) / models.DAY_MS, 4),
             "eligible": t.touch_id in chosen_ids,
@@ -74,7 +69,7 @@ def _explain(conversion: list[dict], credited: list[dict]) -> dict:
         })
     return {
         "pixel_id": head["pixel_id"], "event": head["event"], "event_id": head["event_id"],
-        "conversion_time": _iso(conv_ms), "value": head["value"], "currency": head["currency"],
+        "conversion_time": utc_iso(conv_ms), "value": head["value"], "currency": head["currency"],
         "revision": head["revision"],
         "windows": {"click_days": windows.click_days, "view_days": windows.view_days},
         "attributed": bool(chosen),

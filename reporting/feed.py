@@ -16,7 +16,6 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 import orjson
 import redis
@@ -25,6 +24,7 @@ from flask import Blueprint, g, jsonify, request
 from attribution.engine import FEED_RETENTION_DAYS
 from clicktrail import keys
 from clicktrail.errors import BadRequest, BufferUnavailable
+from clicktrail.timestamps import utc_iso
 from pixel.registry import settings_of
 from reporting.auth import require
 from reporting.context import api_services
@@ -75,10 +75,6 @@ def _cursor(text: str | None) -> int | None:
         raise BadRequest("must be a next_cursor this feed returned (ASCII digits)", field="cursor",
                          code="invalid_field")
     return value
-
-
-def _iso(seconds: int) -> str:
-    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class _Flight(threading.Event):
@@ -234,7 +230,7 @@ class Feed:
         for key in sorted(changed):
             head, event = key[:-1], key[-1]
             count, value = conversions.get(key, (0.0, 0.0))
-            row = {"bucket_start": _iso(head[0])}
+            row = {"bucket_start": utc_iso(head[0] * 1000, "seconds")}
             row.update(zip(self.levels, head[1:]))
             row.update(event=event, clicks=touches.get((*head, "click"), 0),
                        impressions=touches.get((*head, "impression"), 0),
@@ -290,4 +286,4 @@ class Feed:
         late_s = self.late_s
         window_s = max(self.settings["click_window_days"], self.settings["view_window_days"]) * 86_400
         final = (upto_ms // 1000 if upto_ms else int(time.time())) - window_s - late_s
-        return _iso(final // self.size * self.size)
+        return utc_iso(final // self.size * self.size * 1000, "seconds")

@@ -13,7 +13,6 @@ import gc
 import json
 import logging
 import os
-import signal
 import socket
 import time
 from typing import NamedTuple
@@ -24,7 +23,7 @@ from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 
 from clicktrail import keys, redis_client
-from clicktrail.backoff import Backoff
+from clicktrail.backoff import Backoff, retry
 from clicktrail.clickhouse import NETWORK_ERRORS
 from clicktrail.inserts import columns, count_once
 from clicktrail.lifecycle import StopFlag, retry_until_stopped
@@ -159,8 +158,6 @@ class Sink:
             notices = self._insert_all(entries, tables, dead)
         finally:
             gc.enable()
-        if notices and self.settings["SINK_FAILPOINT"] == "after_insert":
-            os.kill(os.getpid(), signal.SIGKILL)
         self._settle([entry_id for entry_id, _ in entries], dead, notices)
 
     def _build(self, entries: list[Entry], tables: dict, dead: list[DeadLetter]) -> None:
@@ -202,22 +199,24 @@ class Sink:
         if not rows:
             return [], []
         backoff = Backoff(cap=self.settings["SINK_BACKOFF_CAP_S"])
-        while True:
-            try:
-                self.ch.execute(sql, columns(rows), columnar=True)
-                return ids, []
-            except NETWORK_ERRORS as exc:
-                self._wait_for_storage(backoff, exc)
-            except ch_errors.ServerException as exc:
-                if exc.code in SYSTEMIC_CODES or len(rows) > 1 and backoff.failures < 2:
-                    self._wait_for_storage(backoff, exc)
-                    continue
-                return self._split(sql, rows, ids, exc)
-            except Exception as exc:
-                # Anything else was raised by the driver while serialising the block (AttributeError,
-                # TypeError, struct.error...): some row holds a value its column cannot take. The
-                # driver dropped the connection; bisecting finds the row, and its batch-mates are stored.
-                return self._split(sql, rows, ids, exc)
+
+        def transient(exc: BaseException) -> bool:
+            # A refusal says nothing about the rows when systemic, and a block is tried twice more
+            # before it is bisected; a single row refused is refused for what it holds.
+            if isinstance(exc, ch_errors.ServerException):
+                return exc.code in SYSTEMIC_CODES or len(rows) > 1 and backoff.failures < 2
+            return True
+
+        try:
+            retry(lambda: self.ch.execute(sql, columns(rows), columnar=True), backoff=backoff,
+                  errors=(*NETWORK_ERRORS, ch_errors.ServerException), when=transient,
+                  on_failure=self._storage_failed)
+            return ids, []
+        except Exception as exc:
+            # A refused row, or anything the driver raised while serialising the block
+            # (AttributeError, TypeError, struct.error...): some row holds a value its column cannot
+            # take. The driver dropped the connection; bisecting finds the row, and its batch-mates are stored.
+            return self._split(sql, rows, ids, exc)
 
     def _split(self, sql, rows, ids, exc) -> tuple[list, list[tuple[object, str]]]:
         """Bisect a refused block so one bad row never holds back the others."""
@@ -231,20 +230,15 @@ class Sink:
         return left_ok + right_ok, left_bad + right_bad
 
     def _count_once(self, rows: list[tuple]) -> list[tuple]:
-        backoff = Backoff(cap=self.settings["SINK_BACKOFF_CAP_S"])
-        while True:
-            try:
-                return count_once(self.ch, self.db, rows)
-            except NETWORK_ERRORS as exc:
-                self._wait_for_storage(backoff, exc)
+        return retry(lambda: count_once(self.ch, self.db, rows), errors=NETWORK_ERRORS,
+                     backoff=Backoff(cap=self.settings["SINK_BACKOFF_CAP_S"]), on_failure=self._storage_failed)
 
-    def _wait_for_storage(self, backoff: Backoff, exc: BaseException) -> None:
-        delay = backoff.next_delay()
+    def _storage_failed(self, exc: BaseException, delay: float) -> None:
         log.warning("ClickHouse insert failed (%s: %s); nothing acknowledged, retrying in %.1fs",
                     type(exc).__name__, str(exc).splitlines()[0][:200], delay)
-        # Wait even when stopping: the batch must be stored before we may exit (a second signal forces it).
-        time.sleep(delay)
         self.ch.disconnect()
+        # No stop flag: wait even when stopping, the batch must be stored before we may exit (a
+        # second signal forces it).
 
     def _settle(self, entry_ids: list[bytes], dead: list[DeadLetter], notices: list[tuple] = ()) -> None:
         """In one MULTI: dead letters aside, tell the attributor what was stored, acknowledge and delete.
@@ -330,14 +324,12 @@ class Sink:
 
     def _redis_call(self, fn, *args, **kwargs):
         """Call Redis, waiting out an outage: the stream is the only copy of unsettled events."""
-        backoff = Backoff(cap=self.settings["SINK_BACKOFF_CAP_S"])
-        while True:
-            try:
-                return fn(*args, **kwargs)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                delay = backoff.next_delay()
-                log.warning("Redis unavailable (%s); retrying in %.1fs", exc, delay)
-                time.sleep(delay)
+        return retry(lambda: fn(*args, **kwargs), errors=(redis.ConnectionError, redis.TimeoutError),
+                     backoff=Backoff(cap=self.settings["SINK_BACKOFF_CAP_S"]), on_failure=_redis_failed)
+
+
+def _redis_failed(exc: BaseException, delay: float) -> None:
+    log.warning("Redis unavailable (%s); retrying in %.1fs", exc, delay)
 
 
 class _Pending:

@@ -15,6 +15,8 @@ from pathlib import Path
 from clicktrail import services
 from clicktrail.config import ENV_PREFIX
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def env_for(settings: dict, **overrides) -> dict:
     env = dict(os.environ)
@@ -42,12 +44,14 @@ class ProcessGroup:
         self.settings = settings
         self.procs: list[subprocess.Popen] = []
 
-    def start(self, *args: str, **overrides) -> subprocess.Popen:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "clicktrail.cli", *args],
-            env=env_for(self.settings, **overrides),
-            start_new_session=True,
-        )
+    def start(self, *args: str, failpoint: str = "", **overrides) -> subprocess.Popen:
+        """``clicktrail ARGS`` in a process of its own; with ``failpoint``, armed (tests/failpoints.py)."""
+        env = env_for(self.settings, **overrides)
+        command = [sys.executable, "-m", "clicktrail.cli", *args]
+        if failpoint:
+            command[2:3] = ["tests.failpoints", failpoint]
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+        proc = subprocess.Popen(command, env=env, start_new_session=True)
         self.procs.append(proc)
         return proc
 
@@ -58,8 +62,8 @@ class ProcessGroup:
         wait_http(base + "/healthz")
         return base
 
-    def sink(self, **overrides) -> subprocess.Popen:
-        return self.start("sink", "--log-level", "WARNING", **overrides)
+    def sink(self, failpoint: str = "", **overrides) -> subprocess.Popen:
+        return self.start("sink", "--log-level", "WARNING", failpoint=failpoint, **overrides)
 
     def stop_all(self) -> None:
         for proc in self.procs:

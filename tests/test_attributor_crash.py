@@ -73,7 +73,7 @@ def wait_idle(r, timeout=60.0):
 
 def test_killed_between_its_two_inserts_the_rerun_completes_the_revision(world, spawn, r, ch, ch_database):
     keys = build(world, 12)
-    dying = spawn.start("attributor", "--log-level", "WARNING", SINK_FAILPOINT="between_attribution_inserts")
+    dying = spawn.start("attributor", "--log-level", "WARNING", failpoint="attributor_between_inserts")
     assert dying.wait(timeout=60) == -signal.SIGKILL
     assert ch.execute(f"SELECT count() FROM {ch_database}.attribution_candidates")[0][0] > 0
     assert ch.execute(f"SELECT count() FROM {ch_database}.credits")[0][0] == 0

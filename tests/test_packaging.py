@@ -30,6 +30,7 @@ PRODUCT = ("clicktrail", "collector", "sink", "pixel", "attribution", "reporting
 STATIC_FILES = sorted(p.relative_to(ROOT / "static").as_posix()
                       for p in (ROOT / "static").rglob("*") if p.is_file() and not p.name.startswith("."))
 MIGRATION_FILES = sorted(p.name for p in (ROOT / "clicktrail/migrations").glob("*.sql"))
+LUA_FILES = sorted(p.name for p in (ROOT / "clicktrail/lua").glob("*.lua"))
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +73,16 @@ def test_the_wheel_holds_every_migration(wheel):
         assert shipped == MIGRATION_FILES
         for name in MIGRATION_FILES:
             assert archive.read(f"clicktrail/migrations/{name}") == (ROOT / "clicktrail/migrations" / name).read_bytes()
+
+
+def test_the_wheel_holds_every_redis_script(wheel):
+    assert {"append_events.lua", "host_allowed.lua", "lease_take.lua"} <= set(LUA_FILES)  # the glob sees them
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = sorted(n.removeprefix("clicktrail/lua/") for n in archive.namelist()
+                         if n.startswith("clicktrail/lua/"))
+        assert shipped == LUA_FILES
+        for name in LUA_FILES:
+            assert archive.read(f"clicktrail/lua/{name}") == (ROOT / "clicktrail/lua" / name).read_bytes()
 
 
 def test_the_install_alone_creates_the_schema(installed, settings, ch, tmp_path):

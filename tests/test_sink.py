@@ -108,7 +108,7 @@ def test_entry_delivered_too_often_is_dead_lettered(client, tenant, sink, r, ch,
 def test_sink_killed_between_insert_and_ack_counts_once(client, tenant, spawn, r, ch, ch_database):
     for batch in range(5):
         queue(client, tenant, 10, f"b{batch}-")
-    crashing = spawn.sink(SINK_FAILPOINT="after_insert")
+    crashing = spawn.sink(failpoint="sink_after_insert")
     assert crashing.wait(timeout=30) == -signal.SIGKILL
     assert raw_count(ch, ch_database) == 50  # inserted...
     assert r.xpending(STREAM, GROUP)["pending"] == 5  # ...but never acknowledged (one entry per request)

@@ -1,0 +1,43 @@
+-- Append one request's events to the stream (collector/buffer.py's EventBuffer.append).
+-- KEYS: stream, pixels, tokens, rejected counts
+-- ARGV: pixel id, host ('' = no domain check), token hash ('' = no token check),
+--       max stream length, rejected reasons as JSON list ('' = none), event count,
+--       the events as one JSON array ('' when none)
+--! include host_allowed.lua
+local raw = redis.call('HGET', KEYS[2], ARGV[1])
+if not raw then return {'unknown_pixel'} end
+local pixel = cjson.decode(raw)
+local adv = pixel['advertiser_id']
+local matched = ''
+-- A whole request refused for a known pixel is counted for its diagnostics (per event it held).
+local function refuse(reason, label)
+  redis.call('HINCRBY', KEYS[4], ARGV[1] .. ':' .. label, math.max(1, tonumber(ARGV[6]) or 0))
+  return {reason}
+end
+if ARGV[3] ~= '' then
+  local tok = redis.call('HGET', KEYS[3], ARGV[3])
+  if not tok then return refuse('bad_token', 'request: Access-Token is not a valid token') end
+  tok = cjson.decode(tok)
+  if tok['advertiser_id'] ~= adv then
+    return refuse('token_advertiser', "request: Access-Token belongs to another advertiser")
+  end
+  local scoped = false
+  for _, s in ipairs(tok['scopes']) do if s == 'events' then scoped = true end end
+  if not scoped then return refuse('token_scope', "request: Access-Token lacks the 'events' scope") end
+end
+if ARGV[2] ~= '' then
+  matched = host_allowed(ARGV[2], pixel['domains'])
+  if not matched then return refuse('domain_not_allowed', 'request: page domain is not registered for the pixel') end
+end
+if ARGV[5] ~= '' then
+  for _, reason in ipairs(cjson.decode(ARGV[5])) do
+    redis.call('HINCRBY', KEYS[4], ARGV[1] .. ':' .. reason, 1)
+  end
+end
+if ARGV[7] ~= '' then
+  -- Shed load rather than let Redis run out of memory; never trim what is not yet stored.
+  if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[4]) then return {'overloaded'} end
+  -- Entry fields as pixel/records.py names them (ADVERTISER, COUNT, DATA).
+  redis.call('XADD', KEYS[1], '*', 'a', adv, 'n', ARGV[6], 'd', ARGV[7])
+end
+return {'ok', adv, matched}
