@@ -5,12 +5,19 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
-
-if TYPE_CHECKING:
-    from clicktrail.lifecycle import StopFlag
+from typing import Protocol, TypeVar
 
 T = TypeVar("T")
+
+
+class Stoppable(Protocol):
+    """What ``retry`` needs of a stop flag (clicktrail.lifecycle.StopFlag is one): backoff stays
+    below lifecycle, which retries with it."""
+
+    @property
+    def is_set(self) -> bool: ...
+
+    def wait(self, seconds: float) -> bool: ...
 
 
 class Backoff:
@@ -32,7 +39,7 @@ class Backoff:
 
 
 def retry(attempt: Callable[[], T], *, errors: tuple[type[BaseException], ...], backoff: Backoff,
-          on_failure: Callable[[BaseException, float], None], stop: StopFlag | None = None,
+          on_failure: Callable[[BaseException, float], None], stop: Stoppable | None = None,
           when: Callable[[BaseException], bool] | None = None) -> T | None:
     """Call ``attempt`` until it returns, waiting with ``backoff`` after each failure; return its result.
 
