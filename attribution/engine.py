@@ -26,6 +26,7 @@ from attribution import models, store
 from pixel.touchpoints import Touch
 from clicktrail import clickhouse, keys, redis_client, scripting
 from clicktrail.backoff import Backoff, retry
+from clicktrail.config import Settings
 from clicktrail.clickhouse import NETWORK_ERRORS
 from clicktrail.errors import LeaseLost
 from clicktrail.inserts import columns
@@ -188,17 +189,17 @@ def _redis_failed(exc: BaseException, delay: float) -> None:
 
 
 class Attributor:
-    def __init__(self, settings: dict, r: redis.Redis, ch: Client, database: str, stop: StopFlag,
+    def __init__(self, settings: Settings, r: redis.Redis, ch: Client, database: str, stop: StopFlag,
                  name: str | None = None) -> None:
         self.settings = settings
         self.redis = r
         self.ch = ch
         # Inserts run on their own connection and thread while the next chunk is computed: a
         # chunk's inserts are mostly ClickHouse's work (the credit views), the rules are Python's.
-        self.writer = clickhouse.connect(settings["CLICKHOUSE_URL"])
+        self.writer = clickhouse.connect(settings.clickhouse.url)
         self._writing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attributor-writer")
         # Likewise the next chunk's reads run ahead on theirs.
-        self.loader = clickhouse.connect(settings["CLICKHOUSE_URL"])
+        self.loader = clickhouse.connect(settings.clickhouse.url)
         self._loading = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attributor-loader")
         self._pending: Future | None = None
         self.db = database
@@ -241,7 +242,7 @@ class Attributor:
         try:
             while not self.stop.is_set:
                 retry(lead_once, errors=(redis.ConnectionError, redis.TimeoutError), stop=self.stop,
-                      backoff=Backoff(cap=self.settings["SINK_BACKOFF_CAP_S"]), on_failure=_redis_failed)
+                      backoff=Backoff(cap=self.settings.retry.backoff_cap_s), on_failure=_redis_failed)
         finally:
             self._release_lease()
         log.info("attributor %s stopped: %d revisions written", self.name, self.revisions_written)
@@ -251,7 +252,7 @@ class Attributor:
         if not self._hold_lease():
             if leading:
                 log.warning("attributor %s lost the lease; standing by", self.name)
-            self.stop.wait(self.settings["ATTRIBUTOR_LEASE_S"] / 3)
+            self.stop.wait(self.settings.attributor.lease_s / 3)
             return False
         if not leading:
             log.info("attributor %s holds the lease", self.name)
@@ -280,7 +281,7 @@ class Attributor:
 
     def _hold_lease(self) -> bool:
         """Take or renew the lease; False while another attributor holds it."""
-        lease_ms = int(self.settings["ATTRIBUTOR_LEASE_S"] * 1000)
+        lease_ms = int(self.settings.attributor.lease_s * 1000)
         return bool(self._lease_script(keys=[keys.ATTRIBUTOR_LEASE], args=[self.name, lease_ms]))
 
     def _release_lease(self) -> None:
@@ -295,7 +296,7 @@ class Attributor:
         if not notices:
             return 0
         retry(lambda: self.attribute(notices), errors=NETWORK_ERRORS, on_failure=self._storage_failed,
-              backoff=Backoff(cap=self.settings["SINK_BACKOFF_CAP_S"]))
+              backoff=Backoff(cap=self.settings.retry.backoff_cap_s))
         ids = [entry_id for entry_id, _ in notices]
         pipe = self.redis.pipeline(transaction=True)
         pipe.xack(keys.ATTRIBUTION_STREAM, keys.ATTRIBUTOR_GROUP, *ids)
@@ -323,7 +324,7 @@ class Attributor:
     def _read(self, block_ms: int) -> list:
         try:
             reply = self.redis.xreadgroup(keys.ATTRIBUTOR_GROUP, self.name, {keys.ATTRIBUTION_STREAM: ">"},
-                                          count=self.settings["ATTRIBUTOR_BATCH"], block=block_ms)
+                                          count=self.settings.attributor.batch, block=block_ms)
         except redis.ResponseError as exc:
             # The stream lost (NOGROUP) or deleted while we waited on it (UNBLOCKED): start again.
             if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
@@ -335,8 +336,8 @@ class Attributor:
     def _pending_of_others(self) -> list:
         """Notices a dead attributor read but never acknowledged."""
         claimed = self.redis.xautoclaim(keys.ATTRIBUTION_STREAM, keys.ATTRIBUTOR_GROUP, self.name,
-                                        min_idle_time=self.settings["SINK_CLAIM_IDLE_MS"], start_id="0-0",
-                                        count=self.settings["ATTRIBUTOR_BATCH"])
+                                        min_idle_time=self.settings.stream.claim_idle_ms, start_id="0-0",
+                                        count=self.settings.attributor.batch)
         return [(entry_id, fields) for entry_id, fields in claimed[1] if fields]
 
     def attribute(self, notices: list) -> int:
@@ -368,7 +369,7 @@ class Attributor:
             conv_keys.setdefault(key, event_ms)
         # A big tick is written in chunks, and the feed's watermark moves after each: during a
         # burst the optimizer feed lags by one chunk's work, not by a whole tick's.
-        items, size, written = list(conv_keys.items()), self.settings["ATTRIBUTOR_CHUNK"], 0
+        items, size, written = list(conv_keys.items()), self.settings.attributor.chunk, 0
         chunks = [dict(items[start:start + size]) for start in range(0, len(items), size)]
         # Three stages overlap: the loader reads chunk n+1 while chunk n's rules run here and
         # chunk n-1 is inserted by the writer. Only reads of what the attributor itself wrote

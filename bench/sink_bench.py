@@ -648,7 +648,7 @@ def profile(args, r: redis.Redis, ch, database: str, entries: list[dict], n: int
     phases["other (loop, reclaim, checks)"] = wall - sum(phases.values())
     print(
         f"\nSink.run_once in one process, {n:,} events: {wall:.1f}s = {n / wall:,.0f} events/s "
-        f"(batch size {settings['SINK_BATCH_SIZE']})\n",
+        f"(batch size {settings.sink.batch_size})\n",
         file=sys.stderr,
     )
     print("| phase | seconds | us/event | share |\n|---|---:|---:|---:|", file=sys.stderr)
@@ -667,7 +667,7 @@ def profile(args, r: redis.Redis, ch, database: str, entries: list[dict], n: int
     stats.sort_stats("cumulative").print_stats(25)
     print(out.getvalue(), file=sys.stderr)
     r.unlink(*SINK_KEYS)
-    experiments = _experiments(args, ch, database, sink, entries, n, settings["SINK_BATCH_SIZE"])
+    experiments = _experiments(args, ch, database, sink, entries, n, settings.sink.batch_size)
     return {
         "events": n,
         "seconds": wall,

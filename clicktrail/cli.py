@@ -13,14 +13,14 @@ from clicktrail import config
 from clicktrail.errors import ClicktrailError, RequestError
 
 
-def _settings() -> dict:
+def _settings() -> config.Settings:
     return config.load()
 
 
-def _redis(settings: dict):
+def _redis(settings: config.Settings):
     from clicktrail import redis_client
 
-    return redis_client.patient(settings["REDIS_URL"])
+    return redis_client.patient(settings.redis.url)
 
 
 def _setup_logging(level: str = "INFO") -> None:
@@ -51,7 +51,7 @@ def migrate() -> None:
     from clicktrail import clickhouse, schema
 
     settings = _settings()
-    url = settings["CLICKHOUSE_URL"]
+    url = settings.clickhouse.url
     db = clickhouse.database_of(url)
     client = clickhouse.connect(url, database="default")
     applied = schema.migrate(client, db)
@@ -69,7 +69,7 @@ def collector(bind: str, workers: int, threads: int) -> None:
     from clicktrail import serve
 
     settings = _settings()
-    serve.run("collector.app:create_app", bind, workers, threads, settings["DATA_DIR"], "collector")
+    serve.run("collector.app:create_app", bind, workers, threads, settings.paths.data_dir, "collector")
 
 
 @main.command()
@@ -85,7 +85,7 @@ def api(bind: str, workers: int, threads: int, nice: int) -> None:
     if nice:
         os.nice(nice)  # inherited by gunicorn's workers
     settings = _settings()
-    serve.run("reporting.api:create_app", bind, workers, threads, settings["DATA_DIR"], "api")
+    serve.run("reporting.api:create_app", bind, workers, threads, settings.paths.data_dir, "api")
 
 
 def _run_worker(name: str, worker_class, log_level: str) -> None:
@@ -95,7 +95,7 @@ def _run_worker(name: str, worker_class, log_level: str) -> None:
 
     _setup_logging(log_level)
     settings = _settings()
-    url = settings["CLICKHOUSE_URL"]
+    url = settings.clickhouse.url
     stop = StopFlag()
     stop.install(name)
     # Neither connects here: the worker waits for Redis as it starts (its consumer group), and for
@@ -145,11 +145,11 @@ def services() -> None:
     from clicktrail import services as svc
 
     settings = _settings()
-    data = Path(settings["DATA_DIR"])
-    svc.ensure_redis(settings["REDIS_URL"], data)
-    svc.ensure_clickhouse(settings["CLICKHOUSE_URL"], data)
-    click.echo(settings["REDIS_URL"])
-    click.echo(settings["CLICKHOUSE_URL"])
+    data = Path(settings.paths.data_dir)
+    svc.ensure_redis(settings.redis.url, data)
+    svc.ensure_clickhouse(settings.clickhouse.url, data)
+    click.echo(settings.redis.url)
+    click.echo(settings.clickhouse.url)
 
 
 @main.group()
@@ -177,7 +177,7 @@ def pixel_snippet(pixel_id: str, collector_url: str | None) -> None:
     settings = _settings()
     if registry.get_pixel(_redis(settings), pixel_id) is None:
         raise click.ClickException(f"pixel {pixel_id!r} is not registered (clicktrail pixel create ...)")
-    click.echo(snippet.build_snippet(pixel_id, (collector_url or settings["PUBLIC_URL"]).rstrip("/")))
+    click.echo(snippet.build_snippet(pixel_id, (collector_url or settings.site.public_url).rstrip("/")))
 
 
 @main.command("click-url")
@@ -198,8 +198,8 @@ def click_url(advertiser: str, campaign: str, adgroup: str, ad: str, landing: st
     if not registry.host_allowed(host, domains):
         known = ", ".join(domains) or "none; register a pixel first"
         raise RegistryError(f"landing host {host!r} is not a site domain of advertiser {advertiser!r} ({known})")
-    token = make_token(settings["SECRET_KEY"], advertiser, campaign, adgroup, ad, landing)
-    click.echo(f"{settings['PUBLIC_URL'].rstrip('/')}/r/{token}")
+    token = make_token(settings.site.secret_key, advertiser, campaign, adgroup, ad, landing)
+    click.echo(f"{settings.site.public_url.rstrip('/')}/r/{token}")
 
 
 @main.group("dead-letters")

@@ -1,16 +1,25 @@
 """Settings: documented defaults, overridden by ``CLICKTRAIL_*`` environment variables.
 
-Layering, lowest first: ``DEFAULTS`` below, then the environment, then an explicit mapping
-(tests and the CLI pass one). Every value is parsed to the type of its default, so a bad
-environment variable fails at start-up with its name in the message, not later on a request.
+Layering, lowest first: the defaults below, then the environment, then an explicit mapping
+(tests and the CLI pass one, keyed by the variable's name without the prefix). Every value is
+parsed to the type of its default, so a bad environment variable fails at start-up with its name
+in the message, not later on a request. The result is a frozen ``Settings`` object in sections
+(``settings.sink.batch_size``): a mistyped name is an ``AttributeError`` where it is written (and
+a type checker sees it), and an unknown name in the override mapping fails at once.
+
+Each field names its environment variable; a setting more than one stage reads has a neutral
+name, and the stage-specific name it had before still works as a deprecated alias (deployments
+set it), read only when the new name is unset.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,46 +27,160 @@ from clicktrail.errors import ConfigError
 
 ENV_PREFIX = "CLICKTRAIL_"
 
-DEFAULTS: dict[str, Any] = {
-    # Where things live.
-    "REDIS_URL": "redis://127.0.0.1:6379/0",
-    "CLICKHOUSE_URL": "clickhouse://127.0.0.1:9000/clicktrail",
-    "PUBLIC_URL": "http://127.0.0.1:8080",
+
+def _setting(name: str, default: Any, *, deprecated: tuple[str, ...] = (), secret: bool = False) -> Any:
+    """A field read from ``CLICKTRAIL_<name>`` (or, when that is unset, a deprecated alias)."""
+    return field(default=default, repr=not secret, metadata={"name": name, "deprecated": deprecated})
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    url: str = _setting("REDIS_URL", "redis://127.0.0.1:6379/0")
+    timeout_ms: int = _setting("REDIS_TIMEOUT_MS", 100)  # a slow Redis answers 503 after this, never hangs a worker
+
+
+@dataclass(frozen=True, slots=True)
+class ClickHouseSettings:
+    url: str = _setting("CLICKHOUSE_URL", "clickhouse://127.0.0.1:9000/clicktrail")
+
+
+@dataclass(frozen=True, slots=True)
+class SiteSettings:
+    public_url: str = _setting("PUBLIC_URL", "http://127.0.0.1:8080")
     # Signs click URLs. Unset: a random key generated once and kept in DATA_DIR/secret_key.
-    "SECRET_KEY": "",
+    secret_key: str = _setting("SECRET_KEY", "", secret=True)  # kept out of repr (and so of logs)
+
+
+@dataclass(frozen=True, slots=True)
+class PathSettings:
     # Folder for local data (Redis and ClickHouse started by `clicktrail up`, metrics files).
-    "DATA_DIR": "var",
-    # Collector request path.
-    "REDIS_TIMEOUT_MS": 100,  # a slow Redis answers 503 after this, never hangs a worker
-    "MAX_BODY_BYTES": 1_048_576,  # 1 MB, after which 413
-    "MAX_INFLATED_BYTES": 8_388_608,  # gzip bodies may not inflate past 8 MB (decompression bombs)
-    "MAX_BROWSER_EVENTS": 100,  # events per browser body
-    "MAX_SERVER_EVENTS": 1000,  # events per Events API body (TikTok's limit)
-    "MAX_EVENT_AGE_S": 7 * 86400,  # older events are rejected
-    "MAX_FUTURE_S": 86400,  # events further in the future are rejected
-    "STREAM_MAX_LEN": 1_000_000,  # entries (one per request); past this the collector sheds load with 503
-    "RETRY_AFTER_S": 2,
-    # Privacy.
-    "ANONYMIZE_IP": True,  # /24 for IPv4, /48 for IPv6
-    "TRUST_PROXY_HEADERS": False,  # read the client IP from X-Forwarded-For
-    # Sink.
-    "SINK_BATCH_SIZE": 50_000,  # rows per ClickHouse insert at most (fewer parts to merge)
-    "SINK_BATCH_WAIT_MS": 500,  # a batch is flushed after this even when not full
-    "SINK_READ_COUNT": 5000,  # entries per XREADGROUP call
-    "SINK_CLAIM_IDLE_MS": 60_000,  # pending this long: its consumer is presumed dead
-    "SINK_MAX_DELIVERIES": 5,  # then the entry goes to the dead-letter stream
-    "SINK_BACKOFF_CAP_S": 30.0,
-    "UA_CACHE_SIZE": 20_000,
-    # Attributor.
-    "ATTRIBUTOR_BATCH": 10,  # notices per tick; each names up to a sink batch (20,000) of conversions
-    "ATTRIBUTOR_LEASE_S": 10,  # a dead attributor's standby takes over after this
-    "ATTRIBUTOR_CHUNK": 10_000,  # conversions written (and published to the feed) at a time within a tick
-}
+    data_dir: str = _setting("DATA_DIR", "var")
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSettings:
+    """What a request may carry (the collector's intake; the feed reuses the event age)."""
+
+    max_body_bytes: int = _setting("MAX_BODY_BYTES", 1_048_576)  # 1 MB, after which 413
+    max_inflated_bytes: int = _setting("MAX_INFLATED_BYTES", 8_388_608)  # gzip bodies may not inflate past 8 MB
+    max_browser_events: int = _setting("MAX_BROWSER_EVENTS", 100)  # events per browser body
+    max_server_events: int = _setting("MAX_SERVER_EVENTS", 1000)  # events per Events API body (TikTok's limit)
+    max_event_age_s: int = _setting("MAX_EVENT_AGE_S", 7 * 86400)  # older events are rejected
+    max_future_s: int = _setting("MAX_FUTURE_S", 86400)  # events further in the future are rejected
+    retry_after_s: int = _setting("RETRY_AFTER_S", 2)  # Retry-After on every 503 (collector, API, nginx)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSettings:
+    """The Redis streams between stages: how long they may grow, when a reader is presumed dead."""
+
+    # Entries (one per request); past this the collector sheds load with 503.
+    max_len: int = _setting("STREAM_MAX_LEN", 1_000_000)
+    # Pending this long: the consumer (a sink, or an attributor) that read it is presumed dead.
+    claim_idle_ms: int = _setting("CLAIM_IDLE_MS", 60_000, deprecated=("SINK_CLAIM_IDLE_MS",))
+
+
+@dataclass(frozen=True, slots=True)
+class PrivacySettings:
+    anonymize_ip: bool = _setting("ANONYMIZE_IP", True)  # /24 for IPv4, /48 for IPv6
+    trust_proxy_headers: bool = _setting("TRUST_PROXY_HEADERS", False)  # read the client IP from X-Forwarded-For
+
+
+@dataclass(frozen=True, slots=True)
+class RetrySettings:
+    """Waiting out an outage (sink and attributor alike)."""
+
+    backoff_cap_s: float = _setting("RETRY_BACKOFF_CAP_S", 30.0, deprecated=("SINK_BACKOFF_CAP_S",))
+
+
+@dataclass(frozen=True, slots=True)
+class SinkSettings:
+    batch_size: int = _setting("SINK_BATCH_SIZE", 50_000)  # rows per ClickHouse insert at most (fewer parts to merge)
+    batch_wait_ms: int = _setting("SINK_BATCH_WAIT_MS", 500)  # a batch is flushed after this even when not full
+    read_count: int = _setting("SINK_READ_COUNT", 5000)  # entries per XREADGROUP call
+    max_deliveries: int = _setting("SINK_MAX_DELIVERIES", 5)  # then the entry goes to the dead-letter stream
+    ua_cache_size: int = _setting("UA_CACHE_SIZE", 20_000)
+
+
+@dataclass(frozen=True, slots=True)
+class AttributorSettings:
+    batch: int = _setting("ATTRIBUTOR_BATCH", 10)  # notices per tick; each names up to a sink batch of conversions
+    lease_s: int = _setting("ATTRIBUTOR_LEASE_S", 10)  # a dead attributor's standby takes over after this
+    chunk: int = _setting("ATTRIBUTOR_CHUNK", 10_000)  # conversions written (and published to the feed) at a time
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    redis: RedisSettings = RedisSettings()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
+    site: SiteSettings = SiteSettings()
+    paths: PathSettings = PathSettings()
+    limits: LimitSettings = LimitSettings()
+    stream: StreamSettings = StreamSettings()
+    privacy: PrivacySettings = PrivacySettings()
+    retry: RetrySettings = RetrySettings()
+    sink: SinkSettings = SinkSettings()
+    attributor: AttributorSettings = AttributorSettings()
+
+    def updated(self, overrides: Mapping[str, Any]) -> Settings:
+        """A copy with ``overrides`` (keyed by name, as for ``load``) applied and checked the same way."""
+        values = _values(self)
+        _apply_overrides(values, overrides)
+        if "SECRET_KEY" in overrides:
+            values[_SPECS["SECRET_KEY"].where] = _secret_key(values[_SPECS["SECRET_KEY"].where],
+                                                             values[_SPECS["DATA_DIR"].where])
+        return _build(values)
+
+    def named(self) -> dict[str, Any]:
+        """Every setting by its name (``REDIS_URL``...), e.g. to hand to a child process's environment."""
+        values = _values(self)
+        return {name: values[spec.where] for name, spec in _SPECS.items()}
+
+    def environment(self) -> dict[str, str]:
+        """The ``CLICKTRAIL_*`` variables that make a child process load these same settings."""
+        return {ENV_PREFIX + name: _unparse(value) for name, value in self.named().items()}
+
+
+# -- the name <-> field mapping --------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    name: str
+    where: tuple[str, str]  # (section, field)
+    default: Any
+    deprecated: tuple[str, ...]
+
+
+def _specs() -> Iterator[_Spec]:
+    for section in dataclasses.fields(Settings):
+        for item in dataclasses.fields(section.default):
+            yield _Spec(item.metadata["name"], (section.name, item.name), item.default, item.metadata["deprecated"])
+
+
+#: Every setting by its name (the environment variable without ``CLICKTRAIL_``).
+_SPECS: dict[str, _Spec] = {spec.name: spec for spec in _specs()}
+#: Deprecated names, still read (environment and overrides), each pointing at its current setting.
+DEPRECATED: dict[str, str] = {old: spec.name for spec in _SPECS.values() for old in spec.deprecated}
+#: Every setting's documented default, by name.
+DEFAULTS: dict[str, Any] = {name: spec.default for name, spec in _SPECS.items()}
 
 #: The API's body limit (bulk imports carry up to 10,000 rows): fixed, not a setting; the API
 #: refuses a larger body with 413, and so does nginx in front of it (clicktrail/proxy.py).
 MAX_API_BODY_BYTES = 16 * 1024 * 1024
 
+
+def _values(settings: Settings) -> dict[tuple[str, str], Any]:
+    return {spec.where: getattr(getattr(settings, spec.where[0]), spec.where[1]) for spec in _SPECS.values()}
+
+
+def _build(values: Mapping[tuple[str, str], Any]) -> Settings:
+    sections: dict[str, dict[str, Any]] = {}
+    for (section, name), value in values.items():
+        sections.setdefault(section, {})[name] = value
+    return Settings(**{f.name: type(f.default)(**sections[f.name]) for f in dataclasses.fields(Settings)})
+
+
+# -- parsing ---------------------------------------------------------------------------------------
 
 def _parse(name: str, raw: str, default: Any) -> Any:
     if isinstance(default, bool):
@@ -76,20 +199,58 @@ def _parse(name: str, raw: str, default: Any) -> Any:
     return raw
 
 
-def load(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Return the effective settings: defaults, then environment, then ``overrides``."""
-    environ = os.environ if environ is None else environ
-    settings = dict(DEFAULTS)
-    for name, default in DEFAULTS.items():
+def _unparse(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def _checked_override(name: str, value: Any, default: Any) -> Any:
+    """An override as its setting's type: a string is parsed as the environment would be; a value
+    of another type must already be one (an int stands for a float), so a typo cannot slip in."""
+    if isinstance(value, str):
+        return _parse(name, value, default)
+    if isinstance(value, os.PathLike) and isinstance(default, str):
+        return os.fspath(value)
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, (int, float)):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+            isinstance(default, float) or isinstance(value, int))
+    else:
+        ok = False
+    if not ok:
+        raise ConfigError(f"setting {name} must be {type(default).__name__}; got {value!r}")
+    return type(default)(value)
+
+
+def _spec_of(name: str) -> _Spec:
+    spec = _SPECS.get(DEPRECATED.get(name, name))
+    if spec is None:
+        raise ConfigError(f"unknown setting {name!r}; known settings: {', '.join(sorted(_SPECS))}")
+    return spec
+
+
+def _apply_overrides(values: dict[tuple[str, str], Any], overrides: Mapping[str, Any]) -> None:
+    for name, value in overrides.items():
+        spec = _spec_of(name)
+        values[spec.where] = _checked_override(name, value, spec.default)
+
+
+def _from_environment(spec: _Spec, environ: Mapping[str, str]) -> Any:
+    for name in (spec.name, *spec.deprecated):
         raw = environ.get(ENV_PREFIX + name)
         if raw is not None and raw != "":
-            settings[name] = _parse(name, raw, default)
-    for name, value in (overrides or {}).items():
-        if name not in DEFAULTS:
-            raise ConfigError(f"unknown setting {name!r}; known settings: {', '.join(sorted(DEFAULTS))}")
-        settings[name] = value
-    settings["SECRET_KEY"] = _secret_key(settings["SECRET_KEY"], settings["DATA_DIR"])
-    return settings
+            return _parse(name, raw, spec.default)
+    return spec.default
+
+
+def load(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Return the effective settings: defaults, then environment, then ``overrides``."""
+    environ = os.environ if environ is None else environ
+    values = {spec.where: _from_environment(spec, environ) for spec in _SPECS.values()}
+    _apply_overrides(values, overrides or {})
+    secret, data_dir = _SPECS["SECRET_KEY"].where, _SPECS["DATA_DIR"].where
+    values[secret] = _secret_key(values[secret], values[data_dir])
+    return _build(values)
 
 
 # -- the secret key --------------------------------------------------------------------------------

@@ -341,7 +341,7 @@ class FrontEnd:
     api_bind: str  # the API's gunicorn, likewise
 
 
-def front_end(settings: dict, bind: str, api_bind: str) -> FrontEnd:
+def front_end(settings: config.Settings, bind: str, api_bind: str) -> FrontEnd:
     """One nginx on the public ``bind`` and ``api_bind``, the collector and the API on free
     loopback ports behind it.
 
@@ -349,8 +349,8 @@ def front_end(settings: dict, bind: str, api_bind: str) -> FrontEnd:
     replaces whatever a client sent with the address it saw. The API reads no client address.
     """
     collector_bind, api_upstream = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    nginx = prepare(settings["DATA_DIR"], collector_site(bind, collector_bind, settings["MAX_BODY_BYTES"]),
-                    api_site(api_bind, api_upstream), retry_after_s=settings["RETRY_AFTER_S"])
+    nginx = prepare(settings.paths.data_dir, collector_site(bind, collector_bind, settings.limits.max_body_bytes),
+                    api_site(api_bind, api_upstream), retry_after_s=settings.limits.retry_after_s)
     nginx.check()
     return FrontEnd(nginx, collector_bind, {"CLICKTRAIL_TRUST_PROXY_HEADERS": "true"}, api_upstream)
 

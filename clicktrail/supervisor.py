@@ -207,28 +207,28 @@ def children(*, front: proxy.FrontEnd, bind: str, sinks: int) -> list[Child]:
 
 # -- before the children: servers, schema, secret ---------------------------------------------------
 
-def _prepare(settings: dict, start_services: bool, stop: StopFlag) -> bool:
+def _prepare(settings: config.Settings, start_services: bool, stop: StopFlag) -> bool:
     """Start or wait for Redis and ClickHouse, migrate; False if a stop signal came first."""
-    data = Path(settings["DATA_DIR"])
+    data = Path(settings.paths.data_dir)
     if start_services:
-        for name, url, ensure in (("redis", settings["REDIS_URL"], services.ensure_redis),
-                                  ("clickhouse", settings["CLICKHOUSE_URL"], services.ensure_clickhouse)):
+        for name, url, ensure in (("redis", settings.redis.url, services.ensure_redis),
+                                  ("clickhouse", settings.clickhouse.url, services.ensure_clickhouse)):
             if (urlsplit(url).hostname or "") in services.LOOPBACK:
                 server = ensure(url, data)
                 how = "started, data in " + str(server.pid_file.parent) if server.started else "already running"
                 print(f"{name:<11} {server.host}:{server.port} ({how})", flush=True)
     # Servers elsewhere (or --no-services) may be down or still starting: wait, do not crash.
-    r = redis_client.patient(settings["REDIS_URL"])
-    if retry_until_stopped(f"Redis at {_where(settings['REDIS_URL'])}", r.ping, stop) is None:
+    r = redis_client.patient(settings.redis.url)
+    if retry_until_stopped(f"Redis at {_where(settings.redis.url)}", r.ping, stop) is None:
         return False
-    url = settings["CLICKHOUSE_URL"]
+    url = settings.clickhouse.url
     client = clickhouse.connect(url, database="default")
     db = clickhouse.database_of(url)
     if retry_until_stopped(f"ClickHouse at {_where(url)}", lambda: schema.migrate(client, db), stop) is None:
         return False
     print(f"{'schema':<11} version {schema.current_version(client, db)}", flush=True)
     if not os.environ.get(config.ENV_PREFIX + "SECRET_KEY"):
-        print(f"{'secret key':<11} {config.secret_path(settings['DATA_DIR']).resolve()} (generated once, mode 0600; "
+        print(f"{'secret key':<11} {config.secret_path(settings.paths.data_dir).resolve()} (generated once, mode 0600; "
               f"set {config.ENV_PREFIX}SECRET_KEY to choose your own)", flush=True)
     return True
 
@@ -238,7 +238,7 @@ def _where(url: str) -> str:
     return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
 
 
-def up(settings: dict, *, bind: str, api_bind: str, sinks: int, start_services: bool) -> None:
+def up(settings: config.Settings, *, bind: str, api_bind: str, sinks: int, start_services: bool) -> None:
     front = proxy.front_end(settings, bind, api_bind)
     supervisor = Supervisor(children(front=front, bind=bind, sinks=sinks))
     supervisor.install_signals()  # first, so a Ctrl-C while waiting for a server stops at once
@@ -246,7 +246,7 @@ def up(settings: dict, *, bind: str, api_bind: str, sinks: int, start_services: 
         sys.exit(0)
     supervisor.start_all()
     supervisor.wait_ready()
-    print(f"{'collector':<11} http://{bind} (public URL {settings['PUBLIC_URL']})", flush=True)
+    print(f"{'collector':<11} http://{bind} (public URL {settings.site.public_url})", flush=True)
     print(f"{'api':<11} http://{api_bind}", flush=True)
     print(f"{'proxy':<11} nginx on {bind} in front of the collector at {front.collector_bind}, "
           f"and on {api_bind} in front of the API at {front.api_bind}", flush=True)

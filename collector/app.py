@@ -23,20 +23,20 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__, static_folder=None)
     # "/r//x" is not "/r/x": a 308 to a merged path would answer a malformed request with a redirect.
     app.url_map.merge_slashes = False
-    app.config["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_BYTES"]
+    app.config["MAX_CONTENT_LENGTH"] = settings.limits.max_body_bytes
     app.json.sort_keys = False
     app.json.compact = True
     # One client per process; its pool reconnects by itself after gunicorn forks.
-    client = redis_client.fast(settings["REDIS_URL"], settings["REDIS_TIMEOUT_MS"])
+    client = redis_client.fast(settings.redis.url, settings.redis.timeout_ms)
     svc = app.extensions["clicktrail"] = Services(
         settings=settings,
-        buffer=EventBuffer(client, settings["STREAM_MAX_LEN"], settings["RETRY_AFTER_S"]),
+        buffer=EventBuffer(client, settings.stream.max_len, settings.limits.retry_after_s),
         redis=client,
         stream_metrics=StreamCollector(client, keys.EVENTS_STREAM, keys.SINK_GROUP, keys.DEAD_LETTER_STREAM),
     )
     _register_blueprints(app)
     _register_handlers(app)
-    app.wsgi_app = BrowserFastPath(app.wsgi_app, svc, settings["MAX_BODY_BYTES"])
+    app.wsgi_app = BrowserFastPath(app.wsgi_app, svc, settings.limits.max_body_bytes)
     return app
 
 

@@ -36,10 +36,10 @@ def _context(svc: Services, inc: intake.Incoming, pixel_id: str, source: str, re
         source=source,
         received_ms=received_ms,
         skew_ms=skew,
-        ip=intake.client_ip_of(inc.remote_addr, inc.forwarded_for, s["TRUST_PROXY_HEADERS"]),
+        ip=intake.client_ip_of(inc.remote_addr, inc.forwarded_for, s.privacy.trust_proxy_headers),
         user_agent=inc.user_agent[:1024],
-        max_age_ms=s["MAX_EVENT_AGE_S"] * 1000,
-        max_future_ms=s["MAX_FUTURE_S"] * 1000,
+        max_age_ms=s.limits.max_event_age_s * 1000,
+        max_future_ms=s.limits.max_future_s * 1000,
     )
 
 
@@ -90,7 +90,7 @@ def browser_events(pixel_id: str):
     # accept_batch (collector/fast_path.py). This view serves the rest, e.g. chunked bodies.
     svc = services()
     try:
-        body = http_body.read_body(request.environ, svc.settings["MAX_BODY_BYTES"])
+        body = http_body.read_body(request.environ, svc.settings.limits.max_body_bytes)
     except RequestError as exc:
         return _cors(_error(svc, exc, "browser"), intake.incoming(request)).to_response()
     return accept_batch(svc, pixel_id, intake.incoming(request, body)).to_response()
@@ -100,8 +100,8 @@ def accept_batch(svc: Services, pixel_id: str, inc: intake.Incoming) -> Reply:
     """Validate a pixel batch, queue its valid events, and build the answer (Flask-free)."""
     try:
         received = intake.now_ms()
-        body = http_body.decode_json(inc.body, inc.content_encoding, svc.settings["MAX_INFLATED_BYTES"])
-        events, sent_at = _batch(body, svc.settings["MAX_BROWSER_EVENTS"])
+        body = http_body.decode_json(inc.body, inc.content_encoding, svc.settings.limits.max_inflated_bytes)
+        events, sent_at = _batch(body, svc.settings.limits.max_browser_events)
         ctx = _context(svc, inc, pixel_id, "browser", received, intake.skew_ms(sent_at, received))
         records, rejections = parse_events(events, ctx)
         reasons = [r.reason for r in rejections]
@@ -133,7 +133,7 @@ def _first_party_cookie(svc: Services, inc: intake.Incoming, reply: Reply, site_
     ttp = next((r["ttp"] for r in records if r.get("ttp")), "")
     if not ttp or not _COOKIE_SAFE.match(ttp):
         return
-    forwarded_https = svc.settings["TRUST_PROXY_HEADERS"] and inc.forwarded_proto.lower() == "https"
+    forwarded_https = svc.settings.privacy.trust_proxy_headers and inc.forwarded_proto.lower() == "https"
     reply.headers.append(("Set-Cookie", dump_cookie("_ttp", ttp, max_age=TTP_MAX_AGE_S, domain=site_domain,
                                                     path="/", secure=inc.secure or forwarded_https,
                                                     httponly=False, samesite="Lax")))

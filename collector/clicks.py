@@ -32,7 +32,7 @@ def _click_record(click: dict, click_id: str) -> TouchRecord:
         "ad_id": click["ad"],
         # A collector on the site's own domain also sees the browser id: a direct stitch.
         "browser_id": request.cookies.get("_ttp", "")[:64],
-        "ip": intake.client_ip(request, s["TRUST_PROXY_HEADERS"]),
+        "ip": intake.client_ip(request, s.privacy.trust_proxy_headers),
         "user_agent": request.headers.get("User-Agent", "")[:1024],
         "source": "redirect",
         "received_ms": now,
@@ -43,7 +43,7 @@ def _click_record(click: dict, click_id: str) -> TouchRecord:
 def click_redirect(token: str) -> Response:
     svc = services()
     try:
-        click = read_token(svc.settings["SECRET_KEY"], token)
+        click = read_token(svc.settings.site.secret_key, token)
         host = check_landing(click["landing"])
         click_id = new_click_id()
         record = _click_record(click, click_id)

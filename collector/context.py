@@ -6,13 +6,14 @@ from dataclasses import dataclass
 
 from flask import current_app
 
+from clicktrail.config import Settings
 from collector.buffer import EventBuffer
 from collector.metrics import StreamCollector
 
 
 @dataclass
 class Services:
-    settings: dict
+    settings: Settings
     buffer: EventBuffer
     redis: object
     stream_metrics: StreamCollector

@@ -85,12 +85,12 @@ def track():
     try:
         token = _token()
         received = intake.now_ms()
-        body = http_body.read_json(request, s["MAX_INFLATED_BYTES"])
-        pixel_id, data, test_code = _envelope(body, s["MAX_SERVER_EVENTS"])
+        body = http_body.read_json(request, s.limits.max_inflated_bytes)
+        pixel_id, data, test_code = _envelope(body, s.limits.max_server_events)
         skew = intake.skew_ms(_seconds_to_ms(body.get("sent_at")), received, "seconds")
         ctx = Context(pixel_id=pixel_id, source="server", received_ms=received, skew_ms=skew, ip="",
-                      user_agent="", max_age_ms=s["MAX_EVENT_AGE_S"] * 1000,
-                      max_future_ms=s["MAX_FUTURE_S"] * 1000, test_event_code=test_code)
+                      user_agent="", max_age_ms=s.limits.max_event_age_s * 1000,
+                      max_future_ms=s.limits.max_future_s * 1000, test_event_code=test_code)
         records, rejections = parse_events(data, ctx)
         reasons = [r.reason for r in rejections]
         svc.buffer.append(pixel_id, records, token_hash=token_hash(token), rejected=reasons)

@@ -31,10 +31,10 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_API_BODY_BYTES
     app.json = FiniteJSONProvider(app)
     app.json.sort_keys = False
-    url = settings["CLICKHOUSE_URL"]
+    url = settings.clickhouse.url
     app.extensions[EXTENSION] = ApiServices(
         settings=settings,
-        redis=redis_client.fast(settings["REDIS_URL"], 2000),
+        redis=redis_client.fast(settings.redis.url, 2000),
         clickhouse=clickhouse.ThreadClients(url),
         database=clickhouse.database_of(url),
     )
@@ -56,7 +56,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     def unavailable(code: str, message: str):
         response = jsonify({"error": {"code": code, "message": message}})
         response.status_code = 503
-        response.headers["Retry-After"] = str(settings["RETRY_AFTER_S"])
+        response.headers["Retry-After"] = str(settings.limits.retry_after_s)
         return response
 
     @app.errorhandler(RequestError)
@@ -64,7 +64,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
         response = jsonify(exc.to_dict())
         response.status_code = exc.status
         if exc.status == 503:
-            response.headers["Retry-After"] = str(settings["RETRY_AFTER_S"])
+            response.headers["Retry-After"] = str(settings.limits.retry_after_s)
         return response
 
     @app.errorhandler(StorageError)

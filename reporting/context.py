@@ -19,7 +19,7 @@ MAX_API_BODY_BYTES = config.MAX_API_BODY_BYTES
 
 @dataclass
 class ApiServices:
-    settings: dict
+    settings: config.Settings
     redis: object
     clickhouse: clickhouse.ThreadClients
     database: str

@@ -177,5 +177,5 @@ def pixel_diagnostics(pixel_id: str):
         rejected=_rejected(pixel_id),
         click_id_share_7d=_share(sum(gr["with_click_id"] for gr in groups), unique),
         matched_share_7d=_share(_matched_7d(svc.database, adv, pixel_id, now_s), unique - tests),
-        snippet=build_snippet(pixel_id, svc.settings["PUBLIC_URL"].rstrip("/")),
+        snippet=build_snippet(pixel_id, svc.settings.site.public_url.rstrip("/")),
     )

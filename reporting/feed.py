@@ -143,7 +143,7 @@ def optimizer_conversions():
     key = (advertiser, query, watermark, orjson.dumps(settings, option=orjson.OPT_SORT_KEYS))
     ch = svc.clickhouse.get()
     body = _answers.get(key, lambda: Feed(ch, svc.database, advertiser, settings, query,
-                                          svc.settings["MAX_EVENT_AGE_S"]).read(watermark))
+                                          svc.settings.limits.max_event_age_s).read(watermark))
     return jsonify(body)
 
 

@@ -24,6 +24,7 @@ from clickhouse_driver import errors as ch_errors
 
 from clicktrail import keys, redis_client
 from clicktrail.backoff import Backoff, retry
+from clicktrail.config import Settings
 from clicktrail.clickhouse import NETWORK_ERRORS
 from clicktrail.inserts import columns, count_once
 from clicktrail.lifecycle import StopFlag, retry_until_stopped
@@ -67,7 +68,7 @@ def consumer_name() -> str:
 
 
 class Sink:
-    def __init__(self, settings: dict, r: redis.Redis, ch: Client, database: str, stop: StopFlag,
+    def __init__(self, settings: Settings, r: redis.Redis, ch: Client, database: str, stop: StopFlag,
                  name: str | None = None) -> None:
         self.settings = settings
         self.redis = r
@@ -75,7 +76,7 @@ class Sink:
         self.db = database
         self.name = name or consumer_name()
         self.stop = stop
-        self.builder = RowBuilder(settings["ANONYMIZE_IP"], settings["UA_CACHE_SIZE"])
+        self.builder = RowBuilder(settings.privacy.anonymize_ip, settings.sink.ua_cache_size)
         self.insert_sql = f"INSERT INTO {database}.events ({', '.join(EVENT_COLUMN_NAMES)}) VALUES"
         self.touch_insert_sql = f"INSERT INTO {database}.touchpoints ({', '.join(TOUCH_COLUMN_NAMES)}) VALUES"
         self.stored = 0
@@ -110,15 +111,15 @@ class Sink:
         """Add entries until the batch holds SINK_BATCH_SIZE events or SINK_BATCH_WAIT_MS has passed."""
         batch = list(entries)
         events = sum(records.entry_count(fields) for _, fields in batch)
-        limit = self.settings["SINK_BATCH_SIZE"]
-        deadline = time.monotonic() + self.settings["SINK_BATCH_WAIT_MS"] / 1000.0
+        limit = self.settings.sink.batch_size
+        deadline = time.monotonic() + self.settings.sink.batch_wait_ms / 1000.0
         while events < limit and not self.stop.is_set:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             if remaining_ms <= 0:
                 break
             # Entries hold one request each; size the read by the events per entry seen so far.
             per_entry = max(1, events // len(batch)) if batch else 1
-            count = max(1, min(self.settings["SINK_READ_COUNT"], (limit - events) // per_entry))
+            count = max(1, min(self.settings.sink.read_count, (limit - events) // per_entry))
             reply = self._read(count, block_ms=min(remaining_ms, 500))  # short blocks notice a stop soon
             if reply:
                 batch.extend(reply)
@@ -198,7 +199,7 @@ class Sink:
         """Insert rows, isolating rows ClickHouse cannot take; return (stored ids, [(refused id, reason)])."""
         if not rows:
             return [], []
-        backoff = Backoff(cap=self.settings["SINK_BACKOFF_CAP_S"])
+        backoff = Backoff(cap=self.settings.retry.backoff_cap_s)
 
         def transient(exc: BaseException) -> bool:
             # A refusal says nothing about the rows when systemic, and a block is tried twice more
@@ -231,7 +232,7 @@ class Sink:
 
     def _count_once(self, rows: list[tuple]) -> list[tuple]:
         return retry(lambda: count_once(self.ch, self.db, rows), errors=NETWORK_ERRORS,
-                     backoff=Backoff(cap=self.settings["SINK_BACKOFF_CAP_S"]), on_failure=self._storage_failed)
+                     backoff=Backoff(cap=self.settings.retry.backoff_cap_s), on_failure=self._storage_failed)
 
     def _storage_failed(self, exc: BaseException, delay: float) -> None:
         log.warning("ClickHouse insert failed (%s: %s); nothing acknowledged, retrying in %.1fs",
@@ -272,7 +273,7 @@ class Sink:
     # -- reclaiming ----------------------------------------------------------------------------
 
     def _reclaim_if_due(self) -> list[Entry]:
-        idle_ms = self.settings["SINK_CLAIM_IDLE_MS"]
+        idle_ms = self.settings.stream.claim_idle_ms
         now = time.monotonic()
         if now - self._last_reclaim < min(idle_ms / 2000.0, 10.0):
             return []
@@ -288,7 +289,7 @@ class Sink:
         self._forget_dead_consumers()
         pending = self._redis_call(
             self.redis.xpending_range, keys.EVENTS_STREAM, keys.SINK_GROUP, min="-", max="+",
-            count=self.settings["SINK_READ_COUNT"], idle=idle_ms,
+            count=self.settings.sink.read_count, idle=idle_ms,
         )
         if not pending:
             return []
@@ -296,7 +297,7 @@ class Sink:
         claimed = self._redis_call(
             self.redis.xclaim, keys.EVENTS_STREAM, keys.SINK_GROUP, self.name, idle_ms, list(deliveries)
         )
-        limit = self.settings["SINK_MAX_DELIVERIES"]
+        limit = self.settings.sink.max_deliveries
         keep, dead, given_up = [], [], []
         for entry_id, fields in claimed:
             if deliveries.get(entry_id, 0) >= limit:
@@ -325,7 +326,7 @@ class Sink:
     def _redis_call(self, fn, *args, **kwargs):
         """Call Redis, waiting out an outage: the stream is the only copy of unsettled events."""
         return retry(lambda: fn(*args, **kwargs), errors=(redis.ConnectionError, redis.TimeoutError),
-                     backoff=Backoff(cap=self.settings["SINK_BACKOFF_CAP_S"]), on_failure=_redis_failed)
+                     backoff=Backoff(cap=self.settings.retry.backoff_cap_s), on_failure=_redis_failed)
 
 
 def _redis_failed(exc: BaseException, delay: float) -> None:

@@ -64,7 +64,7 @@ class World:
         for i in range(n):
             self.convert(f"c{i}", t + 60, ttclid=f"k{i}")
         self.sink.drain()
-        self.attributor.settings = {**self.attributor.settings, "ATTRIBUTOR_CHUNK": chunk}
+        self.attributor.settings = self.attributor.settings.updated({"ATTRIBUTOR_CHUNK": chunk})
 
     def settle(self) -> None:
         self.sink.drain()

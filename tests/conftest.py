@@ -43,7 +43,7 @@ def ch_database():
 
 
 @pytest.fixture
-def settings(ch_database) -> dict:
+def settings(ch_database) -> config.Settings:
     """Settings every in-process component and spawned process of a test shares."""
     return config.load(
         {
@@ -51,15 +51,21 @@ def settings(ch_database) -> dict:
             "CLICKHOUSE_URL": clickhouse.with_database(CLICKHOUSE_BASE, ch_database),
             "DATA_DIR": str(ARTIFACTS / "var"),
             "SINK_BATCH_WAIT_MS": 200,
-            "SINK_CLAIM_IDLE_MS": 1000,
+            "CLAIM_IDLE_MS": 1000,
             "ATTRIBUTOR_LEASE_S": 2,
         }
     )
 
 
+def where(settings: config.Settings) -> dict:
+    """The overrides that point an app at the test's Redis, ClickHouse database and data folder."""
+    return {"REDIS_URL": settings.redis.url, "CLICKHOUSE_URL": settings.clickhouse.url,
+            "DATA_DIR": settings.paths.data_dir}
+
+
 @pytest.fixture
 def r(settings):
-    client = redis_client.patient(settings["REDIS_URL"])
+    client = redis_client.patient(settings.redis.url)
     client.flushdb()
     yield client
     client.flushdb()
@@ -67,7 +73,7 @@ def r(settings):
 
 @pytest.fixture
 def ch(settings, ch_database):
-    client = clickhouse.connect(settings["CLICKHOUSE_URL"])
+    client = clickhouse.connect(settings.clickhouse.url)
     for table in DATA_TABLES:
         client.execute(f"TRUNCATE TABLE {ch_database}.{table}")
     return client
@@ -77,7 +83,7 @@ def ch(settings, ch_database):
 def app(settings, r):
     from collector import create_app
 
-    return create_app({k: settings[k] for k in ("REDIS_URL", "CLICKHOUSE_URL", "DATA_DIR")})
+    return create_app(where(settings))
 
 
 @pytest.fixture
@@ -103,7 +109,7 @@ def tenant(r) -> Tenant:
 @pytest.fixture
 def sink(settings, r, ch, ch_database):
     """An in-process sink; ``drain()`` stores everything queued so far."""
-    worker = Sink(settings, r, clickhouse.connect(settings["CLICKHOUSE_URL"]), ch_database, StopFlag(),
+    worker = Sink(settings, r, clickhouse.connect(settings.clickhouse.url), ch_database, StopFlag(),
                   name="test-sink")
     worker.ensure_group()
 
@@ -138,7 +144,7 @@ def spawn(settings):
 def api_client(settings, r):
     from reporting.api import create_app as create_api
 
-    app = create_api({k: settings[k] for k in ("REDIS_URL", "CLICKHOUSE_URL", "DATA_DIR")})
+    app = create_api(where(settings))
     return app.test_client()
 
 
@@ -147,7 +153,7 @@ def attributor(settings, r, ch, ch_database):
     """An in-process attributor; ``settle()`` runs ticks until nothing is left to do."""
     from attribution.engine import Attributor
 
-    worker = Attributor(settings, r, clickhouse.connect(settings["CLICKHOUSE_URL"]), ch_database, StopFlag(),
+    worker = Attributor(settings, r, clickhouse.connect(settings.clickhouse.url), ch_database, StopFlag(),
                         name="test-attributor")
     worker.ensure_group()
 

@@ -13,14 +13,15 @@ from pathlib import Path
 
 
 from clicktrail import services
-from clicktrail.config import ENV_PREFIX
+from clicktrail.config import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def env_for(settings: dict, **overrides) -> dict:
-    env = dict(os.environ)
-    for key, value in {**settings, **overrides}.items():
+def env_for(settings: Settings, **overrides) -> dict:
+    """The environment that makes a child process load ``settings`` with ``overrides`` (by name)."""
+    env = {**os.environ, **settings.environment()}
+    for key, value in overrides.items():
         env[ENV_PREFIX + key] = str(value)
     return env
 
@@ -40,7 +41,7 @@ def wait_http(url: str, timeout: float = 20.0) -> None:
 
 
 class ProcessGroup:
-    def __init__(self, settings: dict) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.procs: list[subprocess.Popen] = []
 

@@ -149,8 +149,8 @@ def test_an_unknown_path_is_a_json_404(api_client):
 def test_an_unexpected_failure_is_a_json_500(settings, r, auth):
     """A ClickHouse that refuses the statement (here: the database does not exist) is no outage
     to retry but a fault; the answer still has the error shape, never the server's HTML page."""
-    app = create_app({"REDIS_URL": settings["REDIS_URL"], "DATA_DIR": settings["DATA_DIR"],
-                      "CLICKHOUSE_URL": clickhouse.with_database(settings["CLICKHOUSE_URL"], "ct_missing_db")})
+    app = create_app({"REDIS_URL": settings.redis.url, "DATA_DIR": settings.paths.data_dir,
+                      "CLICKHOUSE_URL": clickhouse.with_database(settings.clickhouse.url, "ct_missing_db")})
     resp = app.test_client().get(f"/v1/reports?{DAYS}", headers=auth)
     assert resp.status_code == 500 and resp.mimetype == "application/json"
     assert resp.json == {"error": {"code": "internal_error", "message": "unexpected error; it was logged"}}

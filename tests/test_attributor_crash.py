@@ -139,7 +139,7 @@ def test_a_tick_that_loses_its_lease_stops_unacknowledged_and_the_next_holder_fi
     assert written == 2  # the first chunk only
     assert r.xpending(keys.ATTRIBUTION_STREAM, keys.ATTRIBUTOR_GROUP)["pending"] > 0  # nothing acknowledged
 
-    standby = type(attributor)({**attributor.settings, "SINK_CLAIM_IDLE_MS": 0}, r, attributor.ch, ch_database,
+    standby = type(attributor)(attributor.settings.updated({"CLAIM_IDLE_MS": 0}), r, attributor.ch, ch_database,
                                attributor.stop, name="standby")
     while standby.tick(block_ms=10):
         pass

@@ -140,7 +140,7 @@ def test_preflight_is_allowed_only_for_registered_sites(client, tenant):
 def test_stream_over_its_guard_sheds_load_with_503(settings, r, tenant):
     from collector import create_app
 
-    app = create_app({"REDIS_URL": settings["REDIS_URL"], "STREAM_MAX_LEN": 3})
+    app = create_app({"REDIS_URL": settings.redis.url, "STREAM_MAX_LEN": 3})
     c = app.test_client()
     body = {"events": [{"event": "PageView", "event_id": f"e{i}", "page": {"url": "https://shop.example/"}}
                        for i in range(2)]}
@@ -148,7 +148,7 @@ def test_stream_over_its_guard_sheds_load_with_503(settings, r, tenant):
         assert c.post(f"/e/{tenant.pixel_id}", data=json.dumps(body)).status_code == 200
     resp = c.post(f"/e/{tenant.pixel_id}", data=json.dumps(body))
     assert resp.status_code == 503
-    assert resp.headers["Retry-After"] == str(settings["RETRY_AFTER_S"])
+    assert resp.headers["Retry-After"] == str(settings.limits.retry_after_s)
     assert resp.json["error"]["code"] == "overloaded"
     assert r.xlen("ct:events") == 3  # what was accepted is still there; nothing was trimmed
 
@@ -278,5 +278,5 @@ def test_preflight_answers_503_with_retry_after_while_redis_is_down(settings, te
     resp = app.test_client().options(f"/e/{tenant.pixel_id}", headers={"Origin": "https://shop.example",
                                                                        "Access-Control-Request-Method": "POST"})
     assert resp.status_code == 503
-    assert resp.headers["Retry-After"] == str(settings["RETRY_AFTER_S"])
+    assert resp.headers["Retry-After"] == str(settings.limits.retry_after_s)
     assert resp.json["error"]["code"] == "buffer_unavailable"

@@ -54,7 +54,7 @@ def test_clickhouse_down_collector_keeps_accepting_and_nothing_is_lost(spawn, r,
     schema.migrate(clickhouse.connect(own_clickhouse.base_url), db)
     pixel_id = registry.create_pixel(r, "adv-chaos", ["shop.example"])
     base = spawn.collector(CLICKHOUSE_URL=ch_url)
-    spawn.sink(CLICKHOUSE_URL=ch_url, SINK_BACKOFF_CAP_S=1.0)
+    spawn.sink(CLICKHOUSE_URL=ch_url, RETRY_BACKOFF_CAP_S=1.0)
 
     assert post_batch(base, pixel_id, "before").status == 200
     own_clickhouse.stop()
@@ -88,7 +88,7 @@ def test_redis_down_collector_answers_503_fast_and_keeps_what_it_accepted(spawn,
     reply = post_batch(base, pixel_id, "refused")
     elapsed = time.monotonic() - started
     assert reply.status == 503
-    assert reply.headers["Retry-After"] == str(settings["RETRY_AFTER_S"])
+    assert reply.headers["Retry-After"] == str(settings.limits.retry_after_s)
     assert reply.json["error"]["code"] == "buffer_unavailable"
     # Liveness, not speed: a hung worker would hold the request until gunicorn's 30 s timeout.
     assert elapsed < 5

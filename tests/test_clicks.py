@@ -70,7 +70,7 @@ def test_tampered_url_is_refused(client, click_url, r):
 
 
 def test_landing_outside_the_advertisers_domains_is_never_redirected(client, settings, r, tenant):
-    token = make_token(settings["SECRET_KEY"], "adv-1", "cmp-1", "grp-1", "ad-1", "https://evil.example/phish")
+    token = make_token(settings.site.secret_key, "adv-1", "cmp-1", "grp-1", "ad-1", "https://evil.example/phish")
     resp = client.get(f"/r/{token}")
     assert resp.status_code == 403 and "Location" not in resp.headers
     assert resp.json["error"]["code"] == "landing_not_allowed"
@@ -123,7 +123,7 @@ def test_click_url_refuses_a_landing_the_redirect_could_not_send_to(click_url, l
 def test_a_signed_landing_the_redirect_cannot_send_to_is_a_json_400(client, settings, r, tenant, landing):
     """Signed before landings were checked this way (or with a leaked key): a 400, never a 500."""
     payload = json.dumps({"a": "adv-1", "c": "cmp-1", "g": "grp-1", "d": "ad-1", "l": landing}).encode()
-    resp = client.get(f"/r/{_signed(settings['SECRET_KEY'], payload)}")
+    resp = client.get(f"/r/{_signed(settings.site.secret_key, payload)}")
     assert resp.status_code == 400 and "Location" not in resp.headers
     assert resp.json["error"]["field"] == "landing" and r.xlen("ct:events") == 0
 
@@ -145,7 +145,7 @@ click_fields = st.fixed_dictionaries({}, optional={
 def test_any_token_is_a_redirect_or_a_json_4xx(client, settings, tenant, token):
     """Any path after /r/, and any payload signed with the key (as one could with a leaked key)."""
     if isinstance(token, bytes):
-        token = _signed(settings["SECRET_KEY"], token)
+        token = _signed(settings.site.secret_key, token)
     resp = client.get(f"/r/{token}")
     if resp.status_code == 302:
         assert urlsplit(resp.headers["Location"]).hostname == "shop.example"

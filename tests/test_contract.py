@@ -41,7 +41,7 @@ from pixel.click_urls import make_token
 from pixel.snippet import SDK_VERSION
 from sink.worker import Sink
 from tests.attribution_world import HOUR, World
-from tests.conftest import ARTIFACTS, CLICKHOUSE_BASE, DATA_TABLES, REDIS_URL, Tenant
+from tests.conftest import ARTIFACTS, CLICKHOUSE_BASE, DATA_TABLES, REDIS_URL, Tenant, where
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 SPEC = yaml.safe_load(SPEC_PATH.read_text())
@@ -127,7 +127,7 @@ class Contract:
         self.origin = f"https://{tenant.domain}"
         self.events_token = tenant.token
         self.token = registry.create_token(r, tenant.advertiser, ["adserver", "optimizer", "reports"])
-        secret = collector_app.extensions["clicktrail"].settings["SECRET_KEY"]
+        secret = collector_app.extensions["clicktrail"].settings.site.secret_key
         self.click_token = make_token(secret, tenant.advertiser, "cmp", "cmp-g", "cmp-ad",
                                       f"{self.origin}/landing?x=1#top")
         self.today = date.today()
@@ -206,16 +206,16 @@ def contract(ch_database) -> Contract:
 
     s = config.load({"REDIS_URL": REDIS_URL, "CLICKHOUSE_URL": clickhouse.with_database(CLICKHOUSE_BASE, ch_database),
                      "DATA_DIR": str(ARTIFACTS / "var"), "SINK_BATCH_WAIT_MS": 200})
-    r = redis_client.patient(s["REDIS_URL"])
+    r = redis_client.patient(s.redis.url)
     r.flushdb()
-    ch = clickhouse.connect(s["CLICKHOUSE_URL"])
+    ch = clickhouse.connect(s.clickhouse.url)
     for table in DATA_TABLES:
         ch.execute(f"TRUNCATE TABLE {ch_database}.{table}")
-    apps = {k: s[k] for k in ("REDIS_URL", "CLICKHOUSE_URL", "DATA_DIR")}
+    apps = where(s)
     collector_app, api_app = create_collector(apps), create_api(apps)
-    sink = Sink(s, r, clickhouse.connect(s["CLICKHOUSE_URL"]), ch_database, StopFlag(), name="contract-sink")
+    sink = Sink(s, r, clickhouse.connect(s.clickhouse.url), ch_database, StopFlag(), name="contract-sink")
     sink.ensure_group()
-    attributor = Attributor(s, r, clickhouse.connect(s["CLICKHOUSE_URL"]), ch_database, StopFlag(),
+    attributor = Attributor(s, r, clickhouse.connect(s.clickhouse.url), ch_database, StopFlag(),
                             name="contract-attributor")
     attributor.ensure_group()
 
@@ -301,7 +301,7 @@ def test_a_server_down_is_answered_503_with_retry_after_as_documented(down, sett
     token = registry.create_token(r, tenant.advertiser, ["adserver", "optimizer", "reports"])
     unreachable = {"redis": {"REDIS_URL": f"redis://127.0.0.1:{services.free_port()}/0"},
                    "clickhouse": {"CLICKHOUSE_URL": f"clickhouse://127.0.0.1:{services.free_port()}/default"}}[down]
-    apps = {**{k: settings[k] for k in ("REDIS_URL", "CLICKHOUSE_URL", "DATA_DIR")}, **unreachable}
+    apps = {**where(settings), **unreachable}
     by_app = {"collector": create_collector(apps), "api": create_api(apps)}
     checks = [status_code_conformance, content_type_conformance, response_headers_conformance,
               response_schema_conformance]

@@ -115,7 +115,7 @@ def test_pixel_diagnostics_counts_every_field(client, api_client, r, tenant, rep
                      "request: page domain is not registered for the pixel": 1},
         "click_id_share_7d": 1 / 5,  # order-1 of 5 unique events
         "matched_share_7d": 1 / 4,  # order-1 of the 4 that are not test events
-        "snippet": build_snippet(tenant.pixel_id, settings["PUBLIC_URL"].rstrip("/")),
+        "snippet": build_snippet(tenant.pixel_id, settings.site.public_url.rstrip("/")),
     }
     assert f"ttq.load('{tenant.pixel_id}'" in body["snippet"]
 

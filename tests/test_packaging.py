@@ -87,7 +87,7 @@ def test_the_wheel_holds_every_redis_script(wheel):
 
 def test_the_install_alone_creates_the_schema(installed, settings, ch, tmp_path):
     db = f"ct_wheel_{secrets.token_hex(4)}"
-    url = clickhouse.with_database(settings["CLICKHOUSE_URL"], db)
+    url = clickhouse.with_database(settings.clickhouse.url, db)
     try:
         done = subprocess.run([sys.executable, "-m", "clicktrail.cli", "migrate"], cwd=tmp_path, timeout=120,
                               env={**env_for(settings, CLICKHOUSE_URL=url), "PYTHONPATH": str(installed)},
@@ -133,7 +133,7 @@ def test_every_imported_library_is_a_declared_dependency():
     assert missing == {}, f"imported but not in [project] dependencies: {missing}"
 
 
-def _serve(installed: Path, command: str, settings: dict, cwd: Path) -> tuple[subprocess.Popen, str]:
+def _serve(installed: Path, command: str, settings, cwd: Path) -> tuple[subprocess.Popen, str]:
     port = services.free_port()
     env = env_for(settings, DATA_DIR=str(cwd / "var"))
     env["PYTHONPATH"] = str(installed)  # the install only: not the repository, not the test's path

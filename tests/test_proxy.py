@@ -77,9 +77,9 @@ def front(spawn, settings, r):
     spawn.start("api", "--bind", f"127.0.0.1:{api_direct}", "--workers", "2")
     port, api_port = services.free_port(), services.free_port()
     # Under the test's data folder: nginx's workers (nobody, when root runs the tests) must reach it.
-    nginx = proxy.prepare(settings["DATA_DIR"],
+    nginx = proxy.prepare(settings.paths.data_dir,
                           proxy.collector_site(f"127.0.0.1:{port}", collector.removeprefix("http://"),
-                                               settings["MAX_BODY_BYTES"]),
+                                               settings.limits.max_body_bytes),
                           proxy.api_site(f"127.0.0.1:{api_port}", f"127.0.0.1:{api_direct}"))
     proc = subprocess.Popen(nginx.argv, start_new_session=True)
     try:
@@ -326,7 +326,7 @@ def test_config_refuses_a_bad_bind_clearly(settings):
         proxy.api_site("127.0.0.1:８０", "127.0.0.1:1")
     # One address for both would leave one app unreachable (nginx gives it to the first server).
     with pytest.raises(ServiceError, match="different addresses; got 127.0.0.1:8080, 127.0.0.1:8080"):
-        proxy.prepare(settings["DATA_DIR"], proxy.collector_site("127.0.0.1:8080", "127.0.0.1:1", 1000),
+        proxy.prepare(settings.paths.data_dir, proxy.collector_site("127.0.0.1:8080", "127.0.0.1:1", 1000),
                       proxy.api_site("127.0.0.1:8080", "127.0.0.1:2"))
 
 

@@ -28,7 +28,7 @@ def get_no_redirect(port: int, path: str) -> tuple[int, dict, bytes]:
         conn.close()
 
 
-def env_without_secret(settings: dict, data_dir) -> dict:
+def env_without_secret(settings, data_dir) -> dict:
     env = env_for(settings, DATA_DIR=str(data_dir))
     env.pop("CLICKTRAIL_SECRET_KEY")
     return env
@@ -36,7 +36,7 @@ def env_without_secret(settings: dict, data_dir) -> dict:
 
 def test_processes_starting_together_share_one_generated_key_file(settings, tmp_path):
     data = tmp_path / "var"
-    code = "from clicktrail import config; print(config.load()['SECRET_KEY'])"
+    code = "from clicktrail import config; print(config.load().site.secret_key)"
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env_without_secret(settings, data),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(8)]
     keys = [proc.communicate(timeout=60)[0].strip() for proc in procs]

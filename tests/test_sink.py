@@ -144,7 +144,7 @@ def test_events_queued_before_any_sink_existed_are_stored(client, tenant, r, ch,
     from sink.worker import Sink
 
     queue(client, tenant, 3)  # no consumer group yet
-    worker = Sink(settings, r, clickhouse.connect(settings["CLICKHOUSE_URL"]), ch_database, StopFlag(), name="late")
+    worker = Sink(settings, r, clickhouse.connect(settings.clickhouse.url), ch_database, StopFlag(), name="late")
     worker.ensure_group()
     worker.run_once()
     assert unique_ids(ch, ch_database) == ["e0", "e1", "e2"]
@@ -169,7 +169,7 @@ def test_a_second_signal_exits_even_mid_batch_and_nothing_is_acknowledged(client
     queue(client, tenant, 5)
     r.xgroup_create(STREAM, GROUP, id="0")
     nowhere = f"clickhouse://127.0.0.1:{services.free_port()}/nothing"  # inserts fail: the batch never finishes
-    worker = spawn.sink(CLICKHOUSE_URL=nowhere, SINK_BACKOFF_CAP_S=0.5)
+    worker = spawn.sink(CLICKHOUSE_URL=nowhere, RETRY_BACKOFF_CAP_S=0.5)
     deadline = time.monotonic() + 30  # a guard against a hang: a loaded machine starts the sink slowly
     while r.xpending(STREAM, GROUP)["pending"] < 1 and time.monotonic() < deadline:
         time.sleep(0.05)
