@@ -241,9 +241,9 @@ def _rejection_field(rejection: Rejection) -> str:
     return field
 
 
-@bp.route("/<version>/<pixel_id>/events", methods=["POST"])
-def events(version: str, pixel_id: str):
-    if not _VERSION.fullmatch(version):
+@bp.route("/<api_version>/<pixel_id>/events", methods=["POST"])
+def events(api_version: str, pixel_id: str):
+    if not _VERSION.fullmatch(api_version):
         abort(404)
     svc = services()
     s = svc.settings

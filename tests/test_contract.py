@@ -172,6 +172,11 @@ class Contract:
                 body.update(event_source="web", event_source_id=self.pixel_id)
             for event in _dicts(body, "data"):
                 event["event_time"] = int(time.time())
+        if case.operation.path == "/{api_version}/{pixel_id}/events":  # Meta's Conversions API
+            params["api_version"] = "v23.0"
+            query["access_token"] = self.events_token
+            for event in _dicts(body, "data"):
+                event["event_time"] = int(time.time())
         if "start" in query or "end" in query:
             query["start"] = (self.today - timedelta(days=7)).isoformat()
             query["end"] = self.today.isoformat()
