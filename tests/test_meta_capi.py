@@ -23,6 +23,7 @@ from collector import meta_capi
 from pixel.events import Context
 from pixel.registry import create_token
 from tests import http
+from tests.attribution_world import World
 from tests.conftest import now_ms, query_dicts
 
 UA = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36"
@@ -88,6 +89,19 @@ def test_sdk_purchase_is_stored_and_deduplicated_with_the_pixel_copy(graph, tena
     (count,) = ch.execute(f"SELECT count() FROM (SELECT 1 FROM {ch_database}.events_unique "
                           "GROUP BY advertiser_id, pixel_id, event, event_id)")[0]
     assert count == 1
+
+
+def test_sdk_purchase_is_attributed_to_the_ad_click_of_its_fbclid(graph, client, api_client, tenant, sink,
+                                                                  attributor, r, ch, ch_database):
+    world = World(client, api_client, tenant, sink, attributor, r, ch, ch_database)
+    fbclid = "IwAR2F4-dbP0l7Mn1IawQQGCINEz7PYXQvwjNwB_qa2ofrHyiLjcbCRxTDMgk"
+    world.click(fbclid, world.now - 3600, "spring")  # the ad server's click, keyed by the fbclid
+    world.click("other-click", world.now - 1800, "autumn")
+    FacebookAdsApi.init(access_token=tenant.token, crash_log=False)
+    assert EventRequest(events=[purchase(world.now, "ord-A")], pixel_id=tenant.pixel_id).execute().events_received == 1
+    world.settle()
+    assert world.credits("ord-A") == {fbclid: 1.0}
+    assert world.latest("ord-A")[0]["campaign_id"] == "spring"
 
 
 def test_sdk_sees_metas_errors(graph, tenant, r, sink, ch, ch_database):
