@@ -71,7 +71,10 @@ def _meta_error(status: int, code: int, message: str, trace: str, *, subcode: in
 def _from_request_error(exc: RequestError, trace: str):
     if exc.status in (401, 403):
         code = CODE_TOKEN if exc.status == 401 else CODE_PERMISSION
-        return _meta_error(exc.status, code, exc.message, trace)
+        response = _meta_error(exc.status, code, exc.message, trace)
+        if exc.status == 401:  # RFC 9110 requires the challenge; this one is Graph API's
+            response.headers["WWW-Authenticate"] = 'OAuth "Facebook Platform" "invalid_token"'
+        return response
     if exc.status == 404:  # Meta answers an unknown object with a 400, code 100, subcode 33
         return _meta_error(400, CODE_INVALID, exc.message, trace, subcode=SUBCODE_NO_OBJECT, field=exc.field)
     if exc.status >= 500:

@@ -174,6 +174,7 @@ def test_bad_input_is_a_400_in_metas_shape(client, tenant, body, field):
 def test_missing_token_and_unknown_version(client, tenant):
     resp = client.post(f"/v18.0/{tenant.pixel_id}/events", data={"data": "[]"})
     assert resp.status_code == 401 and resp.json["error"]["code"] == 190
+    assert resp.headers["WWW-Authenticate"].startswith("OAuth ")
     assert client.post(f"/latest/{tenant.pixel_id}/events", data={"access_token": tenant.token}).status_code == 404
 
 
