@@ -113,6 +113,19 @@ def test_the_official_sdk_pixel_batch_and_the_pixels_copy_count_once(spawn, tena
     assert count == 2
 
 
+def test_a_partly_refused_batch_is_a_success_for_the_sdk_with_the_refusals_in_data(spawn, tenant, sink, ch,
+                                                                                   ch_database):
+    api = sdk_for(spawn.collector(workers=1))
+    batch = [business_api_client.PixelbatchBatch(event="Lead", event_id="fine", timestamp=iso()),
+             business_api_client.PixelbatchBatch(event="Lead", event_id="stale", timestamp=iso(30 * 86400))]
+    answer = api.pixel_batch(tenant.token, body=business_api_client.PixelBatchBody(pixel_code=tenant.pixel_id,
+                                                                                    batch=batch))
+    assert answer["data"] == {"accepted": 1, "rejected": [
+        {"index": 1, "field": "timestamp", "rule": "must be at most 7 days old"}]}
+    sink.drain()
+    assert [row["event_id"] for row in stored(ch, ch_database)] == ["fine"]
+
+
 def test_the_sdk_sees_a_refused_request_as_an_error(spawn, tenant, r):
     api = sdk_for(spawn.collector(workers=1))
     body = business_api_client.PixelTrackBody(pixel_code=tenant.pixel_id, event="Lead", timestamp=iso())
