@@ -85,10 +85,11 @@ def _v1_field(field: str, raw: dict) -> str:
         return "timestamp"
     if field.startswith("page"):
         return "context." + field
-    if field in ("user.ip", "user.user_agent"):
+    context = raw.get("context") or {}
+    if field in ("user.ip", "user.user_agent") and context.get(field[5:]) is not None:
         return "context." + field[5:]
     if field == "user.ttclid":
-        user = raw.get("context", {}).get("user")
+        user = context.get("user")
         return "context.user.ttclid" if isinstance(user, dict) and user.get("ttclid") else "context.ad.callback"
     if field == "user" or field.startswith("user."):
         return "context." + field

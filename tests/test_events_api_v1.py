@@ -189,6 +189,22 @@ def test_a_track_whose_only_event_is_refused_is_a_400_listing_it(client, tenant)
         {"index": 0, "field": "timestamp", "rule": "must be an ISO 8601 date and time"}]
 
 
+@pytest.mark.parametrize("context, field", [
+    ({"user": {"ip": "nope"}}, "context.user.ip"),
+    ({"ip": "nope"}, "context.ip"),
+    ({"user": {"ttclid": ["x"]}, "ad": {"callback": "E.C.P.ok"}}, "context.user.ttclid"),
+    ({"user": {"email": {"a": 1}}}, "context.user.email"),
+    ({"page": "https://shop.example/"}, "context.page"),
+    ([], "context"),
+])
+def test_a_refused_field_is_named_as_the_sender_wrote_it(context, field):
+    from pixel.events import Context
+
+    ctx = Context(pixel_id="P", source="server", received_ms=now_ms(), skew_ms=0, ip="", user_agent="",
+                  max_age_ms=7 * 86_400_000, max_future_ms=86_400_000)
+    assert parse_event_v1({"event": "Lead", "timestamp": iso(), "context": context}, 0, ctx).field == field
+
+
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
                     max_leaves=20)
