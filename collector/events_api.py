@@ -52,7 +52,7 @@ class Envelope(NamedTuple):
     sent_at: object = None  # unix seconds, or None
 
 
-def test_event_code(body: dict) -> str:
+def read_test_event_code(body: dict) -> str:
     code = body.get("test_event_code") or ""
     if not isinstance(code, str) or len(code) > 64:
         raise BadRequest("test_event_code must be a string of at most 64 characters", field="test_event_code",
@@ -77,7 +77,7 @@ def _envelope(body: object, limit: int) -> Envelope:
     if len(data) > limit:
         raise BadRequest(f"data must hold at most {limit} events per request", field="data",
                          code="too_many_events")
-    return Envelope(pixel_id.strip(), data, test_event_code(body), body.get("sent_at"))
+    return Envelope(pixel_id.strip(), data, read_test_event_code(body), body.get("sent_at"))
 
 
 def _seconds_to_ms(value: object) -> object:

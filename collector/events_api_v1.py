@@ -11,7 +11,7 @@ from __future__ import annotations
 from flask import Blueprint
 
 from clicktrail.errors import BadRequest
-from collector.events_api import Envelope, serve, test_event_code
+from collector.events_api import Envelope, read_test_event_code, serve
 from pixel.events_v1 import parse_events_v1
 
 bp = Blueprint("events_api_v1", __name__)
@@ -32,7 +32,7 @@ def _pixel_code(body: object) -> str:
 def _track(body: object, limit: int) -> Envelope:
     pixel_id = _pixel_code(body)
     event = {k: v for k, v in body.items() if k not in _TRACK_ENVELOPE}
-    return Envelope(pixel_id, [event], test_event_code(body))
+    return Envelope(pixel_id, [event], read_test_event_code(body))
 
 
 def _batch(body: object, limit: int) -> Envelope:
@@ -43,7 +43,7 @@ def _batch(body: object, limit: int) -> Envelope:
     if len(rows) > limit:
         raise BadRequest(f"batch must hold at most {limit} events per request", field="batch",
                          code="too_many_events")
-    return Envelope(pixel_id, rows, test_event_code(body))
+    return Envelope(pixel_id, rows, read_test_event_code(body))
 
 
 @bp.route("/open_api/v1.3/pixel/track/", methods=["POST"])
