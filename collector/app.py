@@ -41,9 +41,9 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
 
 
 def _register_blueprints(app: Flask) -> None:
-    from collector import browser, clicks, events_api, health, meta_capi, sdk
+    from collector import browser, clicks, events_api, events_api_v1, health, meta_capi, sdk
 
-    for module in (browser, clicks, events_api, health, meta_capi, sdk):
+    for module in (browser, clicks, events_api, events_api_v1, health, meta_capi, sdk):
         app.register_blueprint(module.bp)
 
 

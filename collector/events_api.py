@@ -8,6 +8,8 @@ reported with its index, field and rule.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
+from typing import NamedTuple
 
 from flask import Blueprint, request
 
@@ -17,8 +19,9 @@ from collector import intake
 from collector.context import services
 from collector.metrics import count_accepted, count_rejected
 from collector.replies import json_reply
-from pixel.events import Context, parse_events
+from pixel.events import Context, Rejection, parse_events
 from pixel.ids import token_hash
+from pixel.records import EventRecord
 
 bp = Blueprint("events_api", __name__)
 
@@ -40,7 +43,24 @@ def _token() -> str:
     return token
 
 
-def _envelope(body: object, limit: int) -> tuple[str, list, str]:
+class Envelope(NamedTuple):
+    """What an endpoint reads of its body before the rows: the pixel, the rows, the request's options."""
+
+    pixel_id: str
+    rows: list
+    test_event_code: str
+    sent_at: object = None  # unix seconds, or None
+
+
+def read_test_event_code(body: dict) -> str:
+    code = body.get("test_event_code") or ""
+    if not isinstance(code, str) or len(code) > 64:
+        raise BadRequest("test_event_code must be a string of at most 64 characters", field="test_event_code",
+                         code="invalid_field")
+    return code
+
+
+def _envelope(body: object, limit: int) -> Envelope:
     if not isinstance(body, dict):
         raise BadRequest("body must be a JSON object", field="body", code="invalid_field")
     source = body.get("event_source")
@@ -57,11 +77,7 @@ def _envelope(body: object, limit: int) -> tuple[str, list, str]:
     if len(data) > limit:
         raise BadRequest(f"data must hold at most {limit} events per request", field="data",
                          code="too_many_events")
-    code = body.get("test_event_code") or ""
-    if not isinstance(code, str) or len(code) > 64:
-        raise BadRequest("test_event_code must be a string of at most 64 characters", field="test_event_code",
-                         code="invalid_field")
-    return pixel_id.strip(), data, code
+    return Envelope(pixel_id.strip(), data, read_test_event_code(body), body.get("sent_at"))
 
 
 def _seconds_to_ms(value: object) -> object:
@@ -79,6 +95,17 @@ def _reply(status: int, code: int, message: str, request_id: str, data: dict | N
 
 @bp.route("/open_api/v1.3/event/track/", methods=["POST"])
 def track():
+    return serve(_envelope, parse_events)
+
+
+Parser = Callable[[list, Context], tuple[list[EventRecord], list[Rejection]]]
+
+
+def serve(read: Callable[[object, int], Envelope], parse: Parser):
+    """Answer one Events API request, TikTok-style: ``read`` checks the envelope (raising
+    ``RequestError`` for the whole request), ``parse`` the rows (refusing row by row); the token
+    is checked against the pixel's advertiser when the rows are queued. Shared by the 2.0
+    endpoint here and the 1.0 endpoints (collector/events_api_v1.py)."""
     svc = services()
     s = svc.settings
     request_id = secrets.token_hex(12)
@@ -86,12 +113,12 @@ def track():
         token = _token()
         received = intake.now_ms()
         body = http_body.read_json(request, s.limits.max_inflated_bytes)
-        pixel_id, data, test_code = _envelope(body, s.limits.max_server_events)
-        skew = intake.skew_ms(_seconds_to_ms(body.get("sent_at")), received, "seconds")
+        pixel_id, data, test_code, sent_at = read(body, s.limits.max_server_events)
+        skew = intake.skew_ms(_seconds_to_ms(sent_at), received, "seconds")
         ctx = Context(pixel_id=pixel_id, source="server", received_ms=received, skew_ms=skew, ip="",
                       user_agent="", max_age_ms=s.limits.max_event_age_s * 1000,
                       max_future_ms=s.limits.max_future_s * 1000, test_event_code=test_code)
-        records, rejections = parse_events(data, ctx)
+        records, rejections = parse(data, ctx)
         reasons = [r.reason for r in rejections]
         svc.buffer.append(pixel_id, records, token_hash=token_hash(token), rejected=reasons)
     except RequestError as exc:

@@ -177,6 +177,13 @@ class Contract:
             query["access_token"] = self.events_token
             for event in _dicts(body, "data"):
                 event["event_time"] = int(time.time())
+        if case.operation.path.startswith("/open_api/v1.3/pixel/"):
+            headers["Access-Token"] = self.events_token
+            if isinstance(body, dict):
+                body["pixel_code"] = self.pixel_id
+            for event in [body] if case.operation.path.endswith("/track/") else _dicts(body, "batch"):
+                if isinstance(event, dict):
+                    event["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         if "start" in query or "end" in query:
             query["start"] = (self.today - timedelta(days=7)).isoformat()
             query["end"] = self.today.isoformat()
@@ -275,6 +282,10 @@ def _outage_requests(pixel_id: str, today: date) -> dict[str, dict]:
                                "body": {"events": [{"event": "PageView"}]}, "media_type": "text/plain"},
         "POST /open_api/v1.3/event/track/": {"body": {"event_source": "web", "event_source_id": pixel_id,
                                                       "data": [{"event": "Purchase", "event_time": now}]}},
+        "POST /open_api/v1.3/pixel/track/": {"body": {"pixel_code": pixel_id, "event": "Purchase",
+                                                      "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}},
+        "POST /open_api/v1.3/pixel/batch/": {"body": {"pixel_code": pixel_id, "batch": [
+            {"event": "Purchase", "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]}},
         "GET /readyz": {},
         "POST /v1/clicks": {"body": {"clicks": [{"click_id": "k", "click_time": now, **touch}]}},
         "POST /v1/impressions": {"body": {"impressions": [{"impression_id": "i", "impression_time": now, **touch}]}},
@@ -292,7 +303,8 @@ def _outage_requests(pixel_id: str, today: date) -> dict[str, dict]:
 #: Operations that do not read ClickHouse here: with only ClickHouse down they still answer. (The
 #: feed answers an advertiser with nothing attributed yet from its Redis watermark alone.)
 WITHOUT_CLICKHOUSE = {"POST /e/{pixel_id}", "POST /open_api/v1.3/event/track/", "GET /readyz", "GET /v1/advertiser",
-                      "GET /v1/optimizer/conversions"}
+                      "GET /v1/optimizer/conversions", "POST /open_api/v1.3/pixel/track/",
+                      "POST /open_api/v1.3/pixel/batch/"}
 
 
 @pytest.mark.parametrize("down", ["redis", "clickhouse"])
