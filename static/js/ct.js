@@ -36,8 +36,9 @@ var METHODS = 'load page track identify instance instances alias group holdConse
 var src = (d.currentScript || {}).src || '';
 var BASE = src.slice(0, Math.max(0, src.lastIndexOf('/s/')));
 
-// The global's name: TikTok's base code passes it as ?lib= and in window.TiktokAnalyticsObject.
-var N = (src.match(/[?&]lib=([\w$]+)/) || [])[1] || w.TiktokAnalyticsObject || 'ttq';
+// The global's name: TikTok's base code passes it as ?lib= and in window.TiktokAnalyticsObject
+// (read only when a base code loaded us, ?sdkid=: TikTok's own pixel may run on the page too).
+var N = (src.match(/[?&]lib=([\w$]+)/) || [])[1] || /[?&]sdkid=/.test(src) && w.TiktokAnalyticsObject || 'ttq';
 var q = w[N];
 if (q && q.version) return; // the SDK already runs on this page
 if (!Array.isArray(q)) q = w[N] = [];
@@ -551,8 +552,8 @@ var exec = (c, t, i) => c && c.length && run(c[0], c.slice(1), c.i || i, c.t || 
 // (load times), and per pixel in q._i the instance handle: TikTok's is an array of the calls
 // queued on it. Our stub also queues load() and stamps each call with its time (.t) and pixel
 // (.i); TikTok's stamps nothing, so its calls get their pixel's load time (ttq.load(); ttq.page()
-// run together). Like TikTok's events.js, every pixel TikTok's stub loaded loads first, then its
-// instance calls run, then the calls queued on q, in order (with ours, loads among them).
+// run together). Every pixel TikTok's stub loaded (its load() is not queued) loads first, then
+// its instance calls run, then the calls queued on q, in order (with ours, loads among them).
 var queued = q.slice(),
   opts = q._o || {},
   times = q._t || {},

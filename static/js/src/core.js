@@ -29,8 +29,9 @@ var METHODS = 'load page track identify instance instances alias group holdConse
 var src = (d.currentScript || {}).src || '';
 var BASE = src.slice(0, Math.max(0, src.lastIndexOf('/s/')));
 
-// The global's name: TikTok's base code passes it as ?lib= and in window.TiktokAnalyticsObject.
-var N = (src.match(/[?&]lib=([\w$]+)/) || [])[1] || w.TiktokAnalyticsObject || 'ttq';
+// The global's name: TikTok's base code passes it as ?lib= and in window.TiktokAnalyticsObject
+// (read only when a base code loaded us, ?sdkid=: TikTok's own pixel may run on the page too).
+var N = (src.match(/[?&]lib=([\w$]+)/) || [])[1] || /[?&]sdkid=/.test(src) && w.TiktokAnalyticsObject || 'ttq';
 var q = w[N];
 if (q && q.version) return; // the SDK already runs on this page
 if (!Array.isArray(q)) q = w[N] = [];
