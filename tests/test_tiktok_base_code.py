@@ -209,3 +209,68 @@ TiktokPixel.track('CompletePayment', {{value: 19.99, currency: 'USD', content_id
     assert paid["event_id"] == "order-77"
     assert paid["value"] == 19.99 and paid["currency"] == "USD"
     assert paid["content_ids"] == ["sku-1"] and paid["content_type"] == "product"
+
+
+# ---- a newer base code: consent methods and a partner option; an older one: no lib= -------------
+
+
+def newer_base_code(package: Path) -> str:
+    """The package's base code made like Ads Manager's current one (consent methods appended to its
+    method list) and like loaders that pass no ``&lib=`` (the global's name is then only in
+    window.TiktokAnalyticsObject): the same structure, other text."""
+    code = base_code(package)
+    code, n = re.subn(r"(ttq\.methods = \[[^\]]*)\]", r"\1, 'holdConsent', 'revokeConsent', 'grantConsent']", code)
+    assert n == 1
+    code, n = re.subn(r"\s*\+\s*'&lib='\s*\+\s*t\b", "", code)
+    assert n == 1
+    return code
+
+
+def test_newer_base_code_consent_partner_and_non_object_parameters(
+        stack, r, ch, ch_database, site, page, tiktok_pixel):
+    pixel = registry.create_pixel(r, "adv-1", ["localhost"])
+    code = with_our_url(newer_base_code(tiktok_pixel), stack)
+    script = f"""<script>
+var warn = function () {{}}, initialized = false, debug = false;
+{code}
+loadLibrary(window, 'tiktokq', '{pixel}', {{}}, {{debug: false}});
+tiktokq.holdConsent();
+tiktokq.debug(true);
+tiktokq.track('ViewContent', 'sku-1');
+tiktokq.track('Search', 42);
+tiktokq.load('{pixel}', {{partner: 'Shopify'}});
+</script>"""
+    site.add("/consent", page_html("Consent", script, "<p>Waiting for the visitor's choice.</p>"))
+    warnings: list[str] = []
+    page.on("console", lambda m: m.type == "warning" and warnings.append(m.text))
+    posts: list[str] = []
+    page.on("request", lambda q: "/e/" in q.url and posts.append(q.url))
+    page.goto(site.url("/consent"))
+    page.wait_for_function("() => window.tiktokq && window.tiktokq.version")
+    assert page.evaluate("window.TiktokAnalyticsObject") == "tiktokq"
+    assert not any(src.find("lib=") >= 0 for src in page.evaluate("[...document.scripts].map(s => s.src)"))
+    page.evaluate("() => new Promise(r => setTimeout(r, 300))")
+    assert posts == []  # consent held: nothing leaves the page
+    # ViewContent's string parameter is not silently dropped: debug mode says so
+    assert any("bad params" in w and "sku-1" in w for w in warnings), warnings
+
+    page.evaluate("tiktokq.grantConsent()")
+    rows = wait_rows(ch, ch_database, f"pixel_id = '{pixel}'", 3)
+    by_event = {row["event"]: row for row in rows}
+    assert sorted(by_event) == ["PageView", "Search", "ViewContent"]
+    assert by_event["Search"]["search_query"] == "42"
+    assert by_event["ViewContent"]["properties"] == "{}" and by_event["ViewContent"]["content_ids"] == []
+
+
+def test_our_snippet_keeps_ttq_beside_another_global_tiktok_named(stack, r, ch, ch_database, site, page):
+    # TikTok's own pixel may run on the same page under its own name: our snippet's SDK (no sdkid=
+    # in its URL) must take over our "ttq", not the global window.TiktokAnalyticsObject names.
+    from tests.browser import snippet
+
+    pixel = registry.create_pixel(r, "adv-1", ["localhost"])
+    theirs = "<script>window.TiktokAnalyticsObject = 'tiktok'; window.tiktok = [];</script>"
+    site.add("/both", page_html("Both", theirs + snippet(pixel, stack)))
+    page.goto(site.url("/both"))
+    page.wait_for_function("() => window.ttq && window.ttq.version")
+    assert page.evaluate("window.tiktok.version === undefined && Array.isArray(window.tiktok)")
+    assert [row["event"] for row in wait_rows(ch, ch_database, f"pixel_id = '{pixel}'", 1)] == ["PageView"]
