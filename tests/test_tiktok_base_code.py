@@ -3,7 +3,8 @@
 The package is installed from the npm registry by the test set-up (into test-artifacts/, never into
 the repository). Its base code points at analytics.tiktok.com; the tests swap that address for the
 collector's ``/s/ct.js`` (matching the host and path, not one exact text) and drive it in Debian's
-Chromium against a real gunicorn collector and sink. Every check is on what ClickHouse stored.
+Chromium against a real gunicorn collector and sink. Every check is on what ClickHouse stored
+(and, for the package, on what the attributor credited to the ad click).
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ import hashlib
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from pixel import registry
 from tests.browser import PageServer, page_html, wait_for
 from tests.conftest import ARTIFACTS, query_dicts
+from tests.servers import env_for
 
 pytestmark = pytest.mark.browser
 
@@ -184,7 +188,8 @@ while (Date.now() < window.queuedAt + 30) {{}}  // the SDK loads later, surely a
 # ---- the package itself, as its README shows ------------------------------------------------------
 
 
-def test_tiktok_pixel_package_used_as_its_readme_shows(stack, r, ch, ch_database, site, page, tiktok_pixel):
+def test_tiktok_pixel_package_used_as_its_readme_shows(
+        stack, settings, r, ch, ch_database, attributor, site, page, tiktok_pixel):
     pixel = registry.create_pixel(r, "adv-1", ["localhost"])
     module = with_our_url((tiktok_pixel / "dist" / "tiktok-pixel.esm.js").read_text(encoding="utf-8"), stack)
     site.add("/tiktok-pixel.esm.js", module)
@@ -197,7 +202,14 @@ TiktokPixel.track('CompletePayment', {{value: 19.99, currency: 'USD', content_id
                                       content_type: 'product'}}, {{event_id: 'order-77'}});
 </script>"""
     site.add("/app", page_html("App", script, "<p>A React-style app using tiktok-pixel.</p>"))
-    page.goto(site.url("/app"))
+    # The visitor comes from an ad: clicktrail's click redirect, then the app's page with ttclid.
+    made = subprocess.run(
+        [sys.executable, "-m", "clicktrail.cli", "click-url", "--advertiser", "adv-1", "--campaign", "cmp-1",
+         "--adgroup", "grp-1", "--ad", "ad-1", "--landing", site.url("/app")],
+        env=env_for(settings, PUBLIC_URL=stack), capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    page.goto(made.stdout.strip())
+    click = parse_qs(urlsplit(page.url).query)["ttclid"][0]
     page.wait_for_function("() => window.ttq && window.ttq.version")
 
     # init()'s own page() and the explicit pageView(): two PageViews, as TikTok's SDK sends them
@@ -206,9 +218,19 @@ TiktokPixel.track('CompletePayment', {{value: 19.99, currency: 'USD', content_id
     for row in views + [paid]:
         assert row["email_sha256"] == sha256("some@email.com")
         assert row["phone_sha256"] == sha256("+442079460958")
+        assert row["click_id"] == click
     assert paid["event_id"] == "order-77"
     assert paid["value"] == 19.99 and paid["currency"] == "USD"
     assert paid["content_ids"] == ["sku-1"] and paid["content_type"] == "product"
+
+    # ...and the purchase is credited to the ad click that brought the visitor.
+    def credited():
+        attributor.settle()
+        return query_dicts(ch, f"SELECT touch_id, credit, campaign_id FROM {ch_database}.credits FINAL"
+                               " WHERE event_id = 'order-77' AND model = 'last_click'")
+
+    assert wait_for(credited, 20, what="the purchase's credit") == [
+        {"touch_id": click, "credit": 1.0, "campaign_id": "cmp-1"}]
 
 
 # ---- a newer base code: consent methods and a partner option; an older one: no lib= -------------
