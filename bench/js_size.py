@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Print the size of the browser files as shipped: minified, and minified + gzip (level 9).
 
-Budgets: stub <= 700 B gzip, SDK <= 4096 B gzip. Exit status 1 when one is over.
+Budgets: stub <= 700 B gzip, SDK <= 5120 B gzip. Exit status 1 when one is over.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 JS_DIR = Path(__file__).resolve().parent.parent / "static" / "js"
-BUDGETS = {"stub.min.js": 700, "ct.min.js": 4096}
+BUDGETS = {"stub.min.js": 700, "ct.min.js": 5120}
 
 
 def gzip_size(data: bytes) -> int:

@@ -32,7 +32,8 @@ def launch(playwright, *extra_args: str):
 
 
 class PageServer:
-    """Serves the HTML registered in ``pages`` (path -> html; the query string is ignored)."""
+    """Serves the HTML registered in ``pages`` (path -> html; the query string is ignored), and
+    JavaScript for paths ending in .js or .mjs (so a page can import an ES module)."""
 
     def __init__(self) -> None:
         self.pages: dict[str, str] = {}
@@ -48,7 +49,8 @@ class PageServer:
                     return
                 data = body.encode("utf-8")
                 self.send_response(200)
-                self.send_header("Content-Type", "text/html; charset=utf-8")
+                kind = "text/javascript" if self.path.split("?")[0].endswith((".js", ".mjs")) else "text/html"
+                self.send_header("Content-Type", kind + "; charset=utf-8")
                 self.send_header("Cache-Control", "no-store")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()

@@ -9,8 +9,9 @@
  * clicktrail browser SDK: a ttq-compatible pixel that talks to a clicktrail collector.
  *
  * Wire contract: docs/wire-format.md. Loaded by the stub (static/js/stub.js), whose queued
- * calls it replays in order with their original timestamps. Defines no global but `ttq`;
- * no public call throws into the page.
+ * calls it replays in order with their original timestamps, or by TikTok's base code, which it
+ * takes over the same way (see ttq.js). Defines no global but `ttq` (or the name TikTok's base
+ * code gives it); no public call throws into the page.
  *
  * The source is these modules (static/js/src/). They are not ES modules but parts of one
  * function body: bench/build_js.py concatenates them, in the order it lists, inside
@@ -18,7 +19,7 @@
  * that into static/js/ct.min.js. So every module sees the others' names (w is window, d is
  * document), and a module only defines things: the one that runs is the last, ttq.js.
  *
- * Size matters (budget: 4 KB gzipped) and the build only strips comments and whitespace, so
+ * Size matters (budget: 5 KB gzipped) and the build only strips comments and whitespace, so
  * names that repeat are short. The main ones:
  *   p        a loaded pixel: {id, o: load options, url: events endpoint, out: events ready to
  *            send, wait: events waiting for hashed user fields, u: the pixel's own identity}
@@ -28,19 +29,23 @@
  * This module: the takeover check, the page's globals, the loaded pixels, and small helpers.
  */
 
-var METHODS = 'load page track identify instance holdConsent grantConsent revokeConsent enableCookie disableCookie debug on off once ready'.split(' ');
+var METHODS = 'load page track identify instance instances alias group holdConsent grantConsent revokeConsent enableCookie disableCookie debug on off once ready'.split(' ');
 
-var q = w.ttq;
+// Default collector: where this script came from (".../s/ct.js" or ".../s/<version>/ct.js",
+// with TikTok's base code "?sdkid=<pixel>&lib=<global>" after it).
+var src = (d.currentScript || {}).src || '';
+var BASE = src.slice(0, Math.max(0, src.lastIndexOf('/s/')));
+
+// The global's name: TikTok's base code passes it as ?lib= and in window.TiktokAnalyticsObject
+// (read only when a base code loaded us, ?sdkid=: TikTok's own pixel may run on the page too).
+var N = (src.match(/[?&]lib=([\w$]+)/) || [])[1] || /[?&]sdkid=/.test(src) && w.TiktokAnalyticsObject || 'ttq';
+var q = w[N];
 if (q && q.version) return; // the SDK already runs on this page
-if (!Array.isArray(q)) q = w.ttq = [];
+if (!Array.isArray(q)) q = w[N] = [];
 
 var loc = location;
 var cr = w.crypto;
 var subtle = cr.subtle; // undefined outside secure contexts
-
-// Default collector: where this script came from (".../s/ct.js" or ".../s/<version>/ct.js").
-var src = (d.currentScript || {}).src || '';
-var BASE = src.slice(0, Math.max(0, src.lastIndexOf('/s/')));
 
 var pixels = [],
   byId = Object.create(null),
@@ -226,7 +231,9 @@ var track = (targets, t, name, props, opts) => {
   if (opts.pixel_code) targets = [byId[opts.pixel_code]].filter(Boolean);
   targets = targets || pixels;
   if (!targets.length) return log('warn', 'no pixel', name);
-  if (props != null && typeof props != 'object') props = log('warn', 'bad params', props);
+  // Non-object parameters: Search's query as a plain string (as widgets send it) is kept as
+  // {query}; any other is left out of the event, with a warning in debug mode.
+  if (props != null && typeof props != 'object') props = name == 'Search' ? {query: String(props)} : log('warn', 'bad params', props);
   // Copy now: the page may change its object after the call.
   props = props ? JSON.parse(JSON.stringify(props)) : undefined;
   var odd = dbg && props && STD.indexOf(name) >= 0 && Object.keys(props).filter(k => PARAMS.indexOf(k) < 0);
@@ -472,21 +479,23 @@ var load = (id, o) => {
   log('log', 'load ' + id, o);
 };
 
-// ttq.instance(id): page/track/identify for that pixel only.
-var handle = id => {
-  id = String(id);
-  var h = handles[id];
-  if (!h) {
-    h = handles[id] = {};
-    ['page', 'track', 'identify'].forEach(m => {
-      h[m] = guard(function () {
-        run(m, arguments, id);
-        return h;
-      });
+// Give h every method, run for pixel id (all pixels when id is undefined); they return h, so
+// calls chain, except instance() and instances(), which return handles.
+var live = (h, id) => {
+  METHODS.forEach(m => {
+    h[m] = guard(function () {
+      var r = run(m, arguments, id);
+      return /^inst/.test(m) ? r : h;
     });
-  }
+  });
   return h;
 };
+
+// ttq.instance(id): the commands for that pixel only.
+var handle = id => handles[id = String(id)] || (handles[id] = live({}, id));
+
+// Methods of TikTok's base code with no meaning here: said so in debug mode, never thrown.
+var nop = m => (p, t, ...a) => log('warn', m + ': not supported', a);
 
 var on = (n, f) => typeof f == 'function' && (handlers[n] = handlers[n] || []).push(f);
 var off = (n, f) => (handlers[n] = (handlers[n] || []).filter(g => g != f && g.f != f));
@@ -503,6 +512,9 @@ var CMD = {
     else user0 = identity(user0, o);
   },
   instance: (p, t, id) => handle(id),
+  instances: () => pixels.map(p => handle(p.id)),
+  alias: nop('alias'),
+  group: nop('group'),
   holdConsent,
   grantConsent,
   revokeConsent,
@@ -531,23 +543,41 @@ var run = (m, a, pid, t) => {
   if (CMD.hasOwnProperty(m)) return CMD[m](p, t || now(), ...a);
 };
 
-var exec = c => c && c.length && run(c[0], c.slice(1), c.i, c.t);
+// c: [method, ...args], from a stub; t and i: its time and pixel when it carries none.
+var exec = (c, t, i) => c && c.length && run(c[0], c.slice(1), c.i || i, c.t || t);
 
 // Take over the stub: the same object (references the page kept still work), real methods,
 // and a push() that runs commands, for stub instance handles made before we loaded.
-var queued = q.slice();
+// Both stubs (ours and TikTok's base code) leave the pixels in q._o (load options) and q._t
+// (load times), and per pixel in q._i the instance handle: TikTok's is an array of the calls
+// queued on it. Our stub also queues load() and stamps each call with its time (.t) and pixel
+// (.i); TikTok's stamps nothing, so its calls get their pixel's load time (ttq.load(); ttq.page()
+// run together). Every pixel TikTok's stub loaded (its load() is not queued) loads first, then
+// its instance calls run, then the calls queued on q, in order (with ours, loads among them).
+var queued = q.slice(),
+  opts = q._o || {},
+  times = q._t || {},
+  inst = q._i || {},
+  mine = queued.map(c => c && c[0] == 'load' && String(c[1])),
+  t0;
 q.length = 0;
-METHODS.forEach(m => {
-  q[m] = guard(function () {
-    return run(m, arguments);
-  });
-});
+Object.keys(opts).forEach(guard(id => {
+  t0 = +times[id] || t0;
+  if (mine.indexOf(id) < 0) load(id, opts[id]);
+  var h = inst[id];
+  if (h && typeof h == 'object') {
+    [].slice.call(h).forEach(guard(c => exec(c, +times[id], id)));
+    if (h.length) h.length = 0;
+    handles[id] = live(h, id);
+  }
+}));
+live(q);
 q.methods = METHODS;
 q.version = '1.0.0';
 q.push = guard(function () {
-  [].forEach.call(arguments, guard(exec));
+  [].forEach.call(arguments, guard(c => exec(c)));
 });
-queued.forEach(guard(exec));
+queued.forEach(guard(c => exec(c, t0)));
 var fns = readyFns;
 readyFns = 0;
 fns.forEach(f => guard(f)(q));

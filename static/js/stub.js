@@ -13,7 +13,7 @@
 (function (w, d, n) {
   var q = w[n] = w[n] || [];
   if (q.methods) return; // stub (or the SDK itself) already on the page
-  q.methods = 'load page track identify instance holdConsent grantConsent revokeConsent enableCookie disableCookie debug on off once ready'.split(' ');
+  q.methods = 'load page track identify instance instances alias group holdConsent grantConsent revokeConsent enableCookie disableCookie debug on off once ready'.split(' ');
   q._i = {}; // instance handles, by pixel id
   q._o = {}; // load options, by pixel id
   q._t = {}; // load time, by pixel id

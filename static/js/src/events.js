@@ -21,7 +21,9 @@ var track = (targets, t, name, props, opts) => {
   if (opts.pixel_code) targets = [byId[opts.pixel_code]].filter(Boolean);
   targets = targets || pixels;
   if (!targets.length) return log('warn', 'no pixel', name);
-  if (props != null && typeof props != 'object') props = log('warn', 'bad params', props);
+  // Non-object parameters: Search's query as a plain string (as widgets send it) is kept as
+  // {query}; any other is left out of the event, with a warning in debug mode.
+  if (props != null && typeof props != 'object') props = name == 'Search' ? {query: String(props)} : log('warn', 'bad params', props);
   // Copy now: the page may change its object after the call.
   props = props ? JSON.parse(JSON.stringify(props)) : undefined;
   var odd = dbg && props && STD.indexOf(name) >= 0 && Object.keys(props).filter(k => PARAMS.indexOf(k) < 0);

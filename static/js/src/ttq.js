@@ -23,21 +23,23 @@ var load = (id, o) => {
   log('log', 'load ' + id, o);
 };
 
-// ttq.instance(id): page/track/identify for that pixel only.
-var handle = id => {
-  id = String(id);
-  var h = handles[id];
-  if (!h) {
-    h = handles[id] = {};
-    ['page', 'track', 'identify'].forEach(m => {
-      h[m] = guard(function () {
-        run(m, arguments, id);
-        return h;
-      });
+// Give h every method, run for pixel id (all pixels when id is undefined); they return h, so
+// calls chain, except instance() and instances(), which return handles.
+var live = (h, id) => {
+  METHODS.forEach(m => {
+    h[m] = guard(function () {
+      var r = run(m, arguments, id);
+      return /^inst/.test(m) ? r : h;
     });
-  }
+  });
   return h;
 };
+
+// ttq.instance(id): the commands for that pixel only.
+var handle = id => handles[id = String(id)] || (handles[id] = live({}, id));
+
+// Methods of TikTok's base code with no meaning here: said so in debug mode, never thrown.
+var nop = m => (p, t, ...a) => log('warn', m + ': not supported', a);
 
 var on = (n, f) => typeof f == 'function' && (handlers[n] = handlers[n] || []).push(f);
 var off = (n, f) => (handlers[n] = (handlers[n] || []).filter(g => g != f && g.f != f));
@@ -54,6 +56,9 @@ var CMD = {
     else user0 = identity(user0, o);
   },
   instance: (p, t, id) => handle(id),
+  instances: () => pixels.map(p => handle(p.id)),
+  alias: nop('alias'),
+  group: nop('group'),
   holdConsent,
   grantConsent,
   revokeConsent,
@@ -82,23 +87,41 @@ var run = (m, a, pid, t) => {
   if (CMD.hasOwnProperty(m)) return CMD[m](p, t || now(), ...a);
 };
 
-var exec = c => c && c.length && run(c[0], c.slice(1), c.i, c.t);
+// c: [method, ...args], from a stub; t and i: its time and pixel when it carries none.
+var exec = (c, t, i) => c && c.length && run(c[0], c.slice(1), c.i || i, c.t || t);
 
 // Take over the stub: the same object (references the page kept still work), real methods,
 // and a push() that runs commands, for stub instance handles made before we loaded.
-var queued = q.slice();
+// Both stubs (ours and TikTok's base code) leave the pixels in q._o (load options) and q._t
+// (load times), and per pixel in q._i the instance handle: TikTok's is an array of the calls
+// queued on it. Our stub also queues load() and stamps each call with its time (.t) and pixel
+// (.i); TikTok's stamps nothing, so its calls get their pixel's load time (ttq.load(); ttq.page()
+// run together). Every pixel TikTok's stub loaded (its load() is not queued) loads first, then
+// its instance calls run, then the calls queued on q, in order (with ours, loads among them).
+var queued = q.slice(),
+  opts = q._o || {},
+  times = q._t || {},
+  inst = q._i || {},
+  mine = queued.map(c => c && c[0] == 'load' && String(c[1])),
+  t0;
 q.length = 0;
-METHODS.forEach(m => {
-  q[m] = guard(function () {
-    return run(m, arguments);
-  });
-});
+Object.keys(opts).forEach(guard(id => {
+  t0 = +times[id] || t0;
+  if (mine.indexOf(id) < 0) load(id, opts[id]);
+  var h = inst[id];
+  if (h && typeof h == 'object') {
+    [].slice.call(h).forEach(guard(c => exec(c, +times[id], id)));
+    if (h.length) h.length = 0;
+    handles[id] = live(h, id);
+  }
+}));
+live(q);
 q.methods = METHODS;
 q.version = '1.0.0';
 q.push = guard(function () {
-  [].forEach.call(arguments, guard(exec));
+  [].forEach.call(arguments, guard(c => exec(c)));
 });
-queued.forEach(guard(exec));
+queued.forEach(guard(c => exec(c, t0)));
 var fns = readyFns;
 readyFns = 0;
 fns.forEach(f => guard(f)(q));
