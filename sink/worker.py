@@ -286,6 +286,16 @@ class Sink:
         XPENDING then XCLAIM rather than XAUTOCLAIM: only XPENDING tells how many times each entry
         was delivered, which is what decides that an entry is poison.
         """
+        try:
+            return self._reclaim(idle_ms)
+        except redis.ResponseError as exc:
+            # The stream (or its group) was deleted under us, as in `_read`: nothing is pending.
+            if not (str(exc).startswith("NOGROUP") or "no such key" in str(exc)):
+                raise
+            self.ensure_group()
+            return []
+
+    def _reclaim(self, idle_ms: int) -> list[Entry]:
         self._forget_dead_consumers()
         pending = self._redis_call(
             self.redis.xpending_range, keys.EVENTS_STREAM, keys.SINK_GROUP, min="-", max="+",

@@ -226,3 +226,12 @@ def test_a_stream_deleted_under_a_blocked_sink_is_made_again_and_the_sink_reads_
         time.sleep(0.1)
     assert worker.poll() is None, "the sink exited"
     assert unique_ids(ch, ch_database) == ["first0", "first1", "second0", "second1", "second2"]
+
+
+def test_reclaiming_after_the_stream_was_deleted_makes_the_group_again(client, tenant, sink, r, ch, ch_database):
+    r.delete(STREAM)  # XINFO CONSUMERS and XPENDING then fail with "no such key" / NOGROUP
+    assert sink.reclaim(0) == []
+    assert [g["name"] for g in r.xinfo_groups(STREAM)] in ([GROUP], [GROUP.encode()])
+    queue(client, tenant, 2, "after")
+    sink.drain()
+    assert unique_ids(ch, ch_database) == ["after0", "after1"]
