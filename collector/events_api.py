@@ -17,7 +17,7 @@ from collector import intake
 from collector.context import services
 from collector.metrics import count_accepted, count_rejected
 from collector.replies import json_reply
-from pixel.events import Context, parse_events
+from pixel.events import MAX_NAME, Context, parse_events
 from pixel.ids import token_hash
 
 bp = Blueprint("events_api", __name__)
@@ -64,6 +64,17 @@ def _envelope(body: object, limit: int) -> tuple[str, list, str]:
     return pixel_id.strip(), data, code
 
 
+def _partner_name(body: dict) -> str:
+    """TikTok's ``partner_name`` (the platform that sent the events), stored with each event."""
+    name = body.get("partner_name")
+    if name is None:
+        return ""
+    if not isinstance(name, str) or len(name) > MAX_NAME:
+        raise BadRequest(f"partner_name must be a string of at most {MAX_NAME} characters", field="partner_name",
+                         code="invalid_field")
+    return name
+
+
 def _seconds_to_ms(value: object) -> object:
     """``sent_at`` (a clicktrail extension: the sender's clock at sending) is in unix seconds, as event_time."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -90,7 +101,8 @@ def track():
         skew = intake.skew_ms(_seconds_to_ms(body.get("sent_at")), received, "seconds")
         ctx = Context(pixel_id=pixel_id, source="server", received_ms=received, skew_ms=skew, ip="",
                       user_agent="", max_age_ms=s.limits.max_event_age_s * 1000,
-                      max_future_ms=s.limits.max_future_s * 1000, test_event_code=test_code)
+                      max_future_ms=s.limits.max_future_s * 1000, test_event_code=test_code,
+                      event_source=body["event_source"], partner_name=_partner_name(body))
         records, rejections = parse_events(data, ctx)
         reasons = [r.reason for r in rejections]
         svc.buffer.append(pixel_id, records, token_hash=token_hash(token), rejected=reasons)

@@ -34,6 +34,7 @@ RELEASED = {
     5: "5d071ac0efa17b743bb2e18fef160ac3df8a08d99bcad77acbfeab195890ea6f",
     6: "94ab588f2b3e45a00322e6de9f5b76d35c7f1679896ac5d71ba7a4b0b362ed1b",
     7: "5a6ae526842f8ca23db1d31c965e98628e837fb2afc73380ad45afdafe533d1a",
+    8: "07661a7b0c5a1fa0e41bea2eb2f888d2c14d3bf1f27aca770ea488d9029aa2c5",
 }
 
 
