@@ -8,6 +8,12 @@ and app event sources registered from the CLI.)
 import json
 import time
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pixel.events import EVENT_SOURCES, Context, Rejection, parse_event
+from pixel.records import entry_fields
+from sink.rows import RowBuilder
 from tests.conftest import now_ms, query_dicts
 
 TRACK = "/open_api/v1.3/event/track/"
@@ -103,3 +109,37 @@ def test_bad_new_fields_are_refused_by_name(client, tenant, sink, ch, ch_databas
     ]
     sink.drain()
     assert list(stored(ch, ch_database)) == ["ok"]
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=300),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3),
+                    max_leaves=8)
+FIELD = st.one_of(JSON, st.sampled_from(EVENT_SOURCES))
+BUILDER = RowBuilder(anonymize_ip=True, ua_cache_size=16)
+
+
+@settings(max_examples=300, deadline=None)
+@given(source=FIELD, partner=FIELD, ad=st.one_of(JSON, st.fixed_dictionaries({"callback": FIELD})),
+       lead=st.one_of(JSON, st.fixed_dictionaries({"lead_id": FIELD, "lead_event_source": FIELD})),
+       contents=st.lists(st.fixed_dictionaries({"content_type": FIELD}), max_size=3))
+def test_any_values_of_the_new_fields_are_stored_right_or_refused_by_name(source, partner, ad, lead, contents):
+    now = int(time.time() * 1000)
+    ctx = Context(pixel_id="CPIX", source="server", received_ms=now, skew_ms=0, ip="", user_agent="",
+                  max_age_ms=7 * 86_400_000, max_future_ms=86_400_000, event_source="app", partner_name="body")
+    raw = {"event": "Lead", "event_time": now // 1000, "event_source": source, "partner_name": partner, "ad": ad,
+           "lead": lead, "properties": {"contents": contents}}
+    result = parse_event(raw, 0, ctx)
+    if isinstance(result, Rejection):
+        assert result.field in {"event_source", "partner_name", "ad", "ad.callback", "lead", "lead.lead_id",
+                                "lead.lead_event_source", "properties.contents", "properties.contents.content_type",
+                                "custom_fields"}
+        return
+    # Through the stream's encoding, as the sink reads it.
+    rows, _, failures = BUILDER.rows(b"1-0", entry_fields("adv", [result]))
+    assert failures == []
+    (row,) = rows
+    assert row.event_source == (source if source is not None else "app")
+    assert row.event_source in EVENT_SOURCES
+    assert row.partner_name == (str(partner) if partner not in (None, "") else "body")
+    assert isinstance(row.click_id, str) and isinstance(row.lead_id, str) and isinstance(row.content_type, str)
+
