@@ -19,7 +19,7 @@ from collector import intake
 from collector.context import services
 from collector.metrics import count_accepted, count_rejected
 from collector.replies import json_reply
-from pixel.events import Context, Rejection, parse_events
+from pixel.events import MAX_NAME, Context, Rejection, parse_events
 from pixel.ids import token_hash
 from pixel.records import EventRecord
 
@@ -80,6 +80,17 @@ def _envelope(body: object, limit: int) -> Envelope:
     return Envelope(pixel_id.strip(), data, read_test_event_code(body), body.get("sent_at"))
 
 
+def _partner_name(body: dict) -> str:
+    """TikTok's ``partner_name`` (the platform that sent the events), stored with each event."""
+    name = body.get("partner_name")
+    if name is None:
+        return ""
+    if not isinstance(name, str) or len(name) > MAX_NAME:
+        raise BadRequest(f"partner_name must be a string of at most {MAX_NAME} characters", field="partner_name",
+                         code="invalid_field")
+    return name
+
+
 def _seconds_to_ms(value: object) -> object:
     """``sent_at`` (a clicktrail extension: the sender's clock at sending) is in unix seconds, as event_time."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -117,7 +128,9 @@ def serve(read: Callable[[object, int], Envelope], parse: Parser):
         skew = intake.skew_ms(_seconds_to_ms(sent_at), received, "seconds")
         ctx = Context(pixel_id=pixel_id, source="server", received_ms=received, skew_ms=skew, ip="",
                       user_agent="", max_age_ms=s.limits.max_event_age_s * 1000,
-                      max_future_ms=s.limits.max_future_s * 1000, test_event_code=test_code)
+                      max_future_ms=s.limits.max_future_s * 1000, test_event_code=test_code,
+                      # 2.0 names its source (checked by its envelope); 1.0 and Meta's bodies are web events.
+                      event_source=body.get("event_source") or "web", partner_name=_partner_name(body))
         records, rejections = parse(data, ctx)
         reasons = [r.reason for r in rejections]
         svc.buffer.append(pixel_id, records, token_hash=token_hash(token), rejected=reasons)

@@ -32,6 +32,8 @@ STANDARD_EVENTS = frozenset(
     PageView""".split()
 )
 SOURCES = ("browser", "image", "server")
+#: TikTok's ``event_source``: where a server event happened (browser events are all ``web``).
+EVENT_SOURCES = ("web", "app", "offline", "crm")
 
 MAX_NAME = 100
 MAX_ID = 128
@@ -113,6 +115,9 @@ class Context:
     max_age_ms: int
     max_future_ms: int
     test_event_code: str = ""
+    # Server events: the body's event_source and partner_name (a row may name its own).
+    event_source: str = "web"
+    partner_name: str = ""
 
 
 def _string(value: Any, field: str, max_len: int, *, required: bool = False) -> str:
@@ -283,7 +288,8 @@ def _user(user: dict, record: dict, prefix: str) -> None:
 #: String properties with a column of their own: (name, maximum length).
 _TEXT_PROPERTIES = (("order_id", MAX_ID), ("content_type", MAX_SHORT), ("content_id", MAX_ID),
                     ("query", MAX_TEXT), ("search_string", MAX_TEXT))
-_CONTENT_TEXT = (("content_id", MAX_ID), ("content_name", MAX_TEXT), ("content_category", MAX_TEXT))
+_CONTENT_TEXT = (("content_id", MAX_ID), ("content_name", MAX_TEXT), ("content_category", MAX_TEXT),
+                 ("content_type", MAX_SHORT))
 
 
 def _properties(props: dict, field: str) -> dict:
@@ -370,7 +376,9 @@ def _finish(record: dict, raw: dict, known: frozenset, event_id_raw: Any) -> dic
 _BROWSER_KEYS = frozenset(
     "event event_id timestamp page ttp ttclid user properties test_event_code limited_data_use".split()
 )
-_SERVER_KEYS = frozenset("event event_id event_time page user properties limited_data_use".split())
+_SERVER_KEYS = frozenset(
+    "event event_id event_time page user properties limited_data_use event_source partner_name".split()
+)
 
 
 def _common(record: dict, raw: dict) -> None:
@@ -397,6 +405,33 @@ def _browser(raw: dict, ctx: Context) -> dict:
     return _finish(record, raw, _BROWSER_KEYS, raw.get("event_id"))
 
 
+def _event_source(value: Any, default: str) -> str:
+    if value is None:
+        return default
+    if value not in EVENT_SOURCES:
+        raise InvalidField("event_source", f"must be one of {', '.join(EVENT_SOURCES)}")
+    return value
+
+
+def _server_fields(record: dict, raw: dict, ctx: Context) -> None:
+    """What only the Events API carries: event source, partner, ad click id, lead.
+
+    ``ad`` and ``lead`` are not known keys, so they are also kept whole in ``extra``.
+    """
+    record["event_source"] = _event_source(raw.get("event_source"), ctx.event_source)
+    record["partner_name"] = _string(raw.get("partner_name"), "partner_name", MAX_NAME) or ctx.partner_name
+    ad = _object(raw.get("ad"), "ad")
+    # ad.callback is TikTok's click id for server events: used when the user gave no ttclid.
+    record["ttclid"] = record["ttclid"] or _string(ad.get("callback"), "ad.callback", MAX_SHORT)
+    lead = _object(raw.get("lead"), "lead")
+    lead_id = _string(lead.get("lead_id"), "lead.lead_id", MAX_ID) or record.get("user_extra", {}).get("lead_id", "")
+    lead_source = _string(lead.get("lead_event_source"), "lead.lead_event_source", MAX_NAME)
+    if lead_id:
+        record["lead_id"] = lead_id
+    if lead_source:
+        record["lead_event_source"] = lead_source
+
+
 def _server(raw: dict, ctx: Context) -> dict:
     record = _base(ctx)
     record["event"] = _event_name(raw)
@@ -404,6 +439,7 @@ def _server(raw: dict, ctx: Context) -> dict:
     record["ttp"] = record["ttclid"] = ""
     _common(record, raw)
     _user(_object(raw.get("user"), "user"), record, "user")
+    _server_fields(record, raw, ctx)
     return _finish(record, raw, _SERVER_KEYS, raw.get("event_id"))
 
 

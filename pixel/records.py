@@ -72,6 +72,12 @@ class EventRecord(TypedDict):
     user_extra: NotRequired[dict[str, str]]  # other user fields, hashed
     test_event_code: str
     limited_data_use: bool
+    # Server events only (absent from browser records and from records queued before they were
+    # added: the sink stores event_source "web" and the rest empty).
+    event_source: NotRequired[str]  # TikTok's: web, app, offline or crm
+    partner_name: NotRequired[str]
+    lead_id: NotRequired[str]  # the Events API's lead.lead_id (or user.lead_id)
+    lead_event_source: NotRequired[str]
 
 
 class TouchRecord(TypedDict):
@@ -179,6 +185,8 @@ class EventRow(NamedTuple):
     received_at: Annotated[int, _col(DATETIME, "received_ms")]
     received_ms: Annotated[int, _col(U64, "received_ms")]
     source: Annotated[str, _col(LC, "source")]
+    event_source: Annotated[str, _col(LC, "event_source")]
+    partner_name: Annotated[str, _col(TEXT, "partner_name")]
     id_generated: Annotated[int, _col(FLAG, "id_generated")]
     browser_id: Annotated[str, _col(TEXT, "ttp")]
     click_id: Annotated[str, _col(TEXT, "ttclid", "url", "referrer")]
@@ -198,6 +206,8 @@ class EventRow(NamedTuple):
     value: Annotated[float, _col("Float64", "properties")]
     currency: Annotated[str, _col(LC, "properties")]
     order_id: Annotated[str, _col(TEXT, "properties")]
+    lead_id: Annotated[str, _col(TEXT, "lead_id")]
+    lead_event_source: Annotated[str, _col(LC, "lead_event_source")]
     content_type: Annotated[str, _col(LC, "properties")]
     content_ids: Annotated[list, _col("Array(String)", "properties")]
     search_query: Annotated[str, _col(TEXT, "properties")]

@@ -65,6 +65,16 @@ def _ms(value: object, name: str, top: int = _MAX_DATETIME_MS) -> int:
     return value
 
 
+def _content_type(props: dict) -> str:
+    """The first ``contents[].content_type``: where TikTok's own templates put it, per content."""
+    contents = props.get("contents")
+    if contents.__class__ is list:
+        for item in contents:
+            if item.__class__ is dict and item.get("content_type") not in (None, ""):
+                return _str(item["content_type"], "properties.contents.content_type")
+    return ""
+
+
 class Failure(NamedTuple):
     """One event of an entry that cannot be stored, and why."""
 
@@ -155,7 +165,7 @@ class RowBuilder:
             value = _value(props.get("value"))
             currency = _str(props.get("currency"), "properties.currency")
             order_id = _str(props.get("order_id"), "properties.order_id")
-            content_type = _str(props.get("content_type"), "properties.content_type")
+            content_type = _str(props.get("content_type"), "properties.content_type") or _content_type(props)
             content_ids = enrich.content_ids(props)
             search_query = _str(props.get("query") or props.get("search_string"), "properties.query")
             properties = _dumps(props).decode()
@@ -173,6 +183,16 @@ class RowBuilder:
         event_time = event_ms // 1000
         received_at = received_ms // 1000
         id_generated = 1 if get("id_generated") else 0
+        # Server-event fields (Events API 2.0); records without them are browser events or were
+        # queued before they existed: TikTok's default source, web.
+        event_source = get("event_source") or "web"
+        partner_name, lead_id = get("partner_name", ""), get("lead_id", "")
+        lead_event_source = get("lead_event_source", "")
+        if not (event_source.__class__ is partner_name.__class__ is lead_id.__class__ is lead_event_source.__class__
+                is str):
+            event_source, partner_name, lead_id, lead_event_source = (
+                _str(event_source, "event_source"), _str(partner_name, "partner_name"), _str(lead_id, "lead_id"),
+                _str(lead_event_source, "lead_event_source"))
         click_id = enrich.click_id(ttclid, page, ref)
         url_host, url_path, referrer_host = page.host, page.path, ref.host
         extra = _dumps(extra).decode() if extra else ""
@@ -184,14 +204,15 @@ class RowBuilder:
         # tests/test_records.py reads this call and fails when the names differ from EventRow's
         # fields, so a column added, renamed or moved in pixel/records.py cannot land in the wrong
         # place. (Passing them by keyword would check that at run time, but made row building about
-        # 15 % more costly in bench/validation_bench.py: CPython matches 47 keywords one by one.)
+        # 15 % more costly in bench/validation_bench.py: CPython matches the keywords one by one.)
         return EventRow(
             advertiser_id, pixel_id, event, event_id, event_time, event_ms, client_ms, sent_ms, received_at,
-            received_ms, source, id_generated, browser_id, click_id, email_sha256, phone_sha256,
-            external_id_sha256, url, url_host, url_path, referrer, referrer_host, utm_source, utm_medium,
-            utm_campaign, utm_content, utm_term, value, currency, order_id, content_type, content_ids,
-            search_query, properties, extra, ip, user_agent, ua_browser, ua_browser_version, ua_os,
-            ua_os_version, device_type, is_bot, test_event_code, limited_data_use, stream_id, dedup_version,
+            received_ms, source, event_source, partner_name, id_generated, browser_id, click_id, email_sha256,
+            phone_sha256, external_id_sha256, url, url_host, url_path, referrer, referrer_host, utm_source,
+            utm_medium, utm_campaign, utm_content, utm_term, value, currency, order_id, lead_id, lead_event_source,
+            content_type, content_ids, search_query, properties, extra, ip, user_agent, ua_browser,
+            ua_browser_version, ua_os, ua_os_version, device_type, is_bot, test_event_code, limited_data_use,
+            stream_id, dedup_version,
         )
 
     def _touch_row(self, stream_id: str, advertiser: str, r: dict) -> TouchRow:

@@ -34,6 +34,7 @@ RELEASED = {
     5: "5d071ac0efa17b743bb2e18fef160ac3df8a08d99bcad77acbfeab195890ea6f",
     6: "94ab588f2b3e45a00322e6de9f5b76d35c7f1679896ac5d71ba7a4b0b362ed1b",
     7: "5a6ae526842f8ca23db1d31c965e98628e837fb2afc73380ad45afdafe533d1a",
+    8: "07661a7b0c5a1fa0e41bea2eb2f888d2c14d3bf1f27aca770ea488d9029aa2c5",
 }
 
 
@@ -153,3 +154,21 @@ def test_the_files_are_numbered_without_gaps(tmp_path):
     (tmp_path / "0003_third.sql").rename(tmp_path / "2_second.sql")
     with pytest.raises(ClicktrailError, match="2_second.sql"):
         schema.load_migrations(tmp_path)
+
+
+def test_rows_stored_before_migration_8_read_as_web_events(server, monkeypatch):
+    """Migration 8 adds columns and remakes events_unique: rows already stored keep every value."""
+    client, prefix = server
+    db = f"{prefix}_old"
+    everything = schema.MIGRATIONS
+    monkeypatch.setattr(schema, "MIGRATIONS", everything[:7])
+    schema.migrate(client, db)
+    # INSERT ... SELECT: the same text for both engines' clients (no client-side data block).
+    client.execute(f"INSERT INTO {db}.events (advertiser_id, pixel_id, event, event_id, event_time, source, "
+                   f"click_id, order_id, value, dedup_version) SELECT 'adv-1', 'CPIX1', 'Purchase', 'old-1', "
+                   f"toDateTime('2026-01-01 00:00:00', 'UTC'), 'server', 'E.C.P.1', 'A-1', 42.5, 7")
+    monkeypatch.setattr(schema, "MIGRATIONS", everything)
+    assert [m.version for m in schema.migrate(client, db)][:1] == [8]
+    rows = client.execute(f"SELECT event_id, source, click_id, order_id, value, event_source, partner_name, "
+                          f"lead_id, lead_event_source FROM {db}.events_unique")
+    assert [tuple(r) for r in rows] == [("old-1", "server", "E.C.P.1", "A-1", 42.5, "web", "", "", "")]

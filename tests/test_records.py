@@ -40,14 +40,16 @@ OLD_ENTRY = {b"a": b"adv-1", b"n": b"1", b"d": b"[" + OLD_RECORD + b"]"}
 EXPECTED_ROW = {
     "advertiser_id": "adv-1", "pixel_id": "CPIX1", "event": "CompletePayment", "event_id": "old-1",
     "event_time": 1767225599, "event_ms": 1767225599000, "client_ms": 1767225599000, "sent_ms": 0,
-    "received_at": 1767225600, "received_ms": 1767225600000, "source": "browser", "id_generated": 0,
+    "received_at": 1767225600, "received_ms": 1767225600000, "source": "browser", "event_source": "web",
+    "partner_name": "", "id_generated": 0,
     "browser_id": "tp-1", "click_id": "E.C.P.1",
     "email_sha256": "8c87b489ce35cf2e2f39f80e282cb2e804932a56a213983eeeb428407d43b52d",
     "phone_sha256": "", "external_id_sha256": "",
     "url": "https://www.shop.example/thanks?utm_source=tt&utm_campaign=spring&ttclid=E.C.P.1",
     "url_host": "www.shop.example", "url_path": "/thanks", "referrer": "https://www.shop.example/cart",
     "referrer_host": "www.shop.example", "utm_source": "tt", "utm_medium": "", "utm_campaign": "spring",
-    "utm_content": "", "utm_term": "", "value": 42.5, "currency": "EUR", "order_id": "A-1", "content_type": "",
+    "utm_content": "", "utm_term": "", "value": 42.5, "currency": "EUR", "order_id": "A-1", "lead_id": "",
+    "lead_event_source": "", "content_type": "",
     "content_ids": ["sku-1"], "search_query": "",
     "properties": '{"value":42.5,"currency":"EUR","order_id":"A-1","contents":[{"content_id":"sku-1","price":42.5}],'
                   '"brand":"x"}',

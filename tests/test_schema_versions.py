@@ -90,7 +90,7 @@ def test_upgrading_to_credits_keeps_the_latest_revision_and_fills_the_sums(serve
     client.execute(f"INSERT INTO {db}.attributions ({', '.join(names)}) VALUES",
                    columns([tuple(row[n] for n in names) for row in old]), columnar=True)
     applied = schema.migrate(client, db)
-    assert [m.version for m in applied] == [6, 7]
+    assert [m.version for m in applied] == list(range(6, len(schema.MIGRATIONS) + 1))
     assert client.execute(f"SELECT touch_id, revision, sign FROM {db}.credits") == [("B", 2, 1)]
     sums = f"SELECT ad_id, sum(conversions), sum(conversion_value) FROM {db}.conversion_stats GROUP BY ad_id ORDER BY ad_id"
     assert [tuple(r) for r in client.execute(sums)] == [("adB", 1.0, 20.0)]
