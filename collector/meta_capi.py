@@ -47,7 +47,11 @@ _FBC = re.compile(r"fb\.[0-9]+\.[0-9]+\.(.+)", re.ASCII | re.DOTALL)
 #: Meta event keys given a place of their own in the 2.0 row; every other key is kept in ``extra``.
 _MAPPED = frozenset("event_name event_id event_time event_source_url referrer_url user_data custom_data".split())
 #: Keys of our own row shape: a Meta event carrying one would be read as ours, so it is refused.
-_OURS = frozenset("event page user properties limited_data_use".split())
+_OURS = frozenset("event page user properties limited_data_use event_source partner_name".split())
+#: Meta's ``action_source`` as TikTok's ``event_source`` (web, app, offline, crm); kept as sent in ``extra`` too.
+EVENT_SOURCE_OF = {"website": "web", "app": "app", "physical_store": "offline", "phone_call": "offline",
+                   "email": "crm", "chat": "crm", "business_messaging": "crm", "system_generated": "crm",
+                   "other": "crm"}
 #: ``user_data`` keys: Meta's name -> the 2.0 ``user`` key.
 _USER_KEYS = {"em": "email", "ph": "phone", "external_id": "external_id",
               "client_ip_address": "ip", "client_user_agent": "user_agent", "fbp": "ttp"}
@@ -204,6 +208,7 @@ def to_row(event: object) -> dict:
     if not isinstance(source, str) or source not in ACTION_SOURCES:
         raise InvalidField("action_source", f"must be one of {', '.join(sorted(ACTION_SOURCES))}")
     row = {k: v for k, v in event.items() if k not in _MAPPED}  # action_source and the rest: extra
+    row["event_source"] = EVENT_SOURCE_OF[source]
     row["event"] = event.get("event_name")
     row["event_time"] = event.get("event_time")
     if event.get("event_id") is not None:

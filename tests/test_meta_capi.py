@@ -84,7 +84,7 @@ def test_sdk_purchase_is_stored_and_deduplicated_with_the_pixel_copy(graph, tena
     assert row["content_ids"] == ["sku-1"]
     assert row["test_event_code"] == "TEST123"
     extra = json.loads(row["extra"])
-    assert extra["action_source"] == "website"
+    assert extra["action_source"] == "website" and row["event_source"] == "web"
     assert extra["user"] == {"fn": sha("joe")}
     (count,) = ch.execute(f"SELECT count() FROM (SELECT 1 FROM {ch_database}.events_unique "
                           "GROUP BY advertiser_id, pixel_id, event, event_id)")[0]
@@ -146,6 +146,7 @@ def test_json_body_with_raw_identifiers_hashed_by_us(client, tenant, sink, ch, c
     assert (row["email_sha256"], row["phone_sha256"]) == (sha("jane@example.com"), sha("+441234567890"))
     assert (row["click_id"], row["currency"], row["content_ids"]) == ("abc", "EUR", ["a", "b"])
     assert json.loads(row["extra"])["action_source"] == "physical_store"
+    assert row["event_source"] == "offline"  # Meta's action_source as TikTok's event_source
 
 
 @pytest.mark.parametrize(("body", "field"), [
