@@ -71,13 +71,19 @@ def _envelope(body: object, limit: int) -> Envelope:
     if not isinstance(pixel_id, str) or not pixel_id.strip():
         raise BadRequest("event_source_id (the pixel id) is required", field="event_source_id",
                          code="invalid_field")
-    data = body.get("data")
-    if not isinstance(data, list) or not data:
-        raise BadRequest("data must be a non-empty list of events", field="data", code="invalid_field")
-    if len(data) > limit:
-        raise BadRequest(f"data must hold at most {limit} events per request", field="data",
-                         code="too_many_events")
+    data = event_list(body, "data", limit)
     return Envelope(pixel_id.strip(), data, read_test_event_code(body), body.get("sent_at"))
+
+
+def event_list(body: dict, name: str, limit: int) -> list:
+    """The body's list of events under ``name`` (2.0's ``data``, 1.0's ``batch``): non-empty, bounded."""
+    rows = body.get(name)
+    if not isinstance(rows, list) or not rows:
+        raise BadRequest(f"{name} must be a non-empty list of events", field=name, code="invalid_field")
+    if len(rows) > limit:
+        raise BadRequest(f"{name} must hold at most {limit} events per request", field=name,
+                         code="too_many_events")
+    return rows
 
 
 def _partner_name(body: dict) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from flask import Blueprint
 
 from clicktrail.errors import BadRequest
-from collector.events_api import Envelope, read_test_event_code, serve
+from collector.events_api import Envelope, event_list, read_test_event_code, serve
 from pixel.events_v1 import parse_events_v1
 
 bp = Blueprint("events_api_v1", __name__)
@@ -37,13 +37,7 @@ def _track(body: object, limit: int) -> Envelope:
 
 def _batch(body: object, limit: int) -> Envelope:
     pixel_id = _pixel_code(body)
-    rows = body.get("batch")
-    if not isinstance(rows, list) or not rows:
-        raise BadRequest("batch must be a non-empty list of events", field="batch", code="invalid_field")
-    if len(rows) > limit:
-        raise BadRequest(f"batch must hold at most {limit} events per request", field="batch",
-                         code="too_many_events")
-    return Envelope(pixel_id, rows, read_test_event_code(body))
+    return Envelope(pixel_id, event_list(body, "batch", limit), read_test_event_code(body))
 
 
 @bp.route("/open_api/v1.3/pixel/track/", methods=["POST"])

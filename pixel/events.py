@@ -135,7 +135,8 @@ def _string(value: Any, field: str, max_len: int, *, required: bool = False) -> 
     return text
 
 
-def _object(value: Any, field: str) -> dict:
+def object_field(value: Any, field: str) -> dict:
+    """``value`` as an object; absent is empty; anything else is refused naming ``field``."""
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -382,10 +383,10 @@ _SERVER_KEYS = frozenset(
 
 
 def _common(record: dict, raw: dict) -> None:
-    page = _object(raw.get("page"), "page")
+    page = object_field(raw.get("page"), "page")
     record["url"] = _string(page.get("url"), "page.url", MAX_URL)
     record["referrer"] = _string(page.get("referrer"), "page.referrer", MAX_URL)
-    record["properties"] = _properties(dict(_object(raw.get("properties"), "properties")), "properties")
+    record["properties"] = _properties(dict(object_field(raw.get("properties"), "properties")), "properties")
     ldu = raw.get("limited_data_use", False)
     if not isinstance(ldu, bool):
         raise InvalidField("limited_data_use", "must be true or false")
@@ -401,7 +402,7 @@ def _browser(raw: dict, ctx: Context) -> dict:
     _common(record, raw)
     code = _string(raw.get("test_event_code"), "test_event_code", 64)
     record["test_event_code"] = code or ctx.test_event_code
-    _user(_object(raw.get("user"), "user"), record, "user")
+    _user(object_field(raw.get("user"), "user"), record, "user")
     return _finish(record, raw, _BROWSER_KEYS, raw.get("event_id"))
 
 
@@ -420,10 +421,10 @@ def _server_fields(record: dict, raw: dict, ctx: Context) -> None:
     """
     record["event_source"] = _event_source(raw.get("event_source"), ctx.event_source)
     record["partner_name"] = _string(raw.get("partner_name"), "partner_name", MAX_NAME) or ctx.partner_name
-    ad = _object(raw.get("ad"), "ad")
+    ad = object_field(raw.get("ad"), "ad")
     # ad.callback is TikTok's click id for server events: used when the user gave no ttclid.
     record["ttclid"] = record["ttclid"] or _string(ad.get("callback"), "ad.callback", MAX_SHORT)
-    lead = _object(raw.get("lead"), "lead")
+    lead = object_field(raw.get("lead"), "lead")
     lead_id = _string(lead.get("lead_id"), "lead.lead_id", MAX_ID) or record.get("user_extra", {}).get("lead_id", "")
     lead_source = _string(lead.get("lead_event_source"), "lead.lead_event_source", MAX_NAME)
     if lead_id:
@@ -438,7 +439,7 @@ def _server(raw: dict, ctx: Context) -> dict:
     record["client_ms"], record["event_ms"] = _server_time(raw, ctx)
     record["ttp"] = record["ttclid"] = ""
     _common(record, raw)
-    _user(_object(raw.get("user"), "user"), record, "user")
+    _user(object_field(raw.get("user"), "user"), record, "user")
     _server_fields(record, raw, ctx)
     return _finish(record, raw, _SERVER_KEYS, raw.get("event_id"))
 

@@ -11,7 +11,7 @@ import re
 from datetime import datetime, timezone
 from typing import Any
 
-from pixel.events import Context, InvalidField, Rejection, parse_event
+from pixel.events import Context, InvalidField, Rejection, object_field, parse_event
 from pixel.records import EventRecord
 
 #: ISO 8601 as TikTok documents it ("2024-05-01T10:00:00Z", with or without an offset or
@@ -40,14 +40,6 @@ def _timestamp(value: Any) -> float:
     return seconds
 
 
-def _object(value: Any, field: str) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise InvalidField(field, "must be an object")
-    return value
-
-
 def to_v2(raw: dict) -> dict:
     """The 2.0 row for one 1.0 event: ``context`` spread over ``page`` and ``user``, the ISO
     ``timestamp`` as ``event_time``, ``context.ad.callback`` (TikTok's click id for server events)
@@ -59,9 +51,9 @@ def to_v2(raw: dict) -> dict:
     kind = raw.get("type")
     if kind not in (None, "track"):
         raise InvalidField("type", 'must be "track"')
-    context = _object(raw.get("context"), "context")
-    user = dict(_object(context.get("user"), "context.user"))
-    callback = _object(context.get("ad"), "context.ad").get("callback")
+    context = object_field(raw.get("context"), "context")
+    user = dict(object_field(context.get("user"), "context.user"))
+    callback = object_field(context.get("ad"), "context.ad").get("callback")
     if callback not in (None, "") and not user.get("ttclid"):
         user["ttclid"] = callback
     for key in ("ip", "user_agent"):
