@@ -157,10 +157,13 @@ class Supervisor:
 
     def wait_ready(self, seconds: float = 60.0) -> None:
         """Return once every child with a health URL answers it (restarting any that die meanwhile)."""
-        waiting = [child.spec.health_url for child in self.children if child.spec.health_url]
+        # Last started, first asked: the front end (started first) is asked only once what it
+        # fronts answers, or it would log every refused connection of the start-up to the terminal.
+        waiting = [child.spec.health_url for child in reversed(self.children) if child.spec.health_url]
         deadline = time.monotonic() + seconds
         while waiting and time.monotonic() < deadline and not self.stop_flag.is_set:
-            waiting = [url for url in waiting if not _answers(url)]
+            while waiting and _answers(waiting[0]):
+                waiting.pop(0)
             if waiting and not self.stop_flag.wait(POLL_S):
                 self._check_all()
         for url in waiting if not self.stop_flag.is_set else ():
