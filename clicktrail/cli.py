@@ -203,6 +203,56 @@ def pixel_snippet(pixel_id: str, collector_url: str | None) -> None:
     click.echo(snippet.build_snippet(pixel_id, (collector_url or settings.site.public_url).rstrip("/")))
 
 
+@main.group()
+def source() -> None:
+    """Register event sources that are not pixels: TikTok App IDs, offline and CRM event sets."""
+
+
+@source.command("add")
+@click.option("--advertiser", required=True, help="advertiser id (created if new)")
+@click.option("--app-id", help="a TikTok App ID: takes Events API 2.0 events with event_source=app")
+@click.option("--offline-set", help="an offline event set id: takes event_source=offline")
+@click.option("--crm-set", help="a CRM event set id: takes event_source=crm")
+@click.option("--name", default="", help="a name to tell it apart (e.g. 'Shop for iOS')")
+def source_add(advertiser: str, app_id: str | None, offline_set: str | None, crm_set: str | None,
+               name: str) -> None:
+    """Register an app or event set as an event source of the advertiser; print its id."""
+    from clicktrail.errors import RegistryError
+    from pixel import sources
+
+    given = [(kind, value) for kind, value in (("app", app_id), ("offline", offline_set), ("crm", crm_set))
+             if value is not None]
+    if len(given) != 1:
+        raise RegistryError("give exactly one of --app-id, --offline-set or --crm-set")
+    ((kind, source_id),) = given
+    sources.add_source(_redis(_settings()), advertiser, kind, source_id, name)
+    click.echo(source_id)
+
+
+@source.command("list")
+@click.option("--advertiser", required=True)
+def source_list(advertiser: str) -> None:
+    """Print the advertiser's event sources that are not pixels, one JSON object a line."""
+    import json
+
+    from pixel import sources
+
+    for source_id, record in sources.list_sources(_redis(_settings()), advertiser).items():
+        click.echo(json.dumps({"event_source_id": source_id, "event_source": record["kind"],
+                               "name": record["name"], "created_at": record["created_at"]}))
+
+
+@source.command("remove")
+@click.argument("source_id")
+@click.option("--advertiser", required=True)
+def source_remove(source_id: str, advertiser: str) -> None:
+    """Unregister an event source: its events are refused from now on, those stored stay; print its id."""
+    from pixel import sources
+
+    sources.remove_source(_redis(_settings()), advertiser, source_id)
+    click.echo(source_id)
+
+
 @main.command("click-url")
 @click.option("--advertiser", required=True)
 @click.option("--campaign", required=True)

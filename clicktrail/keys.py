@@ -22,6 +22,11 @@ DEAD_LETTER_STREAM = PREFIX + "events:dead"
 #: Hash pixel id -> JSON ``{"advertiser_id", "domains": [...], "created_at"}``.
 PIXELS = PREFIX + "pixels"
 
+#: Hash event source id -> JSON ``{"advertiser_id", "kind", "name", "created_at"}``: the event
+#: sources that are not pixels (a TikTok App ID, an offline or CRM event set; see pixel/sources.py).
+#: An id is a pixel or a source, never both.
+SOURCES = PREFIX + "sources"
+
 #: Hash advertiser id -> JSON ``{"advertiser_id", "created_at", "settings": {...}}``.
 ADVERTISERS = PREFIX + "advertisers"
 

@@ -58,7 +58,7 @@ def normalize_domain(value: str) -> str:
     return text
 
 
-def _check_id(kind: str, value: str) -> str:
+def check_id(kind: str, value: str) -> str:
     if not ids.is_valid_id(value):
         raise RegistryError(f"{kind} {value!r} must be 1-64 characters of letters, digits, '_', '-' or '.'")
     return value
@@ -66,7 +66,7 @@ def _check_id(kind: str, value: str) -> str:
 
 def ensure_advertiser(r: redis.Redis, advertiser_id: str) -> dict:
     """Return the advertiser, creating it with the default settings if new."""
-    _check_id("advertiser", advertiser_id)
+    check_id("advertiser", advertiser_id)
     record = {"advertiser_id": advertiser_id, "created_at": int(time.time()), "settings": DEFAULT_SETTINGS}
     r.hsetnx(keys.ADVERTISERS, advertiser_id, orjson.dumps(record))
     return orjson.loads(r.hget(keys.ADVERTISERS, advertiser_id))
@@ -137,6 +137,8 @@ def create_pixel(r: redis.Redis, advertiser_id: str, domains: list[str]) -> str:
     record = {"advertiser_id": advertiser_id, "domains": cleaned, "created_at": int(time.time())}
     while True:
         pixel_id = ids.new_pixel_id()
+        if r.hexists(keys.SOURCES, pixel_id):  # an id is a pixel or an event source (pixel/sources.py)
+            continue
         if r.hsetnx(keys.PIXELS, pixel_id, orjson.dumps(record)):
             break
     _add_advertiser_domains(r, advertiser_id, cleaned)
