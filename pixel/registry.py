@@ -181,11 +181,16 @@ def get_pixel(r: redis.Redis, pixel_id: str) -> dict | None:
 
 
 def list_pixels(r: redis.Redis, advertiser_id: str) -> dict[str, dict]:
+    return owned_records(r, keys.PIXELS, advertiser_id)
+
+
+def owned_records(r: redis.Redis, hash_key: str, advertiser_id: str) -> dict[str, dict]:
+    """The records of a registry hash (pixels, event sources) that belong to the advertiser, by id."""
     found = {}
-    for pixel_id, raw in r.hscan_iter(keys.PIXELS, count=1000):
+    for record_id, raw in r.hscan_iter(hash_key, count=1000):
         record = orjson.loads(raw)
         if record["advertiser_id"] == advertiser_id:
-            found[pixel_id.decode()] = record
+            found[record_id.decode()] = record
     return found
 
 

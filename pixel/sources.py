@@ -86,12 +86,8 @@ def get_source(r: redis.Redis, source_id: str) -> dict | None:
 
 
 def list_sources(r: redis.Redis, advertiser_id: str) -> dict[str, dict]:
-    found = {}
-    for source_id, raw in r.hscan_iter(keys.SOURCES, count=1000):
-        record = orjson.loads(raw)
-        if record["advertiser_id"] == advertiser_id:
-            found[source_id.decode()] = record
-    return dict(sorted(found.items()))
+    """The advertiser's sources by id, in id order."""
+    return dict(sorted(registry.owned_records(r, keys.SOURCES, advertiser_id).items()))
 
 
 def remove_source(r: redis.Redis, advertiser_id: str, source_id: str) -> dict:

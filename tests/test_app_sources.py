@@ -12,8 +12,12 @@ import time
 from datetime import datetime, timezone
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
-from pixel import registry, sources
+from clicktrail.errors import RegistryError
+from pixel import ids, registry, sources
 from tests.attribution_world import HOUR, World, sha
 from tests.conftest import query_dicts
 from tests.http import call
@@ -204,3 +208,20 @@ def test_another_advertisers_source_is_not_in_its_diagnostics(settings, r, api_c
     resp = api_client.get(f"/v1/pixels/{APP_ID}/diagnostics", headers=reports)
     assert resp.status_code == 404 and resp.json["error"]["field"] == "pixel_id"
     assert api_client.get("/v1/advertiser", headers=reports).json["event_sources"] == []
+
+
+@hyp_settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=st.one_of(st.sampled_from(sorted(sources.KINDS)), st.text(max_size=8)),
+       source_id=st.one_of(st.from_regex(r"[0-9]{1,20}", fullmatch=True), st.text(max_size=70)),
+       name=st.text(max_size=120))
+def test_any_registration_input_is_stored_as_given_or_refused_with_a_reason(r, kind, source_id, name):
+    r.delete("ct:sources")
+    try:
+        record = sources.add_source(r, "acme", kind, source_id, name)
+    except RegistryError as exc:
+        assert str(exc) and r.hlen("ct:sources") == 0
+        return
+    assert kind in sources.KINDS and ids.is_valid_id(source_id)
+    assert sources.get_source(r, source_id) == record
+    assert record == {**record, "advertiser_id": "acme", "kind": kind, "name": name.strip()}
+    assert list(sources.list_sources(r, "acme")) == [source_id]
