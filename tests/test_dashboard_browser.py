@@ -721,11 +721,19 @@ def test_a_phone_wide_screen_never_scrolls_sideways_and_tables_scroll_in_their_b
             assert box[0] > box[1] and "more-right" in box[2] and "more-left" not in box[2], (selector, box)
         assert page.evaluate("""() => getComputedStyle(document.querySelector('#breakdown').closest('.scroll-box'),
             '::after').opacity""") == "1"
+        # The names stay in view while the numbers scroll: the first column is as far left after scrolling.
+        name_x = page.evaluate("() => document.querySelector('#breakdown tbody th.name').getBoundingClientRect().x")
         page.screenshot(path=str(ARTIFACTS / "dashboard-390.png"), full_page=True)
+        for section in ("filters", "over-time", "numbers", "recent", "pixels-card"):
+            page.locator(f"#{section}").screenshot(path=str(ARTIFACTS / f"dashboard-390-{section}.png"))
         # Scrolled to its end, the cue moves to the other side.
         page.evaluate("""() => { const wrap = document.querySelector('#breakdown').closest('.table-wrap');
             wrap.scrollLeft = wrap.scrollWidth; }""")
         page.wait_for_selector("#numbers .scroll-box.more-left:not(.more-right)")
+        assert page.evaluate("() => document.querySelector('#breakdown tbody th.name').getBoundingClientRect().x") \
+            == name_x
+        assert page.evaluate(
+            "() => getComputedStyle(document.querySelector('#breakdown tbody th.name')).boxShadow") != "none"
         page.locator("#numbers").screenshot(path=str(ARTIFACTS / "dashboard-390-scrolled.png"))
         assert page.evaluate("document.documentElement.scrollWidth") <= 390
         assert not errors, errors
