@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import time
+import urllib.error
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from zoneinfo import ZoneInfo
@@ -24,7 +25,7 @@ import pytest
 from clicktrail import services
 from pixel import registry
 from tests import servers
-from tests.conftest import ARTIFACTS, Tenant
+from tests.conftest import ARTIFACTS, ROOT, Tenant
 
 pytestmark = pytest.mark.browser
 
@@ -739,3 +740,77 @@ def test_a_phone_wide_screen_never_scrolls_sideways_and_tables_scroll_in_their_b
         assert not errors, errors
     finally:
         ctx.close()
+
+
+def test_money_has_the_minor_unit_of_the_advertisers_currency_and_only_its_label(r, client, api_client, sink,
+                                                                                   attributor, api_base, page):
+    """A yen advertiser (no minor unit): 1,000 spent on 3 clicks and 7 impressions shows CPC 333 and
+    CPM 142857, never 333.33 or a dollar sign; two orders in euros, for which no exchange rate was
+    posted, are counted in a warning when the API counts them."""
+    registry.update_settings(r, "yen", currency="JPY")
+    shop = Tenant(r, "yen", "yen.example")
+    ads = registry.create_token(r, "yen", ["adserver"])
+    reports = registry.create_token(r, "yen", ["reports"])
+    day = datetime.now(UTC).date() - timedelta(days=1)
+    noon = int(datetime(day.year, day.month, day.day, 12, tzinfo=UTC).timestamp())
+    clicks = [{"click_id": f"y{i}", "click_time": noon + i, "campaign_id": "tokyo", "adgroup_id": "tokyo-g",
+               "ad_id": "tokyo-ad"} for i in range(3)]
+    for path, body in (("/v1/clicks", {"clicks": clicks}),
+                       ("/v1/costs", {"costs": [{"date": day.isoformat(), "campaign_id": "tokyo", "adgroup_id": "tokyo-g",
+                                                 "ad_id": "tokyo-ad", "spend": 1000.0, "impressions": 7}]})):
+        resp = api_client.post(path, json=body, headers={"Authorization": f"Bearer {ads}"})
+        assert resp.status_code == 200, resp.json
+    now = int(time.time()) - 60
+    orders = [("yen-order", 2500.0, "JPY", "y0"), ("euro-order-1", 10.0, "EUR", "y1"), ("euro-order-2", 12.0, "EUR", "y2")]
+    for event_id, value, currency, click_id in orders:
+        body = {"event_source": "web", "event_source_id": shop.pixel_id, "data": [{
+            "event": "CompletePayment", "event_id": event_id, "event_time": now, "user": {"ttclid": click_id},
+            "properties": {"value": value, "currency": currency, "order_id": event_id}}]}
+        resp = client.post("/open_api/v1.3/event/track/", json=body, headers={"Access-Token": shop.token})
+        assert resp.status_code == 200 and resp.json["data"]["accepted"] == 1, resp.json
+    sink.drain()
+    attributor.settle()
+
+    sign_in(page, api_base, reports)
+    wait_table(page, "last_click")
+    assert headings(page, "breakdown")[1:6] == ["Spend (JPY)", "Impressions", "Clicks", "CTR", "CPC (JPY)"]
+    ad = next(row for row in table_rows(page) if row[0] == "ad")
+    assert ad[:8] == ["ad", "tokyo-ad", "1000", "7", "3", "42.86%", "333", "142857"]
+    assert ad[8] == "3" and ad[11] == "333"  # three conversions, CPA 1000 / 3
+    # The value: whatever the API sums in yen (the orders in euros only once it converts them), unrounded
+    # to the yen.
+    q = page_query(page)
+    totals = api_get(api_base, reports, "/v1/reports", metrics=",".join(METRICS), **q)["totals"]
+    assert ad[9] == shown("money", totals["conversion_value"], 0) and "." not in ad[9]
+    page.select_option("#chart-metric", "spend")
+    assert bar_titles(page) == [f"{day.isoformat()} \u00b7 Spend: 1000 JPY"]
+    assert page.inner_text("#chart-caption") == "Spend (JPY) per day"
+    with page.expect_download() as info:
+        page.click("#download-csv")
+    lines = list(csv.reader(io.StringIO(info.value.path().read_text(encoding="utf-8"))))
+    assert lines[0][4:10] == ["spend_jpy", "impressions", "clicks", "ctr", "cpc_jpy", "cpm_jpy"]
+    assert lines[3][4:10] == ["1000", "7", "3", "42.86%", "333", "142857"]
+
+    # Conversions in a currency without an exchange rate: a warning exactly when the API counts them.
+    try:
+        counted = api_get(api_base, reports, "/v1/reports", metrics="conversions,unconverted_conversions", **q)
+        unconverted = counted["totals"].get("unconverted_conversions", counted.get("unconverted_conversions"))
+    except urllib.error.HTTPError as exc:  # an API that does not convert currencies knows no such metric
+        assert exc.code == 400 and "unconverted_conversions" in exc.read().decode()
+        unconverted = None
+    if unconverted:
+        assert unconverted == 2  # the two orders in euros
+        assert page.inner_text("#unconverted").startswith(
+            "2 conversions in currencies without an exchange rate are not in Value")
+    else:
+        assert not page.is_visible("#unconverted")
+
+    # No currency but the advertiser's is named anywhere, and the dashboard has none of its own.
+    page.click("button.conversion[data-event-id='yen-order']")
+    page.wait_for_selector("#explanation article.explain")
+    assert "value 2500 JPY" in page.inner_text("#explanation")
+    text = page.inner_text("#app")
+    assert "USD" not in text, text[max(0, text.find("USD") - 300):text.find("USD") + 50]
+    for name in ("app.js", "index.html"):
+        assert "USD" not in (ROOT / "static" / "dashboard" / name).read_text(encoding="utf-8")
+    page.screenshot(path=str(ARTIFACTS / "dashboard-yen.png"), full_page=True)

@@ -189,7 +189,7 @@
   const ratio = (x) => (isNum(x) ? x.toFixed(2) : null);
   const divide = (a, b) => (isNum(a) && isNum(b) && b !== 0 ? a / b : null);
 
-  /** Digits after the point of an ISO 4217 currency (JPY 0, USD 2, KWD 3), from the browser's
+  /** Digits after the point of an ISO 4217 currency (JPY 0, EUR 2, KWD 3), from the browser's
    *  own currency data; 2 for a code it does not know. */
   function minorUnit(currency) {
     if (!/^[A-Z]{3}$/.test(currency || '')) return 2;
