@@ -206,10 +206,11 @@
     return isNum(x) ? x.toFixed(minorUnit(currency === undefined ? state.currency : currency)) : null;
   }
 
-  /** An amount in `currency` with its code, or unlabelled (the advertiser's minor unit) when it has none. */
+  /** An amount in `currency` with its code; without one, the number as it is (at most 2 decimals)
+   *  and no label: it may be in any currency. */
   function amount(x, currency) {
     const known = typeof currency === 'string' && /^[A-Z]{3}$/.test(currency);
-    return known ? money(x, currency) + ' ' + currency : money(x);
+    return known ? money(x, currency) + ' ' + currency : count(x);
   }
 
   const FORMATS = {money: (x) => money(x), integer: integer, percent: percent, count: count, ratio: ratio};
