@@ -30,7 +30,7 @@ from clicktrail.config import Settings
 from clicktrail.clickhouse import NETWORK_ERRORS
 from clicktrail.errors import LeaseLost
 from clicktrail.inserts import columns
-from clicktrail.lifecycle import StopFlag, retry_until_stopped
+from clicktrail.lifecycle import Heartbeat, StopFlag, retry_until_stopped
 from clicktrail.schema import CANDIDATE_COLUMN_NAMES, CREDIT_INPUT_COLUMN_NAMES
 from pixel import records
 from pixel.registry import advertiser_settings
@@ -204,6 +204,7 @@ class Attributor:
         self._pending: Future | None = None
         self.db = database
         self.stop = stop
+        self.heartbeat = Heartbeat(settings.paths.heartbeat_file)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.revisions_written = 0
         self._lease_script = r.register_script(_LEASE_LUA)
@@ -241,6 +242,7 @@ class Attributor:
 
         try:
             while not self.stop.is_set:
+                self.heartbeat.beat()  # a standby beats too: it is ready to take over
                 retry(lead_once, errors=(redis.ConnectionError, redis.TimeoutError), stop=self.stop,
                       backoff=Backoff(cap=self.settings.retry.backoff_cap_s), on_failure=_redis_failed)
         finally:

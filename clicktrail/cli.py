@@ -140,6 +140,29 @@ def up(bind: str, api_bind: str, sinks: int, no_services: bool) -> None:
 
 
 @main.command()
+@click.option("--max-age", default=60.0, show_default=True, type=click.FloatRange(min=1),
+              help="seconds since the worker's last heartbeat after which it counts as stuck")
+def alive(max_age: float) -> None:
+    """Exit 0 when this container's sink or attributor is working (for a healthcheck), else 1.
+
+    Reads CLICKTRAIL_HEARTBEAT_FILE, which the worker touches while its loop turns.
+    """
+    from clicktrail.lifecycle import heartbeat_age
+
+    path = _settings().paths.heartbeat_file
+    if not path:
+        raise click.UsageError("CLICKTRAIL_HEARTBEAT_FILE is not set, so no worker leaves a heartbeat")
+    age = heartbeat_age(path)
+    if age is None:
+        click.echo(f"no heartbeat yet at {path}", err=True)
+        sys.exit(1)
+    if age > max_age:
+        click.echo(f"last heartbeat {age:.0f} s ago (more than {max_age:.0f} s): stuck or stopped", err=True)
+        sys.exit(1)
+    click.echo(f"alive: last heartbeat {age:.1f} s ago")
+
+
+@main.command()
 def services() -> None:
     """Start local Redis and ClickHouse where none listens; print their URLs."""
     from clicktrail import services as svc
