@@ -22,6 +22,7 @@ import orjson
 import redis
 from clickhouse_driver import Client
 
+from attribution.erasure import Eraser, due_every
 from attribution import models, store
 from pixel.touchpoints import Touch
 from clicktrail import clickhouse, keys, redis_client, scripting
@@ -209,6 +210,8 @@ class Attributor:
         self.revisions_written = 0
         self._lease_script = r.register_script(_LEASE_LUA)
         self._release_script = r.register_script(_RELEASE_LUA)
+        self.eraser = Eraser(r, ch, database, self._stamp, self._publish)
+        self._erasure_due = due_every(1.0)
         self._candidates_sql = (f"INSERT INTO {database}.attribution_candidates "
                                 f"({', '.join(CANDIDATE_COLUMN_NAMES)}) VALUES")
         self._credits_sql = f"INSERT INTO {database}.credit_input ({', '.join(CREDIT_INPUT_COLUMN_NAMES)}) VALUES"
@@ -264,6 +267,9 @@ class Attributor:
         except LeaseLost:
             return True  # the tick stopped unacknowledged; the new holder reclaims its notices
         self._prune_if_due()
+        if self._erasure_due():
+            retry(self.eraser.step, errors=NETWORK_ERRORS, on_failure=self._storage_failed,
+                  backoff=Backoff(cap=self.settings.retry.backoff_cap_s), stop=self.stop)
         return True
 
     def _prune_if_due(self) -> None:

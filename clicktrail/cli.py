@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -160,6 +161,46 @@ def alive(max_age: float) -> None:
         click.echo(f"last heartbeat {age:.0f} s ago (more than {max_age:.0f} s): stuck or stopped", err=True)
         sys.exit(1)
     click.echo(f"alive: last heartbeat {age:.1f} s ago")
+
+
+@main.command()
+@click.option("--advertiser", required=True, help="whose data (only this advertiser's is touched)")
+@click.option("--email-sha256", "emails", multiple=True, help="SHA-256 hex of the normalised email")
+@click.option("--phone-sha256", "phones", multiple=True, help="SHA-256 hex of the E.164 phone")
+@click.option("--external-id-sha256", "external_ids", multiple=True, help="SHA-256 hex of the external id")
+@click.option("--ttp", "browser_ids", multiple=True, help="a browser id (_ttp cookie)")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="wait until it is done, then print its record")
+@click.option("--timeout", default=900.0, show_default=True, type=float, help="seconds to wait at most")
+def erase(advertiser: str, emails, phones, external_ids, browser_ids, wait: bool, timeout: float) -> None:
+    """Erase one person's data (events, touchpoints, identity links, credits) for one advertiser.
+
+    Queued like `POST /v1/erasure`; the attributor does the work. Prints the request id, then,
+    with --wait, the audit record once done (it holds no identifier).
+    """
+    import json
+
+    from clicktrail.errors import BadRequest
+    from pixel import erasure
+
+    user = {kind: list(values) for kind, values in (("email", emails), ("phone", phones),
+                                                  ("external_id", external_ids), ("ttp", browser_ids)) if values}
+    try:
+        identifiers = erasure.parse_identifiers({"user": user})
+    except BadRequest as exc:
+        raise click.UsageError(exc.message.replace("user.", "--")) from exc
+    r = _redis(_settings())
+    request_id = erasure.submit(r, advertiser, identifiers, "cli")
+    click.echo(request_id)
+    if not wait:
+        return
+    deadline = time.monotonic() + timeout
+    while (record := erasure.audit(r, advertiser, request_id))["status"] != erasure.DONE:
+        if time.monotonic() > deadline:
+            click.echo(f"not done after {timeout:.0f} s (is an attributor running?); it goes on: "
+                       f"GET /v1/erasure/{request_id}", err=True)
+            sys.exit(1)
+        time.sleep(0.5)
+    click.echo(json.dumps(record, sort_keys=True))
 
 
 @main.command()
@@ -336,7 +377,7 @@ def token() -> None:
 
 @token.command("create")
 @click.option("--advertiser", required=True, help="advertiser id (created if new)")
-@click.option("--scope", "scopes", required=True, help="comma-separated: events, reports, optimizer, adserver")
+@click.option("--scope", "scopes", required=True, help="comma-separated: events, reports, optimizer, adserver, privacy")
 def token_create(advertiser: str, scopes: str) -> None:
     """Create an API token and print it (stored only as a hash: it cannot be shown again)."""
     from pixel import registry

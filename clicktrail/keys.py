@@ -55,3 +55,16 @@ REJECTED_COUNTS = PREFIX + "stats:rejected"
 #: Write time (ms) up to which everything the attributor stamped is stored; the optimizer feed's
 #: cursors never go past it (see reporting/feed.py).
 FEED_WATERMARK = PREFIX + "feed:watermark"
+
+#: Erasure requests not yet done: sorted set request id -> requested time (ms). See pixel/erasure.py.
+ERASURE_QUEUE = PREFIX + "erasures"
+
+
+def erasure_audit(request_id: str) -> str:
+    """The audit record of an erasure request (JSON; kept for good, holds no identifier)."""
+    return f"{PREFIX}erasure:{request_id}"
+
+
+def erasure_work(request_id: str) -> str:
+    """An erasure's identifiers and progress (JSON), deleted when it is done."""
+    return f"{PREFIX}erasure:{request_id}:work"

@@ -18,7 +18,7 @@ from clicktrail import keys
 from clicktrail.errors import RegistryError
 from pixel import ids
 
-SCOPES = ("events", "reports", "optimizer", "adserver")
+SCOPES = ("events", "reports", "optimizer", "adserver", "privacy")
 #: Attribution settings every new advertiser starts with (TikTok's defaults).
 DEFAULT_SETTINGS = {
     "click_window_days": 7,
