@@ -108,6 +108,16 @@ def eligible(candidates: list[Candidate], conversion_ms: int, windows: Windows) 
     return sorted(unique.values(), key=lambda t: t.order_key)
 
 
+def order_keeper(seen: list[tuple[int, int, str]]) -> str:
+    """Of the conversions sharing an order id, as (event ms, first received ms, event id), the one
+    that keeps the credit: the earliest event time, then the first received, then the event id.
+
+    It depends on the conversions only, never on the order they arrived or were attributed in,
+    so a replay of the same events in any order gives the same answer.
+    """
+    return min(seen)[2]
+
+
 def _exact(weights: list[float]) -> list[float]:
     """Normalise weights so the credits sum to exactly 1.0 (the remainder goes to the largest)."""
     total = math.fsum(weights)
