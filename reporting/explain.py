@@ -52,9 +52,10 @@ def _why_not(touch: models.Candidate, conv_ms: int, windows: models.Windows, cho
 class _Conversion:
     """One conversion's stored attribution (latest revision) and the converting event's own facts."""
 
-    def __init__(self, conversion: list[dict], credited: list[dict], event: unattributed.Event | None) -> None:
+    def __init__(self, advertiser_id: str, conversion: list[dict], credited: list[dict],
+                 event: unattributed.Event | None) -> None:
         self.head = conversion[0]
-        self.key = (g.caller.advertiser_id, self.head["pixel_id"], self.head["event"], self.head["event_id"])
+        self.key = (advertiser_id, self.head["pixel_id"], self.head["event"], self.head["event_id"])
         self.conv_ms = self.head["conversion_ms"]
         self.windows = models.Windows(credited[0]["click_window_days"], credited[0]["view_window_days"])
         self.candidates = sorted(
@@ -144,6 +145,6 @@ def explain(event_id: str):
     svc = api_services()
     ch = svc.clickhouse.get()
     events = unattributed.events(ch, svc.database, advertiser, event_id)
-    conversions = [_Conversion(cands, creds, events.get(key)).explain(ch, svc.database)
+    conversions = [_Conversion(advertiser, cands, creds, events.get(key)).explain(ch, svc.database)
                    for key, (cands, creds) in by_conversion.items() if cands and creds]
     return jsonify(conversions=conversions)
