@@ -10,6 +10,7 @@ from clicktrail.errors import BufferUnavailable, RequestError
 from collector import intake
 from collector.context import services
 from collector.metrics import count_accepted, count_rejected
+from collector.privacy import before_queue
 from collector.replies import json_reply
 from pixel import click_cache
 from pixel.click_urls import add_click_id, check_landing, new_click_id, read_token
@@ -49,6 +50,7 @@ def click_redirect(token: str) -> Response:
         record = _click_record(click, click_id)
         touch = Touch(click["advertiser"], "click", click_id, record["touch_ms"], record["campaign_id"],
                       record["adgroup_id"], record["ad_id"], record["browser_id"], "", "", "")
+        before_queue([record], svc.settings.privacy)
         svc.buffer.append_click(click["advertiser"], host, record, click_cache.key(click["advertiser"], click_id),
                                 click_cache.value(touch), click_cache.TTL_S)
     except BufferUnavailable:
