@@ -47,10 +47,9 @@ def click_redirect(token: str) -> Response:
         click = read_token(svc.settings.site.secret_key, token)
         host = check_landing(click["landing"])
         click_id = new_click_id()
-        record = _click_record(click, click_id)
+        record = before_queue([_click_record(click, click_id)], svc.settings.privacy)[0]
         touch = Touch(click["advertiser"], "click", click_id, record["touch_ms"], record["campaign_id"],
                       record["adgroup_id"], record["ad_id"], record["browser_id"], "", "", "")
-        before_queue([record], svc.settings.privacy)
         svc.buffer.append_click(click["advertiser"], host, record, click_cache.key(click["advertiser"], click_id),
                                 click_cache.value(touch), click_cache.TTL_S)
     except BufferUnavailable:
