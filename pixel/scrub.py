@@ -50,13 +50,6 @@ _PARAM_RE = re.compile(r"(?<![^?&#;\s])([^?&#;=\s]+)=([^&#;\s]*)")
 #: a substring test each, in C, costs less than one case-insensitive regex alternation).
 _HINTS = ("mail", "phone", "tel", "mobile", "cell", "msisdn", "ip", "addr", "forward")
 
-
-def _hinted(text: str) -> bool:
-    lowered = text.lower()
-    for hint in _HINTS:
-        if hint in lowered:
-            return True
-    return False
 _CAMEL = re.compile(r"([a-z0-9])([A-Z])")
 _TOKENS = re.compile(r"[^a-z0-9]+")
 _IPV4 = re.compile(r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}", re.ASCII)
@@ -67,8 +60,23 @@ _PHONE_TOKENS = frozenset(("tel", "telephone", "mobile", "mobilenumber", "cell",
 _IP_JOINED = frozenset(("remoteaddr", "remoteaddress", "xforwardedfor", "forwardedfor", "xrealip"))
 
 
-@lru_cache(maxsize=8192)
 def kind_of_key(key: str) -> str | None:
+    """What personal data a key (object key or URL parameter name) names: EMAIL, PHONE, IP or None
+    (see ``_kind_of``); remembered for the usual short keys."""
+    return _kind_of_cached(key) if len(key) <= 128 else _kind_of(key)
+
+
+def _hinted(text: str) -> bool:
+    """Whether ``text`` may hold a parameter name that ``kind_of_key`` takes for personal data."""
+    # A name may be percent-encoded ("ph%6Fne"): names are decoded once before they are read.
+    lowered = (unquote_plus(text) if "%" in text else text).lower()
+    for hint in _HINTS:
+        if hint in lowered:
+            return True
+    return False
+
+
+def _kind_of(key: str) -> str | None:
     """What personal data a key (object key or URL parameter name) names: EMAIL, PHONE, IP or None.
 
     The key is split into words (``user_email``, ``userEmail``, ``e-mail`` ->  user, email...):
@@ -77,7 +85,7 @@ def kind_of_key(key: str) -> str | None:
     (``client_ip``, ``ip``), a name ending in ``ipaddress``, ``remote_addr`` or
     ``x-forwarded-for`` is an IP address. ``hotel``, ``zip`` or ``ip_country`` are none of these.
     """
-    words = [w for w in _TOKENS.split(_CAMEL.sub(r"\1_\2", key[:128]).lower()) if w]
+    words = [w for w in _TOKENS.split(_CAMEL.sub(r"\1_\2", key).lower()) if w]
     if not words:
         return None
     joined = "".join(words)
@@ -88,6 +96,9 @@ def kind_of_key(key: str) -> str | None:
     if words[-1] in ("ip", "ips", "ipv4", "ipv6") or joined.endswith("ipaddress") or joined in _IP_JOINED:
         return IP
     return None
+
+
+_kind_of_cached = lru_cache(maxsize=8192)(_kind_of)
 
 
 def anonymize_ip(text: str) -> str:

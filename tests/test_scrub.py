@@ -30,6 +30,7 @@ HEX64 = re.compile(r"[0-9a-f]{64}")
      f"https://shop.example/?phone={sha('+33612345678')}"),
     ("https://shop.example/#/signup?mobile=0612345678&step=2", f"https://shop.example/#/signup?mobile={sha('+0612345678')}&step=2"),
     ("https://shop.example/?client_ip=203.0.113.77&q=shoes", "https://shop.example/?client_ip=203.0.113.0&q=shoes"),
+    ("https://shop.example/?ph%6Fne=0612345678", f"https://shop.example/?ph%6Fne={sha('+0612345678')}"),
     ("mailto:Jane@Example.com", f"mailto:{JANE}"),
     ("https://mail.example/inbox?from=jane%2540example.com", f"https://mail.example/inbox?from={JANE}"),
     ("contact: jane@example.com, or jane@example.com", f"contact: {JANE}, or {JANE}"),
@@ -47,6 +48,7 @@ def test_text_is_scrubbed_as_documented(text, expected):
     ("phone", "phone"), ("phone_number", "phone"), ("PhoneNumber", "phone"), ("tel", "phone"),
     ("mobile", "phone"), ("cell", "phone"), ("msisdn", "phone"),
     ("ip", "ip"), ("ip_address", "ip"), ("clientIp", "ip"), ("X-Forwarded-For", "ip"), ("remote_addr", "ip"),
+    ("x" * 300 + "_phone", "phone"),
     ("hotel", None), ("zip", None), ("ip_country", None), ("utm_medium", None), ("value", None), ("telemetry", None),
 ])
 def test_keys_that_name_personal_data(key, kind):
