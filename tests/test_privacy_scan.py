@@ -204,7 +204,8 @@ def test_no_raw_email_phone_or_ip_reaches_redis_or_any_column(collector, tenant,
 def test_with_anonymisation_off_the_ip_is_kept_but_addresses_are_still_hashed(settings, r, tenant, sink, ch,
                                                                               ch_database):
     client = create_app({**where(settings), "TRUST_PROXY_HEADERS": True, "ANONYMIZE_IP": False}).test_client()
-    body = {"events": [{"event": "PageView", "event_id": "e-1", "page": {"url": "https://shop.example/?email=jane@example.com"},
+    body = {"events": [{"event": "PageView", "event_id": "e-1",
+                        "page": {"url": "https://shop.example/?email=jane@example.com"},
                         "ip_address": IPS["browser"], "user": {"ip": IPS["forged"]}}]}
     resp = client.post(f"/e/{tenant.pixel_id}", data=json.dumps(body),
                        headers={"Origin": "https://shop.example", "X-Forwarded-For": IPS["browser"]})

@@ -28,7 +28,8 @@ HEX64 = re.compile(r"[0-9a-f]{64}")
     ("https://shop.example/?E-Mail=Jane%40Example.com#top", f"https://shop.example/?E-Mail={JANE}#top"),
     ("https://shop.example/?phone=%2B33%206%2012%2034%2056%2078",
      f"https://shop.example/?phone={sha('+33612345678')}"),
-    ("https://shop.example/#/signup?mobile=0612345678&step=2", f"https://shop.example/#/signup?mobile={sha('+0612345678')}&step=2"),
+    ("https://shop.example/#/signup?mobile=0612345678&step=2",
+     f"https://shop.example/#/signup?mobile={sha('+0612345678')}&step=2"),
     ("https://shop.example/?client_ip=203.0.113.77&q=shoes", "https://shop.example/?client_ip=203.0.113.0&q=shoes"),
     ("https://shop.example/?ph%6Fne=0612345678", f"https://shop.example/?ph%6Fne={sha('+0612345678')}"),
     ("mailto:Jane@Example.com", f"mailto:{JANE}"),
@@ -68,7 +69,8 @@ def test_values_under_personal_keys_are_hashed_as_advanced_matching_hashes_them(
 
 def test_a_record_keeps_its_hashes_and_its_ip_is_anonymised_unless_turned_off():
     def record():
-        return {"pixel_id": "P", "source": "server", "ip": "203.0.113.77", "email": JANE, "url": "https://s.example/?email=jane@example.com",
+        return {"pixel_id": "P", "source": "server", "ip": "203.0.113.77", "email": JANE,
+                "url": "https://s.example/?email=jane@example.com",
                 "extra": {"ip_address": "203.0.113.77"}, "properties": {}, "received_ms": 1}
     scrubbed = scrub_record(record())
     assert scrubbed["ip"] == "203.0.113.0" and scrubbed["email"] == JANE
@@ -100,7 +102,8 @@ _PIECES = st.sampled_from(["jane", "Jane.Doe", "@", "%40", "%2540", "example", "
                            "&", "?", "#", "email=", "phone=", "&tel=", "ip=", "é", "例え", "x@y.zz", " ", "1"])
 TEXT = st.one_of(st.text(max_size=20), st.lists(_PIECES | st.text(max_size=3), max_size=12).map("".join))
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats(allow_nan=False, allow_infinity=False) | TEXT,
+    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats(allow_nan=False, allow_infinity=False)
+    | TEXT,
     lambda children: st.lists(children, max_size=5) | st.dictionaries(TEXT | st.sampled_from(
         ["email", "Phone", "user_email", "ip_address", "mobile", "value", "hotel"]), children, max_size=5),
     max_leaves=30,
