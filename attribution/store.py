@@ -55,7 +55,8 @@ def load_conversions(ch: Client, db: str, keys: dict[tuple, int | None]) -> list
     if not keys:
         return []
     fields = ["event_ms", "click_id", "browser_id", "email_sha256", "phone_sha256", "external_id_sha256", "value",
-              "currency", "device_type", "ua_os", "ua_browser", "utm_source", "utm_campaign", "order_id"]
+              "currency", "device_type", "ua_os", "ua_browser", "utm_source", "utm_campaign", "order_id",
+              "limited_data_use"]
     picked = ", ".join(f"argMax({f}, dedup_version)" for f in fields)
     dated = {k: ms for k, ms in keys.items() if ms}
     undated = [k for k, ms in keys.items() if not ms]
@@ -76,7 +77,21 @@ def load_conversions(ch: Client, db: str, keys: dict[tuple, int | None]) -> list
         "HAVING argMax(test_event_code, dedup_version) = ''",
         external_tables=tables,
     )
-    return [Conversion._make(row) for row in rows]
+    return [_conversion(row) for row in rows]
+
+
+def _conversion(row: tuple) -> Conversion:
+    """A conversion from its row, whose last column is ``limited_data_use``.
+
+    An event flagged for limited data use is stored and counted, and still tied by its own click
+    id and browser id (the same device), but its hashed identifiers never link it to touchpoints
+    of other devices: they are left out here, so neither matching nor the touchpoint lookup
+    sees them. (Emptied with ``[:0]``, which keeps the field's type.)
+    """
+    conv = Conversion._make(row[:-1])
+    if row[-1]:
+        conv = conv._replace(email=conv.email[:0], phone=conv.phone[:0], external_id=conv.external_id[:0])
+    return conv
 
 
 def _events_with(ch: Client, db: str, identities: set[tuple], kinds: tuple[str, ...], since_s: int) -> list[tuple]:

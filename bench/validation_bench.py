@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""What checking every field costs: CPU per event of the collector's validation and the sink's row
-building, for one source tree or two side by side.
+"""What checking every field costs: CPU per event of the collector's validation, its scrub of
+personal data at the door (pixel/scrub.py, where the tree has it) and the sink's row building, for
+one source tree or two side by side.
 
 The events are the sink bench's realistic mix (``sink_bench.raw_requests``: 80 % pixel batches,
 20 % Events API rows). Each tree runs in its own process (so each imports its own code), the
@@ -43,6 +44,16 @@ for advertiser, raws, ctx in requests:
     assert not rejections, rejections[:3]
     parsed.append((advertiser, records))
 validate_s = time.process_time() - start
+try:  # the collector's scrub at the door (pixel/scrub.py), in trees that have it
+    from pixel.scrub import scrub_record
+except ImportError:
+    scrub_record = None
+start = time.process_time()
+if scrub_record is not None:
+    for _, records in parsed:
+        for record in records:
+            scrub_record(record, True)
+scrub_s = time.process_time() - start
 builder = RowBuilder(True, 20000)
 import orjson
 entries = [(b"1-%d" % i, {b"a": a.encode(), b"n": str(len(r)).encode(), b"d": orjson.dumps(r)})
@@ -51,7 +62,8 @@ start = time.process_time()
 for entry_id, fields in entries:
     builder.rows(entry_id, fields)
 build_s = time.process_time() - start
-print(json.dumps({"events": events, "validate_us": validate_s / events * 1e6, "build_us": build_s / events * 1e6}))
+print(json.dumps({"events": events, "validate_us": validate_s / events * 1e6, "scrub_us": scrub_s / events * 1e6,
+                  "build_us": build_s / events * 1e6}))
 """
 
 
@@ -72,12 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.rounds):
         for name, tree in trees:
             results[name].append(measure(tree, args.events))
-    print("| tree | validation µs/event (median) | row building µs/event (median) | rounds |")
-    print("|---|---|---|---|")
+    print("| tree | validation µs/event (median) | scrub at the door µs/event (median) | row building µs/event"
+          " (median) | rounds |")
+    print("|---|---|---|---|---|")
     for name, runs in results.items():
         v = statistics.median(r["validate_us"] for r in runs)
+        s = statistics.median(r.get("scrub_us", 0.0) for r in runs)
         b = statistics.median(r["build_us"] for r in runs)
-        print(f"| {name} | {v:.1f} | {b:.1f} | {len(runs)} |")
+        print(f"| {name} | {v:.1f} | {s:.1f} | {b:.1f} | {len(runs)} |")
     return 0
 
 

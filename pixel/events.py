@@ -274,7 +274,11 @@ def _user(user: dict, record: dict, prefix: str) -> None:
             elif text:
                 extra[key] = text
         elif key == "ip":
-            record["ip"] = _ip(value, field) or record["ip"]
+            # Checked alike, but only a server (sending with a token) may set the stored IP: a
+            # browser event's would be whatever the page, or anyone posting to it, chose.
+            ip = _ip(value, field)
+            if record["source"] == "server":
+                record["ip"] = ip or record["ip"]
         elif key == "user_agent":
             record["user_agent"] = _string(value, field, MAX_UA) or record["user_agent"]
         else:

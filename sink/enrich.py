@@ -1,4 +1,6 @@
-"""Enrichment done off the request path: user agents, IP anonymisation, URL parts, UTM, click id.
+"""Enrichment done off the request path: user agents, URL parts, UTM, click id.
+
+IP anonymisation is the collector's, at the door (pixel/scrub.py).
 
 User-agent parsing costs about 3 ms uncached, so parses are cached: a site's traffic has few
 distinct user agents compared with its events.
@@ -6,7 +8,6 @@ distinct user agents compared with its events.
 
 from __future__ import annotations
 
-import ipaddress
 from functools import lru_cache
 from typing import NamedTuple
 from urllib.parse import unquote_plus
@@ -58,30 +59,6 @@ def _parse_agent(text: str) -> Agent:
 def make_agent_parser(cache_size: int):
     """Return a cached user-agent parser (a fresh cache per sink process)."""
     return lru_cache(maxsize=cache_size)(_parse_agent)
-
-
-def anonymize_ip(text: str) -> str:
-    """Zero the host part: /24 of an IPv4 address, /48 of an IPv6 address.
-
-    The collector stored the address in canonical form, so IPv4 needs only string slicing;
-    the ipaddress module costs about 15 us a call, more than the rest of a row.
-    """
-    if not text:
-        return ""
-    if ":" not in text:
-        head, dot, _ = text.rpartition(".")
-        return head + ".0" if dot else ""
-    return _anonymize_ipv6(text)
-
-
-@lru_cache(maxsize=16384)
-def _anonymize_ipv6(text: str) -> str:
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return ""
-    prefix = 24 if address.version == 4 else 48
-    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False).network_address)
 
 
 class UrlParts(NamedTuple):

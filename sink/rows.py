@@ -15,7 +15,8 @@ import orjson
 from pixel.events import MAX_MONEY
 from pixel.records import EntryError, EventRecord, EventRow, TouchRow, decode_entry
 from sink import enrich
-from sink.enrich import EMPTY_URL, anonymize_ip, make_agent_parser, split_url
+from pixel.scrub import anonymize_ip
+from sink.enrich import EMPTY_URL, make_agent_parser, split_url
 
 _dumps = orjson.dumps
 
@@ -196,6 +197,8 @@ class RowBuilder:
         click_id = enrich.click_id(ttclid, page, ref)
         url_host, url_path, referrer_host = page.host, page.path, ref.host
         extra = _dumps(extra).decode() if extra else ""
+        # The collector anonymised it already; entries queued by a collector from before that
+        # may still hold a raw address, and anonymising twice changes nothing.
         ip = (anonymize_ip(ip) if self._anonymize else ip) if ip else ""
         test_event_code = _str(get("test_event_code"), "test_event_code")
         limited_data_use = 1 if get("limited_data_use") else 0

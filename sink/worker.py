@@ -31,6 +31,7 @@ from clicktrail.lifecycle import Heartbeat, StopFlag, retry_until_stopped
 from clicktrail.schema import EVENT_COLUMN_NAMES, TOUCH_COLUMN_NAMES
 from pixel import records
 from pixel.records import EventRow, TouchRow
+from pixel.scrub import scrub_opaque, scrub_records_json
 from sink.rows import PoisonEntry, RowBuilder
 
 log = logging.getLogger("clicktrail.sink")
@@ -252,11 +253,16 @@ class Sink:
         if not entry_ids:
             return
         pipe = self.redis.pipeline(transaction=True)
+        anonymize = self.settings.privacy.anonymize_ip
         for letter in dead:
             record = dict(letter.fields or {})
+            # Kept for days, maybe requeued: no raw personal data, even from an entry an older
+            # collector queued before it scrubbed at the door (pixel/scrub.py).
+            if records.DATA in record:
+                record[records.DATA] = scrub_records_json(record[records.DATA], anonymize)
             # The letter's own facts last: an entry's fields cannot pass for them.
-            record.update({b"id": letter.entry_id, b"index": letter.index, b"reason": letter.reason.encode(),
-                           b"consumer": self.name.encode()})
+            record.update({b"id": letter.entry_id, b"index": letter.index,
+                           b"reason": scrub_opaque(letter.reason, anonymize).encode(), b"consumer": self.name.encode()})
             pipe.xadd(keys.DEAD_LETTER_STREAM, record)
         for (advertiser, kind), items in _group_notices(notices).items():
             # Capped (approximately) so that a deployment without an attributor cannot fill Redis.

@@ -4,7 +4,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from sink.enrich import anonymize_ip, split_url
+from pixel.scrub import anonymize_ip
+from sink.enrich import split_url
 
 URLS = [
     "https://www.shop.example/thanks?utm_source=tiktok&utm_campaign=spring%20sale&ttclid=E.C.P.x#top",
