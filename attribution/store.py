@@ -37,6 +37,8 @@ class Conversion(NamedTuple):
     utm_source: str
     utm_campaign: str
     order_id: str
+    country: str
+    region: str
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -55,7 +57,8 @@ def load_conversions(ch: Client, db: str, keys: dict[tuple, int | None]) -> list
     if not keys:
         return []
     fields = ["event_ms", "click_id", "browser_id", "email_sha256", "phone_sha256", "external_id_sha256", "value",
-              "currency", "device_type", "ua_os", "ua_browser", "utm_source", "utm_campaign", "order_id"]
+              "currency", "device_type", "ua_os", "ua_browser", "utm_source", "utm_campaign", "order_id",
+              "country", "region"]
     picked = ", ".join(f"argMax({f}, dedup_version)" for f in fields)
     dated = {k: ms for k, ms in keys.items() if ms}
     undated = [k for k, ms in keys.items() if not ms]

@@ -16,6 +16,7 @@ import redis
 from clicktrail import keys, scripting
 from clicktrail.errors import BufferUnavailable, Forbidden, NotFound, Unauthorized
 from collector.redis_line import ConnectionLine, SocketLine, bulk, command, line_for
+from pixel.geo import Locator, no_locator, place_records
 from pixel.records import EventRecord, TouchRecord, encode_records
 
 # The scripts (clicktrail/lua/append_events.lua, append_touch.lua) hold their KEYS and ARGV.
@@ -31,8 +32,9 @@ class Appended(NamedTuple):
 class EventBuffer:
     """The collector's handle on the stream."""
 
-    def __init__(self, client: redis.Redis, max_len: int, retry_after_s: int) -> None:
+    def __init__(self, client: redis.Redis, max_len: int, retry_after_s: int, locate: Locator = no_locator) -> None:
         self._client = client
+        self._locate = locate
         self._local = threading.local()
         self._sha = client.register_script(_APPEND_LUA).sha
         self._touch_script = client.register_script(_APPEND_TOUCH_LUA)
@@ -59,6 +61,9 @@ class EventBuffer:
             Unauthorized: the token is unknown.
             BufferUnavailable: Redis is unreachable, too slow, or the stream is over its guard.
         """
+        # Every record leaves here for the stream: the one place each one's final client IP (the
+        # request's, or a server event's own user.ip) is known raw, so where it is is read now.
+        place_records(self._locate, records)
         # One entry per request, whatever its size: the stream, the sink's reads and its
         # acknowledgements all cost per entry, so a 100-event batch costs about what one event does.
         args = [pixel_id, host, token_hash, self._max_len, orjson.dumps(rejected) if rejected else "",
@@ -125,6 +130,7 @@ class EventBuffer:
         Raises Forbidden when the landing host is not one of the advertiser's site domains, and
         BufferUnavailable as ``append`` does.
         """
+        place_records(self._locate, [record])
         args = [advertiser_id, landing_host, self._max_len, 1, encode_records([record]), cache_value, cache_ttl_s]
         try:
             status = self._touch_script(keys=[keys.EVENTS_STREAM, keys.ADVERTISER_DOMAINS, cache_key],
