@@ -361,7 +361,7 @@ def _by_the_rules(report) -> dict[tuple, tuple[float, float]]:
     q = report.q
     sql, params = report._candidates_sql()
     windows = models.Windows(q.click_window, q.view_window)
-    names = ("event", "device_type", "os", "browser", "utm_source", "utm_campaign")
+    names = ("event", "device_type", "os", "browser", "utm_source", "utm_campaign", "country", "region")
     out: dict[tuple, list[float]] = defaultdict(lambda: [0.0, 0.0])
     for conv_ms, value, *attrs, reason, touches in report.ch.execute(sql, params):
         if reason in ("duplicate_order", "repeat_click"):
