@@ -243,7 +243,7 @@ def test_another_advertiser_sees_nothing(world, shop, r):
 
 
 @pytest.mark.parametrize("params, field, words", [
-    ({"dimensions": "country"}, "dimensions", "unknown dimension 'country'"),
+    ({"dimensions": "city"}, "dimensions", "unknown dimension 'city'"),
     ({"dimensions": "stat_time_day,stat_time_hour"}, "dimensions", "not both"),
     ({"metrics": "likes"}, "metrics", "unknown metric"),
     ({"dimensions": "device_type", "metrics": "clicks"}, "metrics", "cannot be broken down by device_type"),

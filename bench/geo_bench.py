@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""What placing client IPs (country, region) costs the collector: with the lookup and without, in one run.
+
+Two measurements, both process CPU time (which a busy machine disturbs less than wall time):
+
+1. the lookup alone (``pixel/geo.py``), per address, over a mix of public IPv4 and IPv6 addresses
+   and a few that no database places: the packaged data (``iptocc``) and a MaxMind DB file (a
+   file of your own with ``--mmdb PATH``, else a small one written here; a real City file's tree
+   is deeper, so its lookups cost more than this one's);
+2. the collector's hot request, a pixel batch (1 and 20 events), in process through Flask's test
+   client, from a different public client IP each request, with ``CLICKTRAIL_GEOIP_DB=off``, with
+   the packaged data, and with the MaxMind file: the three collectors alternate round by round,
+   and each figure is the best round. Needs Redis (DB 3 by default; its stream is emptied after
+   every round).
+
+    python bench/geo_bench.py                       # 6 rounds of 3000 requests per case
+    python bench/geo_bench.py --mmdb /var/lib/GeoIP/GeoLite2-City.mmdb
+
+Results: docs/performance.md, "Placing client IPs".
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+from benchlib import code_state, redis_url  # noqa: E402  (puts the measured tree on sys.path)
+from clicktrail import keys  # noqa: E402
+from collector_bench import ADVERTISER, DOMAIN, ORIGIN, browser_body  # noqa: E402
+from pixel import geo, registry  # noqa: E402
+
+
+def addresses(n: int, rng: random.Random) -> list[str]:
+    """Public-looking addresses: 85 % IPv4, 15 % IPv6 in the RIRs' 2000::/3, a few unplaceable."""
+    out = []
+    for _ in range(n):
+        roll = rng.random()
+        if roll < 0.85:
+            first = rng.choice([n for n in range(1, 224) if n not in (10, 127)])
+            out.append(f"{first}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}")
+        elif roll < 0.98:
+            out.append(f"2{rng.randrange(0x400, 0x1000):03x}:{rng.randrange(0x10000):x}:{rng.randrange(0x10000):x}::"
+                       f"{rng.randrange(1, 0x10000):x}")
+        else:
+            out.append(rng.choice(["10.1.2.3", "192.168.0.7", "203.0.113.9", "::1", "fe80::1"]))
+    return out
+
+
+def small_mmdb(folder: Path, ips: list[str]) -> str:
+    """A City-layout file placing a /16 (IPv4) or /32 (IPv6) around each address, as a stand-in."""
+    from mmdb_writer import MMDBWriter
+    from netaddr import IPNetwork, IPSet
+
+    writer = MMDBWriter(ip_version=6, database_type="GeoIP2-City", ipv4_compatible=True)
+    rng = random.Random(3)
+    nets = {str(IPNetwork(f"{ip}/{16 if '.' in ip else 32}").cidr) for ip in ips if not ip.startswith(("10.", "192.168",
+                                                                                                        "203.0.113",
+                                                                                                        "::", "fe80"))}
+    for net in sorted(nets):
+        country = rng.choice(["US", "DE", "FR", "JP", "BR", "IN", "GB", "NL"])
+        writer.insert_network(IPSet([net]), {"country": {"iso_code": country},
+                                             "subdivisions": [{"iso_code": "AB", "names": {"en": "Region"}}]})
+    path = folder / "bench-city.mmdb"
+    writer.to_db_file(str(path))
+    return str(path)
+
+
+def lookup_cost(locators: dict, ips: list[str], rounds: int) -> dict[str, float]:
+    out = {}
+    for name, locate in locators.items():
+        best = float("inf")
+        for _ in range(rounds):
+            started = time.process_time()
+            for ip in ips:
+                locate(ip)
+            best = min(best, (time.process_time() - started) / len(ips) * 1e6)
+        out[name] = best
+    return out
+
+
+def request_cost(apps: dict, r: redis.Redis, pixel_id: str, ips: list[str], events: int, n: int,
+                 rounds: int) -> dict[str, float]:
+    """CPU µs per pixel-batch request for each collector, alternating round by round; the best round."""
+    body = browser_body(events, int(time.time() * 1000), random.Random(5))
+    headers = {"Content-Type": "text/plain;charset=UTF-8", "Origin": ORIGIN}
+    clients = {name: app.test_client() for name, app in apps.items()}
+    best = {name: float("inf") for name in apps}
+    for name, client in clients.items():  # warm-up: imports, first connections, caches
+        for ip in ips[:200]:
+            client.post(f"/e/{pixel_id}", data=body, headers=headers, environ_base={"REMOTE_ADDR": ip})
+    r.unlink(keys.EVENTS_STREAM)
+    order = list(clients)
+    for round_no in range(rounds):
+        # Each round starts with another collector, so none is always measured first (or last).
+        for name in order[round_no % len(order):] + order[:round_no % len(order)]:
+            client = clients[name]
+            started = time.process_time()
+            for i in range(n):
+                status = client.post(f"/e/{pixel_id}", data=body, headers=headers,
+                                     environ_base={"REMOTE_ADDR": ips[i % len(ips)]}).status_code
+            best[name] = min(best[name], (time.process_time() - started) / n * 1e6)
+            r.unlink(keys.EVENTS_STREAM)
+            if status != 200:
+                raise SystemExit(f"{name}: answered {status}")
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=3000, help="requests per case and round [3000]")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds, alternating the collectors [6]")
+    parser.add_argument("--mmdb", help="a MaxMind DB file to measure (default: a small one written here)")
+    parser.add_argument("--redis-url", default=redis_url(3))
+    parser.add_argument("--code", help="an exported source tree to measure instead of this checkout")
+    args = parser.parse_args(argv)
+
+    folder = Path(tempfile.mkdtemp(prefix="ct-geo-bench-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder / "metrics")  # as `clicktrail collector` runs
+    (folder / "metrics").mkdir()
+    ips = addresses(20_000, random.Random(11))
+    mmdb = args.mmdb or small_mmdb(folder, ips)
+    r = redis.Redis.from_url(args.redis_url)
+    pixel_id = registry.create_pixel(r, ADVERTISER, [DOMAIN])
+    try:
+        locators = {"packaged (iptocc)": geo.open_locator(""), "MaxMind file": geo.open_locator(mmdb)}
+        placed = {name: sum(1 for ip in ips if locate(ip).country) / len(ips) for name, locate in locators.items()}
+        lookups = lookup_cost(locators, ips, args.rounds)
+        from collector.app import create_app
+
+        common = {"REDIS_URL": args.redis_url, "STREAM_MAX_LEN": 10**9, "DATA_DIR": str(folder / "data")}
+        apps = {"off": create_app({**common, "GEOIP_DB": "off"}),
+                "packaged (iptocc)": create_app(common),
+                "MaxMind file": create_app({**common, "GEOIP_DB": mmdb})}
+        per_request = {events: request_cost(apps, r, pixel_id, ips, events, args.requests, args.rounds)
+                       for events in (1, 20)}
+    finally:
+        r.unlink(keys.EVENTS_STREAM)
+        r.hdel(keys.PIXELS, pixel_id)
+        r.hdel(keys.ADVERTISERS, ADVERTISER)
+        r.hdel(keys.ADVERTISER_DOMAINS, ADVERTISER)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    print("| lookup | CPU µs/address (best round) | addresses placed |\n|---|---:|---:|")
+    for name, micros in lookups.items():
+        print(f"| {name} | {micros:.2f} | {placed[name]:.0%} |")
+    print("\n| collector, in process | 1-event batch: CPU µs/request | vs off | 20-event batch: CPU µs/request "
+          "| vs off |\n|---|---:|---:|---:|---:|")
+    for name in apps:
+        one, twenty = per_request[1][name], per_request[20][name]
+        print(f"| GEOIP_DB {name} | {one:.0f} | {one / per_request[1]['off'] - 1:+.1%} | {twenty:.0f} | "
+              f"{twenty / per_request[20]['off'] - 1:+.1%} |")
+    command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
+    print(f"\nCode: {code_state()}. MaxMind file: {'given' if args.mmdb else 'written by the bench'}. "
+          f"Command: `{command}`")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
