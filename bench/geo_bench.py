@@ -9,8 +9,9 @@ Two measurements, both process CPU time (which a busy machine disturbs less than
    is deeper, so its lookups cost more than this one's);
 2. the collector's hot request, a pixel batch (1 and 20 events), in process through Flask's test
    client, from a different public client IP each request, with ``CLICKTRAIL_GEOIP_DB=off``, with
-   the packaged data, and with the MaxMind file: the three collectors alternate round by round,
-   and each figure is the best round. Needs Redis (DB 3 by default; its stream is emptied after
+   the packaged data, and with the MaxMind file, and a second collector without it as a control
+   (the gap between the two without is the run's noise): they alternate round by round, each
+   round starting with the next one, and each figure is the best round. Needs Redis (DB 3 by default; its stream is emptied after
    every round).
 
     python bench/geo_bench.py                       # 6 rounds of 3000 requests per case
@@ -137,9 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         from collector.app import create_app
 
         common = {"REDIS_URL": args.redis_url, "STREAM_MAX_LEN": 10**9, "DATA_DIR": str(folder / "data")}
+        # Two identical collectors without the lookup: how far apart they land is this run's noise.
         apps = {"off": create_app({**common, "GEOIP_DB": "off"}),
                 "packaged (iptocc)": create_app(common),
-                "MaxMind file": create_app({**common, "GEOIP_DB": mmdb})}
+                "MaxMind file": create_app({**common, "GEOIP_DB": mmdb}),
+                "off (control: a second collector)": create_app({**common, "GEOIP_DB": "off"})}
         per_request = {events: request_cost(apps, r, pixel_id, ips, events, args.requests, args.rounds)
                        for events in (1, 20)}
     finally:

@@ -32,7 +32,8 @@ class Appended(NamedTuple):
 class EventBuffer:
     """The collector's handle on the stream."""
 
-    def __init__(self, client: redis.Redis, max_len: int, retry_after_s: int, locate: Locator = no_locator) -> None:
+    def __init__(self, client: redis.Redis, max_len: int, retry_after_s: int,
+                 locate: Locator = no_locator) -> None:
         self._client = client
         self._locate = locate
         self._local = threading.local()

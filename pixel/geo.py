@@ -100,7 +100,8 @@ def file_locator(path: str) -> Locator:
     try:
         reader = maxminddb.open_database(path)
     except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
-        raise ConfigError(f"CLICKTRAIL_GEOIP_DB={path!r} is not a readable MaxMind DB (.mmdb) file: {exc}") from None
+        raise ConfigError(f"CLICKTRAIL_GEOIP_DB={path!r} is not a readable MaxMind DB (.mmdb) file: "
+                          f"{exc}") from None
 
     def locate(ip: str) -> Place:
         if not _usable(ip):

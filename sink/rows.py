@@ -219,9 +219,9 @@ class RowBuilder:
             received_ms, source, event_source, partner_name, id_generated, browser_id, click_id, email_sha256,
             phone_sha256, external_id_sha256, url, url_host, url_path, referrer, referrer_host, utm_source,
             utm_medium, utm_campaign, utm_content, utm_term, value, currency, order_id, lead_id, lead_event_source,
-            content_type, content_ids, search_query, properties, extra, ip, country, region, user_agent, ua_browser,
-            ua_browser_version, ua_os, ua_os_version, device_type, is_bot, test_event_code, limited_data_use,
-            stream_id, dedup_version,
+            content_type, content_ids, search_query, properties, extra, ip, country, region, user_agent,
+            ua_browser, ua_browser_version, ua_os, ua_os_version, device_type, is_bot, test_event_code,
+            limited_data_use, stream_id, dedup_version,
         )
 
     def _touch_row(self, stream_id: str, advertiser: str, r: dict) -> TouchRow:

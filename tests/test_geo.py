@@ -22,7 +22,7 @@ from pixel import geo
 from pixel.click_urls import make_token
 from pixel.records import decode_entry
 from tests.attribution_world import HOUR, World
-from tests.conftest import ARTIFACTS, query_dicts, where
+from tests.conftest import query_dicts, where
 
 RIPE = "193.0.6.139"  # www.ripe.net, in 193.0.0.0/21 (RIPE NCC, NL)
 RIPE_V6 = "2001:67c:2e8:22::c100:68b"  # www.ripe.net over IPv6 (2001:67c:2e8::/48, RIPE NCC, NL)
