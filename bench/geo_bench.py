@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """What placing client IPs (country, region) costs the collector: with the lookup and without, in one run.
 
-Two measurements, both process CPU time (which a busy machine disturbs less than wall time):
+Three measurements, all process CPU time (which a busy machine disturbs less than wall time):
 
 1. the lookup alone (``pixel/geo.py``), per address, over a mix of public IPv4 and IPv6 addresses
    and a few that no database places: the packaged data (``iptocc``) and a MaxMind DB file (a
    file of your own with ``--mmdb PATH``, else a small one written here; a real City file's tree
    is deeper, so its lookups cost more than this one's);
-2. the collector's hot request, a pixel batch (1 and 20 events), in process through Flask's test
+2. what the collector does to a pixel batch (1 and 20 events) before Redis: validate, place,
+   encode; with no lookup (``off``), the packaged data and the MaxMind file, alternating;
+3. the collector's hot request, a pixel batch (1 and 20 events), in process through Flask's test
    client, from a different public client IP each request, with ``CLICKTRAIL_GEOIP_DB=off``, with
    the packaged data, and with the MaxMind file, and a second collector without it as a control
    (the gap between the two without is the run's noise): they alternate round by round, each
@@ -88,6 +90,35 @@ def lookup_cost(locators: dict, ips: list[str], rounds: int) -> dict[str, float]
     return out
 
 
+def intake_cost(locators: dict, ips: list[str], events: int, n: int, rounds: int) -> dict[str, float]:
+    """CPU µs per pixel batch of what the collector does before Redis: validate, place, encode.
+
+    The part of a request the lookup adds to, without Flask, sockets or Redis around it: a
+    measurement this short is far less disturbed by a busy machine than a whole request.
+    """
+    import orjson
+
+    from pixel.events import Context, parse_events
+    from pixel.records import encode_records
+
+    raw = orjson.loads(browser_body(events, int(time.time() * 1000), random.Random(5)))["events"]
+    now = int(time.time() * 1000)
+    contexts = [Context(pixel_id="CBENCH", source="browser", received_ms=now, skew_ms=0, ip=ip, user_agent="UA",
+                        max_age_ms=7 * 86_400_000, max_future_ms=86_400_000) for ip in ips[:1000]]
+    best = {name: float("inf") for name in locators}
+    order = list(locators)
+    for round_no in range(rounds):
+        for name in order[round_no % len(order):] + order[:round_no % len(order)]:
+            locate = locators[name]
+            started = time.process_time()
+            for i in range(n):
+                records, _ = parse_events(raw, contexts[i % len(contexts)])
+                geo.place_records(locate, records)
+                encode_records(records)
+            best[name] = min(best[name], (time.process_time() - started) / n * 1e6)
+    return best
+
+
 def request_cost(apps: dict, r: redis.Redis, pixel_id: str, ips: list[str], events: int, n: int,
                  rounds: int) -> dict[str, float]:
     """CPU µs per pixel-batch request for each collector, alternating round by round; the best round."""
@@ -135,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         locators = {"packaged (iptocc)": geo.open_locator(""), "MaxMind file": geo.open_locator(mmdb)}
         placed = {name: sum(1 for ip in ips if locate(ip).country) / len(ips) for name, locate in locators.items()}
         lookups = lookup_cost(locators, ips, args.rounds)
+        intake = {events: intake_cost({"off": geo.no_locator, **locators}, ips, events, args.requests, args.rounds)
+                  for events in (1, 20)}
         from collector.app import create_app
 
         common = {"REDIS_URL": args.redis_url, "STREAM_MAX_LEN": 10**9, "DATA_DIR": str(folder / "data")}
@@ -155,6 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     print("| lookup | CPU µs/address (best round) | addresses placed |\n|---|---:|---:|")
     for name, micros in lookups.items():
         print(f"| {name} | {micros:.2f} | {placed[name]:.0%} |")
+    print("\n| validate, place and encode a pixel batch | 1 event: CPU µs | vs off | 20 events: CPU µs "
+          "| vs off |\n|---|---:|---:|---:|---:|")
+    for name in intake[1]:
+        one, twenty = intake[1][name], intake[20][name]
+        print(f"| GEOIP_DB {name} | {one:.1f} | {one - intake[1]['off']:+.1f} | {twenty:.1f} | "
+              f"{twenty - intake[20]['off']:+.1f} |")
     print("\n| collector, in process | 1-event batch: CPU µs/request | vs off | 20-event batch: CPU µs/request "
           "| vs off |\n|---|---:|---:|---:|---:|")
     for name in apps:
