@@ -77,6 +77,14 @@ def small_mmdb(folder: Path, ips: list[str]) -> str:
     return str(path)
 
 
+def rotations(names: list[str], rounds: int):
+    """The cases to measure, round after round, each round starting with the next one, so that none
+    is always measured first (or last) on a machine whose load drifts."""
+    for round_no in range(rounds):
+        start = round_no % len(names)
+        yield from names[start:] + names[:start]
+
+
 def lookup_cost(locators: dict, ips: list[str], rounds: int) -> dict[str, float]:
     out = {}
     for name, locate in locators.items():
@@ -106,16 +114,14 @@ def intake_cost(locators: dict, ips: list[str], events: int, n: int, rounds: int
     contexts = [Context(pixel_id="CBENCH", source="browser", received_ms=now, skew_ms=0, ip=ip, user_agent="UA",
                         max_age_ms=7 * 86_400_000, max_future_ms=86_400_000) for ip in ips[:1000]]
     best = {name: float("inf") for name in locators}
-    order = list(locators)
-    for round_no in range(rounds):
-        for name in order[round_no % len(order):] + order[:round_no % len(order)]:
-            locate = locators[name]
-            started = time.process_time()
-            for i in range(n):
-                records, _ = parse_events(raw, contexts[i % len(contexts)])
-                geo.place_records(locate, records)
-                encode_records(records)
-            best[name] = min(best[name], (time.process_time() - started) / n * 1e6)
+    for name in rotations(list(locators), rounds):
+        locate = locators[name]
+        started = time.process_time()
+        for i in range(n):
+            records, _ = parse_events(raw, contexts[i % len(contexts)])
+            geo.place_records(locate, records)
+            encode_records(records)
+        best[name] = min(best[name], (time.process_time() - started) / n * 1e6)
     return best
 
 
@@ -130,19 +136,16 @@ def request_cost(apps: dict, r: redis.Redis, pixel_id: str, ips: list[str], even
         for ip in ips[:200]:
             client.post(f"/e/{pixel_id}", data=body, headers=headers, environ_base={"REMOTE_ADDR": ip})
     r.unlink(keys.EVENTS_STREAM)
-    order = list(clients)
-    for round_no in range(rounds):
-        # Each round starts with another collector, so none is always measured first (or last).
-        for name in order[round_no % len(order):] + order[:round_no % len(order)]:
-            client = clients[name]
-            started = time.process_time()
-            for i in range(n):
-                status = client.post(f"/e/{pixel_id}", data=body, headers=headers,
-                                     environ_base={"REMOTE_ADDR": ips[i % len(ips)]}).status_code
-            best[name] = min(best[name], (time.process_time() - started) / n * 1e6)
-            r.unlink(keys.EVENTS_STREAM)
-            if status != 200:
-                raise SystemExit(f"{name}: answered {status}")
+    for name in rotations(list(clients), rounds):
+        client = clients[name]
+        started = time.process_time()
+        for i in range(n):
+            status = client.post(f"/e/{pixel_id}", data=body, headers=headers,
+                                 environ_base={"REMOTE_ADDR": ips[i % len(ips)]}).status_code
+        best[name] = min(best[name], (time.process_time() - started) / n * 1e6)
+        r.unlink(keys.EVENTS_STREAM)
+        if status != 200:
+            raise SystemExit(f"{name}: answered {status}")
     return best
 
 
