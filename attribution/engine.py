@@ -136,8 +136,8 @@ class Result:
     def _conversion_part(self, revision: int, content_hash: int, now_ms: int) -> tuple:
         c = self.conv
         return (c.advertiser_id, c.pixel_id, c.event, c.event_id, c.conversion_ms // 1000, c.conversion_ms,
-                c.value, c.currency, c.device_type, c.os, c.browser, c.utm_source, c.utm_campaign,
-                revision, content_hash, now_ms)
+                c.value, c.currency, c.device_type, c.os, c.browser, c.utm_source, c.utm_campaign, c.country,
+                c.region, revision, content_hash, now_ms)
 
     def candidate_rows(self, revision: int, content_hash: int, now_ms: int) -> list[tuple]:
         head = self._conversion_part(revision, content_hash, now_ms)

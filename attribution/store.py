@@ -37,6 +37,8 @@ class Conversion(NamedTuple):
     utm_source: str
     utm_campaign: str
     order_id: str
+    country: str
+    region: str
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -56,7 +58,7 @@ def load_conversions(ch: Client, db: str, keys: dict[tuple, int | None]) -> list
         return []
     fields = ["event_ms", "click_id", "browser_id", "email_sha256", "phone_sha256", "external_id_sha256", "value",
               "currency", "device_type", "ua_os", "ua_browser", "utm_source", "utm_campaign", "order_id",
-              "limited_data_use"]
+              "country", "region", "limited_data_use"]
     picked = ", ".join(f"argMax({f}, dedup_version)" for f in fields)
     dated = {k: ms for k, ms in keys.items() if ms}
     undated = [k for k, ms in keys.items() if not ms]

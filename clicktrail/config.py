@@ -90,6 +90,13 @@ class PrivacySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class GeoSettings:
+    # Where client IPs are placed (country, region), offline: "" the packaged registry data
+    # (iptocc, countries), a MaxMind DB file's path (countries and regions), or "off".
+    database: str = _setting("GEOIP_DB", "")
+
+
+@dataclass(frozen=True, slots=True)
 class RetrySettings:
     """Waiting out an outage (sink and attributor alike)."""
 
@@ -121,6 +128,7 @@ class Settings:
     limits: LimitSettings = LimitSettings()
     stream: StreamSettings = StreamSettings()
     privacy: PrivacySettings = PrivacySettings()
+    geo: GeoSettings = GeoSettings()
     retry: RetrySettings = RetrySettings()
     sink: SinkSettings = SinkSettings()
     attributor: AttributorSettings = AttributorSettings()

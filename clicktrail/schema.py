@@ -47,6 +47,8 @@ _CONVERSION_COLUMNS: list[tuple[str, str]] = [
     ("browser", "{lc}"),
     ("utm_source", "{lc}"),
     ("utm_campaign", "String"),
+    ("country", "{lc}"),  # the converting event's (migration 13)
+    ("region", "{lc}"),
     ("revision", "UInt32"),
     ("content_hash", "UInt64"),
     ("attributed_ms", "UInt64"),

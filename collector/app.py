@@ -15,6 +15,7 @@ from collector.buffer import EventBuffer
 from collector.context import Services
 from collector.fast_path import BrowserFastPath
 from collector.metrics import StreamCollector, observe_request
+from pixel.geo import open_locator
 
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
@@ -30,7 +31,8 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     client = redis_client.fast(settings.redis.url, settings.redis.timeout_ms)
     svc = app.extensions["clicktrail"] = Services(
         settings=settings,
-        buffer=EventBuffer(client, settings.stream.max_len, settings.limits.retry_after_s),
+        buffer=EventBuffer(client, settings.stream.max_len, settings.limits.retry_after_s,
+                           open_locator(settings.geo.database), settings.privacy),
         redis=client,
         stream_metrics=StreamCollector(client, keys.EVENTS_STREAM, keys.SINK_GROUP, keys.DEAD_LETTER_STREAM),
     )

@@ -15,7 +15,6 @@ from clicktrail.errors import BadRequest, BufferUnavailable, Forbidden, RequestE
 from collector import intake
 from collector.context import Services, services
 from collector.metrics import count_accepted, count_rejected
-from collector.privacy import before_queue
 from collector.replies import Reply
 from pixel.events import Context, parse_events
 from pixel.registry import get_pixel, host_allowed
@@ -106,7 +105,6 @@ def accept_batch(svc: Services, pixel_id: str, inc: intake.Incoming) -> Reply:
         ctx = _context(svc, inc, pixel_id, "browser", received, intake.skew_ms(sent_at, received))
         records, rejections = parse_events(events, ctx)
         reasons = [r.reason for r in rejections]
-        before_queue(records, svc.settings.privacy)
         appended = svc.buffer.append(pixel_id, records, host=_site_host(events, inc), rejected=reasons)
     except RequestError as exc:
         return _cors(_error(svc, exc, "browser"), inc)
@@ -192,7 +190,7 @@ def image_event(pixel_id: str):
         raw = _image_event(request.args)
         records, rejections = parse_events([raw], _context(svc, inc, pixel_id, "image", intake.now_ms(), 0))
         reasons = [r.reason for r in rejections]
-        svc.buffer.append(pixel_id, before_queue(records, svc.settings.privacy), host=_site_host([raw], inc),
+        svc.buffer.append(pixel_id, records, host=_site_host([raw], inc),
                           rejected=reasons)
         accepted = len(records)
     except RequestError as exc:

@@ -16,6 +16,9 @@ import redis
 from clicktrail import keys, scripting
 from clicktrail.errors import BadRequest, BufferUnavailable, Forbidden, NotFound, Unauthorized
 from collector.redis_line import ConnectionLine, SocketLine, bulk, command, line_for
+from clicktrail.config import PrivacySettings
+from collector.privacy import before_queue
+from pixel.geo import Locator, no_locator, place_records
 from pixel.records import EventRecord, TouchRecord, encode_records
 from pixel.sources import describe
 
@@ -32,8 +35,11 @@ class Appended(NamedTuple):
 class EventBuffer:
     """The collector's handle on the stream."""
 
-    def __init__(self, client: redis.Redis, max_len: int, retry_after_s: int) -> None:
+    def __init__(self, client: redis.Redis, max_len: int, retry_after_s: int,
+                 locate: Locator = no_locator, privacy: PrivacySettings = PrivacySettings()) -> None:
         self._client = client
+        self._locate = locate
+        self._privacy = privacy
         self._local = threading.local()
         self._sha = client.register_script(_APPEND_LUA).sha
         self._touch_script = client.register_script(_APPEND_TOUCH_LUA)
@@ -68,6 +74,11 @@ class EventBuffer:
             BadRequest: the id is a source that is not a pixel, and the request is not for its kind.
             BufferUnavailable: Redis is unreachable, too slow, or the stream is over its guard.
         """
+        # Every record leaves here for the stream: the one place each one's final client IP (the
+        # request's, or a server event's own user.ip) is known raw, so where it is is read now,
+        # and then, at the door, the IP is anonymised and personal data scrubbed.
+        place_records(self._locate, records)
+        before_queue(records, self._privacy)
         # One entry per request, whatever its size: the stream, the sink's reads and its
         # acknowledgements all cost per entry, so a 100-event batch costs about what one event does.
         args = [pixel_id, host, token_hash, self._max_len, orjson.dumps(rejected) if rejected else "",
@@ -140,6 +151,8 @@ class EventBuffer:
         Raises Forbidden when the landing host is not one of the advertiser's site domains, and
         BufferUnavailable as ``append`` does.
         """
+        place_records(self._locate, [record])
+        before_queue([record], self._privacy)
         args = [advertiser_id, landing_host, self._max_len, 1, encode_records([record]), cache_value, cache_ttl_s]
         try:
             status = self._touch_script(keys=[keys.EVENTS_STREAM, keys.ADVERTISER_DOMAINS, cache_key],

@@ -10,7 +10,6 @@ from clicktrail.errors import BufferUnavailable, RequestError
 from collector import intake
 from collector.context import services
 from collector.metrics import count_accepted, count_rejected
-from collector.privacy import before_queue
 from collector.replies import json_reply
 from pixel import click_cache
 from pixel.click_urls import add_click_id, check_landing, new_click_id, read_token
@@ -47,7 +46,7 @@ def click_redirect(token: str) -> Response:
         click = read_token(svc.settings.site.secret_key, token)
         host = check_landing(click["landing"])
         click_id = new_click_id()
-        record = before_queue([_click_record(click, click_id)], svc.settings.privacy)[0]
+        record = _click_record(click, click_id)
         touch = Touch(click["advertiser"], "click", click_id, record["touch_ms"], record["campaign_id"],
                       record["adgroup_id"], record["ad_id"], record["browser_id"], "", "", "")
         svc.buffer.append_click(click["advertiser"], host, record, click_cache.key(click["advertiser"], click_id),

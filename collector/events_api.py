@@ -18,7 +18,6 @@ from clicktrail.errors import BadRequest, RequestError, Unauthorized
 from collector import intake
 from collector.context import services
 from collector.metrics import count_accepted, count_rejected
-from collector.privacy import before_queue
 from collector.replies import json_reply
 from pixel.events import MAX_NAME, Context, Rejection, parse_events
 from pixel.ids import token_hash
@@ -153,7 +152,7 @@ def serve(read: Callable[[object, int], Envelope], parse: Parser):
                       event_source=envelope.event_source or "web", partner_name=_partner_name(body))
         records, rejections = parse(data, ctx)
         reasons = [r.reason for r in rejections]
-        svc.buffer.append(pixel_id, before_queue(records, s.privacy), token_hash=token_hash(token),
+        svc.buffer.append(pixel_id, records, token_hash=token_hash(token),
                           rejected=reasons, event_sources=_claimed_sources(envelope, records),
                           id_field=envelope.id_field)
     except RequestError as exc:

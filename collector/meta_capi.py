@@ -24,7 +24,6 @@ from clicktrail.errors import BadRequest, RequestError, Unauthorized
 from collector import intake
 from collector.context import services
 from collector.metrics import count_accepted, count_rejected
-from collector.privacy import before_queue
 from collector.replies import json_reply
 from pixel.events import Context, InvalidField, Rejection, parse_event
 from pixel.ids import token_hash
@@ -271,7 +270,7 @@ def events(api_version: str, pixel_id: str):
         records, rejections = parse_meta_events(data, ctx)
         # All or nothing, as Meta: with a refused event nothing is queued, but the token and the
         # pixel are still checked (a bad token is a 401 whatever the data) and the refusals counted.
-        svc.buffer.append(pixel_id, [] if rejections else before_queue(records, s.privacy),
+        svc.buffer.append(pixel_id, [] if rejections else records,
                           token_hash=token_hash(token), rejected=[r.reason for r in rejections])
     except RequestError as exc:
         count_rejected("server", exc.code)

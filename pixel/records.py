@@ -66,6 +66,10 @@ class EventRecord(TypedDict):
     phone: NotRequired[str]
     external_id: NotRequired[str]
     ip: str
+    # Where the client IP is (pixel/geo.py), looked up by the collector before the IP is
+    # anonymised; absent when unknown (and from records queued before they were added).
+    country: NotRequired[str]  # ISO 3166-1 alpha-2
+    region: NotRequired[str]  # ISO 3166-2, or the database's name for it
     user_agent: str
     properties: dict[str, Any]
     extra: NotRequired[dict[str, Any]]  # unknown top-level fields, as sent
@@ -94,6 +98,8 @@ class TouchRecord(TypedDict):
     phone: NotRequired[str]
     external_id: NotRequired[str]
     ip: str
+    country: NotRequired[str]  # as EventRecord's
+    region: NotRequired[str]
     user_agent: str
     source: str  # redirect (imports are stored directly, not queued)
     received_ms: int
@@ -214,6 +220,8 @@ class EventRow(NamedTuple):
     properties: Annotated[str, _col(TEXT, "properties")]  # JSON text
     extra: Annotated[str, _col(TEXT, "extra", "user_extra")]  # JSON text
     ip: Annotated[str, _col(TEXT, "ip")]
+    country: Annotated[str, _col(LC, "country")]  # added by migration 13
+    region: Annotated[str, _col(LC, "region")]
     user_agent: Annotated[str, _col(TEXT, "user_agent")]
     ua_browser: Annotated[str, _col(LC, "user_agent")]
     ua_browser_version: Annotated[str, _col(LC, "user_agent")]
@@ -243,6 +251,8 @@ class TouchRow(NamedTuple):
     phone_sha256: Annotated[str, _col(TEXT, "phone")]
     external_id_sha256: Annotated[str, _col(TEXT, "external_id")]
     ip: Annotated[str, _col(TEXT, "ip")]
+    country: Annotated[str, _col(LC, "country")]  # added by migration 13; "" for imports
+    region: Annotated[str, _col(LC, "region")]
     user_agent: Annotated[str, _col(TEXT, "user_agent")]
     source: Annotated[str, _col(LC, "source")]  # redirect or import
     received_ms: Annotated[int, _col(U64, "received_ms")]

@@ -81,8 +81,8 @@ class Touch(NamedTuple):
             advertiser_id=self.advertiser_id, kind=self.kind, touch_id=self.touch_id,
             touch_time=self.touch_ms // 1000, touch_ms=self.touch_ms, campaign_id=self.campaign_id,
             adgroup_id=self.adgroup_id, ad_id=self.ad_id, browser_id=self.browser_id, email_sha256=self.email,
-            phone_sha256=self.phone, external_id_sha256=self.external_id, ip="", user_agent="", source="import",
-            received_ms=received_ms, counted=int(counted),
+            phone_sha256=self.phone, external_id_sha256=self.external_id, ip="", country="", region="", user_agent="",
+            source="import", received_ms=received_ms, counted=int(counted),
         )
 
 

@@ -14,11 +14,12 @@ from reporting.params import choice, day, listed, whole
 TIME_DIMENSIONS = ("stat_time_day", "stat_time_hour")
 AD_DIMENSIONS = ("campaign_id", "adgroup_id", "ad_id")
 #: Known only for conversions (from the converting event), not for clicks, views or spend.
-CONVERSION_DIMENSIONS = ("device_type", "os", "browser", "utm_source", "utm_campaign")
+#: country and region: where the converting event's client IP is (pixel/geo.py).
+CONVERSION_DIMENSIONS = ("device_type", "os", "browser", "utm_source", "utm_campaign", "country", "region")
 DIMENSIONS = TIME_DIMENSIONS + AD_DIMENSIONS + ("event",) + CONVERSION_DIMENSIONS
 METRICS = ("spend", "impressions", "clicks", "ctr", "cpc", "cpm", "conversions", "conversion_value", "cvr", "cpa",
            "roas")
-#: Metrics that need clicks, impressions or spend, which have no device, browser or UTM.
+#: Metrics that need clicks, impressions or spend, which have no device, browser, UTM or place.
 TOUCH_METRICS = ("spend", "impressions", "clicks", "ctr", "cpc", "cpm", "cvr", "cpa", "roas")
 DATE_BASES = ("touch", "conversion")
 FORMATS = ("json", "csv")

@@ -268,15 +268,17 @@ class Report:
         sql = f"""
             SELECT c.conversion_ms AS conversion_ms, c.value AS value, c.event AS event,
                    c.device_type AS device_type, c.os AS os, c.browser AS browser, c.utm_source AS utm_source,
-                   c.utm_campaign AS utm_campaign, s.reason AS reason, c.touches AS touches
+                   c.utm_campaign AS utm_campaign, c.country AS country, c.region AS region, s.reason AS reason,
+                   c.touches AS touches
             FROM (
               SELECT pixel_id, event, event_id, revision, any(conversion_ms) AS conversion_ms, any(value) AS value,
                      any(device_type) AS device_type, any(os) AS os, any(browser) AS browser,
-                     any(utm_source) AS utm_source, any(utm_campaign) AS utm_campaign,
+                     any(utm_source) AS utm_source, any(utm_campaign) AS utm_campaign, any(country) AS country,
+                     any(region) AS region,
                      groupArray((touch_kind, touch_id, touch_ms, campaign_id, adgroup_id, ad_id, matched_by)) AS touches
               FROM (SELECT DISTINCT pixel_id, event, event_id, revision, conversion_ms, value, device_type, os,
-                                    browser, utm_source, utm_campaign, touch_kind, touch_id, touch_ms, campaign_id,
-                                    adgroup_id, ad_id, matched_by
+                                    browser, utm_source, utm_campaign, country, region, touch_kind, touch_id, touch_ms,
+                                    campaign_id, adgroup_id, ad_id, matched_by
                     FROM {self.db}.attribution_candidates
                     WHERE advertiser_id = %(adv)s AND conversion_time >= toDateTime(%(lo)s)
                       AND conversion_time < toDateTime(%(hi)s))
@@ -326,7 +328,7 @@ class Report:
                                           inside)), inside) AS level
                     FROM (
                       SELECT conversion_ms, value, event, device_type, os, browser, utm_source, utm_campaign,
-                             arrayFilter(t -> tupleElement(t, 1) != ''
+                             country, region, arrayFilter(t -> tupleElement(t, 1) != ''
                                               AND {_age('t')} >= 0
                                               AND {_window_sql(click_ms, view_ms)},
                                          arrayMap(t -> (tupleElement(t, 1), tupleElement(t, 2), tupleElement(t, 3),

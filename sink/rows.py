@@ -76,6 +76,14 @@ def _content_type(props: dict) -> str:
     return ""
 
 
+def _place(get) -> tuple[str, str]:
+    """The record's country and region (absent from records of older collectors, and when unknown)."""
+    country, region = get("country", ""), get("region", "")
+    if country.__class__ is region.__class__ is str:
+        return country, region
+    return _str(country, "country"), _str(region, "region")
+
+
 class Failure(NamedTuple):
     """One event of an entry that cannot be stored, and why."""
 
@@ -200,6 +208,7 @@ class RowBuilder:
         # The collector anonymised it already; entries queued by a collector from before that
         # may still hold a raw address, and anonymising twice changes nothing.
         ip = (anonymize_ip(ip) if self._anonymize else ip) if ip else ""
+        country, region = _place(get)
         test_event_code = _str(get("test_event_code"), "test_event_code")
         limited_data_use = 1 if get("limited_data_use") else 0
         dedup_version = _MAX_U64 - received_ms
@@ -213,9 +222,9 @@ class RowBuilder:
             received_ms, source, event_source, partner_name, id_generated, browser_id, click_id, email_sha256,
             phone_sha256, external_id_sha256, url, url_host, url_path, referrer, referrer_host, utm_source,
             utm_medium, utm_campaign, utm_content, utm_term, value, currency, order_id, lead_id, lead_event_source,
-            content_type, content_ids, search_query, properties, extra, ip, user_agent, ua_browser,
-            ua_browser_version, ua_os, ua_os_version, device_type, is_bot, test_event_code, limited_data_use,
-            stream_id, dedup_version,
+            content_type, content_ids, search_query, properties, extra, ip, country, region, user_agent,
+            ua_browser, ua_browser_version, ua_os, ua_os_version, device_type, is_bot, test_event_code,
+            limited_data_use, stream_id, dedup_version,
         )
 
     def _touch_row(self, stream_id: str, advertiser: str, r: dict) -> TouchRow:
@@ -236,6 +245,8 @@ class RowBuilder:
             phone_sha256=_str(r.get("phone"), "phone"),
             external_id_sha256=_str(r.get("external_id"), "external_id"),
             ip=(anonymize_ip(ip) if self._anonymize else ip) if ip else "",
+            country=_str(r.get("country"), "country"),
+            region=_str(r.get("region"), "region"),
             user_agent=_str(r.get("user_agent"), "user_agent"),
             source=_str(r.get("source"), "source") or "redirect",
             received_ms=_ms(r["received_ms"], "received_ms", _MAX_U64),

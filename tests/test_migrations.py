@@ -35,6 +35,7 @@ RELEASED = {
     6: "94ab588f2b3e45a00322e6de9f5b76d35c7f1679896ac5d71ba7a4b0b362ed1b",
     7: "5a6ae526842f8ca23db1d31c965e98628e837fb2afc73380ad45afdafe533d1a",
     8: "07661a7b0c5a1fa0e41bea2eb2f888d2c14d3bf1f27aca770ea488d9029aa2c5",
+    13: "c12e998a6af53764f49311f8e65004dd2876fade4ad409c0936521dbc7886cf8",
 }
 
 
@@ -172,3 +173,39 @@ def test_rows_stored_before_migration_8_read_as_web_events(server, monkeypatch):
     rows = client.execute(f"SELECT event_id, source, click_id, order_id, value, event_source, partner_name, "
                           f"lead_id, lead_event_source FROM {db}.events_unique")
     assert [tuple(r) for r in rows] == [("old-1", "server", "E.C.P.1", "A-1", 42.5, "web", "", "", "")]
+
+
+def test_rows_stored_before_migration_13_keep_their_values_and_sums_split_by_country(server, monkeypatch):
+    """Migration 13 adds country and region, and puts them in conversion_stats's sorting key."""
+    client, prefix = server
+    db = f"{prefix}_geo"
+    everything = schema.MIGRATIONS
+    monkeypatch.setattr(schema, "MIGRATIONS", [m for m in everything if m.version < 13])
+    schema.migrate(client, db)
+    client.execute(f"INSERT INTO {db}.events (advertiser_id, pixel_id, event, event_id, event_time, source, ip, "
+                   f"user_agent, value, dedup_version) SELECT 'adv-1', 'CPIX1', 'Purchase', 'old-1', "
+                   f"toDateTime('2026-01-01 00:00:00', 'UTC'), 'browser', '193.0.6.0', 'UA', 42.5, 7")
+    stats = ("advertiser_id, model, touch_minute, event, campaign_id, adgroup_id, ad_id, touch_kind, "
+             "conversion_minute, click_window_days, view_window_days, device_type, os, browser, utm_source, "
+             "utm_campaign, conversions, conversion_value")
+    client.execute(f"INSERT INTO {db}.conversion_stats ({stats}) SELECT 'adv-1', 'last_click', "
+                   f"toDateTime('2026-01-01 00:00:00', 'UTC'), 'Purchase', 'c', 'g', 'a', 'click', "
+                   f"toDateTime('2026-01-01 00:00:00', 'UTC'), 7, 1, 'pc', 'Linux', 'Chrome', '', '', 1, 42.5")
+    monkeypatch.setattr(schema, "MIGRATIONS", everything)
+    assert [m.version for m in schema.migrate(client, db)][:1] == [13]
+    rows = client.execute(f"SELECT event_id, ip, country, region, user_agent, value FROM {db}.events_unique")
+    assert [tuple(r) for r in rows] == [("old-1", "193.0.6.0", "", "", "UA", 42.5)]
+    # A conversion credited after the upgrade, through credit_input as the attributor writes it,
+    # in another country: the kept sums hold both, apart, after merging.
+    client.execute(f"INSERT INTO {db}.credit_input (advertiser_id, pixel_id, event, event_id, conversion_time, "
+                   f"value, device_type, os, browser, country, region, touch_kind, touch_time, campaign_id, "
+                   f"adgroup_id, ad_id, click_window_days, view_window_days, sign, model_names, model_credits) "
+                   f"SELECT 'adv-1', 'CPIX1', 'Purchase', 'new-1', toDateTime('2026-01-01 00:00:30', 'UTC'), 10, "
+                   f"'pc', 'Linux', 'Chrome', 'NL', 'NL-NH', 'click', toDateTime('2026-01-01 00:00:10', 'UTC'), "
+                   f"'c', 'g', 'a', 7, 1, 1, ['last_click'], [1.]")
+    client.execute(f"OPTIMIZE TABLE {db}.conversion_stats FINAL")
+    sums = client.execute(f"SELECT country, region, conversions, conversion_value FROM {db}.conversion_stats "
+                          f"ORDER BY country")
+    assert [tuple(r) for r in sums] == [("", "", 1.0, 42.5), ("NL", "NL-NH", 1.0, 10.0)]
+    (country,) = client.execute(f"SELECT country FROM {db}.credits WHERE event_id = 'new-1'")[0]
+    assert country == "NL"

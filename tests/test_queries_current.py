@@ -42,16 +42,16 @@ def _day_start(days_ago: int) -> int:
 
 
 def _touch(kind, touch_id, at, campaign, ad):
-    return (ADV, kind, touch_id, at, at * 1000, campaign, f"{campaign}-g", ad, "", "e", "", "", "", "", "import",
-            at * 1000, 1)
+    return (ADV, kind, touch_id, at, at * 1000, campaign, f"{campaign}-g", ad, "", "e", "", "", "", "", "", "",
+            "import", at * 1000, 1)
 
 
 def _conversion(event_id, at, value, touches, credits_by_model, revision=1):
     """Candidate rows and credit rows of one conversion (touches: (kind, id, at, campaign, ad, matched_by))."""
     head = dict(advertiser_id=ADV, pixel_id="P", event="CompletePayment", event_id=event_id, conversion_time=at,
                 conversion_ms=at * 1000, value=value, currency="USD", device_type="pc", os="Linux",
-                browser="Chrome", utm_source="tt", utm_campaign="", revision=revision, content_hash=1,
-                attributed_ms=STAMP)
+                browser="Chrome", utm_source="tt", utm_campaign="", country="DE", region="", revision=revision,
+                content_hash=1, attributed_ms=STAMP)
 
     def part(t):
         kind, touch_id, t_at, campaign, ad, matched = t

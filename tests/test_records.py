@@ -55,7 +55,7 @@ EXPECTED_ROW = {
                   '"brand":"x"}',
     "extra": '{"surprise":{"kept":true},"user":{"first_name":'
              '"81f8f6dde88365f3928796ec7aa53f72820b06db8664f5fe76a7eb13e24546a2"}}',
-    "ip": "203.0.113.0",
+    "ip": "203.0.113.0", "country": "", "region": "",  # queued before places were looked up
     "user_agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36",
     "ua_browser": "Chrome", "ua_browser_version": "120.0", "ua_os": "Linux", "ua_os_version": "",
     "device_type": "desktop", "is_bot": 0, "test_event_code": "", "limited_data_use": 0, "stream_id": "1-0/0",

@@ -243,7 +243,7 @@ def test_another_advertiser_sees_nothing(world, shop, r):
 
 
 @pytest.mark.parametrize("params, field, words", [
-    ({"dimensions": "country"}, "dimensions", "unknown dimension 'country'"),
+    ({"dimensions": "city"}, "dimensions", "unknown dimension 'city'"),
     ({"dimensions": "stat_time_day,stat_time_hour"}, "dimensions", "not both"),
     ({"metrics": "likes"}, "metrics", "unknown metric"),
     ({"dimensions": "device_type", "metrics": "clicks"}, "metrics", "cannot be broken down by device_type"),
@@ -361,7 +361,7 @@ def _by_the_rules(report) -> dict[tuple, tuple[float, float]]:
     q = report.q
     sql, params = report._candidates_sql()
     windows = models.Windows(q.click_window, q.view_window)
-    names = ("event", "device_type", "os", "browser", "utm_source", "utm_campaign")
+    names = ("event", "device_type", "os", "browser", "utm_source", "utm_campaign", "country", "region")
     out: dict[tuple, list[float]] = defaultdict(lambda: [0.0, 0.0])
     for conv_ms, value, *attrs, reason, touches in report.ch.execute(sql, params):
         if reason in ("duplicate_order", "repeat_click"):
