@@ -273,3 +273,30 @@ def test_the_buffer_maximum_age_is_at_least_a_day():
     assert config.load(key, environ={"CLICKTRAIL_BUFFER_MAX_AGE_DAYS": "7"}).stream.buffer_max_age_days == 7
     with pytest.raises(ConfigError, match="BUFFER_MAX_AGE_DAYS must be at least 1"):
         config.load({**key, "BUFFER_MAX_AGE_DAYS": 0}, environ={})
+
+
+def test_retention_runs_the_same_on_a_current_clickhouse(tmp_path, settings, r):
+    """No TTL anywhere: the drops and mutations that 18.16 needs work on a current engine (chDB) too."""
+    from attribution.retention import Retention
+    from clicktrail import schema
+    from tests.chdb_client import ChdbClient
+
+    current = ChdbClient(str(tmp_path / "chdb"))
+    try:
+        schema.migrate(current, "ctr")
+        for adv in ("adv-1", "adv-2"):
+            registry.ensure_advertiser(r, adv)
+            for name, at in AGES.items():
+                if adv == "adv-1" or name == "recent":
+                    put_conversion(current, "ctr", adv, name, at())
+        registry.update_settings(r, "adv-1", retention_days=30)
+        job = Retention(settings, r, current, "ctr")
+        done = job.apply()
+        assert job.wait(120)
+        assert held(current, "ctr", "adv-1") == {t: {"recent"} for t in TABLES}
+        assert held(current, "ctr", "adv-2") == {t: {"recent"} for t in TABLES}
+        months = {month_of(AGES[name]()) for name in ("alone", "shared")}
+        assert all(set(done["tables"][t]["dropped_partitions"]) == months for t in TABLES)
+        assert all(done["tables"][t]["deleted_rows"] >= 1 for t in TABLES)  # the 40-day-old rows
+    finally:
+        current.close()
