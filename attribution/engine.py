@@ -23,6 +23,7 @@ import redis
 from clickhouse_driver import Client
 
 from attribution.erasure import Eraser, due_every
+from attribution.retention import Retention
 from attribution import models, store
 from pixel.touchpoints import Touch
 from clicktrail import clickhouse, keys, redis_client, scripting
@@ -212,6 +213,8 @@ class Attributor:
         self._release_script = r.register_script(_RELEASE_LUA)
         self.eraser = Eraser(r, ch, database, self._stamp, self._publish)
         self._erasure_due = due_every(1.0)
+        self.retention = Retention(settings, r, ch, database)
+        self._retention_check_due = due_every(600.0)  # is the daily run due? (asked of Redis)
         self._candidates_sql = (f"INSERT INTO {database}.attribution_candidates "
                                 f"({', '.join(CANDIDATE_COLUMN_NAMES)}) VALUES")
         self._credits_sql = f"INSERT INTO {database}.credit_input ({', '.join(CREDIT_INPUT_COLUMN_NAMES)}) VALUES"
@@ -267,6 +270,7 @@ class Attributor:
         except LeaseLost:
             return True  # the tick stopped unacknowledged; the new holder reclaims its notices
         self._prune_if_due()
+        self._retention_if_due()
         if self._erasure_due():
             retry(self.eraser.step, errors=NETWORK_ERRORS, on_failure=self._storage_failed,
                   backoff=Backoff(cap=self.settings.retry.backoff_cap_s), stop=self.stop)
@@ -286,6 +290,17 @@ class Attributor:
                 self.ch.execute(f"ALTER TABLE {self.db}.feed_changes DROP PARTITION {int(partition)}")
         except NETWORK_ERRORS as exc:
             log.warning("could not prune the feed's change log (%s); will retry", exc)
+
+    def _retention_if_due(self) -> None:
+        """Once a day: rows past each advertiser's retention, and buffer entries past their maximum age."""
+        if not self._retention_check_due() or not self.retention.due():
+            return
+        try:
+            done = self.retention.apply()
+        except NETWORK_ERRORS as exc:
+            log.warning("could not apply retention (%s); will retry", exc)
+            return
+        log.info("retention applied: %s", done)
 
     def _hold_lease(self) -> bool:
         """Take or renew the lease; False while another attributor holds it."""

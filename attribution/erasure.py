@@ -153,8 +153,14 @@ class Eraser:
         work["rows"].update(self._counts(adv, events, sorted(touches)))
         # Again, now knowing the browsers and clicks the person's stored events link.
         linked = _Person(work)
+        self._forget_clicks(adv, set(clicks) | {touch_id for kind, touch_id in touches if kind == "click"})
         work["rows"]["queued_events"] += sum(self._scrub_stream(name, linked)
                                              for name in (keys.EVENTS_STREAM, keys.DEAD_LETTER_STREAM))
+
+    def _forget_clicks(self, adv: str, click_ids: set[str]) -> None:
+        """The person's clicks leave the click cache (it holds their browser id and hashes)."""
+        if click_ids:
+            self.redis.delete(*(click_cache.key(adv, click_id) for click_id in sorted(click_ids)))
 
     def _counts(self, adv: str, events: list, touches: list) -> dict[str, int]:
         counts = {}

@@ -357,17 +357,65 @@ def advertiser() -> None:
               "time_decay or position_based")
 @click.option("--timezone", help="IANA time zone of reports and cost days, e.g. Europe/Berlin")
 @click.option("--currency", help="ISO 4217 currency of spend and values, e.g. EUR")
+@click.option("--retention-days", "retention", metavar="N|forever",
+              help="keep events, touchpoints, identity links and credits N days (at least 1), then remove "
+              "them (daily, or `clicktrail retention apply`); forever (the default) keeps everything")
 def advertiser_set(advertiser_id: str, click_window: int | None, view_window: int | None, counting: str | None,
-                   event: str | None, model: str | None, timezone: str | None, currency: str | None) -> None:
+                   event: str | None, model: str | None, timezone: str | None, currency: str | None,
+                   retention: str | None) -> None:
     """Change attribution settings (they apply from now on); print them as JSON."""
     import json
 
     from pixel import registry
 
+    retention_days: int | str | None = retention
+    if retention is not None and retention != registry.FOREVER:
+        try:
+            retention_days = int(retention)
+        except ValueError:
+            raise click.BadParameter(f"{retention!r} is not a whole number of days or {registry.FOREVER!r}",
+                                     param_hint="--retention-days") from None
     settings = registry.update_settings(_redis(_settings()), advertiser_id, click_window_days=click_window,
                                         view_window_days=view_window, counting=counting, event=event,
-                                        model=model, timezone=timezone, currency=currency)
+                                        model=model, timezone=timezone, currency=currency,
+                                        retention_days=retention_days)
+    warning = registry.retention_warning(settings)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(json.dumps(settings, sort_keys=True))
+
+
+@main.group()
+def retention() -> None:
+    """Remove data past each advertiser's retention (the attributor does it daily)."""
+
+
+@retention.command("apply")
+@click.option("--wait/--no-wait", default=False, show_default=True,
+              help="wait until ClickHouse has finished the deletions")
+@click.option("--timeout", default=3600.0, show_default=True, type=float, help="seconds to wait at most")
+def retention_apply(wait: bool, timeout: float) -> None:
+    """Run the daily retention job now; print what it removed as JSON.
+
+    Rows of every advertiser with --retention-days older than its cutoff leave ClickHouse
+    (whole months by partition drops, the rest by mutations, which finish in the background), and
+    entries older than CLICKTRAIL_BUFFER_MAX_AGE_DAYS leave the event stream and the dead letters.
+    """
+    import json
+
+    from attribution.retention import Retention
+    from clicktrail import clickhouse
+
+    _setup_logging("WARNING")
+    settings = _settings()
+    url = settings.clickhouse.url
+    job = Retention(settings, _redis(settings), clickhouse.connect(url), clickhouse.database_of(url))
+    done = job.apply()
+    if wait and not job.wait(timeout):
+        click.echo(f"deletions not finished after {timeout:.0f} s; they go on in ClickHouse", err=True)
+        click.echo(json.dumps(done, sort_keys=True))
+        sys.exit(1)
+    click.echo(json.dumps(done, sort_keys=True))
 
 
 @main.group()

@@ -81,6 +81,14 @@ class StreamSettings:
     max_len: int = _setting("STREAM_MAX_LEN", 1_000_000)
     # Pending this long: the consumer (a sink, or an attributor) that read it is presumed dead.
     claim_idle_ms: int = _setting("CLAIM_IDLE_MS", 60_000, deprecated=("SINK_CLAIM_IDLE_MS",))
+    # Days an entry may stay in the event stream or the dead letters (they hold personal data, and
+    # a dead letter waits for an operator); older ones are dropped, counted and logged as lost.
+    buffer_max_age_days: int = _setting("BUFFER_MAX_AGE_DAYS", 30)
+
+    def __post_init__(self) -> None:
+        if self.buffer_max_age_days < 1:
+            raise ConfigError(f"{ENV_PREFIX}BUFFER_MAX_AGE_DAYS must be at least 1 (days); "
+                              f"got {self.buffer_max_age_days}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,6 +59,17 @@ FEED_WATERMARK = PREFIX + "feed:watermark"
 #: Erasure requests not yet done: sorted set request id -> requested time (ms). See pixel/erasure.py.
 ERASURE_QUEUE = PREFIX + "erasures"
 
+#: Hash advertiser id -> the latest retention cutoff applied (ms): nothing of the advertiser older
+#: than it is held any more (reports' ``data_complete_from``). See attribution/retention.py.
+RETENTION_APPLIED = PREFIX + "retention:applied"
+
+#: When the retention job last ran (ms): the attributor runs it once a day, across restarts.
+RETENTION_LAST_RUN = PREFIX + "retention:last_run"
+
+#: Hash ``<advertiser>:<stream>`` -> accepted events dropped unstored from ``events`` or
+#: ``dead`` letters for being older than the buffers' maximum age (see sink/expiry.py).
+EXPIRED_COUNTS = PREFIX + "stats:expired"
+
 
 def erasure_audit(request_id: str) -> str:
     """The audit record of an erasure request (JSON; kept for good, holds no identifier)."""

@@ -29,7 +29,12 @@ DEFAULT_SETTINGS = {
     "currency": "USD",
     # The model the optimizer feed uses (reports may ask for any).
     "model": "last_click",
+    # Days of events, touchpoints, identity links and credits kept; None keeps everything
+    # (attribution/retention.py removes older rows once a day).
+    "retention_days": None,
 }
+#: ``--retention-days forever``: back to keeping everything.
+FOREVER = "forever"
 MODELS = ("last_click", "first_click", "linear", "time_decay", "position_based")
 CLICK_WINDOWS = (1, 7, 14, 28)
 VIEW_WINDOWS = (0, 1, 7)
@@ -75,8 +80,11 @@ def ensure_advertiser(r: redis.Redis, advertiser_id: str) -> dict:
 def update_settings(r: redis.Redis, advertiser_id: str, *, click_window_days: int | None = None,
                     view_window_days: int | None = None, counting: str | None = None,
                     event: str | None = None, model: str | None = None, timezone: str | None = None,
-                    currency: str | None = None) -> dict:
-    """Change an advertiser's attribution settings; they apply to conversions attributed from now on."""
+                    currency: str | None = None, retention_days: int | str | None = None) -> dict:
+    """Change an advertiser's attribution settings; they apply to conversions attributed from now on.
+
+    ``retention_days``: a number of days (at least 1), or FOREVER to keep everything again.
+    """
     if click_window_days is not None and click_window_days not in CLICK_WINDOWS:
         raise RegistryError(f"click window must be one of {', '.join(map(str, CLICK_WINDOWS))} days")
     if view_window_days is not None and view_window_days not in VIEW_WINDOWS:
@@ -89,6 +97,10 @@ def update_settings(r: redis.Redis, advertiser_id: str, *, click_window_days: in
         _check_timezone(timezone)
     if currency is not None and not re.fullmatch(r"[A-Z]{3}", currency):
         raise RegistryError("currency must be an ISO 4217 code of three capital letters, e.g. USD")
+    if retention_days is not None and retention_days != FOREVER and (
+            isinstance(retention_days, bool) or not isinstance(retention_days, int) or retention_days < 1):
+        raise RegistryError(f"retention must be a whole number of days, at least 1, or {FOREVER!r} "
+                            "to keep everything")
     record = ensure_advertiser(r, advertiser_id)
     settings = {**DEFAULT_SETTINGS, **record.get("settings", {})}
     if click_window_days is not None:
@@ -100,9 +112,20 @@ def update_settings(r: redis.Redis, advertiser_id: str, *, click_window_days: in
     for name, value in (("model", model), ("timezone", timezone), ("currency", currency)):
         if value is not None:
             settings[name] = value
+    if retention_days is not None:
+        settings["retention_days"] = None if retention_days == FOREVER else retention_days
     record["settings"] = settings
     r.hset(keys.ADVERTISERS, advertiser_id, orjson.dumps(record))
     return settings
+
+
+def retention_warning(settings: dict) -> str | None:
+    """Why a retention shorter than the click window loses attributions, or None when it does not."""
+    days, window = settings.get("retention_days"), settings["click_window_days"]
+    if days is None or days >= window:
+        return None
+    return (f"retention of {days} day(s) is shorter than the {window}-day click window: attribution will no "
+            f"longer see touchpoints older than {days} day(s), so conversions they led to count as organic")
 
 
 def _check_timezone(name: str) -> None:

@@ -19,7 +19,7 @@ from clicktrail import keys
 from clicktrail.clickhouse import NETWORK_ERRORS
 from clicktrail.errors import BufferUnavailable, NotFound, StorageError
 from clicktrail.timestamps import utc_iso
-from pixel import registry, sources
+from pixel import registry, retention, sources
 from pixel.snippet import build_snippet
 from reporting.auth import require
 from reporting.context import api_services
@@ -62,9 +62,14 @@ def advertiser():
     settings = _redis_read(registry.advertiser_settings, r, adv)
     pixels = _redis_read(registry.list_pixels, r, adv)
     others = _redis_read(sources.list_sources, r, adv)
+    complete_from = _redis_read(retention.complete_from, r, adv, settings, settings["timezone"])
+    expired = _redis_read(r.hmget, keys.EXPIRED_COUNTS, [f"{adv}:events", f"{adv}:dead"])
     return jsonify(
         advertiser_id=adv,
         settings=settings,
+        data_complete_from=complete_from,
+        # Accepted events dropped unstored for outliving CLICKTRAIL_BUFFER_MAX_AGE_DAYS (sink/expiry.py).
+        expired_events={"stream": int(expired[0] or 0), "dead_letters": int(expired[1] or 0)},
         pixels=[{"pixel_id": pid, "domains": pixels[pid]["domains"]} for pid in sorted(pixels)],
         event_sources=[{"event_source_id": sid, "event_source": rec["kind"], "name": rec["name"]}
                        for sid, rec in others.items()],

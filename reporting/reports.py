@@ -19,9 +19,12 @@ import io
 from collections import defaultdict
 from datetime import date, datetime, timedelta
 
+import redis
 from flask import Blueprint, Response, g, jsonify, request
 
 from attribution import models
+from clicktrail.errors import BufferUnavailable
+from pixel import retention
 from pixel.registry import advertiser_settings
 from reporting import report_query as rq
 from reporting.auth import require
@@ -52,6 +55,12 @@ def report():
     built = Report(svc.clickhouse.get(), svc.database, g.caller.advertiser_id, settings, query).build()
     if query.format == "csv":
         return _csv(query, built["rows"])
+    # Retention removed older rows: the sums stay, what is recomputed from rows (other windows) does not.
+    try:
+        built["data_complete_from"] = retention.complete_from(svc.redis, g.caller.advertiser_id, settings,
+                                                              query.timezone)
+    except redis.RedisError as exc:
+        raise BufferUnavailable("the registry is unavailable; retry later") from exc
     return jsonify(built)
 
 

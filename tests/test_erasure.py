@@ -152,6 +152,8 @@ def test_erasure_by_any_one_identifier_removes_everything_of_the_person(world, c
     assert left["credits"] == left["candidates"] == {"john-buy"}
     assert set(JANE.values()).isdisjoint(left["event_identities"] | left["touch_identities"])
     assert "click-jane" not in left["event_identities"]
+    # Her click left the attributor's click cache (it holds her hashes); John's stays.
+    assert not r.exists("ct:click:adv-1:click-jane") and r.exists("ct:click:adv-1:click-john")
     # Reports and the feed no longer count her click or her purchase; John's are whole.
     assert without_zeros(world.report("adv-1")) == {"a-john": (1, 1.0, 20.0)}
     assert world.feed("adv-1").get("a-jane", (0, 0.0)) == (0, 0.0)
