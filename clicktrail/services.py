@@ -144,14 +144,41 @@ _CLICKHOUSE_CONFIG = """<?xml version="1.0"?>
       <quota>default</quota>
     </default>
   </users>
-  <profiles><default><max_memory_usage>4000000000</max_memory_usage></default></profiles>
+  <profiles><default><max_memory_usage>4000000000</max_memory_usage>{profile}</default></profiles>
   <quotas><default></default></quotas>
-</yandex>
+{extra}</yandex>
 """
 
 
-def ensure_clickhouse(url: str, data_dir: Path, *, http_port: int | None = None) -> Server:
-    """Use the ClickHouse at ``url``, or start one there with the project's own config and data folder."""
+@dataclass(frozen=True)
+class ClusterLayout:
+    """A ClickHouse cluster of one-replica shards on this machine: a name and each shard's TCP port."""
+
+    name: str
+    ports: tuple[int, ...]
+
+    #: What every cluster node's default profile sets (docs/scaling.md, "ClickHouse cluster"):
+    #: an insert returns once each shard has its rows (not when they are queued on the node that
+    #: took them), and a subquery over a Distributed table inside a distributed query reads the
+    #: shard's own local table, which is right because every table is sharded by advertiser.
+    SETTINGS = (("insert_distributed_sync", "1"), ("distributed_product_mode", "local"))
+
+    def profile(self) -> str:
+        return "".join(f"<{name}>{value}</{name}>" for name, value in self.SETTINGS)
+
+    def remote_servers(self) -> str:
+        shards = "".join(f"<shard><replica><host>127.0.0.1</host><port>{port}</port></replica></shard>"
+                         for port in self.ports)
+        return f"  <remote_servers><{self.name}>{shards}</{self.name}></remote_servers>\n"
+
+
+def ensure_clickhouse(url: str, data_dir: Path, *, http_port: int | None = None,
+                      cluster: ClusterLayout | None = None) -> Server:
+    """Use the ClickHouse at ``url``, or start one there with the project's own config and data folder.
+
+    With ``cluster``, the server started knows that cluster (``remote_servers``) and has the
+    settings its Distributed tables need (see ClusterLayout).
+    """
     host, port = _host_port(url, 9000)
     folder = (data_dir / f"clickhouse-{port}").resolve()
     server = Server("clickhouse", host, port, folder / "clickhouse.pid", started=False)
@@ -162,7 +189,9 @@ def ensure_clickhouse(url: str, data_dir: Path, *, http_port: int | None = None)
     for sub in ("data", "tmp", "log", "user_files", "format_schemas"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     config = folder / "config.xml"
-    config.write_text(_CLICKHOUSE_CONFIG.format(folder=folder, tcp_port=port, http_port=http_port or free_port()))
+    profile, extra = (cluster.profile(), cluster.remote_servers()) if cluster else ("", "")
+    config.write_text(_CLICKHOUSE_CONFIG.format(folder=folder, tcp_port=port, http_port=http_port or free_port(),
+                                                profile=profile, extra=extra))
     subprocess.run(
         [_binary("clickhouse-server", "clickhouse-server"), f"--config-file={config}", "--daemon",
          f"--pid-file={server.pid_file}"],
@@ -183,3 +212,10 @@ def _clickhouse_answers(host: str, port: int) -> bool:
         return True
     except Exception:
         return False
+
+
+def ensure_clickhouse_cluster(layout: ClusterLayout, data_dir: Path) -> list[Server]:
+    """Start (or use) one ClickHouse per shard of ``layout`` on this machine, each knowing the cluster."""
+    return [ensure_clickhouse(f"clickhouse://127.0.0.1:{port}/default", data_dir / layout.name,
+                              http_port=port + 1, cluster=layout)
+            for port in layout.ports]
