@@ -214,8 +214,11 @@ def _clickhouse_answers(host: str, port: int) -> bool:
         return False
 
 
-def ensure_clickhouse_cluster(layout: ClusterLayout, data_dir: Path) -> list[Server]:
-    """Start (or use) one ClickHouse per shard of ``layout`` on this machine, each knowing the cluster."""
+def ensure_clickhouse_cluster(layout: ClusterLayout, data_dir: Path, *, any_http_port: bool = False) -> list[Server]:
+    """Start (or use) one ClickHouse per shard of ``layout`` on this machine, each knowing the cluster.
+
+    Each one's HTTP port is its TCP port + 1, or any free port with ``any_http_port``.
+    """
     return [ensure_clickhouse(f"clickhouse://127.0.0.1:{port}/default", data_dir / layout.name,
-                              http_port=port + 1, cluster=layout)
+                              http_port=free_port() if any_http_port else port + 1, cluster=layout)
             for port in layout.ports]
