@@ -89,7 +89,7 @@ def timed(label: str, insert, batches: list[list[tuple]], servers: list[services
 
 def shard_of(client, advertisers: list[str], shards: int) -> dict[str, int]:
     """Which shard (0-based) the Distributed table sends each advertiser to (equal weights)."""
-    found = client.execute("SELECT a, cityHash64(a) % %(n)s FROM (SELECT arrayJoin(%(a)s) AS a)",
+    found = client.execute("SELECT a, modulo(cityHash64(a), %(n)s) FROM (SELECT arrayJoin(%(a)s) AS a)",
                            {"a": advertisers, "n": shards})
     return {a: int(s) for a, s in found}
 
