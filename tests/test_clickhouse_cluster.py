@@ -10,6 +10,9 @@ credits per conversion and model, reports and optimizer-feed rows must be identi
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -246,3 +249,23 @@ def server_features_of_1816():
     from clicktrail.clickhouse import Features
 
     return Features((18, 16, 1))
+
+
+def test_the_cli_creates_the_schema_on_every_node(ch_cluster):
+    url = clickhouse.with_database(ch_cluster.base_url, "ct_cluster_cli")
+    env = {**os.environ, "CLICKTRAIL_CLICKHOUSE_URL": url,
+           "PYTHONPATH": str(servers.ROOT)}
+    done = subprocess.run([sys.executable, "-m", "clicktrail.cli", "migrate", "--cluster", ch_cluster.layout.name],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{schema.MIGRATIONS[-1].version}\n"
+    assert f"applied 1: {schema.MIGRATIONS[0].name}" in done.stderr
+    for port in ch_cluster.layout.ports:
+        node = clickhouse.connect(f"clickhouse://127.0.0.1:{port}/default")
+        engines = dict(node.execute("SELECT name, engine FROM system.tables WHERE database = 'ct_cluster_cli'"))
+        local = dict(node.execute("SELECT name, engine FROM system.tables WHERE database = 'ct_cluster_cli_local'"))
+        assert engines["events"] == engines["credits"] == engines["events_unique"] == "Distributed"
+        assert local["events"] == "ReplacingMergeTree" and local["credits_mv"] == "MaterializedView"
+    wrong = subprocess.run([sys.executable, "-m", "clicktrail.cli", "migrate", "--cluster", "nope"],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert wrong.returncode == 2 and "no cluster 'nope'" in wrong.stderr
