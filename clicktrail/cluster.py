@@ -25,7 +25,10 @@ from clicktrail.errors import ConfigError
 LOCAL_SUFFIX = "_local"
 #: The sharding key of every table with an advertiser; the others (erasure_steps) go anywhere.
 ADVERTISER_KEY = "cityHash64(advertiser_id)"
-#: What every node's profile must set (clicktrail/services.py ClusterLayout explains why).
+#: What every node's default profile must set (docs/scaling.md, "ClickHouse cluster"): an
+#: insert returns once each shard has its rows (not when they are queued on the node that took
+#: them), and a subquery over a Distributed table inside a distributed query reads the shard's
+#: own local table, which is right because every table is sharded by advertiser.
 REQUIRED_SETTINGS = {"insert_distributed_sync": "1", "distributed_product_mode": "local"}
 #: Where replicated tables keep their coordination state in ZooKeeper; {shard} and {replica}
 #: are the node's macros.

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from clicktrail.cluster import REQUIRED_SETTINGS
 from clicktrail.errors import ServiceError
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1", ""}
@@ -156,15 +157,11 @@ class ClusterLayout:
 
     name: str
     ports: tuple[int, ...]
-
-    #: What every cluster node's default profile sets (docs/scaling.md, "ClickHouse cluster"):
-    #: an insert returns once each shard has its rows (not when they are queued on the node that
-    #: took them), and a subquery over a Distributed table inside a distributed query reads the
-    #: shard's own local table, which is right because every table is sharded by advertiser.
-    SETTINGS = (("insert_distributed_sync", "1"), ("distributed_product_mode", "local"))
+    #: What every node's default profile sets: what clicktrail.cluster requires (tests leave it out).
+    settings: tuple[tuple[str, str], ...] = tuple(REQUIRED_SETTINGS.items())
 
     def profile(self) -> str:
-        return "".join(f"<{name}>{value}</{name}>" for name, value in self.SETTINGS)
+        return "".join(f"<{name}>{value}</{name}>" for name, value in self.settings)
 
     def remote_servers(self) -> str:
         shards = "".join(f"<shard><replica><host>127.0.0.1</host><port>{port}</port></replica></shard>"

@@ -125,9 +125,9 @@ class PrivateClickHouse:
 class PrivateClickHouseCluster:
     """Two ClickHouse servers of the test's own, the two shards of cluster ``name`` (docs/scaling.md)."""
 
-    def __init__(self, name: str = "ct_test", shards: int = 2) -> None:
+    def __init__(self, name: str = "ct_test", shards: int = 2, **layout) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="ct-chcluster-"))
-        self.layout = services.ClusterLayout(name, tuple(services.free_port() for _ in range(shards)))
+        self.layout = services.ClusterLayout(name, tuple(services.free_port() for _ in range(shards)), **layout)
         self.base_url = f"clickhouse://127.0.0.1:{self.layout.ports[0]}/default"
         self.servers: list[services.Server] = []
 

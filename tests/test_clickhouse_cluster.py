@@ -269,3 +269,18 @@ def test_the_cli_creates_the_schema_on_every_node(ch_cluster):
     wrong = subprocess.run([sys.executable, "-m", "clicktrail.cli", "migrate", "--cluster", "nope"],
                            env=env, capture_output=True, text=True, timeout=120)
     assert wrong.returncode == 2 and "no cluster 'nope'" in wrong.stderr
+
+
+def test_a_node_without_the_cluster_settings_is_refused_by_name():
+    """A cluster whose servers' profile lacks the two settings: the migration names them, creates nothing."""
+    bare = servers.PrivateClickHouseCluster("ct_bare", shards=1, settings=())
+    bare.start()
+    try:
+        url = clickhouse.with_database(bare.base_url, "ct_bare_db")
+        with pytest.raises(ClicktrailError, match="must set insert_distributed_sync=1, "
+                                                  "distributed_product_mode=local in its default profile"):
+            cluster.migrate(url, "ct_bare_db", "ct_bare")
+        client = clickhouse.connect(bare.base_url)
+        assert client.execute("SELECT count() FROM system.databases WHERE name LIKE 'ct_bare_db%'") == [(0,)]
+    finally:
+        bare.cleanup()
