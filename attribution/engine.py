@@ -26,7 +26,7 @@ from attribution.erasure import Eraser, due_every
 from attribution.retention import Retention
 from attribution import models, store
 from pixel.touchpoints import Touch
-from clicktrail import clickhouse, keys, redis_client, scripting
+from clicktrail import clickhouse, cluster, keys, redis_client, scripting
 from clicktrail.backoff import Backoff, retry
 from clicktrail.config import Settings
 from clicktrail.clickhouse import NETWORK_ERRORS
@@ -283,11 +283,13 @@ class Attributor:
         self._next_prune = time.monotonic() + 3600
         keep_from = time.strftime("%Y%m%d", time.gmtime(time.time() - FEED_RETENTION_DAYS * 86_400))
         try:
-            old = self.ch.execute(
-                "SELECT DISTINCT partition FROM system.parts WHERE database = %(db)s AND table = 'feed_changes' "
-                "AND active AND partition < %(keep)s", {"db": self.db, "keep": keep_from})
-            for (partition,) in old:
-                self.ch.execute(f"ALTER TABLE {self.db}.feed_changes DROP PARTITION {int(partition)}")
+            # On a cluster, each node's local table (a Distributed table has no partitions).
+            for client, db in cluster.local_clients(self.ch, self.db):
+                old = client.execute(
+                    "SELECT DISTINCT partition FROM system.parts WHERE database = %(db)s AND table = 'feed_changes' "
+                    "AND active AND partition < %(keep)s", {"db": db, "keep": keep_from})
+                for (partition,) in old:
+                    client.execute(f"ALTER TABLE {db}.feed_changes DROP PARTITION {int(partition)}")
         except NETWORK_ERRORS as exc:
             log.warning("could not prune the feed's change log (%s); will retry", exc)
 

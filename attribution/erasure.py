@@ -30,7 +30,7 @@ import redis
 from clickhouse_driver import Client
 
 from attribution import store
-from clicktrail import keys
+from clicktrail import cluster, keys
 from clicktrail.inserts import columns
 from clicktrail.schema import CREDIT_INPUT_COLUMN_NAMES
 from pixel import click_cache, erasure, records
@@ -56,6 +56,14 @@ class Eraser:
         self._stamp = stamp  # the attributor's: write times the feed's cursors can order
         self._publish = publish
         self._credits_sql = (f"INSERT INTO {db}.credit_input ({', '.join(CREDIT_INPUT_COLUMN_NAMES)}) VALUES")
+        self._stored_in: list[tuple[Client, str]] | None = None
+
+    def _storage(self) -> list[tuple[Client, str]]:
+        """Where mutations run: the database itself, or each node's local tables on a cluster
+        (a Distributed table takes no mutation)."""
+        if self._stored_in is None:
+            self._stored_in = cluster.local_clients(self.ch, self.db)
+        return self._stored_in
 
     def step(self) -> int:
         """Move every queued request one step on; return how many were queued."""
@@ -219,18 +227,22 @@ class Eraser:
             where = " OR ".join(_event_match(table, w["advertiser_id"], [tuple(e) for e in w["events"]])
                                 for w in works.values() if w["events"])
             if where:
-                self.ch.execute(f"ALTER TABLE {self.db}.{table} DELETE WHERE {where}")
+                self._mutate(table, where)
         for table in TOUCH_TABLES:
             where = " OR ".join(_touch_match(w["advertiser_id"], [tuple(t) for t in w["touches"]])
                                 for w in works.values() if w["touches"])
             if where:
-                self.ch.execute(f"ALTER TABLE {self.db}.{table} DELETE WHERE {where}")
+                self._mutate(table, where)
+
+    def _mutate(self, table: str, where: str) -> None:
+        for client, db in self._storage():
+            client.execute(f"ALTER TABLE {db}.{table} DELETE WHERE {where}")
 
     def _mutations_done(self) -> bool:
         tables = EVENT_TABLES + TOUCH_TABLES
-        left = self.ch.execute("SELECT count() FROM system.mutations WHERE database = %(db)s AND table IN %(t)s "
-                               "AND is_done = 0", {"db": self.db, "t": tables})[0][0]
-        return left == 0
+        return not any(client.execute("SELECT count() FROM system.mutations WHERE database = %(db)s "
+                                      "AND table IN %(t)s AND is_done = 0", {"db": db, "t": tables})[0][0]
+                       for client, db in self._storage())
 
 
 class _Person:

@@ -47,15 +47,19 @@ def main() -> None:
 
 
 @main.command()
-def migrate() -> None:
+@click.option("--cluster", default="", metavar="NAME",
+              help="create the schema on every node of this cluster of the servers' remote_servers "
+                   "configuration: local tables and Distributed tables over them (docs/scaling.md)")
+def migrate(cluster: str) -> None:
     """Create or upgrade the ClickHouse schema (idempotent); print the schema version."""
     from clicktrail import clickhouse, schema
+    from clicktrail import cluster as ch_cluster
 
     settings = _settings()
     url = settings.clickhouse.url
     db = clickhouse.database_of(url)
     client = clickhouse.connect(url, database="default")
-    applied = schema.migrate(client, db)
+    applied = ch_cluster.migrate(url, db, cluster) if cluster else schema.migrate(client, db)
     for migration in applied:
         click.echo(f"applied {migration.version}: {migration.name}", err=True)
     click.echo(schema.current_version(client, db))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from clickhouse_driver import Client
 
@@ -145,9 +146,14 @@ def applied_versions(client: Client, db: str) -> set[int]:
     return {v for (v,) in client.execute(f"SELECT DISTINCT version FROM {db}.schema_migrations")}
 
 
-def migrate(client: Client, db: str) -> list[Migration]:
-    """Apply every migration not yet applied, in order; return those applied now."""
+def migrate(client: Client, db: str, *, rewrite: Callable[[str], str] | None = None) -> list[Migration]:
+    """Apply every migration not yet applied, in order; return those applied now.
+
+    ``rewrite`` changes each statement before it is sent (a cluster's replicated engines).
+    """
     features = server_features(client)
+    if is_cluster_database(client, db):
+        return _check_cluster_current(client, db)
     _ensure_bookkeeping(client, db)
     done = applied_versions(client, db)
     applied = []
@@ -155,6 +161,7 @@ def migrate(client: Client, db: str) -> list[Migration]:
         if migration.version in done:
             continue
         for statement in migration.statements(db, features):
+            statement = rewrite(statement) if rewrite else statement
             if not _column_exists(client, statement):
                 client.execute(statement)
         client.execute(
@@ -163,6 +170,23 @@ def migrate(client: Client, db: str) -> list[Migration]:
         )
         applied.append(migration)
     return applied
+
+
+def is_cluster_database(client: Client, db: str) -> bool:
+    """True when ``db`` is the Distributed side of a cluster schema (clicktrail/cluster.py): its
+    bookkeeping is a view of the node's local database."""
+    return client.execute("SELECT count() FROM system.tables WHERE database = %(d)s "
+                          "AND name = 'schema_migrations' AND engine = 'View'", {"d": db})[0][0] > 0
+
+
+def _check_cluster_current(client: Client, db: str) -> list[Migration]:
+    # A cluster is migrated on all its nodes at once; a single-server run here would create
+    # local tables beside the Distributed ones.
+    missing = [m.version for m in MIGRATIONS if m.version not in applied_versions(client, db)]
+    if missing:
+        raise ClicktrailError(f"database {db} is on a ClickHouse cluster and lacks migrations {missing}: "
+                              "run `clicktrail migrate --cluster NAME`")
+    return []
 
 
 def _column_exists(client: Client, statement: str) -> bool:

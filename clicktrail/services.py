@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from clicktrail.cluster import REQUIRED_SETTINGS
 from clicktrail.errors import ServiceError
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1", ""}
@@ -144,14 +145,37 @@ _CLICKHOUSE_CONFIG = """<?xml version="1.0"?>
       <quota>default</quota>
     </default>
   </users>
-  <profiles><default><max_memory_usage>4000000000</max_memory_usage></default></profiles>
+  <profiles><default><max_memory_usage>4000000000</max_memory_usage>{profile}</default></profiles>
   <quotas><default></default></quotas>
-</yandex>
+{extra}</yandex>
 """
 
 
-def ensure_clickhouse(url: str, data_dir: Path, *, http_port: int | None = None) -> Server:
-    """Use the ClickHouse at ``url``, or start one there with the project's own config and data folder."""
+@dataclass(frozen=True)
+class ClusterLayout:
+    """A ClickHouse cluster of one-replica shards on this machine: a name and each shard's TCP port."""
+
+    name: str
+    ports: tuple[int, ...]
+    #: What every node's default profile sets: what clicktrail.cluster requires (tests leave it out).
+    settings: tuple[tuple[str, str], ...] = tuple(REQUIRED_SETTINGS.items())
+
+    def profile(self) -> str:
+        return "".join(f"<{name}>{value}</{name}>" for name, value in self.settings)
+
+    def remote_servers(self) -> str:
+        shards = "".join(f"<shard><replica><host>127.0.0.1</host><port>{port}</port></replica></shard>"
+                         for port in self.ports)
+        return f"  <remote_servers><{self.name}>{shards}</{self.name}></remote_servers>\n"
+
+
+def ensure_clickhouse(url: str, data_dir: Path, *, http_port: int | None = None,
+                      cluster: ClusterLayout | None = None) -> Server:
+    """Use the ClickHouse at ``url``, or start one there with the project's own config and data folder.
+
+    With ``cluster``, the server started knows that cluster (``remote_servers``) and has the
+    settings its Distributed tables need (see ClusterLayout).
+    """
     host, port = _host_port(url, 9000)
     folder = (data_dir / f"clickhouse-{port}").resolve()
     server = Server("clickhouse", host, port, folder / "clickhouse.pid", started=False)
@@ -162,7 +186,9 @@ def ensure_clickhouse(url: str, data_dir: Path, *, http_port: int | None = None)
     for sub in ("data", "tmp", "log", "user_files", "format_schemas"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     config = folder / "config.xml"
-    config.write_text(_CLICKHOUSE_CONFIG.format(folder=folder, tcp_port=port, http_port=http_port or free_port()))
+    profile, extra = (cluster.profile(), cluster.remote_servers()) if cluster else ("", "")
+    config.write_text(_CLICKHOUSE_CONFIG.format(folder=folder, tcp_port=port, http_port=http_port or free_port(),
+                                                profile=profile, extra=extra))
     subprocess.run(
         [_binary("clickhouse-server", "clickhouse-server"), f"--config-file={config}", "--daemon",
          f"--pid-file={server.pid_file}"],
@@ -183,3 +209,13 @@ def _clickhouse_answers(host: str, port: int) -> bool:
         return True
     except Exception:
         return False
+
+
+def ensure_clickhouse_cluster(layout: ClusterLayout, data_dir: Path, *, any_http_port: bool = False) -> list[Server]:
+    """Start (or use) one ClickHouse per shard of ``layout`` on this machine, each knowing the cluster.
+
+    Each one's HTTP port is its TCP port + 1, or any free port with ``any_http_port``.
+    """
+    return [ensure_clickhouse(f"clickhouse://127.0.0.1:{port}/default", data_dir / layout.name,
+                              http_port=free_port() if any_http_port else port + 1, cluster=layout)
+            for port in layout.ports]

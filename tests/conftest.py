@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from clicktrail import clickhouse, config, redis_client, schema, services
+from clicktrail import clickhouse, cluster, config, redis_client, schema, services
 from clicktrail.lifecycle import StopFlag
 from pixel import registry
 from sink.worker import Sink
@@ -24,6 +24,9 @@ from tests import servers
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("CLICKTRAIL_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 CLICKHOUSE_BASE = os.environ.get("CLICKTRAIL_TEST_CLICKHOUSE_URL", "clickhouse://127.0.0.1:9000/default")
+#: A cluster of the servers' remote_servers configuration: the suite then runs on Distributed
+#: tables (CLICKTRAIL_TEST_CLICKHOUSE_URL names one of its nodes; see docs/scaling.md).
+CLICKHOUSE_CLUSTER = os.environ.get("CLICKTRAIL_TEST_CLICKHOUSE_CLUSTER", "")
 ARTIFACTS = ROOT / "test-artifacts"
 DATA_TABLES = ("events", "touchpoints", "credits", "attribution_candidates", "event_identities",
                "touch_identities", "conversion_stats", "feed_changes", "touch_stats", "costs")
@@ -37,9 +40,16 @@ def ch_database():
     services.ensure_clickhouse(CLICKHOUSE_BASE, data)
     name = f"ct_test_{secrets.token_hex(4)}"
     client = clickhouse.connect(CLICKHOUSE_BASE, database="default")
-    schema.migrate(client, name)
+    if CLICKHOUSE_CLUSTER:
+        cluster.migrate(clickhouse.with_database(CLICKHOUSE_BASE, name), name, CLICKHOUSE_CLUSTER)
+    else:
+        schema.migrate(client, name)
+    locals_ = cluster.local_clients(client, name)
     yield name
-    client.execute(f"DROP DATABASE IF EXISTS {name}")
+    for node, local in locals_:
+        node.execute(f"DROP DATABASE IF EXISTS {local}")
+        if local != name:
+            node.execute(f"DROP DATABASE IF EXISTS {name}")
 
 
 @pytest.fixture
@@ -74,8 +84,9 @@ def r(settings):
 @pytest.fixture
 def ch(settings, ch_database):
     client = clickhouse.connect(settings.clickhouse.url)
-    for table in DATA_TABLES:
-        client.execute(f"TRUNCATE TABLE {ch_database}.{table}")
+    for node, local in cluster.local_clients(client, ch_database):
+        for table in DATA_TABLES:
+            node.execute(f"TRUNCATE TABLE {local}.{table}")
     return client
 
 

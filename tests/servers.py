@@ -120,3 +120,21 @@ class PrivateClickHouse:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class PrivateClickHouseCluster:
+    """Two ClickHouse servers of the test's own, the two shards of cluster ``name`` (docs/scaling.md)."""
+
+    def __init__(self, name: str = "ct_test", shards: int = 2, **layout) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="ct-chcluster-"))
+        self.layout = services.ClusterLayout(name, tuple(services.free_port() for _ in range(shards)), **layout)
+        self.base_url = f"clickhouse://127.0.0.1:{self.layout.ports[0]}/default"
+        self.servers: list[services.Server] = []
+
+    def start(self) -> None:
+        self.servers = services.ensure_clickhouse_cluster(self.layout, self.folder, any_http_port=True)
+
+    def cleanup(self) -> None:
+        for server in self.servers:
+            server.stop(timeout=30)
+        shutil.rmtree(self.folder, ignore_errors=True)

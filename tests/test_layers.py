@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # The domain: events, ids, hashing, the pixel registry, click URLs, touchpoints, the click cache.
     ("domain", ("pixel",)),
     # The ClickHouse tables the domain's records are stored in, and the helpers both writers share.
-    ("tables", ("clicktrail.schema", "clicktrail.inserts")),
+    ("tables", ("clicktrail.schema", "clicktrail.inserts", "clicktrail.cluster")),
     ("collector", ("collector",)),
     ("sink", ("sink",)),
     # The engine: matching, models, the attributor.
