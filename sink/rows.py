@@ -65,6 +65,20 @@ def _ms(value: object, name: str, top: int = _MAX_DATETIME_MS) -> int:
     return value
 
 
+def _identifiers(first: str, values: object, name: str) -> list[str]:
+    """An identifier's every value: the record's list when it has one (more than one value was
+    sent), else its single value, else none."""
+    if values is None:
+        return [first] if first else []
+    if values.__class__ is not list or not all(v.__class__ is str for v in values):
+        raise RowError(f"{name} must be a list of strings")
+    if first and (not values or values[0] != first):
+        # The single column's value comes first: event_identity_values_mv (migration 9) indexes
+        # the list from its second item, the first being indexed from the single column.
+        values = [first] + [v for v in values if v != first]
+    return values
+
+
 def _content_type(props: dict) -> str:
     """The first ``contents[].content_type``: where TikTok's own templates put it, per content."""
     contents = props.get("contents")
@@ -161,6 +175,9 @@ class RowBuilder:
             browser_id, ttclid, email_sha256, phone_sha256, external_id_sha256 = (
                 _str(browser_id, "ttp"), _str(ttclid, "ttclid"), _str(email_sha256, "email"),
                 _str(phone_sha256, "phone"), _str(external_id_sha256, "external_id"))
+        emails_sha256 = _identifiers(email_sha256, get("emails"), "emails")
+        phones_sha256 = _identifiers(phone_sha256, get("phones"), "phones")
+        external_ids_sha256 = _identifiers(external_id_sha256, get("external_ids"), "external_ids")
         if props:
             value = _value(props.get("value"))
             currency = _str(props.get("currency"), "properties.currency")
@@ -208,8 +225,9 @@ class RowBuilder:
         return EventRow(
             advertiser_id, pixel_id, event, event_id, event_time, event_ms, client_ms, sent_ms, received_at,
             received_ms, source, event_source, partner_name, id_generated, browser_id, click_id, email_sha256,
-            phone_sha256, external_id_sha256, url, url_host, url_path, referrer, referrer_host, utm_source,
-            utm_medium, utm_campaign, utm_content, utm_term, value, currency, order_id, lead_id, lead_event_source,
+            phone_sha256, external_id_sha256, emails_sha256, phones_sha256, external_ids_sha256, url, url_host,
+            url_path, referrer, referrer_host, utm_source, utm_medium, utm_campaign, utm_content, utm_term, value,
+            currency, order_id, lead_id, lead_event_source,
             content_type, content_ids, search_query, properties, extra, ip, user_agent, ua_browser,
             ua_browser_version, ua_os, ua_os_version, device_type, is_bot, test_event_code, limited_data_use,
             stream_id, dedup_version,
