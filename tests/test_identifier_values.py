@@ -22,7 +22,6 @@ from facebook_business.session import FacebookSession
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from collector import meta_capi
 from pixel.events import MAX_IDENTIFIER_VALUES, Context, Rejection, parse_event
 from pixel.records import entry_fields
 from sink.rows import RowBuilder
