@@ -157,19 +157,26 @@ def test_the_files_are_numbered_without_gaps(tmp_path):
         schema.load_migrations(tmp_path)
 
 
+def _upgrade_with_a_row(client, db: str, monkeypatch, version: int, insert: str) -> None:
+    """Migrate ``db`` to just before ``version``, store a row with ``insert`` (``{db}`` in it), then
+    migrate to the end, checking that ``version`` ran next."""
+    everything = schema.MIGRATIONS
+    monkeypatch.setattr(schema, "MIGRATIONS", everything[:version - 1])
+    schema.migrate(client, db)
+    client.execute(insert.replace("{db}", db))
+    monkeypatch.setattr(schema, "MIGRATIONS", everything)
+    assert [m.version for m in schema.migrate(client, db)][:1] == [version]
+
+
 def test_rows_stored_before_migration_8_read_as_web_events(server, monkeypatch):
     """Migration 8 adds columns and remakes events_unique: rows already stored keep every value."""
     client, prefix = server
     db = f"{prefix}_old"
-    everything = schema.MIGRATIONS
-    monkeypatch.setattr(schema, "MIGRATIONS", everything[:7])
-    schema.migrate(client, db)
     # INSERT ... SELECT: the same text for both engines' clients (no client-side data block).
-    client.execute(f"INSERT INTO {db}.events (advertiser_id, pixel_id, event, event_id, event_time, source, "
-                   f"click_id, order_id, value, dedup_version) SELECT 'adv-1', 'CPIX1', 'Purchase', 'old-1', "
-                   f"toDateTime('2026-01-01 00:00:00', 'UTC'), 'server', 'E.C.P.1', 'A-1', 42.5, 7")
-    monkeypatch.setattr(schema, "MIGRATIONS", everything)
-    assert [m.version for m in schema.migrate(client, db)][:1] == [8]
+    _upgrade_with_a_row(client, db, monkeypatch, 8,
+                        "INSERT INTO {db}.events (advertiser_id, pixel_id, event, event_id, event_time, source, "
+                        "click_id, order_id, value, dedup_version) SELECT 'adv-1', 'CPIX1', 'Purchase', 'old-1', "
+                        "toDateTime('2026-01-01 00:00:00', 'UTC'), 'server', 'E.C.P.1', 'A-1', 42.5, 7")
     rows = client.execute(f"SELECT event_id, source, click_id, order_id, value, event_source, partner_name, "
                           f"lead_id, lead_event_source FROM {db}.events_unique")
     assert [tuple(r) for r in rows] == [("old-1", "server", "E.C.P.1", "A-1", 42.5, "web", "", "", "")]
@@ -180,14 +187,10 @@ def test_rows_stored_before_migration_9_read_their_identifiers_as_lists_and_new_
     of one; a row stored after it has every value of its lists in event_identities, once."""
     client, prefix = server
     db = f"{prefix}_ids"
-    everything = schema.MIGRATIONS
-    monkeypatch.setattr(schema, "MIGRATIONS", everything[:8])
-    schema.migrate(client, db)
-    client.execute(f"INSERT INTO {db}.events (advertiser_id, pixel_id, event, event_id, event_time, email_sha256, "
-                   f"external_id_sha256, dedup_version) SELECT 'adv-1', 'CPIX1', 'Purchase', 'old-1', "
-                   f"toDateTime('2026-01-01 00:00:00', 'UTC'), 'e-old', 'x-old', 7")
-    monkeypatch.setattr(schema, "MIGRATIONS", everything)
-    assert [m.version for m in schema.migrate(client, db)][:1] == [9]
+    _upgrade_with_a_row(client, db, monkeypatch, 9,
+                        "INSERT INTO {db}.events (advertiser_id, pixel_id, event, event_id, event_time, "
+                        "email_sha256, external_id_sha256, dedup_version) SELECT 'adv-1', 'CPIX1', 'Purchase', "
+                        "'old-1', toDateTime('2026-01-01 00:00:00', 'UTC'), 'e-old', 'x-old', 7")
     client.execute(f"INSERT INTO {db}.events (advertiser_id, pixel_id, event, event_id, event_time, email_sha256, "
                    f"emails_sha256, phone_sha256, phones_sha256) SELECT 'adv-1', 'CPIX1', 'Purchase', 'new-1', "
                    f"toDateTime('2026-01-02 00:00:00', 'UTC'), 'e1', ['e1', 'e2', 'e3'], 'p1', ['p1']")
