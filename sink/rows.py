@@ -65,18 +65,22 @@ def _ms(value: object, name: str, top: int = _MAX_DATETIME_MS) -> int:
     return value
 
 
-def _identifiers(first: str, values: object, name: str) -> list[str]:
-    """An identifier's every value: the record's list when it has one (more than one value was
-    sent), else its single value, else none."""
-    if values is None:
-        return [first] if first else []
+def _identifiers(first: str, values: object, name: str) -> tuple[str, list[str]]:
+    """An identifier's single column and list column: the record's list when it has one (more
+    than one value was sent), else its single value alone, else nothing.
+
+    The single column's value is the list's first: event_identity_values_mv (migration 9) indexes
+    the list from its second item, the first being indexed from the single column.
+    """
+    if values is None or values == []:
+        return first, [first] if first else []
     if values.__class__ is not list or not all(v.__class__ is str for v in values):
         raise RowError(f"{name} must be a list of strings")
-    if first and (not values or values[0] != first):
-        # The single column's value comes first: event_identity_values_mv (migration 9) indexes
-        # the list from its second item, the first being indexed from the single column.
+    if not first:
+        return values[0], values
+    if values[0] != first:
         values = [first] + [v for v in values if v != first]
-    return values
+    return first, values
 
 
 def _content_type(props: dict) -> str:
@@ -175,9 +179,10 @@ class RowBuilder:
             browser_id, ttclid, email_sha256, phone_sha256, external_id_sha256 = (
                 _str(browser_id, "ttp"), _str(ttclid, "ttclid"), _str(email_sha256, "email"),
                 _str(phone_sha256, "phone"), _str(external_id_sha256, "external_id"))
-        emails_sha256 = _identifiers(email_sha256, get("emails"), "emails")
-        phones_sha256 = _identifiers(phone_sha256, get("phones"), "phones")
-        external_ids_sha256 = _identifiers(external_id_sha256, get("external_ids"), "external_ids")
+        email_sha256, emails_sha256 = _identifiers(email_sha256, get("emails"), "emails")
+        phone_sha256, phones_sha256 = _identifiers(phone_sha256, get("phones"), "phones")
+        external_id_sha256, external_ids_sha256 = _identifiers(external_id_sha256, get("external_ids"),
+                                                               "external_ids")
         if props:
             value = _value(props.get("value"))
             currency = _str(props.get("currency"), "properties.currency")

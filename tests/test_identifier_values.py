@@ -199,6 +199,20 @@ def test_pixel_events_carry_lists_too(client, tenant, sink, ch, ch_database):
     assert row["external_ids_sha256"] == [sha("e-1")]
 
 
+def test_the_sink_keeps_the_single_column_first_in_its_list_and_refuses_a_bad_list():
+    """Records as a hand-requeued dead letter may hold them: the list's first item is always the
+    single column's value (migration 9's view indexes the list from its second item)."""
+    base = {"pixel_id": "CPIX", "source": "server", "event": "Lead", "event_id": "e", "event_ms": now_ms(),
+            "received_ms": now_ms(), "properties": {}}
+    records = [dict(base, email="b", emails=["a", "b"]), dict(base, emails=["a", "b"]), dict(base, phone="p"),
+               dict(base, external_ids="x"), dict(base, phones=["p", 7])]
+    rows, indexes, failures = BUILDER.rows(b"1-0", entry_fields("adv", records))
+    assert [(row.email_sha256, row.emails_sha256, row.phone_sha256, row.phones_sha256) for row in rows] == [
+        ("b", ["b", "a"], "", []), ("a", ["a", "b"], "", []), ("", [], "p", ["p"])]
+    assert [(f.index, f.reason.split(": ")[-1]) for f in failures] == [
+        (3, "external_ids must be a list of strings"), (4, "phones must be a list of strings")]
+
+
 # -- any value: a record with hashes only, or a refusal naming the field ---------------------------
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False, allow_infinity=False)
