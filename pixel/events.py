@@ -379,7 +379,9 @@ def _derived_event_id(record: dict) -> str:
     """A stable id for an event sent without one, so that a client's retry still deduplicates."""
     basis = {k: record.get(k) for k in ("event", "client_ms", "url", "ttp", "email", "phone", "external_id")}
     # Further identifier values only when sent, so that ids derived for single values never change.
-    basis.update((k, record[k]) for k in IDENTIFIER_LISTS.values() if k in record)
+    for name in IDENTIFIER_LISTS.values():
+        if name in record:
+            basis[name] = record[name]
     basis["properties"] = record.get("properties")
     digest = hashlib.sha256(orjson.dumps(basis, option=orjson.OPT_SORT_KEYS)).hexdigest()
     return "gen-" + digest[:32]

@@ -23,6 +23,9 @@ _MAX_U64 = 2**64 - 1
 #: DateTime columns hold seconds in 32 bits: times in ms must be below this.
 _MAX_DATETIME_MS = 2**32 * 1000 - 1
 _MAX_VALUE = MAX_MONEY  # beyond it a sum could overflow
+#: The empty list of an identifier column, shared by the rows that have no value (most): rows are
+#: only read (transposed and serialised), never changed, and one list less per column is cheaper.
+_NO_VALUES: list[str] = []
 
 
 class PoisonEntry(Exception):
@@ -179,10 +182,15 @@ class RowBuilder:
             browser_id, ttclid, email_sha256, phone_sha256, external_id_sha256 = (
                 _str(browser_id, "ttp"), _str(ttclid, "ttclid"), _str(email_sha256, "email"),
                 _str(phone_sha256, "phone"), _str(external_id_sha256, "external_id"))
-        email_sha256, emails_sha256 = _identifiers(email_sha256, get("emails"), "emails")
-        phone_sha256, phones_sha256 = _identifiers(phone_sha256, get("phones"), "phones")
-        external_id_sha256, external_ids_sha256 = _identifiers(external_id_sha256, get("external_ids"),
-                                                               "external_ids")
+        emails, phones, external_ids = get("emails"), get("phones"), get("external_ids")
+        if emails is phones is external_ids is None:  # one value of each at most: most events
+            emails_sha256 = [email_sha256] if email_sha256 else _NO_VALUES
+            phones_sha256 = [phone_sha256] if phone_sha256 else _NO_VALUES
+            external_ids_sha256 = [external_id_sha256] if external_id_sha256 else _NO_VALUES
+        else:
+            email_sha256, emails_sha256 = _identifiers(email_sha256, emails, "emails")
+            phone_sha256, phones_sha256 = _identifiers(phone_sha256, phones, "phones")
+            external_id_sha256, external_ids_sha256 = _identifiers(external_id_sha256, external_ids, "external_ids")
         if props:
             value = _value(props.get("value"))
             currency = _str(props.get("currency"), "properties.currency")
