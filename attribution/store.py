@@ -26,7 +26,7 @@ class Conversion(NamedTuple):
     conversion_ms: int
     click_id: str
     browser_id: str
-    # Every value of each identifier (SHA-256 hex), as stored in emails_sha256... (migration 9).
+    # Every value of each identifier (SHA-256 hex), as stored in emails_sha256... (migration 10).
     emails: list[str]
     phones: list[str]
     external_ids: list[str]

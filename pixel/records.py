@@ -202,7 +202,7 @@ class EventRow(NamedTuple):
     email_sha256: Annotated[str, _col(TEXT, "email")]
     phone_sha256: Annotated[str, _col(TEXT, "phone")]
     external_id_sha256: Annotated[str, _col(TEXT, "external_id")]
-    # Every value of each identifier, the first (the column above) included (migration 9).
+    # Every value of each identifier, the first (the column above) included (migration 10).
     emails_sha256: Annotated[list, _col("Array(String)", "email", "emails")]
     phones_sha256: Annotated[list, _col("Array(String)", "phone", "phones")]
     external_ids_sha256: Annotated[list, _col("Array(String)", "external_id", "external_ids")]

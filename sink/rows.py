@@ -72,7 +72,7 @@ def _identifiers(first: str, values: object, name: str) -> tuple[str, list[str]]
     """An identifier's single column and list column: the record's list when it has one (more
     than one value was sent), else its single value alone, else nothing.
 
-    The single column's value is the list's first: event_identity_values_mv (migration 9) indexes
+    The single column's value is the list's first: event_identity_values_mv (migration 10) indexes
     the list from its second item, the first being indexed from the single column.
     """
     if values is None or values == []:

@@ -22,6 +22,7 @@ from facebook_business.session import FacebookSession
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pixel import registry
 from pixel.events import MAX_IDENTIFIER_VALUES, Context, Rejection, parse_event
 from pixel.records import entry_fields
 from sink.rows import RowBuilder
@@ -102,7 +103,7 @@ def test_a_conversion_is_attributed_to_the_click_of_its_second_email(client, api
 def test_a_click_stored_after_the_conversion_finds_it_through_a_later_value(client, api_client, tenant, sink,
                                                                               attributor, r, ch, ch_database):
     """The other way round: the new click's email is the conversion's third one, found in
-    event_identities (migration 9's view), and the conversion is restated."""
+    event_identities (migration 10's view), and the conversion is restated."""
     world = World(client, api_client, tenant, sink, attributor, r, ch, ch_database)
     world.convert("conv-late", world.now, email=["one@example.com", "two@example.com", "three@example.com"])
     world.settle()
@@ -201,7 +202,7 @@ def test_pixel_events_carry_lists_too(client, tenant, sink, ch, ch_database):
 
 def test_the_sink_keeps_the_single_column_first_in_its_list_and_refuses_a_bad_list():
     """Records as a hand-requeued dead letter may hold them: the list's first item is always the
-    single column's value (migration 9's view indexes the list from its second item)."""
+    single column's value (migration 10's view indexes the list from its second item)."""
     base = {"pixel_id": "CPIX", "source": "server", "event": "Lead", "event_id": "e", "event_ms": now_ms(),
             "received_ms": now_ms(), "properties": {}}
     records = [dict(base, email="b", emails=["a", "b"]), dict(base, emails=["a", "b"]), dict(base, phone="p"),
@@ -211,6 +212,35 @@ def test_the_sink_keeps_the_single_column_first_in_its_list_and_refuses_a_bad_li
         ("b", ["b", "a"], "", []), ("a", ["a", "b"], "", []), ("", [], "p", ["p"])]
     assert [(f.index, f.reason.split(": ")[-1]) for f in failures] == [
         (3, "external_ids must be a list of strings"), (4, "phones must be a list of strings")]
+
+
+def test_erasure_by_a_later_value_removes_the_persons_stored_and_queued_events(client, api_client, tenant, sink,
+                                                                                 attributor, r, ch, ch_database):
+    """An erasure request naming a person's second email finds every event that listed it."""
+    now = int(time.time()) - 60
+    assert post(client, tenant, [{"event": "Lead", "event_id": "stored", "event_time": now,
+                                  "user": {"email": ["home@example.com", "work@example.com"]}}]).status_code == 200
+    sink.drain()
+    assert post(client, tenant, [{"event": "Lead", "event_id": "queued", "event_time": now,
+                                  "user": {"email": ["old@example.com", "work@example.com"]}},
+                                 {"event": "Lead", "event_id": "other", "event_time": now,
+                                  "user": {"email": ["someone@example.com", "else@example.com"]}}]).status_code == 200
+    auth = {"Authorization": "Bearer " + registry.create_token(r, tenant.advertiser, ["privacy"])}
+    reply = api_client.post("/v1/erasure", json={"user": {"email": sha("work@example.com")}}, headers=auth)
+    assert reply.status_code == 202, reply.get_json()
+    request_id = reply.get_json()["request_id"]
+    for _ in range(100):
+        attributor.eraser.step()
+        record = api_client.get(f"/v1/erasure/{request_id}", headers=auth).get_json()
+        if record["status"] == "done":
+            break
+        time.sleep(0.2)
+    assert record["status"] == "done", record
+    assert (record["rows"]["events"], record["rows"]["queued_events"]) == (1, 1)
+    queued = [e["event_id"] for _, f in r.xrange("ct:events") for e in json.loads(f[b"d"])]
+    assert queued == ["other"]
+    sink.drain()
+    assert list(stored(ch, ch_database)) == ["other"]
 
 
 # -- any value: a record with hashes only, or a refusal naming the field ---------------------------

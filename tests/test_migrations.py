@@ -35,7 +35,8 @@ RELEASED = {
     6: "94ab588f2b3e45a00322e6de9f5b76d35c7f1679896ac5d71ba7a4b0b362ed1b",
     7: "5a6ae526842f8ca23db1d31c965e98628e837fb2afc73380ad45afdafe533d1a",
     8: "07661a7b0c5a1fa0e41bea2eb2f888d2c14d3bf1f27aca770ea488d9029aa2c5",
-    9: "0faa41af669dfb972bf98cda60ac27ada6bbf7ed9e65ff07ce9440372643ba58",
+    9: "f16aae30c7a97c1eb72eaaeafb1e403d01efbe76baf479de6568411be69b9bd4",
+    10: "0faa41af669dfb972bf98cda60ac27ada6bbf7ed9e65ff07ce9440372643ba58",
 }
 
 
@@ -182,12 +183,13 @@ def test_rows_stored_before_migration_8_read_as_web_events(server, monkeypatch):
     assert [tuple(r) for r in rows] == [("old-1", "server", "E.C.P.1", "A-1", 42.5, "web", "", "", "")]
 
 
-def test_rows_stored_before_migration_9_read_their_identifiers_as_lists_and_new_values_are_indexed(server, monkeypatch):
-    """Migration 9 adds the identifier lists: a row already stored reads its single value as a list
+def test_rows_stored_before_migration_10_read_their_identifiers_as_lists_and_new_values_are_indexed(server,
+                                                                                                monkeypatch):
+    """Migration 10 adds the identifier lists: a row already stored reads its single value as a list
     of one; a row stored after it has every value of its lists in event_identities, once."""
     client, prefix = server
     db = f"{prefix}_ids"
-    _upgrade_with_a_row(client, db, monkeypatch, 9,
+    _upgrade_with_a_row(client, db, monkeypatch, 10,
                         "INSERT INTO {db}.events (advertiser_id, pixel_id, event, event_id, event_time, "
                         "email_sha256, external_id_sha256, dedup_version) SELECT 'adv-1', 'CPIX1', 'Purchase', "
                         "'old-1', toDateTime('2026-01-01 00:00:00', 'UTC'), 'e-old', 'x-old', 7")
