@@ -148,9 +148,16 @@ def test_too_many_values_or_wrong_items_are_refused_naming_the_field(client, ten
     resp = client.post(f"/v19.0/{tenant.pixel_id}/events", json={"data": [meta], "access_token": tenant.token})
     assert resp.status_code == 400
     assert resp.json["error"]["message"] == "Invalid parameter: data[0].user_data.em must hold at most 10 values"
+    # Within the limit, a 1.0 event's lists are kept whole too (context.user, mapped onto user).
+    v1 = dict(v1, event_id="v1-ok", context={"user": {"email": eleven[:2], "phone_number": ["+33 6 12 34 56 78"]}})
+    resp = client.post("/open_api/v1.3/pixel/track/", json=v1, headers={"Access-Token": tenant.token})
+    assert resp.status_code == 200 and resp.json["code"] == 0, resp.json
     sink.drain()
-    assert list(stored(ch, ch_database)) == ["ok"]
-    assert len(stored(ch, ch_database)["ok"]["emails_sha256"]) == MAX_IDENTIFIER_VALUES
+    rows = stored(ch, ch_database)
+    assert sorted(rows) == ["ok", "v1-ok"]
+    assert len(rows["ok"]["emails_sha256"]) == MAX_IDENTIFIER_VALUES
+    assert rows["v1-ok"]["emails_sha256"] == [sha(e) for e in eleven[:2]]
+    assert rows["v1-ok"]["phones_sha256"] == [sha("+33612345678")]
 
 
 def test_meta_em_lists_are_stored_and_matched_with_metas_own_sdk(spawn, monkeypatch, client, api_client, tenant, sink,
