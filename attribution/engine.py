@@ -81,8 +81,7 @@ class TouchIndex:
             if t is not None:
                 tied.append((t, "browser_id"))
         for kind, index in self._identity_indexes:
-            value = getattr(conv, kind)
-            if value:
+            for value in conv.identities(kind):  # any one of the conversion's values ties
                 tied += [(t, kind) for t in index.get((adv, value), ())]
         found: dict[tuple, models.Candidate] = {}
         for t, matched in tied:

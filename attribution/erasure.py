@@ -265,6 +265,11 @@ class _Person:
         """A queued event or touchpoint record names one of the person's identifiers."""
         if any(rec.get(kind) in values for kind, values in self.hashed.items()):
             return True
+        # Further values of a multi-valued identifier (emails...: pixel/records.py), when sent.
+        for kind, name in records.IDENTIFIER_LISTS.items():
+            listed = rec.get(name)
+            if listed.__class__ is list and not self.hashed[kind].isdisjoint(v for v in listed if v.__class__ is str):
+                return True
         if (rec.get("ttp") or rec.get("browser_id")) in self.browser_ids:
             return True
         return (rec.get("ttclid") or rec.get("touch_id")) in self._clicks

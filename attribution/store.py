@@ -26,9 +26,10 @@ class Conversion(NamedTuple):
     conversion_ms: int
     click_id: str
     browser_id: str
-    email: str
-    phone: str
-    external_id: str
+    # Every value of each identifier (SHA-256 hex), as stored in emails_sha256... (migration 10).
+    emails: list[str]
+    phones: list[str]
+    external_ids: list[str]
     value: float
     currency: str
     device_type: str
@@ -44,6 +45,17 @@ class Conversion(NamedTuple):
     def key(self) -> tuple[str, str, str, str]:
         return self[:4]
 
+    def identities(self, kind: str) -> list[str] | tuple[str, ...]:
+        """The conversion's values of an identity kind (``browser_id``, ``email``, ``phone``,
+        ``external_id``): a touchpoint carrying any one of them is tied to it."""
+        if kind == "browser_id":
+            return (self.browser_id,) if self.browser_id else ()
+        return getattr(self, IDENTITY_LISTS[kind])
+
+
+#: An identity kind with several values per conversion -> the Conversion field holding them.
+IDENTITY_LISTS = {"email": "emails", "phone": "phones", "external_id": "external_ids"}
+
 
 _KEY_COLUMNS = ["advertiser_id", "pixel_id", "event", "event_id"]
 
@@ -56,7 +68,7 @@ def load_conversions(ch: Client, db: str, keys: dict[tuple, int | None]) -> list
     """
     if not keys:
         return []
-    fields = ["event_ms", "click_id", "browser_id", "email_sha256", "phone_sha256", "external_id_sha256", "value",
+    fields = ["event_ms", "click_id", "browser_id", "emails_sha256", "phones_sha256", "external_ids_sha256", "value",
               "currency", "device_type", "ua_os", "ua_browser", "utm_source", "utm_campaign", "order_id",
               "country", "region", "limited_data_use"]
     picked = ", ".join(f"argMax({f}, dedup_version)" for f in fields)
@@ -92,7 +104,7 @@ def _conversion(row: tuple) -> Conversion:
     """
     conv = Conversion._make(row[:-1])
     if row[-1]:
-        conv = conv._replace(email=conv.email[:0], phone=conv.phone[:0], external_id=conv.external_id[:0])
+        conv = conv._replace(emails=conv.emails[:0], phones=conv.phones[:0], external_ids=conv.external_ids[:0])
     return conv
 
 
@@ -177,7 +189,8 @@ def load_touches(ch: Client, db: str, conversions: list[Conversion],
     if r is not None and clicks:
         cached, clicks = click_cache.get(r, clicks)
     wanted = {(adv, "click", click) for adv, click in clicks}
-    ident = {(c.advertiser_id, v) for c in conversions for v in (c.browser_id, c.email, c.phone, c.external_id) if v}
+    ident = {(c.advertiser_id, v) for c in conversions for v in (c.browser_id, *c.emails, *c.phones, *c.external_ids)
+             if v}
     if ident:
         wanted |= {(adv, kind, touch_id) for adv, identity, kind, touch_id in ch.execute(
             f"SELECT DISTINCT advertiser_id, identity, kind, touch_id FROM {db}.touch_identities "

@@ -55,6 +55,8 @@ EVENT_SOURCE_OF = {"website": "web", "app": "app", "physical_store": "offline", 
 #: ``user_data`` keys: Meta's name -> the 2.0 ``user`` key.
 _USER_KEYS = {"em": "email", "ph": "phone", "external_id": "external_id",
               "client_ip_address": "ip", "client_user_agent": "user_agent", "fbp": "ttp"}
+#: The 2.0 ``user`` key -> Meta's name, to name a refused field as it was sent.
+_META_USER_KEYS = {ours: theirs for theirs, ours in _USER_KEYS.items()} | {"ttclid": "fbc"}
 #: A Meta ``contents`` item's keys -> ours.
 _CONTENT_KEYS = {"id": "content_id", "item_price": "price", "title": "content_name", "category": "content_category"}
 
@@ -162,7 +164,7 @@ def _user(user_data: object, action_source: object) -> dict:
         raise InvalidField("user_data.client_user_agent", "is required for website events")
     user: dict = {}
     for key, value in user_data.items():
-        if key in _USER_KEYS:  # em, ph, external_id: SHA-256 (raw values are hashed by the parser)
+        if key in _USER_KEYS:  # em, ph, external_id: SHA-256, one or a list (raw values are hashed by the parser)
             user[_USER_KEYS[key]] = value
         elif key == "fbc":
             user["ttclid"] = _click_id(value)
@@ -243,6 +245,9 @@ def _rejection_field(rejection: Rejection) -> str:
     renames = (("event_time", "event_time"), ("event", "event_name"), ("page.url", "event_source_url"),
                ("page.referrer", "referrer_url"), ("user", "user_data"), ("properties", "custom_data"))
     field = rejection.field
+    if field.startswith("user."):  # em, ph, client_ip_address...: the key as Meta's sender wrote it
+        key = field[5:]
+        return "user_data." + _META_USER_KEYS.get(key, key)
     for ours, theirs in renames:
         if field == ours or field.startswith(ours + "."):
             return theirs + field[len(ours):]

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from pixel.hashing import hash_identifier, is_sha256_hex, sha256_hex
-from pixel.records import EventRecord
+from pixel.records import IDENTIFIER_LISTS, EventRecord
 
 #: TikTok's current standard events, the legacy ones it still accepts, and PageView.
 STANDARD_EVENTS = frozenset(
@@ -48,6 +48,9 @@ MAX_MONEY = 1e12
 MAX_QUANTITY = 1e9
 #: Items in ``contents`` or ``content_ids``.
 MAX_ITEMS = 1000
+#: Values of one identifier (``email``, ``phone``, ``external_id``): TikTok and Meta take lists of
+#: hashes (a customer's several addresses); more than a handful is not one customer.
+MAX_IDENTIFIER_VALUES = 10
 #: The latest unix time in milliseconds accepted anywhere (2100-01-01); the earliest is 10**11 (1973).
 MAX_UNIX_MS = 4_102_444_800_000
 MIN_UNIX_MS = 10**11
@@ -224,11 +227,44 @@ def _server_time(raw: dict, ctx: Context) -> tuple[int, int]:
     return client_ms, corrected
 
 
-def _identifier(value: Any, field: str, kind: str) -> str:
-    if isinstance(value, list):  # the Events API allows a list of hashed values; keep the first
-        value = next((v for v in value if v), None)
-    text = _string(value, field, MAX_SHORT)
-    return hash_identifier(kind, text)
+def _identifiers(value: Any, field: str, kind: str) -> list[str]:
+    """Every value of an identifier (one, or a list as the Events API and Meta allow), each hashed
+    (raw values are hashed here, hashed ones lower-cased), in the order sent, without repeats.
+
+    Empty values (``None``, "") are skipped; more than ``MAX_IDENTIFIER_VALUES`` items are refused,
+    as is any item that is not a string (or a number: phone numbers are sent as numbers).
+    """
+    if not isinstance(value, list):
+        hashed = hash_identifier(kind, _string(value, field, MAX_SHORT))
+        return [hashed] if hashed else []
+    if len(value) > MAX_IDENTIFIER_VALUES:
+        raise InvalidField(field, f"must hold at most {MAX_IDENTIFIER_VALUES} values")
+    values: list[str] = []
+    for item in value:
+        if isinstance(item, (list, dict)):
+            raise InvalidField(field, "must be a string or a list of strings")
+        hashed = hash_identifier(kind, _string(item, field, MAX_SHORT))
+        if hashed and hashed not in values:
+            values.append(hashed)
+    return values
+
+
+def _add_identifiers(record: dict, kind: str, values: list[str], field: str) -> None:
+    """Add ``values`` to the record's identifiers of ``kind``: the first in ``record[kind]`` (its
+    column), all of them in ``record[kind + "s"]`` when there is more than one (pixel/records.py).
+
+    Several fields may name one kind (``email`` and ``sha256_email``): their values are merged,
+    and together they must stay within ``MAX_IDENTIFIER_VALUES``.
+    """
+    merged = list(record.get(IDENTIFIER_LISTS[kind]) or ([record[kind]] if record.get(kind) else []))
+    merged += [v for v in values if v not in merged]
+    if len(merged) > MAX_IDENTIFIER_VALUES:
+        raise InvalidField(field, f"must hold at most {MAX_IDENTIFIER_VALUES} values, "
+                                  f"together with the other {kind} fields")
+    if merged:
+        record[kind] = merged[0]
+    if len(merged) > 1:
+        record[IDENTIFIER_LISTS[kind]] = merged
 
 
 def _ip(value: Any, field: str) -> str:
@@ -264,9 +300,7 @@ def _user(user: dict, record: dict, prefix: str) -> None:
         field = f"{prefix}.{key}"
         if key in _USER_ID_ALIASES:
             kind = _USER_ID_ALIASES[key]
-            hashed = _identifier(value, field, kind)
-            if hashed:
-                record[kind] = hashed
+            _add_identifiers(record, kind, _identifiers(value, field, kind), field)
         elif key in ("ttclid", "ttp", "locale", "lead_id"):
             text = _string(value, field, MAX_SHORT)
             if key in ("ttclid", "ttp"):
@@ -348,6 +382,10 @@ def _content_ids(ids: Any, field: str) -> list[str]:
 def _derived_event_id(record: dict) -> str:
     """A stable id for an event sent without one, so that a client's retry still deduplicates."""
     basis = {k: record.get(k) for k in ("event", "client_ms", "url", "ttp", "email", "phone", "external_id")}
+    # Further identifier values only when sent, so that ids derived for single values never change.
+    for name in IDENTIFIER_LISTS.values():
+        if name in record:
+            basis[name] = record[name]
     basis["properties"] = record.get("properties")
     digest = hashlib.sha256(orjson.dumps(basis, option=orjson.OPT_SORT_KEYS)).hexdigest()
     return "gen-" + digest[:32]

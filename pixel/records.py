@@ -62,9 +62,14 @@ class EventRecord(TypedDict):
     referrer: str
     ttp: str  # first-party browser id
     ttclid: str
-    email: NotRequired[str]  # SHA-256 hex, as are phone and external_id
+    email: NotRequired[str]  # SHA-256 hex, as are phone and external_id: the first value sent
     phone: NotRequired[str]
     external_id: NotRequired[str]
+    # Every value (SHA-256 hex, first one included), only when more than one was sent: most events
+    # carry one, and records queued before these were added have none (IDENTIFIER_LISTS).
+    emails: NotRequired[list[str]]
+    phones: NotRequired[list[str]]
+    external_ids: NotRequired[list[str]]
     ip: str
     # Where the client IP is (pixel/geo.py), looked up by the collector before the IP is
     # anonymised; absent when unknown (and from records queued before they were added).
@@ -82,6 +87,10 @@ class EventRecord(TypedDict):
     partner_name: NotRequired[str]
     lead_id: NotRequired[str]  # the Events API's lead.lead_id (or user.lead_id)
     lead_event_source: NotRequired[str]
+
+
+#: A multi-valued identifier's record field -> the field holding all its values (EventRecord).
+IDENTIFIER_LISTS = {"email": "emails", "phone": "phones", "external_id": "external_ids"}
 
 
 class TouchRecord(TypedDict):
@@ -199,6 +208,10 @@ class EventRow(NamedTuple):
     email_sha256: Annotated[str, _col(TEXT, "email")]
     phone_sha256: Annotated[str, _col(TEXT, "phone")]
     external_id_sha256: Annotated[str, _col(TEXT, "external_id")]
+    # Every value of each identifier, the first (the column above) included (migration 10).
+    emails_sha256: Annotated[list, _col("Array(String)", "email", "emails")]
+    phones_sha256: Annotated[list, _col("Array(String)", "phone", "phones")]
+    external_ids_sha256: Annotated[list, _col("Array(String)", "external_id", "external_ids")]
     url: Annotated[str, _col(TEXT, "url")]
     url_host: Annotated[str, _col(LC, "url")]
     url_path: Annotated[str, _col(TEXT, "url")]

@@ -24,6 +24,9 @@ _MAX_U64 = 2**64 - 1
 #: DateTime columns hold seconds in 32 bits: times in ms must be below this.
 _MAX_DATETIME_MS = 2**32 * 1000 - 1
 _MAX_VALUE = MAX_MONEY  # beyond it a sum could overflow
+#: The empty list of an identifier column, shared by the rows that have no value (most): rows are
+#: only read (transposed and serialised), never changed, and one list less per column is cheaper.
+_NO_VALUES: list[str] = []
 
 
 class PoisonEntry(Exception):
@@ -64,6 +67,24 @@ def _ms(value: object, name: str, top: int = _MAX_DATETIME_MS) -> int:
     if value.__class__ is not int or not 0 <= value <= top:
         raise RowError(f"{name} must be an integer from 0 to {top}, not {value!r:.40}")
     return value
+
+
+def _identifiers(first: str, values: object, name: str) -> tuple[str, list[str]]:
+    """An identifier's single column and list column: the record's list when it has one (more
+    than one value was sent), else its single value alone, else nothing.
+
+    The single column's value is the list's first: event_identity_values_mv (migration 10) indexes
+    the list from its second item, the first being indexed from the single column.
+    """
+    if values is None or values == []:
+        return first, [first] if first else []
+    if values.__class__ is not list or not all(v.__class__ is str for v in values):
+        raise RowError(f"{name} must be a list of strings")
+    if not first:
+        return values[0], values
+    if values[0] != first:
+        values = [first] + [v for v in values if v != first]
+    return first, values
 
 
 def _content_type(props: dict) -> str:
@@ -170,6 +191,15 @@ class RowBuilder:
             browser_id, ttclid, email_sha256, phone_sha256, external_id_sha256 = (
                 _str(browser_id, "ttp"), _str(ttclid, "ttclid"), _str(email_sha256, "email"),
                 _str(phone_sha256, "phone"), _str(external_id_sha256, "external_id"))
+        emails, phones, external_ids = get("emails"), get("phones"), get("external_ids")
+        if emails is phones is external_ids is None:  # one value of each at most: most events
+            emails_sha256 = [email_sha256] if email_sha256 else _NO_VALUES
+            phones_sha256 = [phone_sha256] if phone_sha256 else _NO_VALUES
+            external_ids_sha256 = [external_id_sha256] if external_id_sha256 else _NO_VALUES
+        else:
+            email_sha256, emails_sha256 = _identifiers(email_sha256, emails, "emails")
+            phone_sha256, phones_sha256 = _identifiers(phone_sha256, phones, "phones")
+            external_id_sha256, external_ids_sha256 = _identifiers(external_id_sha256, external_ids, "external_ids")
         if props:
             value = _value(props.get("value"))
             currency = _str(props.get("currency"), "properties.currency")
@@ -220,11 +250,11 @@ class RowBuilder:
         return EventRow(
             advertiser_id, pixel_id, event, event_id, event_time, event_ms, client_ms, sent_ms, received_at,
             received_ms, source, event_source, partner_name, id_generated, browser_id, click_id, email_sha256,
-            phone_sha256, external_id_sha256, url, url_host, url_path, referrer, referrer_host, utm_source,
-            utm_medium, utm_campaign, utm_content, utm_term, value, currency, order_id, lead_id, lead_event_source,
-            content_type, content_ids, search_query, properties, extra, ip, country, region, user_agent,
-            ua_browser, ua_browser_version, ua_os, ua_os_version, device_type, is_bot, test_event_code,
-            limited_data_use, stream_id, dedup_version,
+            phone_sha256, external_id_sha256, emails_sha256, phones_sha256, external_ids_sha256, url, url_host,
+            url_path, referrer, referrer_host, utm_source, utm_medium, utm_campaign, utm_content, utm_term, value,
+            currency, order_id, lead_id, lead_event_source, content_type, content_ids, search_query, properties,
+            extra, ip, country, region, user_agent, ua_browser, ua_browser_version, ua_os, ua_os_version,
+            device_type, is_bot, test_event_code, limited_data_use, stream_id, dedup_version,
         )
 
     def _touch_row(self, stream_id: str, advertiser: str, r: dict) -> TouchRow:

@@ -1,7 +1,7 @@
 """Events API 2.0 kept whole: event_source, partner_name, ad.callback, contents[].content_type and
 the lead fields land in their own columns of ClickHouse; browser events are stored as web events.
 
-(Not covered here: every value of a multi-valued identifier, left for a later part of issue 13;
+(Not covered here: every value of a multi-valued identifier is in tests/test_identifier_values.py;
 app and offline event sources registered from the CLI are in tests/test_app_sources.py.)
 """
 

@@ -35,6 +35,8 @@ RELEASED = {
     6: "94ab588f2b3e45a00322e6de9f5b76d35c7f1679896ac5d71ba7a4b0b362ed1b",
     7: "5a6ae526842f8ca23db1d31c965e98628e837fb2afc73380ad45afdafe533d1a",
     8: "07661a7b0c5a1fa0e41bea2eb2f888d2c14d3bf1f27aca770ea488d9029aa2c5",
+    9: "f16aae30c7a97c1eb72eaaeafb1e403d01efbe76baf479de6568411be69b9bd4",
+    10: "0faa41af669dfb972bf98cda60ac27ada6bbf7ed9e65ff07ce9440372643ba58",
     13: "c12e998a6af53764f49311f8e65004dd2876fade4ad409c0936521dbc7886cf8",
 }
 
@@ -157,19 +159,26 @@ def test_the_files_are_numbered_without_gaps(tmp_path):
         schema.load_migrations(tmp_path)
 
 
+def _upgrade_with_a_row(client, db: str, monkeypatch, version: int, insert: str) -> None:
+    """Migrate ``db`` to just before ``version``, store a row with ``insert`` (``{db}`` in it), then
+    migrate to the end, checking that ``version`` ran next."""
+    everything = schema.MIGRATIONS
+    monkeypatch.setattr(schema, "MIGRATIONS", everything[:version - 1])
+    schema.migrate(client, db)
+    client.execute(insert.replace("{db}", db))
+    monkeypatch.setattr(schema, "MIGRATIONS", everything)
+    assert [m.version for m in schema.migrate(client, db)][:1] == [version]
+
+
 def test_rows_stored_before_migration_8_read_as_web_events(server, monkeypatch):
     """Migration 8 adds columns and remakes events_unique: rows already stored keep every value."""
     client, prefix = server
     db = f"{prefix}_old"
-    everything = schema.MIGRATIONS
-    monkeypatch.setattr(schema, "MIGRATIONS", everything[:7])
-    schema.migrate(client, db)
     # INSERT ... SELECT: the same text for both engines' clients (no client-side data block).
-    client.execute(f"INSERT INTO {db}.events (advertiser_id, pixel_id, event, event_id, event_time, source, "
-                   f"click_id, order_id, value, dedup_version) SELECT 'adv-1', 'CPIX1', 'Purchase', 'old-1', "
-                   f"toDateTime('2026-01-01 00:00:00', 'UTC'), 'server', 'E.C.P.1', 'A-1', 42.5, 7")
-    monkeypatch.setattr(schema, "MIGRATIONS", everything)
-    assert [m.version for m in schema.migrate(client, db)][:1] == [8]
+    _upgrade_with_a_row(client, db, monkeypatch, 8,
+                        "INSERT INTO {db}.events (advertiser_id, pixel_id, event, event_id, event_time, source, "
+                        "click_id, order_id, value, dedup_version) SELECT 'adv-1', 'CPIX1', 'Purchase', 'old-1', "
+                        "toDateTime('2026-01-01 00:00:00', 'UTC'), 'server', 'E.C.P.1', 'A-1', 42.5, 7")
     rows = client.execute(f"SELECT event_id, source, click_id, order_id, value, event_source, partner_name, "
                           f"lead_id, lead_event_source FROM {db}.events_unique")
     assert [tuple(r) for r in rows] == [("old-1", "server", "E.C.P.1", "A-1", 42.5, "web", "", "", "")]
@@ -209,3 +218,27 @@ def test_rows_stored_before_migration_13_keep_their_values_and_sums_split_by_cou
     assert [tuple(r) for r in sums] == [("", "", 1.0, 42.5), ("NL", "NL-NH", 1.0, 10.0)]
     (country,) = client.execute(f"SELECT country FROM {db}.credits WHERE event_id = 'new-1'")[0]
     assert country == "NL"
+
+
+def test_rows_stored_before_migration_10_read_their_identifiers_as_lists_and_new_values_are_indexed(server,
+                                                                                                monkeypatch):
+    """Migration 10 adds the identifier lists: a row already stored reads its single value as a list
+    of one; a row stored after it has every value of its lists in event_identities, once."""
+    client, prefix = server
+    db = f"{prefix}_ids"
+    _upgrade_with_a_row(client, db, monkeypatch, 10,
+                        "INSERT INTO {db}.events (advertiser_id, pixel_id, event, event_id, event_time, "
+                        "email_sha256, external_id_sha256, dedup_version) SELECT 'adv-1', 'CPIX1', 'Purchase', "
+                        "'old-1', toDateTime('2026-01-01 00:00:00', 'UTC'), 'e-old', 'x-old', 7")
+    client.execute(f"INSERT INTO {db}.events (advertiser_id, pixel_id, event, event_id, event_time, email_sha256, "
+                   f"emails_sha256, phone_sha256, phones_sha256) SELECT 'adv-1', 'CPIX1', 'Purchase', 'new-1', "
+                   f"toDateTime('2026-01-02 00:00:00', 'UTC'), 'e1', ['e1', 'e2', 'e3'], 'p1', ['p1']")
+    rows = client.execute(f"SELECT event_id, email_sha256, emails_sha256, phones_sha256, external_ids_sha256 "
+                          f"FROM {db}.events_unique ORDER BY event_id")
+    assert [tuple(r) for r in rows] == [("new-1", "e1", ["e1", "e2", "e3"], ["p1"], []),
+                                        ("old-1", "e-old", ["e-old"], [], ["x-old"])]
+    found = client.execute(f"SELECT event_id, identity_kind, identity FROM {db}.event_identities "
+                           f"ORDER BY event_id, identity_kind, identity")
+    assert [tuple(r) for r in found] == [("new-1", "email", "e1"), ("new-1", "email", "e2"), ("new-1", "email", "e3"),
+                                         ("new-1", "phone", "p1"), ("old-1", "email", "e-old"),
+                                         ("old-1", "external_id", "x-old")]

@@ -207,6 +207,27 @@ def test_identify_hashes_email_and_phone_in_the_browser(stack, r, ch, ch_databas
             assert raw.lower() not in url.lower(), f"raw {raw!r} in a request URL: {url}"
 
 
+def test_identify_with_lists_sends_and_stores_every_value_hashed(stack, r, ch, ch_database, pages, page):
+    """ttq.identify({email: [a, b]}): each value hashed in the browser, repeats dropped, all stored."""
+    pixel = registry.create_pixel(r, "adv-1", ["localhost"])
+    pages.add("/account", page_html("Account", snippet(pixel, stack), "<p>Hello.</p>"))
+    log = RequestLog(page)
+    page.goto(pages.url("/account"))
+    wait_sdk(page)
+    page.evaluate("() => { ttq.identify({email: ['Home@Example.com', 'work@example.com', ' home@example.com', {}],"
+                  " external_id: ['crm-1']}); ttq.track('Subscribe'); }")
+    (row,) = wait_rows(ch, ch_database, "event = 'Subscribe'", 1)
+    settle(page)
+    assert row["emails_sha256"] == [sha256("home@example.com"), sha256("work@example.com")]
+    assert row["email_sha256"] == sha256("home@example.com")
+    assert row["external_ids_sha256"] == [sha256("crm-1")]
+    wire = [e for _, method, _, body in log.events() if method == "POST"
+            for e in json.loads(body)["events"] if e["event"] == "Subscribe"]
+    assert wire and wire[0]["user"] == {"email": [sha256("home@example.com"), sha256("work@example.com")],
+                                        "external_id": [sha256("crm-1")]}
+    assert all("example.com" not in (body or "").lower() for _, _, _, body in log.items)
+
+
 # Around SHA-256's padding edges (55/56 and 119/120 bytes fill one or two blocks), several UTF-8
 # widths, and long input: what a page's fallback must hash exactly as Web Crypto would.
 PLAIN_HTTP_IDS = ["a", "x" * 55, "y" * 56, "z" * 63, "w" * 64, "v" * 65, "é" * 28, "€" * 40,

@@ -45,6 +45,9 @@ EXPECTED_ROW = {
     "browser_id": "tp-1", "click_id": "E.C.P.1",
     "email_sha256": "8c87b489ce35cf2e2f39f80e282cb2e804932a56a213983eeeb428407d43b52d",
     "phone_sha256": "", "external_id_sha256": "",
+    # Records queued before the lists were added carry one value: the lists hold it alone.
+    "emails_sha256": ["8c87b489ce35cf2e2f39f80e282cb2e804932a56a213983eeeb428407d43b52d"],
+    "phones_sha256": [], "external_ids_sha256": [],
     "url": "https://www.shop.example/thanks?utm_source=tt&utm_campaign=spring&ttclid=E.C.P.1",
     "url_host": "www.shop.example", "url_path": "/thanks", "referrer": "https://www.shop.example/cart",
     "referrer_host": "www.shop.example", "utm_source": "tt", "utm_medium": "", "utm_campaign": "spring",

@@ -342,7 +342,11 @@ var FIELDS = {
 };
 
 // Promise of the SHA-256 hex of the normalised value, or of undefined (drop the field).
+// A list (a customer's several addresses) gives a list of the distinct hashes, the first 10
+// values (the collector's limit per field: more would refuse the whole event).
 var sha = (v, norm) => {
+  if (Array.isArray(v)) return Promise.all(v.slice(0, 10).map(x => sha(x, norm)))
+    .then(a => (a = a.filter((h, i) => h && a.indexOf(h) == i)).length ? a : undefined);
   if (v == null || typeof v == 'object') return;
   v = String(v).trim();
   if (/^[0-9a-f]{64}$/i.test(v)) return v.toLowerCase(); // hashed by the caller already
