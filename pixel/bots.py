@@ -49,7 +49,7 @@ MARKERS: tuple[tuple[str, str], ...] = (
     (r"python-urllib", "urllib and urllib3: Python's standard and low-level HTTP libraries"),
     (r"python-httpx/", "httpx: a Python HTTP library"),
     (r"aiohttp/", "aiohttp: Python's asyncio HTTP client (sends Python/3.x aiohttp/3.x)"),
-    (r"^go-http-client/", "Go's net/http client"),
+    (r"^go-http-client/", "Go's net/http client, as Go programs send it by default"),
     (r"^okhttp/", "OkHttp alone (not inside a WebView's user agent): an Android app's or a JVM program's fetch"),
     (r"^java/", "Java's built-in HTTP client (HttpURLConnection)"),
     (r"^apache-httpclient/", "Apache HttpClient: a JVM HTTP library"),
