@@ -3,8 +3,9 @@
 ``GET /v1/advertiser``: its attribution settings and pixels. ``GET /v1/pixels/<pixel_id>/diagnostics``:
 what one pixel received lately, what the collector refused, how much of it carries click ids and
 was attributed, how many clicks and conversions were bots' (left out of every count), and the
-snippet to paste. Every count comes from set-based queries (four to ClickHouse and a few Redis reads per request, whatever the traffic), and a token only ever sees its own
-advertiser's pixels: another tenant's pixel answers exactly as a missing one does.
+snippet to paste. Every count comes from set-based queries (four to ClickHouse and a few Redis
+reads per request, whatever the traffic), and a token only ever sees its own advertiser's
+pixels: another tenant's pixel answers exactly as a missing one does.
 """
 
 from __future__ import annotations
