@@ -173,3 +173,25 @@ def test_rows_stored_before_migration_8_read_as_web_events(server, monkeypatch):
     rows = client.execute(f"SELECT event_id, source, click_id, order_id, value, event_source, partner_name, "
                           f"lead_id, lead_event_source FROM {db}.events_unique")
     assert [tuple(r) for r in rows] == [("old-1", "server", "E.C.P.1", "A-1", 42.5, "web", "", "", "")]
+
+
+def test_touchpoints_stored_before_migration_11_count_as_before_and_bots_apart_after(server, monkeypatch):
+    """Migration 11 flags bots' clicks: stored touchpoints read is_bot 0 and keep counting; from then
+    on a bot's click goes to bot_touch_stats, never to touch_stats."""
+    client, prefix = server
+    db = f"{prefix}_old11"
+    everything = schema.MIGRATIONS
+    monkeypatch.setattr(schema, "MIGRATIONS", everything[:10])
+    schema.migrate(client, db)
+    insert = (f"INSERT INTO {db}.touchpoints (advertiser_id, kind, touch_id, touch_time, touch_ms, campaign_id, "
+              "adgroup_id, ad_id, received_ms, counted{bot}) SELECT 'adv-1', 'click', '{id}', "
+              "toDateTime('2026-01-01 00:00:00', 'UTC'), 1767225600000, 'c', 'g', 'a', 1, 1{flag}")
+    client.execute(insert.format(bot="", id="old-1", flag=""))
+    monkeypatch.setattr(schema, "MIGRATIONS", everything)
+    assert [m.version for m in schema.migrate(client, db)] == list(range(11, len(everything) + 1))
+    client.execute(insert.format(bot=", is_bot", id="person-1", flag=", 0"))
+    client.execute(insert.format(bot=", is_bot", id="curl-1", flag=", 1"))
+    flags = client.execute(f"SELECT touch_id, is_bot FROM {db}.touchpoints ORDER BY touch_id")
+    assert [tuple(r) for r in flags] == [("curl-1", 1), ("old-1", 0), ("person-1", 0)]
+    assert client.execute(f"SELECT sum(touches) FROM {db}.touch_stats")[0][0] == 2
+    assert client.execute(f"SELECT sum(touches) FROM {db}.bot_touch_stats")[0][0] == 1
