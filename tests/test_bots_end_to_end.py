@@ -176,8 +176,10 @@ def test_bots_are_stored_flagged_and_counted_nowhere_unless_asked(live, tenant, 
     assert _report(live, click_window="28", include_bots="true")["totals"]["conversions"] == 7.0
 
     # The optimizer feed: people's clicks and conversions only.
-    feed = call("GET", f"{live['api']}/v1/optimizer/conversions?event=CompletePayment",
-                headers=live["optimizer"])
+    # (The attributor publishes its last write to the feed when it acknowledges the tick: wait for it.)
+    feed = _wait(lambda: call("GET", f"{live['api']}/v1/optimizer/conversions?event=CompletePayment",
+                              headers=live["optimizer"]),
+                 lambda reply: reply.status != 200 or sum(row["conversions"] for row in reply.json["rows"]) >= 5)
     assert feed.status == 200, feed.body
     rows = feed.json["rows"]
     assert {row["ad_id"] for row in rows} == {"ad-1"}
