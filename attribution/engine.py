@@ -22,6 +22,7 @@ import orjson
 import redis
 from clickhouse_driver import Client
 
+from attribution.erasure import Eraser, due_every
 from attribution import models, store
 from pixel.touchpoints import Touch
 from clicktrail import clickhouse, keys, redis_client, scripting
@@ -30,7 +31,7 @@ from clicktrail.config import Settings
 from clicktrail.clickhouse import NETWORK_ERRORS
 from clicktrail.errors import LeaseLost
 from clicktrail.inserts import columns
-from clicktrail.lifecycle import StopFlag, retry_until_stopped
+from clicktrail.lifecycle import Heartbeat, StopFlag, retry_until_stopped
 from clicktrail.schema import CANDIDATE_COLUMN_NAMES, CREDIT_INPUT_COLUMN_NAMES
 from pixel import records
 from pixel.registry import advertiser_settings
@@ -225,10 +226,13 @@ class Attributor:
         self._pending: Future | None = None
         self.db = database
         self.stop = stop
+        self.heartbeat = Heartbeat(settings.paths.heartbeat_file)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.revisions_written = 0
         self._lease_script = r.register_script(_LEASE_LUA)
         self._release_script = r.register_script(_RELEASE_LUA)
+        self.eraser = Eraser(r, ch, database, self._stamp, self._publish)
+        self._erasure_due = due_every(1.0)
         self._candidates_sql = (f"INSERT INTO {database}.attribution_candidates "
                                 f"({', '.join(CANDIDATE_COLUMN_NAMES)}) VALUES")
         self._credits_sql = f"INSERT INTO {database}.credit_input ({', '.join(CREDIT_INPUT_COLUMN_NAMES)}) VALUES"
@@ -262,6 +266,7 @@ class Attributor:
 
         try:
             while not self.stop.is_set:
+                self.heartbeat.beat()  # a standby beats too: it is ready to take over
                 retry(lead_once, errors=(redis.ConnectionError, redis.TimeoutError), stop=self.stop,
                       backoff=Backoff(cap=self.settings.retry.backoff_cap_s), on_failure=_redis_failed)
         finally:
@@ -283,6 +288,9 @@ class Attributor:
         except LeaseLost:
             return True  # the tick stopped unacknowledged; the new holder reclaims its notices
         self._prune_if_due()
+        if self._erasure_due():
+            retry(self.eraser.step, errors=NETWORK_ERRORS, on_failure=self._storage_failed,
+                  backoff=Backoff(cap=self.settings.retry.backoff_cap_s), stop=self.stop)
         return True
 
     def _prune_if_due(self) -> None:

@@ -100,6 +100,7 @@ def test_pixel_diagnostics_counts_every_field(client, api_client, r, tenant, rep
     assert before_ms - 1 <= generated.timestamp() * 1000 <= time.time_ns() // 1_000_000 + 1
     assert body == {
         "pixel_id": tenant.pixel_id,
+        "event_source": "web",
         "advertiser_id": "adv-1",
         "events": [
             {"event": "CompletePayment", "source": "browser", "last_24h": 1, "last_7d": 1, "bots_7d": 0},
