@@ -177,12 +177,12 @@ _ZEROS = [0.0] * len(models.MODELS)
 _ONES = [1.0] * len(models.MODELS)
 
 
-def _dedup_orders(results: list[Result], orders: dict[tuple, list[tuple[int, str]]]) -> None:
-    """A repeated order id (same pixel and event) counts once: the first seen keeps its credit."""
+def _dedup_orders(results: list[Result], orders: dict[tuple, list[tuple[int, int, str]]]) -> None:
+    """A repeated order id (same pixel and event) counts once: the earliest by event time keeps its credit."""
     for res in results:
         c = res.conv
         seen = orders.get((c.advertiser_id, c.pixel_id, c.event, c.order_id)) if c.order_id else None
-        if seen and min(seen)[1] != c.event_id:
+        if seen and models.order_keeper(seen) != c.event_id:
             res.suppress("duplicate_order")
 
 
@@ -456,7 +456,7 @@ class Attributor:
         ch = ch or self.loader
         conversions = store.load_conversions(ch, self.db, conv_keys)
         orders = store.same_order(ch, self.db, conversions)
-        more = {(*order[:3], event_id): ms for order, seen in orders.items() for ms, event_id in seen
+        more = {(*order[:3], event_id): ms for order, seen in orders.items() for ms, _, event_id in seen
                 if (*order[:3], event_id) not in conv_keys}
         conversions += store.load_conversions(ch, self.db, more)
         return conversions, orders, self._gather(ch, conversions)

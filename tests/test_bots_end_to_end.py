@@ -186,6 +186,22 @@ def test_bots_are_stored_flagged_and_counted_nowhere_unless_asked(live, tenant, 
     assert (sum(row["clicks"] for row in rows), sum(row["conversions"] for row in rows),
             sum(row["conversion_value"] for row in rows)) == (5, 5.0, 45.0)
 
+    # Explanations: the headless conversion's own click would have earned it; a person's
+    # conversion with curl's click id got nothing from it.
+    def why(event_id: str) -> dict:
+        reply = call("GET", f"{live['api']}/v1/conversions/{event_id}/attribution", headers=live["reports"])
+        assert reply.status == 200, reply.body
+        (conv,) = reply.json["conversions"]
+        return conv
+
+    bot = why("bot-browser")
+    assert bot["attributed"] is False and [r["code"] for r in bot["not_attributed_because"]] == ["bot"]
+    assert [(t["touch_id"], t["eligible"]) for t in bot["touchpoints"]] == [(headless_click, False)]
+    person = why("human-curl-click")
+    assert person["attributed"] is False and person["touchpoints"] == []
+    assert [(r["code"], "is a bot's click" in r["message"]) for r in person["not_attributed_because"]] == [
+        ("click_id_not_found", True)]
+
     # Diagnostics say what was left out.
     diag = call("GET", f"{live['api']}/v1/pixels/{tenant.pixel_id}/diagnostics", headers=live["reports"])
     assert diag.status == 200, diag.body

@@ -933,7 +933,8 @@
         ', revision ' + conv.revision + '.'}),
       el('p', {text: 'Windows: ' + windows.click_days + '-day click, ' +
         (windows.view_days ? windows.view_days + '-day view' : 'view-through off') + '. ' +
-        (conv.attributed ? 'Attributed.' : 'Not attributed to any ad (organic).')}),
+        (conv.attributed ? 'Attributed.' : 'Not attributed: ' + ((conv.not_attributed_because || []).map((r) => r.message)
+          .join('; ') || 'no touchpoint (organic)') + '.')}),
     ]);
 
     section.append(el('h4', {text: 'Credited, by model'}));
