@@ -85,6 +85,8 @@ class TouchIndex:
                 tied += [(t, kind) for t in index.get((adv, value), ())]
         found: dict[tuple, models.Candidate] = {}
         for t, matched in tied:
+            if t.is_bot and not conv.is_bot:
+                continue  # a bot's click is no touchpoint of a person's conversion
             if (t.kind, t.touch_id) not in found:
                 candidate = models.candidate(t, matched)
                 if models.in_longest_windows(candidate, at):
@@ -92,6 +94,10 @@ class TouchIndex:
         if len(found) <= 1:
             return list(found.values())
         return sorted(found.values(), key=lambda c: (c.order_key, c.level))
+
+
+#: ``matched_by`` of a bot's conversion (pixel.bots), credited to nothing under every model.
+BOT = "bot"
 
 
 class Result:
@@ -102,7 +108,11 @@ class Result:
         self.key = conv[:4]  # (advertiser, pixel, event, event_id)
         self.candidates = candidates
         self.windows = windows
-        self.not_counted = ""  # why the conversion counts for nothing: duplicate_order or repeat_click
+        self.not_counted = ""  # why the conversion counts for nothing: bot, duplicate_order or repeat_click
+        if conv.is_bot:  # a bot's conversion is credited to nothing; its candidates stay for include_bots
+            self.not_counted = BOT
+            self.credited = {m: [] for m in models.MODELS}
+            return
         chosen = models.eligible(candidates, conv.conversion_ms, windows)
         if len(chosen) <= 1:  # most conversions: every model gives the one touchpoint (or none) everything
             self.credited = dict.fromkeys(models.MODELS, [(chosen[0], 1.0)] if chosen else [])
@@ -174,6 +184,17 @@ def _dedup_orders(results: list[Result], orders: dict[tuple, list[tuple[int, int
         seen = orders.get((c.advertiser_id, c.pixel_id, c.event, c.order_id)) if c.order_id else None
         if seen and models.order_keeper(seen) != c.event_id:
             res.suppress("duplicate_order")
+
+
+def _without_bots(orders: dict[tuple, list[tuple]], bot_keys: set[tuple]) -> dict[tuple, list[tuple]]:
+    """The conversions of each order (advertiser, pixel, event, order id), bots' left out.
+
+    Each conversion of an order is a tuple whose last item is its event id.
+    """
+    if not bot_keys:
+        return orders
+    return {order: [seen for seen in conversions if (*order[:3], seen[-1]) not in bot_keys]
+            for order, conversions in orders.items()}
 
 
 def _touch_part(t: models.Candidate) -> tuple:
@@ -474,8 +495,10 @@ class Attributor:
         if extra:
             more = store.load_conversions(self.ch, self.db, dict.fromkeys(extra))
             results += self._results(more, settings, self._gather(self.ch, more))
-        _dedup_orders(results, orders)
-        self._count_once(results, settings)
+        # Bots' conversions take no part in counting people's: neither the first of an order nor once per click.
+        people = [r for r in results if r.not_counted != BOT]
+        _dedup_orders(people, _without_bots(orders, {r.key for r in results if r.not_counted == BOT}))
+        self._count_once(people, settings)
         return results
 
     def _results(self, conversions: list[store.Conversion], settings: dict,

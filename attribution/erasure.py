@@ -189,8 +189,12 @@ class Eraser:
         if events:
             self._cancel_conversions(adv, events)
         touches = [tuple(t) for t in work["touches"]]
-        if touches and not self._step_done(rid, "touch_stats"):
-            self._subtract_touches(rid, adv, touches)
+        # People's clicks are counted in touch_stats, bots' in bot_touch_stats (pixel/bots.py): each
+        # is taken out of its own, as its own step.
+        for step, adjustments, is_bot in (("touch_stats", "touch_adjustments", 0),
+                                          ("bot_touch_stats", "bot_touch_adjustments", 1)):
+            if touches and not self._step_done(rid, step):
+                self._subtract_touches(rid, adv, touches, adjustments, is_bot)
         work["phase"] = "restated"
 
     def _cancel_conversions(self, adv: str, events: list[tuple]) -> None:
@@ -212,13 +216,14 @@ class Eraser:
         return bool(self.ch.execute(f"SELECT count() FROM {self.db}.erasure_steps WHERE request_id = %(r)s "
                                     "AND step = %(s)s", {"r": rid, "s": step})[0][0])
 
-    def _subtract_touches(self, rid: str, adv: str, touches: list[tuple]) -> None:
-        # The same grouping as touch_stats_mv, negated; inserted in one block with its log row.
+    def _subtract_touches(self, rid: str, adv: str, touches: list[tuple], adjustments: str, is_bot: int) -> None:
+        # The same grouping as touch_stats_mv (or bot_touch_stats_mv), negated; inserted in one
+        # block with its log row.
         self.ch.execute(
-            f"INSERT INTO {self.db}.touch_adjustments SELECT %(rid)s, advertiser_id, kind, "
+            f"INSERT INTO {self.db}.{adjustments} SELECT %(rid)s, advertiser_id, kind, "
             "toStartOfMinute(touch_time) AS touch_minute, campaign_id, adgroup_id, ad_id, -toInt64(sum(counted)) "
-            f"FROM {self.db}.touchpoints WHERE {_touch_match(adv, touches)} "
-            "GROUP BY advertiser_id, kind, touch_minute, campaign_id, adgroup_id, ad_id", {"rid": rid})
+            f"FROM {self.db}.touchpoints WHERE ({_touch_match(adv, touches)}) AND is_bot = %(bot)s "
+            "GROUP BY advertiser_id, kind, touch_minute, campaign_id, adgroup_id, ad_id", {"rid": rid, "bot": is_bot})
 
     # ---- 4. and 5. deletion -----------------------------------------------------------------
 

@@ -40,6 +40,7 @@ class Conversion(NamedTuple):
     order_id: str
     country: str
     region: str
+    is_bot: int  # a bot's event (pixel.bots): counted for nothing, its candidates kept for include_bots
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -70,7 +71,7 @@ def load_conversions(ch: Client, db: str, keys: dict[tuple, int | None]) -> list
         return []
     fields = ["event_ms", "click_id", "browser_id", "emails_sha256", "phones_sha256", "external_ids_sha256", "value",
               "currency", "device_type", "ua_os", "ua_browser", "utm_source", "utm_campaign", "order_id",
-              "country", "region", "limited_data_use"]
+              "country", "region", "is_bot", "limited_data_use"]
     picked = ", ".join(f"argMax({f}, dedup_version)" for f in fields)
     dated = {k: ms for k, ms in keys.items() if ms}
     undated = [k for k, ms in keys.items() if not ms]
@@ -126,7 +127,8 @@ def _events_with(ch: Client, db: str, identities: set[tuple], kinds: tuple[str, 
 def conversions_touched_by(ch: Client, db: str, touches: set[tuple]) -> tuple[dict[tuple, int], list[tuple]]:
     """Conversions a newly stored touchpoint may change: those sharing an identity with it, after it.
 
-    Also returns each touchpoint's (advertiser, time in ms, campaign, ad group, ad), for the feed.
+    Also returns each touchpoint's (advertiser, time in ms, campaign, ad group, ad), for the feed
+    (bots' clicks left out).
     """
     if not touches:
         return {}, []
@@ -134,7 +136,7 @@ def conversions_touched_by(ch: Client, db: str, touches: set[tuple]) -> tuple[di
         f"""
         SELECT advertiser_id, kind, touch_id, min(touch_ms), any(browser_id), any(email_sha256),
                any(phone_sha256), any(external_id_sha256), argMax(campaign_id, received_ms),
-               argMax(adgroup_id, received_ms), argMax(ad_id, received_ms)
+               argMax(adgroup_id, received_ms), argMax(ad_id, received_ms), argMax(is_bot, received_ms)
         FROM {db}.touchpoints
         WHERE (advertiser_id, kind, touch_id) IN (SELECT advertiser_id, kind, touch_id FROM _touches)
         GROUP BY advertiser_id, kind, touch_id""",
@@ -142,7 +144,8 @@ def conversions_touched_by(ch: Client, db: str, touches: set[tuple]) -> tuple[di
     )
     if not found:
         return {}, []
-    buckets = [(row[0], row[3], row[8], row[9], row[10]) for row in found]
+    # A bot's click changes no bucket of the feed (it is counted nowhere), only conversions of bots.
+    buckets = [(row[0], row[3], row[8], row[9], row[10]) for row in found if not row[11]]
     since = min(row[3] for row in found) // 1000
     clicks = {(row[0], row[2]) for row in found if row[1] == "click"}
     carried = _events_with(ch, db, clicks, ("click",), since)
@@ -203,7 +206,7 @@ def load_touches(ch: Client, db: str, conversions: list[Conversion],
     if not wanted:
         return cached
     fields = ["touch_ms", "campaign_id", "adgroup_id", "ad_id", "browser_id", "email_sha256", "phone_sha256",
-              "external_id_sha256"]
+              "external_id_sha256", "is_bot"]
     picked = ", ".join(f"argMax({f}, received_ms)" for f in fields)
     # Flat IN on each key column, then the exact pairs in Python: ClickHouse 18.16 evaluates a
     # tuple IN several times slower than IN on one column.

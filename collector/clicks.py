@@ -11,7 +11,7 @@ from collector import intake
 from collector.context import services
 from collector.metrics import count_accepted, count_rejected
 from collector.replies import json_reply
-from pixel import click_cache
+from pixel import bots, click_cache
 from pixel.click_urls import add_click_id, check_landing, new_click_id, read_token
 from pixel.touchpoints import Touch
 from pixel.records import TouchRecord
@@ -23,6 +23,7 @@ log = logging.getLogger("clicktrail.clicks")
 def _click_record(click: dict, click_id: str) -> TouchRecord:
     s = services().settings
     now = intake.now_ms()
+    user_agent = request.headers.get("User-Agent", "")[:1024]
     return {
         "kind": "click",
         "touch_id": click_id,
@@ -33,9 +34,11 @@ def _click_record(click: dict, click_id: str) -> TouchRecord:
         # A collector on the site's own domain also sees the browser id: a direct stitch.
         "browser_id": request.cookies.get("_ttp", "")[:64],
         "ip": intake.client_ip(request, s.privacy.trust_proxy_headers),
-        "user_agent": request.headers.get("User-Agent", "")[:1024],
+        "user_agent": user_agent,
         "source": "redirect",
         "received_ms": now,
+        # Decided here, once: the click cache entry below carries it to the attributor.
+        "is_bot": bots.is_bot(user_agent, "redirect"),
     }
 
 
@@ -48,7 +51,7 @@ def click_redirect(token: str) -> Response:
         click_id = new_click_id()
         record = _click_record(click, click_id)
         touch = Touch(click["advertiser"], "click", click_id, record["touch_ms"], record["campaign_id"],
-                      record["adgroup_id"], record["ad_id"], record["browser_id"], "", "", "")
+                      record["adgroup_id"], record["ad_id"], record["browser_id"], "", "", "", int(record["is_bot"]))
         svc.buffer.append_click(click["advertiser"], host, record, click_cache.key(click["advertiser"], click_id),
                                 click_cache.value(touch), click_cache.TTL_S)
     except BufferUnavailable:

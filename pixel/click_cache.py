@@ -26,7 +26,7 @@ def key(advertiser_id: str, click_id: str) -> str:
 
 def value(t: Touch) -> bytes:
     return orjson.dumps([t.touch_ms, t.campaign_id, t.adgroup_id, t.ad_id, t.browser_id, t.email, t.phone,
-                         t.external_id])
+                         t.external_id, t.is_bot])
 
 
 def ttl_s(touch_ms: int, now_s: float) -> int:
@@ -54,7 +54,8 @@ def get(r: redis.Redis, wanted: set[tuple[str, str]]) -> tuple[list[Touch], set[
     raws = [raw for reply in pipe.execute() for raw in reply]
     hits = [(pair, raw) for pair, raw in zip(ordered, raws) if raw is not None]
     values = orjson.loads(b"[" + b",".join(raw for _, raw in hits) + b"]") if hits else []
-    found = [Touch._make((advertiser, "click", click_id, *value))
+    # Touch(...), not Touch._make: entries written before is_bot was added have one value less.
+    found = [Touch(advertiser, "click", click_id, *value)
              for ((advertiser, click_id), _), value in zip(hits, values)]
     missing = {pair for pair, raw in zip(ordered, raws) if raw is None}
     return found, missing

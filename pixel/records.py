@@ -112,6 +112,9 @@ class TouchRecord(TypedDict):
     user_agent: str
     source: str  # redirect (imports are stored directly, not queued)
     received_ms: int
+    # The collector's pixel.bots decision, which its click cache entry carries too (absent from
+    # records queued before it was added: the sink decides from user_agent).
+    is_bot: NotRequired[bool]
 
 
 class Entry(NamedTuple):
@@ -272,6 +275,8 @@ class TouchRow(NamedTuple):
     # 1 for the first copy of a touchpoint id stored, 0 for re-posted or re-delivered copies, so
     # touch_stats counts each click once with a plain sum (added by migration 6).
     counted: Annotated[int, _col(FLAG)]
+    # 1 for a bot's click (pixel.bots): stored, but no touchpoint and in no count (migration 11).
+    is_bot: Annotated[int, _col(FLAG, "is_bot", "user_agent")]
 
 
 def columns_of(row_type: type) -> dict[str, Column]:

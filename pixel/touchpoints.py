@@ -74,6 +74,7 @@ class Touch(NamedTuple):
     email: str
     phone: str
     external_id: str
+    is_bot: int = 0  # a bot's click (pixel.bots): a touchpoint only for a bot's own conversions
 
     def row(self, received_ms: int, counted: bool = True) -> TouchRow:
         """The touchpoints table's row of an imported touchpoint; ``counted`` is false for a copy of a stored id."""
@@ -82,7 +83,7 @@ class Touch(NamedTuple):
             touch_time=self.touch_ms // 1000, touch_ms=self.touch_ms, campaign_id=self.campaign_id,
             adgroup_id=self.adgroup_id, ad_id=self.ad_id, browser_id=self.browser_id, email_sha256=self.email,
             phone_sha256=self.phone, external_id_sha256=self.external_id, ip="", country="", region="", user_agent="",
-            source="import", received_ms=received_ms, counted=int(counted),
+            source="import", received_ms=received_ms, counted=int(counted), is_bot=self.is_bot,
         )
 
 

@@ -2,10 +2,11 @@
 
 ``GET /v1/advertiser``: its attribution settings, pixels and other event sources.
 ``GET /v1/pixels/<pixel_id>/diagnostics``: what one pixel (or app or event set) received lately,
-what the collector refused, how much of it carries click ids and was attributed, and the snippet
-to paste (pixels only). Every count comes from set-based queries (three to
-ClickHouse and a few Redis reads per request, whatever the traffic), and a token only ever sees its own
-advertiser's pixels: another tenant's pixel answers exactly as a missing one does.
+what the collector refused, how much of it carries click ids and was attributed, how many clicks
+and conversions were bots' (left out of every count), and the snippet to paste (pixels only).
+Every count comes from set-based queries (four to ClickHouse and a few Redis reads per request,
+whatever the traffic), and a token only ever sees its own advertiser's pixels: another tenant's
+pixel answers exactly as a missing one does.
 """
 
 from __future__ import annotations
@@ -96,10 +97,10 @@ def _event_groups(db: str, adv: str, pixel_id: str, now_s: int) -> list[dict]:
     rows = _query(
         f"""
         SELECT event, src, countIf(t >= toDateTime(%(since_24h)s)), count(), sum(copies), countIf(tec != ''),
-               countIf(clicked)
+               countIf(clicked), countIf(bot AND tec = '')
         FROM (
             SELECT event, argMax(source, dedup_version) AS src, argMax(event_time, dedup_version) AS t,
-                   argMax(test_event_code, dedup_version) AS tec,
+                   argMax(test_event_code, dedup_version) AS tec, argMax(is_bot, dedup_version) AS bot,
                    argMax(click_id, dedup_version) != '' AS clicked,
                    count() AS copies
             FROM {db}.events
@@ -109,7 +110,7 @@ def _event_groups(db: str, adv: str, pixel_id: str, now_s: int) -> list[dict]:
         ORDER BY event, src""",
         {"adv": adv, "pixel": pixel_id, "since_24h": now_s - DAY_S, "since_7d": now_s - 7 * DAY_S},
     )
-    names = ("event", "source", "last_24h", "last_7d", "received", "test", "with_click_id")
+    names = ("event", "source", "last_24h", "last_7d", "received", "test", "with_click_id", "bots_7d")
     return [dict(zip(names, row)) for row in rows]
 
 
@@ -145,6 +146,16 @@ def _matched_7d(db: str, adv: str, pixel_id: str, now_s: int) -> int:
     return matched
 
 
+def _bot_clicks_7d(db: str, adv: str, now_s: int) -> int:
+    """The advertiser's clicks of the last 7 days that were bots' (clicks belong to no pixel)."""
+    ((clicks,),) = _query(
+        f"SELECT sum(touches) FROM {db}.bot_touch_stats WHERE advertiser_id = %(adv)s AND kind = 'click' "
+        "AND touch_minute >= toDateTime(%(since_7d)s)",
+        {"adv": adv, "since_7d": now_s - 7 * DAY_S},
+    )
+    return int(clicks or 0)
+
+
 def _glob_escape(text: str) -> str:
     return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
 
@@ -174,20 +185,23 @@ def pixel_diagnostics(pixel_id: str):
     unique = sum(gr["last_7d"] for gr in groups)
     received = sum(gr["received"] for gr in groups)
     tests = sum(gr["test"] for gr in groups)
+    bots = sum(gr["bots_7d"] for gr in groups)
     last_ms = _last_event_ms(svc.database, adv, pixel_id)
     return jsonify(
         pixel_id=pixel_id,
         event_source=kind,
         advertiser_id=adv,
         generated_at=utc_iso(now_ms),
-        events=[{k: gr[k] for k in ("event", "source", "last_24h", "last_7d")} for gr in groups],
+        events=[{k: gr[k] for k in ("event", "source", "last_24h", "last_7d", "bots_7d")} for gr in groups],
         test_events_7d=tests,
         last_event_at=utc_iso(last_ms) if last_ms is not None else None,
         received_7d=received,
         duplicates_merged_7d=received - unique,
         rejected=_rejected(pixel_id),
         click_id_share_7d=_share(sum(gr["with_click_id"] for gr in groups), unique),
-        matched_share_7d=_share(_matched_7d(svc.database, adv, pixel_id, now_s), unique - tests),
+        # Bots' events are never attributed (docs/attribution.md, "Bots"): they are not in the share.
+        matched_share_7d=_share(_matched_7d(svc.database, adv, pixel_id, now_s), unique - tests - bots),
+        bots_excluded_7d={"clicks": _bot_clicks_7d(svc.database, adv, now_s), "conversions": bots},
         # Only a pixel goes on a site; an app or event set is fed by its server.
         snippet=build_snippet(pixel_id, svc.settings.site.public_url.rstrip("/")) if kind == "web" else None,
     )

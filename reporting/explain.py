@@ -73,6 +73,9 @@ class _Conversion:
         if self.chosen and not self.suppressed:
             return []
         found = [unattributed.bot()] if self.event and self.event.is_bot else []
+        if self.suppressed == "bot" and self.chosen:
+            # Its touchpoints would have earned it: being a bot's (credited to nothing) is the one reason.
+            return found or [unattributed.bot()]
         if self.suppressed == "duplicate_order":
             return found + [unattributed.duplicate_order(ch, db, self.key, self.event.order_id if self.event else "")]
         if self.suppressed == "repeat_click":

@@ -50,6 +50,7 @@ class ReportQuery:
     page: int
     page_size: int
     format: str
+    include_bots: bool = False  # bots' clicks and conversions counted too (pixel.bots)
 
     @property
     def zone(self) -> ZoneInfo:
@@ -73,7 +74,7 @@ class ReportQuery:
         return {"start": self.start.isoformat(), "end": self.end.isoformat(), "timezone": self.timezone,
                 "dimensions": list(self.dimensions), "metrics": list(self.metrics), "model": self.model,
                 "click_window": self.click_window, "view_window": self.view_window, "date_basis": self.date_basis,
-                "currency": currency}
+                "include_bots": self.include_bots, "currency": currency}
 
 
 def _dimensions(args) -> tuple[str, ...]:
@@ -147,4 +148,5 @@ def parse(args, settings: dict) -> ReportQuery:
         date_basis=choice(args, "date_basis", DATE_BASES, "touch"), filters=_filters(args),
         order_by=_order_by(args, dims, metrics), page=whole(args, "page", 1, 1, 1_000_000),
         page_size=whole(args, "page_size", 100, 1, MAX_PAGE_SIZE), format=choice(args, "format", FORMATS, "json"),
+        include_bots=choice(args, "include_bots", ("true", "false"), "false") == "true",
     )

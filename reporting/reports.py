@@ -35,7 +35,10 @@ from reporting.spreadsheet import safe_cell
 
 bp = Blueprint("reports", __name__)
 
-_SUPPRESSED = ("duplicate_order", "repeat_click")
+#: Why a conversion counts for nothing (credits.matched_by): a bot's (counted with include_bots=true),
+#: a repeated order, a repeat conversion of one click.
+_BOT = "bot"
+_SUPPRESSED = (_BOT, "duplicate_order", "repeat_click")
 _RATIOS = ("ctr", "cpc", "cpm", "cvr", "cpa", "roas")
 #: Additive metrics as sums of the ClickHouse path's columns (impressions: counted plus posted).
 _SUM_OF = {"conversions": "c", "conversion_value": "v", "clicks": "k", "impressions": "(i + ci)", "spend": "s"}
@@ -89,12 +92,12 @@ class Report:
     def _summable_in_clickhouse(self) -> bool:
         """Whether one ClickHouse query can join, order and page the report.
 
-        Not when credits are recomputed (other windows), when clicks and spend repeat per event,
+        Not when credits are recomputed (other windows, or bots included), when clicks and spend repeat per event,
         when spend must be split into hours (by hour, or days of another time zone), or when the
         order is a ratio (ratios are computed here, after summing).
         """
         ordered = self.q.order_by[0] if self.q.order_by else None
-        return (not self.q.custom_windows and "event" not in self.q.dimensions
+        return (not self.q.custom_windows and not self.q.include_bots and "event" not in self.q.dimensions
                 and (not self.q.needs_touches or (self.time_dim != "stat_time_hour"
                                                   and self.q.timezone == self.settings["timezone"]))
                 and ordered not in _RATIOS)
@@ -255,6 +258,17 @@ class Report:
     def _conversions(self) -> dict[tuple, tuple[float, float]]:
         if self.q.custom_windows:
             return self._recomputed_in_clickhouse()
+        kept = self._kept_conversions()
+        if not self.q.include_bots:
+            return kept
+        # Bots' conversions are credited to nothing in the kept sums; their credits are computed
+        # here from their stored candidates, with the advertiser's windows and the report's model.
+        for key, (count, value) in self._recomputed_in_clickhouse(bots_only=True).items():
+            was = kept.get(key, (0.0, 0.0))
+            kept[key] = (was[0] + count, was[1] + value)
+        return kept
+
+    def _kept_conversions(self) -> dict[tuple, tuple[float, float]]:
         column = "touch_minute" if self.q.date_basis == "touch" else "conversion_minute"
         dims = self.q.dimensions
         filters, params = self._filter_sql(rq.AD_DIMENSIONS + ("event",))
@@ -302,12 +316,13 @@ class Report:
             ) AS s USING (pixel_id, event, event_id, revision)"""
         return sql, {"adv": self.adv, "lo": self.lo, "hi": self.hi + later}
 
-    def _recomputed_in_clickhouse(self) -> dict[tuple, tuple[float, float]]:
+    def _recomputed_in_clickhouse(self, bots_only: bool = False) -> dict[tuple, tuple[float, float]]:
         """The rules of attribution.models in array functions, over every conversion's candidates.
 
         Tested equal to attribution.models run on the same candidates, without moving every
         conversion into Python: windows, strongest identity level, click beats view, order by
-        (time, touch id), then the model's credits.
+        (time, touch id), then the model's credits. Bots' conversions take part with
+        include_bots=true (``bots_only``: theirs alone).
         """
         inner, params = self._candidates_sql()
         click_ms, view_ms = self.q.click_window * models.DAY_MS, self.q.view_window * models.DAY_MS
@@ -318,7 +333,10 @@ class Report:
         dims = [f"{by_dim.get(d, d)} AS d{i}" for i, d in enumerate(self.q.dimensions)]
         filters = "".join(f" AND {by_dim.get(d, d)} IN %(f_{d})s" for d in self.q.filters)
         params.update({f"f_{d}": tuple(v) for d, v in self.q.filters.items()}, lo_ms=self.lo * 1000,
-                      hi_ms=self.hi * 1000, suppressed=_SUPPRESSED)
+                      hi_ms=self.hi * 1000, suppressed=tuple(r for r in _SUPPRESSED
+                                                             if not (self.q.include_bots and r == _BOT)))
+        counted = "reason = %(bot)s" if bots_only else "reason NOT IN %(suppressed)s"
+        params["bot"] = _BOT
         group = f"GROUP BY {', '.join(f'd{i}' for i in range(len(dims)))}" if dims else ""
         rows = self.ch.execute(
             f"""
@@ -346,7 +364,7 @@ class Report:
                                                         multiIf(tupleElement(t, 7) = 'click_id', 0,
                                                                 tupleElement(t, 7) = 'browser_id', 1, 2)),
                                                   touches)) AS inside
-                      FROM ({inner}) WHERE reason NOT IN %(suppressed)s))))
+                      FROM ({inner}) WHERE {counted}))))
             ) ARRAY JOIN chosen AS touch, credits AS credit
             WHERE {at} >= %(lo_ms)s AND {at} < %(hi_ms)s AND credit != 0 {filters}
             {group}""",
@@ -364,9 +382,12 @@ class Report:
         dims = self.touch_dims
         filters, params = self._filter_sql(rq.AD_DIMENSIONS)
         select, aliases = self._select("touch_minute", dims)
+        # Bots' clicks are kept apart, in bot_touch_stats (same columns).
+        table = (f"(SELECT * FROM {self.db}.touch_stats UNION ALL SELECT * FROM {self.db}.bot_touch_stats)"
+                 if self.q.include_bots else f"{self.db}.touch_stats")
         rows = self.ch.execute(
             f"""
-            SELECT {select}kind, sum(touches) FROM {self.db}.touch_stats
+            SELECT {select}kind, sum(touches) FROM {table}
             WHERE advertiser_id = %(adv)s AND touch_minute >= toDateTime(%(lo)s)
               AND touch_minute < toDateTime(%(hi)s) {filters}
             GROUP BY {''.join(a + ', ' for a in aliases)}kind""",

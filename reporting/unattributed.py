@@ -76,14 +76,17 @@ def _counted_for(ch: Client, db: str, advertiser_id: str, event: str, click_id: 
 
 
 def click_id_not_found(ch: Client, db: str, advertiser_id: str, click_id: str, conversion_ms: int) -> dict:
-    """The conversion's own click id tied it to nothing: no such click, or one beyond every window."""
+    """The conversion's own click id tied it to nothing: no such click, a bot's click, or one beyond every window."""
     rows = ch.execute(
-        f"SELECT argMax(touch_ms, received_ms) FROM {db}.touchpoints "
+        f"SELECT argMax(touch_ms, received_ms), argMax(is_bot, received_ms) FROM {db}.touchpoints "
         "WHERE advertiser_id = %(adv)s AND kind = 'click' AND touch_id = %(click)s HAVING count() > 0",
         {"adv": advertiser_id, "click": click_id},
     )
     if not rows:
         return reason("click_id_not_found", f"its click id {click_id} matches no click of this advertiser")
+    if rows[0][1]:  # pixel/bots.py: a bot's click is no touchpoint of a person's conversion
+        return reason("click_id_not_found", f"its click id {click_id} is a bot's click (crawler, headless browser "
+                                            "or HTTP library), no touchpoint of a person's conversion")
     age = conversion_ms - rows[0][0]
     if age < 0:
         where = f"{-age / models.DAY_MS:.2f} days after the conversion"

@@ -14,6 +14,8 @@ from urllib.parse import unquote_plus
 
 from user_agents import parse as parse_ua
 
+from pixel import bots
+
 _UTM = ("utm_source", "utm_medium", "utm_campaign", "utm_content", "utm_term")
 
 
@@ -27,6 +29,13 @@ class Agent(NamedTuple):
 
 
 _NO_AGENT = Agent("", "", "", "", "other", 0)
+#: No user agent from a browser's side: no browser (pixel.bots).
+NO_BROWSER = Agent("", "", "", "", "bot", 1)
+
+
+def no_agent(source: object) -> Agent:
+    """The agent of an event or click sent without a user agent, from ``source`` (pixel.bots)."""
+    return NO_BROWSER if source in bots.BROWSER_SOURCES else _NO_AGENT
 
 
 def _parse_agent(text: str) -> Agent:
@@ -34,8 +43,8 @@ def _parse_agent(text: str) -> Agent:
         return _NO_AGENT
     ua = parse_ua(text)
     browser = ua.browser.family
-    # Headless browsers are automation even when they call themselves Chrome.
-    is_bot = ua.is_bot or "headless" in browser.lower() or "headless" in text.lower()
+    # pixel.bots decides; ua-parser's crawler flag (ua.is_bot) is its list's, already parsed here.
+    is_bot = ua.is_bot or bool(bots.marker(text))
     if is_bot:
         device = "bot"
     elif ua.is_tablet:

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import orjson
 
+from pixel import bots
 from pixel.events import MAX_MONEY
 from pixel.records import EntryError, EventRecord, EventRow, TouchRow, decode_entry
 from sink import enrich
@@ -156,7 +157,8 @@ class RowBuilder:
         user_agent = get("user_agent") or ""
         if user_agent.__class__ is not str:
             user_agent = _text(user_agent, "user_agent")
-        ua_browser, ua_browser_version, ua_os, ua_os_version, device_type, is_bot = self._agent(user_agent)
+        ua_browser, ua_browser_version, ua_os, ua_os_version, device_type, is_bot = (
+            self._agent(user_agent) if user_agent else enrich.no_agent(get("source")))
         props = get("properties") or {}
         if props.__class__ is not dict:
             raise RowError("properties must be an object")
@@ -281,6 +283,15 @@ class RowBuilder:
             source=_str(r.get("source"), "source") or "redirect",
             received_ms=_ms(r["received_ms"], "received_ms", _MAX_U64),
             counted=1,  # the sink clears it for a re-delivered click (see Sink._count_once)
+            is_bot=_touch_is_bot(r),
         )
+
+
+def _touch_is_bot(r: dict) -> int:
+    """The collector's decision, else (a record queued before it made one) pixel.bots's."""
+    flag = r.get("is_bot")
+    if flag is None:
+        return int(bots.is_bot(_str(r.get("user_agent"), "user_agent"), _str(r.get("source"), "source") or "redirect"))
+    return 1 if flag else 0
 
 

@@ -25,6 +25,11 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 
+#: Headless Chromium calls itself HeadlessChrome, a bot's user agent (pixel/bots.py), whose clicks and
+#: conversions are never attributed: a page standing for a person's visit presents a person's.
+PERSON_USER_AGENT = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                     "Chrome/120.0.0.0 Safari/537.36")
+
 
 def launch(playwright, *extra_args: str):
     """Debian's Chromium, headless, with the flags the test machines need (plus ``extra_args``)."""

@@ -139,7 +139,7 @@ def test_app_events_are_stored_attributed_and_reported(settings, spawn, world, t
     diag = world.api.get(f"/v1/pixels/{APP_ID}/diagnostics", headers=world.auth)
     assert diag.status_code == 200, diag.json
     assert (diag.json["pixel_id"], diag.json["event_source"], diag.json["snippet"]) == (APP_ID, "app", None)
-    assert diag.json["events"] == [{"event": "Purchase", "source": "server", "last_24h": 2, "last_7d": 2}]
+    assert diag.json["events"] == [{"event": "Purchase", "source": "server", "last_24h": 2, "last_7d": 2, "bots_7d": 0}]
     assert diag.json["matched_share_7d"] == 1.0
     advertiser = world.api.get("/v1/advertiser", headers=world.auth).json
     assert advertiser["event_sources"] == [{"event_source_id": APP_ID, "event_source": "app", "name": "Shop app"}]

@@ -128,6 +128,26 @@ def test_counting_once_per_click_is_per_event(world, r):
     assert world.credits("buy-1") == world.credits("buy-2") == {"clk": 1.0}  # every purchase counts
 
 
+HEADLESS = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/120.0.0.0 "
+            "Safari/537.36")
+
+
+def test_a_bots_conversion_is_credited_to_nothing_and_takes_nothing_from_people(world, r):
+    """A bot's conversion (its user agent in the event) gets no credit, and is neither the first of
+    an order nor the one conversion of a click counted once: the person's conversion after it counts."""
+    registry.update_settings(r, world.tenant.advertiser, counting="once", event="Download")
+    t = world.now
+    world.click("clk", t - HOUR)
+    world.convert("bot-buy", t - 120, ttclid="clk", order_id="ORDER-9", user_agent=HEADLESS)
+    world.convert("person-buy", t - 60, ttclid="clk", order_id="ORDER-9")
+    world.convert("bot-dl", t - 120, event="Download", ttclid="clk", user_agent="python-requests/2.31.0")
+    world.convert("person-dl", t - 60, event="Download", ttclid="clk")
+    world.settle()
+    for model in ("last_click", "first_click", "linear", "time_decay", "position_based"):
+        assert world.credits("bot-buy", model) == world.credits("bot-dl", model) == {"bot": 0.0}
+        assert world.credits("person-buy", model) == world.credits("person-dl", model) == {"clk": 1.0}
+
+
 def test_a_late_click_restates_an_unattributed_conversion(world):
     t = world.now
     world.convert("early", t, ttclid="late-click")

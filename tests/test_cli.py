@@ -11,6 +11,7 @@ from pathlib import Path
 
 from clicktrail import services
 from pixel import registry
+from tests.browser import PERSON_USER_AGENT
 from tests.http import call
 from tests.servers import env_for
 
@@ -89,7 +90,9 @@ def test_up_runs_everything_until_interrupted(settings, r, ch, ch_database, attr
         deadline = time.monotonic() + 20
         reply = None
         while time.monotonic() < deadline:
-            reply = call("POST", f"http://127.0.0.1:{port}/e/{pixel_id}", json.dumps(body).encode())
+            # A person's page view (urllib's own user agent is a bot's: pixel/bots.py).
+            reply = call("POST", f"http://127.0.0.1:{port}/e/{pixel_id}", json.dumps(body).encode(),
+                         {"User-Agent": PERSON_USER_AGENT})
             if reply.status == 200:
                 break
             time.sleep(0.2)

@@ -8,6 +8,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
+from pixel import records
 from pixel.click_urls import make_token
 from tests.conftest import query_dicts
 from tests.servers import env_for
@@ -93,6 +94,31 @@ def test_a_click_redelivered_to_the_sink_is_stored_again_but_counted_once(client
     sink.store(entries)  # the re-delivery
     assert ch.execute(f"SELECT count() FROM {ch_database}.touchpoints")[0][0] == 2
     assert ch.execute(f"SELECT sum(touches) FROM {ch_database}.touch_stats")[0][0] == 1
+
+
+def test_bots_clicks_are_flagged_cached_as_bots_and_counted_apart(client, click_url, sink, ch, ch_database, r):
+    """The collector decides (pixel/bots.py), the cache entry and the stored row say the same; a click
+    record queued before the collector decided is judged by the sink from its user agent."""
+    path = urlsplit(click_url().stdout.strip()).path
+    agents = {"person": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                        "Chrome/120.0.0.0 Safari/537.36",
+              "curl": "curl/8.5.0", "none": ""}
+    ids = {}
+    for who, agent in agents.items():
+        location = client.get(path, headers={"User-Agent": agent}).headers["Location"]
+        ids[who] = parse_qs(urlsplit(location).query)["ttclid"][0]
+    cached = {who: json.loads(r.get(f"ct:click:adv-1:{click}"))[-1] for who, click in ids.items()}
+    assert cached == {"person": 0, "curl": 1, "none": 1}
+    # An entry of the previous version: no is_bot in the record.
+    old = {"kind": "click", "touch_id": "old-curl", "touch_ms": 1767225600000, "campaign_id": "cmp-1",
+           "adgroup_id": "grp-1", "ad_id": "ad-1", "browser_id": "", "ip": "", "user_agent": "Wget/1.21",
+           "source": "redirect", "received_ms": 1767225600000}
+    r.xadd("ct:events", records.entry_fields("adv-1", [old], touch=True))
+    sink.drain()
+    stored = dict(ch.execute(f"SELECT touch_id, is_bot FROM {ch_database}.touchpoints"))
+    assert stored == {ids["person"]: 0, ids["curl"]: 1, ids["none"]: 1, "old-curl": 1}
+    assert ch.execute(f"SELECT sum(touches) FROM {ch_database}.touch_stats")[0][0] == 1
+    assert ch.execute(f"SELECT sum(touches) FROM {ch_database}.bot_touch_stats")[0][0] == 3
 
 
 def _signed(secret: str, payload: bytes) -> str:

@@ -103,10 +103,10 @@ def test_pixel_diagnostics_counts_every_field(client, api_client, r, tenant, rep
         "event_source": "web",
         "advertiser_id": "adv-1",
         "events": [
-            {"event": "CompletePayment", "source": "browser", "last_24h": 1, "last_7d": 1},
-            {"event": "Lead", "source": "server", "last_24h": 1, "last_7d": 2},
-            {"event": "PageView", "source": "browser", "last_24h": 1, "last_7d": 1},
-            {"event": "PageView", "source": "image", "last_24h": 1, "last_7d": 1},
+            {"event": "CompletePayment", "source": "browser", "last_24h": 1, "last_7d": 1, "bots_7d": 0},
+            {"event": "Lead", "source": "server", "last_24h": 1, "last_7d": 2, "bots_7d": 0},
+            {"event": "PageView", "source": "browser", "last_24h": 1, "last_7d": 1, "bots_7d": 0},
+            {"event": "PageView", "source": "image", "last_24h": 1, "last_7d": 1, "bots_7d": 0},
         ],
         "test_events_7d": 1,
         "last_event_at": iso(now - 60),  # the image event, the latest by event time
@@ -116,6 +116,7 @@ def test_pixel_diagnostics_counts_every_field(client, api_client, r, tenant, rep
                      "request: page domain is not registered for the pixel": 1},
         "click_id_share_7d": 1 / 5,  # order-1 of 5 unique events
         "matched_share_7d": 1 / 4,  # order-1 of the 4 that are not test events
+        "bots_excluded_7d": {"clicks": 0, "conversions": 0},  # bots: tests/test_bots_end_to_end.py
         "snippet": build_snippet(tenant.pixel_id, settings.site.public_url.rstrip("/")),
     }
     assert f"ttq.load('{tenant.pixel_id}'" in body["snippet"]
@@ -126,6 +127,7 @@ def test_a_pixel_with_no_traffic_has_nulls_not_zeros(api_client, tenant, reports
     counts = (body["events"], body["received_7d"], body["duplicates_merged_7d"], body["rejected"])
     assert counts == ([], 0, 0, {})
     assert (body["last_event_at"], body["click_id_share_7d"], body["matched_share_7d"]) == (None, None, None)
+    assert body["bots_excluded_7d"] == {"clicks": 0, "conversions": 0}
 
 
 def test_other_tenants_pixels_are_indistinguishable_from_missing_ones(api_client, r, tenant, ch):

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from clicktrail import cluster
 from clicktrail.errors import BadRequest
 from pixel import erasure, registry
+from pixel.click_urls import make_token
 from tests.conftest import Tenant, query_dicts
 from tests.servers import env_for
 
@@ -289,3 +290,22 @@ def test_any_body_is_parsed_or_refused_clearly(body):
         assert values == sorted(set(values)) and len(values) <= erasure.MAX_VALUES
         if kind != "ttp":
             assert all(len(v) == 64 and v == v.lower() for v in values)
+
+
+def test_a_bots_click_of_the_person_leaves_the_bots_count_only(world, ch, ch_database, settings):
+    """A click from curl in her browser's cookie jar is a bot's (pixel/bots.py): counted in
+    bot_touch_stats, so the erasure takes it from there and leaves touch_stats as it was."""
+    token = make_token(settings.site.secret_key, "adv-1", "c", "g", "a-jane", "https://shop.example/")
+    world.client.set_cookie("_ttp", JANE["ttp"])  # her browser id, as a collector on her site's domain sees it
+    reply = world.client.get(f"/r/{token}", headers={"User-Agent": "curl/8.5.0"})
+    assert reply.status_code == 302
+    world.sink.drain()
+
+    def clicks(table: str) -> int:
+        return ch.execute(f"SELECT sum(touches) FROM {ch_database}.{table} WHERE advertiser_id = 'adv-1' "
+                          "AND kind = 'click'")[0][0]
+
+    assert (clicks("touch_stats"), clicks("bot_touch_stats")) == (2, 1)
+    world.finish("adv-1", world.erase("adv-1", {"ttp": JANE["ttp"]}))
+    assert (clicks("touch_stats"), clicks("bot_touch_stats")) == (1, 0)  # John's click; no bot left, none owed
+    assert without_zeros(world.report("adv-1")) == {"a-john": (1, 1.0, 20.0)}

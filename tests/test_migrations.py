@@ -37,6 +37,7 @@ RELEASED = {
     8: "07661a7b0c5a1fa0e41bea2eb2f888d2c14d3bf1f27aca770ea488d9029aa2c5",
     9: "f16aae30c7a97c1eb72eaaeafb1e403d01efbe76baf479de6568411be69b9bd4",
     10: "0faa41af669dfb972bf98cda60ac27ada6bbf7ed9e65ff07ce9440372643ba58",
+    11: "a4a97c57ce89dfd84df63b8759de03274b2ad30ec90ffbaf25155c86c0291dac",
     13: "c12e998a6af53764f49311f8e65004dd2876fade4ad409c0936521dbc7886cf8",
 }
 
@@ -242,3 +243,25 @@ def test_rows_stored_before_migration_10_read_their_identifiers_as_lists_and_new
     assert [tuple(r) for r in found] == [("new-1", "email", "e1"), ("new-1", "email", "e2"), ("new-1", "email", "e3"),
                                          ("new-1", "phone", "p1"), ("old-1", "email", "e-old"),
                                          ("old-1", "external_id", "x-old")]
+
+
+def test_touchpoints_stored_before_migration_11_count_as_before_and_bots_apart_after(server, monkeypatch):
+    """Migration 11 flags bots' clicks: stored touchpoints read is_bot 0 and keep counting; from then
+    on a bot's click goes to bot_touch_stats, never to touch_stats."""
+    client, prefix = server
+    db = f"{prefix}_old11"
+    everything = schema.MIGRATIONS
+    monkeypatch.setattr(schema, "MIGRATIONS", everything[:10])
+    schema.migrate(client, db)
+    insert = (f"INSERT INTO {db}.touchpoints (advertiser_id, kind, touch_id, touch_time, touch_ms, campaign_id, "
+              "adgroup_id, ad_id, received_ms, counted{bot}) SELECT 'adv-1', 'click', '{id}', "
+              "toDateTime('2026-01-01 00:00:00', 'UTC'), 1767225600000, 'c', 'g', 'a', 1, 1{flag}")
+    client.execute(insert.format(bot="", id="old-1", flag=""))
+    monkeypatch.setattr(schema, "MIGRATIONS", everything)
+    assert [m.version for m in schema.migrate(client, db)] == list(range(11, len(everything) + 1))
+    client.execute(insert.format(bot=", is_bot", id="person-1", flag=", 0"))
+    client.execute(insert.format(bot=", is_bot", id="curl-1", flag=", 1"))
+    flags = client.execute(f"SELECT touch_id, is_bot FROM {db}.touchpoints ORDER BY touch_id")
+    assert [tuple(r) for r in flags] == [("curl-1", 1), ("old-1", 0), ("person-1", 0)]
+    assert client.execute(f"SELECT sum(touches) FROM {db}.touch_stats")[0][0] == 2
+    assert client.execute(f"SELECT sum(touches) FROM {db}.bot_touch_stats")[0][0] == 1

@@ -171,6 +171,8 @@ def test_ttclid_from_landing_url_is_kept_in_a_cookie_and_attributed_later(
     assert paid["url"] == pages.url("/thanks") and paid["referrer"] == ""
     assert paid["value"] == 42.5 and paid["currency"] == "EUR" and paid["order_id"] == "A-1001"
     assert paid["browser_id"] == ttp
+    # Playwright's headless Chromium calls itself HeadlessChrome: stored, flagged a bot's (pixel/bots.py).
+    assert "HeadlessChrome/" in paid["user_agent"] and (paid["is_bot"], paid["device_type"]) == (1, "bot")
 
 
 # ---- 2. advanced matching: hashed in the browser -------------------------------------------------

@@ -41,9 +41,9 @@ def _day_start(days_ago: int) -> int:
     return int(datetime(d.year, d.month, d.day, tzinfo=timezone.utc).timestamp())
 
 
-def _touch(kind, touch_id, at, campaign, ad):
+def _touch(kind, touch_id, at, campaign, ad, is_bot=0):
     return (ADV, kind, touch_id, at, at * 1000, campaign, f"{campaign}-g", ad, "", "e", "", "", "", "", "", "",
-            "import", at * 1000, 1)
+            "import", at * 1000, 1, is_bot)
 
 
 def _conversion(event_id, at, value, touches, credits_by_model, revision=1):
@@ -71,14 +71,20 @@ def _fill(client, db, d):
     k1, k2, old = ("click", "k1", d + 10 * HOUR, "A", "A1", "email"), ("click", "k2", d + 11 * HOUR, "B", "B1", "email"), \
         ("click", "old", d - 3 * DAY, "O", "O1", "click_id")
     touches = [_touch("click", "k1", d + 10 * HOUR, "A", "A1"), _touch("click", "k2", d + 11 * HOUR, "B", "B1"),
-               _touch("impression", "v1", d + 9 * HOUR, "A", "A1"), _touch("click", "old", d - 3 * DAY, "O", "O1")]
+               _touch("impression", "v1", d + 9 * HOUR, "A", "A1"), _touch("click", "old", d - 3 * DAY, "O", "O1"),
+               _touch("click", "kb", d + 10 * HOUR, "A", "A1", is_bot=1)]
     c1 = _conversion("c1", d + 12 * HOUR, 10.0, [k1, k2], {
         "last_click": [0.0, 1.0], "first_click": [1.0, 0.0], "linear": [0.5, 0.5], "time_decay": [0.4985, 0.5015],
         "position_based": [0.5, 0.5]})
     c2 = _conversion("c2", d + 12 * HOUR + 60, 5.0, [old], {m: [1.0] for m in MODELS})
+    # A bot's conversion after a bot's click: stored as the attributor stores it, credited to nothing.
+    bot_candidates, _ = _conversion("cb", d + 12 * HOUR + 120, 7.0, [("click", "kb", d + 10 * HOUR, "A", "A1",
+                                                                        "click_id")], {m: [1.0] for m in MODELS})
+    _, bot_credits = _conversion("cb", d + 12 * HOUR + 120, 7.0, [("", "", 0, "", "", "bot")],
+                                 {m: [0.0] for m in MODELS})
     client.execute(f"INSERT INTO {db}.touchpoints ({', '.join(schema.TOUCH_COLUMN_NAMES)}) VALUES",
                    columns(touches), columnar=True)
-    for candidates, credits in (c1, c2):
+    for candidates, credits in (c1, c2, (bot_candidates, bot_credits)):
         client.execute(f"INSERT INTO {db}.attribution_candidates ({', '.join(schema.CANDIDATE_COLUMN_NAMES)}) "
                        "VALUES", columns(candidates), columnar=True)
         client.execute(f"INSERT INTO {db}.credit_input ({', '.join(schema.CREDIT_INPUT_COLUMN_NAMES)}) VALUES",
@@ -96,7 +102,7 @@ def engines(current, ch_database):
 
     old = clickhouse.connect(clickhouse.with_database(CLICKHOUSE_BASE, ch_database))
     for table in ("touchpoints", "attribution_candidates", "credits", "costs", "conversion_stats", "touch_stats",
-                  "feed_changes"):
+                  "bot_touch_stats", "feed_changes"):
         old.execute(f"TRUNCATE TABLE {ch_database}.{table}")
     d = _day_start(2)
     _fill(old, ch_database, d)
@@ -114,6 +120,8 @@ def _iso_day(ts: int) -> str:
     {"dimensions": "stat_time_hour,campaign_id", "timezone": "Asia/Kolkata", "model": "linear"},
     {"dimensions": "campaign_id", "click_window": "1", "model": "time_decay"},
     {"dimensions": "device_type,utm_source", "metrics": "conversions,conversion_value", "date_basis": "conversion"},
+    {"dimensions": "campaign_id", "include_bots": "true"},
+    {"dimensions": "ad_id,stat_time_day", "click_window": "28", "include_bots": "true", "model": "linear"},
 ])
 def test_reports_agree_across_engines(engines, params):
     both, d = engines
@@ -122,6 +130,20 @@ def test_reports_agree_across_engines(engines, params):
     answers = {name: Report(client, db, ADV, DEFAULT_SETTINGS, query).build() for name, (client, db) in both.items()}
     assert answers["18.16"]["rows"], answers
     assert answers["current"] == answers["18.16"]
+
+
+def test_bots_count_only_when_asked_on_both_engines(engines):
+    both, d = engines
+    for client, db in both.values():
+        def campaign_a(**params):
+            query = report_query.parse(MultiDict({"start": _iso_day(d - 4 * DAY), "end": _iso_day(d),
+                                                  "dimensions": "campaign_id", "metrics": "clicks,conversions",
+                                                  **params}), DEFAULT_SETTINGS)
+            rows = Report(client, db, ADV, DEFAULT_SETTINGS, query).build()["rows"]
+            return next(row for row in rows if row["campaign_id"] == "A")
+
+        assert campaign_a() == {"campaign_id": "A", "clicks": 1, "conversions": 0.0}
+        assert campaign_a(include_bots="true") == {"campaign_id": "A", "clicks": 2, "conversions": 1.0}
 
 
 def test_the_feed_agrees_across_engines(engines):

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from pixel import registry
-from tests.browser import PageServer, page_html, wait_for
+from tests.browser import PERSON_USER_AGENT, PageServer, page_html, wait_for
 from tests.conftest import ARTIFACTS, query_dicts
 from tests.servers import env_for
 
@@ -62,7 +62,7 @@ def site():
 @pytest.fixture
 def page(browser, site):
     site.reset()
-    ctx = browser.new_context()
+    ctx = browser.new_context(user_agent=PERSON_USER_AGENT)  # a person's visit, attributed
     yield ctx.new_page()
     ctx.close()
     site.reset()
