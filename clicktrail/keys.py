@@ -50,3 +50,7 @@ REJECTED_COUNTS = PREFIX + "stats:rejected"
 #: Write time (ms) up to which everything the attributor stamped is stored; the optimizer feed's
 #: cursors never go past it (see reporting/feed.py).
 FEED_WATERMARK = PREFIX + "feed:watermark"
+
+#: Hash advertiser id -> version (µs) of its latest exchange-rate posting. The optimizer feed keeps
+#: answers by it, so a rate posted later is in the next poll's values, never a kept answer's.
+EXCHANGE_RATES_VERSION = PREFIX + "exchange_rates:version"

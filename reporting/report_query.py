@@ -16,8 +16,10 @@ AD_DIMENSIONS = ("campaign_id", "adgroup_id", "ad_id")
 #: Known only for conversions (from the converting event), not for clicks, views or spend.
 CONVERSION_DIMENSIONS = ("device_type", "os", "browser", "utm_source", "utm_campaign")
 DIMENSIONS = TIME_DIMENSIONS + AD_DIMENSIONS + ("event",) + CONVERSION_DIMENSIONS
-METRICS = ("spend", "impressions", "clicks", "ctr", "cpc", "cpm", "conversions", "conversion_value", "cvr", "cpa",
-           "roas")
+#: conversion_value and the money ratios are in the advertiser's currency; unconverted_conversions
+#: are conversions whose value is left out of them for want of an exchange rate (reporting/money.py).
+METRICS = ("spend", "impressions", "clicks", "ctr", "cpc", "cpm", "conversions", "conversion_value",
+           "unconverted_conversions", "cvr", "cpa", "roas")
 #: Metrics that need clicks, impressions or spend, which have no device, browser or UTM.
 TOUCH_METRICS = ("spend", "impressions", "clicks", "ctr", "cpc", "cpm", "cvr", "cpa", "roas")
 DATE_BASES = ("touch", "conversion")
