@@ -7,6 +7,7 @@ newer than this file must still be accepted, and a typo shows up as a currency w
 from __future__ import annotations
 
 import re
+from decimal import ROUND_HALF_UP, Context, Decimal
 
 CODE = re.compile(r"[A-Z]{3}")
 
@@ -20,6 +21,8 @@ MINOR_UNITS = {
     **dict.fromkeys(("CLF", "UYW"), 4),
 }
 DEFAULT_MINOR_UNIT = 2
+#: Digits enough for any double written out in full (the largest has 309), so rounding is exact.
+_EXACT = Context(prec=400, rounding=ROUND_HALF_UP)
 
 
 def is_code(text: object) -> bool:
@@ -32,7 +35,12 @@ def minor_unit(currency: str) -> int:
 
 
 def money_text(amount: float, currency: str) -> str:
-    """``amount`` rounded to the currency's minor unit, with exactly that many decimals: 9.58, 1200, 1.250."""
-    text = f"{amount:.{minor_unit(currency)}f}"
-    # "-0.00" is a sum that rounded to nothing, not a loss.
-    return text[1:] if text.startswith("-") and not text.strip("-0.") else text
+    """``amount`` rounded half up to the currency's minor unit, with exactly that many decimals:
+    9.58, 1235, 1.250.
+
+    Rounded from the shortest decimal that reads back as the double (``repr``), so 0.125 gives
+    0.13 as written, where the double's binary value (0.1249999...) would give 0.12.
+    """
+    exponent = Decimal(1).scaleb(-minor_unit(currency))
+    rounded = Decimal(repr(float(amount))).quantize(exponent, context=_EXACT)
+    return f"{rounded.copy_abs() if rounded.is_zero() else rounded:f}"  # never -0.00

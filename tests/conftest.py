@@ -26,7 +26,7 @@ REDIS_URL = os.environ.get("CLICKTRAIL_TEST_REDIS_URL", "redis://127.0.0.1:6379/
 CLICKHOUSE_BASE = os.environ.get("CLICKTRAIL_TEST_CLICKHOUSE_URL", "clickhouse://127.0.0.1:9000/default")
 ARTIFACTS = ROOT / "test-artifacts"
 DATA_TABLES = ("events", "touchpoints", "credits", "attribution_candidates", "event_identities",
-               "touch_identities", "conversion_stats", "feed_changes", "touch_stats", "costs")
+               "touch_identities", "conversion_stats", "feed_changes", "touch_stats", "costs", "exchange_rates")
 
 
 @pytest.fixture(scope="session")
