@@ -20,7 +20,7 @@ from clicktrail import keys
 from clicktrail.clickhouse import NETWORK_ERRORS
 from clicktrail.errors import BadRequest, BufferUnavailable, StorageError
 from clicktrail.inserts import columns
-from pixel import currencies
+from pixel import currencies, records
 from pixel.events import InvalidField, Rejection
 from pixel.registry import advertiser_settings
 from pixel.touchpoints import MAX_ROWS
@@ -111,10 +111,24 @@ def post_rates():
         svc.clickhouse.get().disconnect()
         raise StorageError("storage is unavailable; retry later (re-posting rates is harmless)") from exc
     try:
-        svc.redis.hset(keys.EXCHANGE_RATES_VERSION, advertiser, version)
-    except redis.RedisError as exc:  # stored, but the feed would keep answers valued without them
-        raise BufferUnavailable("the rates are stored, but the registry is unavailable; post them again") from exc
+        pipe = svc.redis.pipeline(transaction=False)
+        # The feed keeps answers by this version; the attributor marks the buckets whose values changed.
+        pipe.hset(keys.EXCHANGE_RATES_VERSION, advertiser, version)
+        pipe.xadd(keys.ATTRIBUTION_STREAM, records.encode_notice(advertiser, records.NOTICE_RATES, _first_days(rates)),
+                  maxlen=1_000_000, approximate=True)
+        pipe.execute()
+    except redis.RedisError as exc:  # stored, but the optimizer feed would not learn of them
+        raise BufferUnavailable("the rates are stored, but the optimizer feed could not be told; post them "
+                                "again (re-posting rates is harmless)") from exc
     return jsonify({"accepted": len(rates), "currency": own})
+
+
+def _first_days(rates: list[Rate]) -> list[tuple[str, str]]:
+    """(currency, its earliest date posted): conversions from then on may be worth something else now."""
+    first: dict[str, date] = {}
+    for r in rates:
+        first[r.currency] = min(r.day, first.get(r.currency, r.day))
+    return [(currency, day.isoformat()) for currency, day in sorted(first.items())]
 
 
 @bp.get("/v1/exchange-rates")

@@ -296,3 +296,24 @@ def test_the_rates_parser_accepts_only_valid_rates_and_names_the_field_of_each_r
         assert rejection.field in ("", "date", "currency", "rate") and rejection.rule
         assert 0 <= rejection.index < len(rows)
     assert len({(r.day, r.currency) for r in rates}) == len(rates)
+
+
+def test_a_feed_poller_with_a_cursor_learns_of_a_rate_posted_later(world):
+    d = _day_start(1)
+    world.click("k1", d + HOUR, "A")
+    world.click("k2", d + HOUR, "B")
+    world.convert("eur", d + 2 * HOUR, value=40.0, currency="EUR", ttclid="k1")
+    world.convert("usd", d + 2 * HOUR, value=5.0, currency="USD", ttclid="k2")
+    world.settle()
+    first = _feed(world)
+    assert {r["ad_id"]: (r["conversion_value"], r["unconverted_conversions"]) for r in first["rows"]} == {
+        "A-ad": (0.0, 1.0), "B-ad": (5.0, 0.0)}
+    assert _rates(world, [{"date": _date(d), "currency": "EUR", "rate": 1.25}]).status_code == 200
+    world.settle()  # the attributor marks the buckets the rate re-valued
+    resp = world.api.get("/v1/optimizer/conversions", headers=world.optimizer,
+                         query_string={"event": "CompletePayment", "level": "ad", "cursor": first["next_cursor"]})
+    later = resp.json
+    # Only the re-valued bucket comes back, with its full current counts and a higher revision.
+    assert [(r["ad_id"], r["conversions"], r["conversion_value"], r["unconverted_conversions"])
+            for r in later["rows"]] == [("A-ad", 1.0, 50.0, 0.0)]
+    assert later["rows"][0]["revision"] > max(r["revision"] for r in first["rows"])
