@@ -32,8 +32,8 @@ ADVERTISER_DOMAINS = PREFIX + "advertiser_domains"
 TOKENS = PREFIX + "tokens"
 
 #: Stream of what the attributor must (re)consider, written by the sink in the same MULTI as its
-#: acknowledgements and by imports: fields ``a`` (advertiser), ``k`` (``c`` conversions or ``t``
-#: touchpoints) and ``d`` (JSON list of keys).
+#: acknowledgements and by imports: fields ``a`` (advertiser), ``k`` (``c`` conversions, ``t``
+#: touchpoints or ``r`` exchange rates posted) and ``d`` (JSON list of keys).
 ATTRIBUTION_STREAM = PREFIX + "attribution"
 ATTRIBUTOR_GROUP = "attributor"
 
