@@ -317,3 +317,66 @@ def test_a_feed_poller_with_a_cursor_learns_of_a_rate_posted_later(world):
     assert [(r["ad_id"], r["conversions"], r["conversion_value"], r["unconverted_conversions"])
             for r in later["rows"]] == [("A-ad", 1.0, 50.0, 0.0)]
     assert later["rows"][0]["revision"] > max(r["revision"] for r in first["rows"])
+
+
+# --- migration 12 keeps what was summed -------------------------------------------------------
+
+def _credit_input_row(**values) -> tuple:
+    """A credit_input row as the attributor writes it: the given columns, every other one empty."""
+    from clicktrail import schema
+
+    empty = {"String": "", "LowCardinality(String)": "", "{lc}": "", "Float64": 0.0, "Array(String)": [],
+             "Array(Float64)": []}
+    row = {}
+    for name, kind in schema.CREDIT_INPUT_COLUMNS:
+        if name in values:
+            row[name] = values[name]
+        elif kind.startswith("DateTime"):
+            row[name] = datetime(2026, 11, 1, tzinfo=timezone.utc)
+        else:
+            row[name] = empty.get(kind, 0)
+    return tuple(row[name] for name, _ in schema.CREDIT_INPUT_COLUMNS)
+
+
+def test_migration_12_splits_the_kept_sums_by_currency_and_keeps_them(monkeypatch):
+    """Sums written before migration 12 mixed currencies under one key; after it, the same
+    conversions are summed per currency, restatements included, and new writes carry theirs."""
+    import secrets
+
+    from clicktrail import clickhouse, schema
+    from clicktrail.inserts import columns
+    from tests.conftest import CLICKHOUSE_BASE
+
+    client = clickhouse.connect(CLICKHOUSE_BASE, database="default")
+    db = f"ct_mig12_{secrets.token_hex(3)}"
+    at = datetime(2026, 11, 1, 10, 0, tzinfo=timezone.utc)
+
+    def write(rows):
+        client.execute(f"INSERT INTO {db}.credit_input ({', '.join(schema.CREDIT_INPUT_COLUMN_NAMES)}) VALUES",
+                       columns(rows), columnar=True)
+
+    def conversion(event_id, value, currency, revision=1, sign=1):
+        return _credit_input_row(advertiser_id="adv", pixel_id="P", event="CompletePayment", event_id=event_id,
+                                 conversion_time=at, value=value, currency=currency, revision=revision,
+                                 touch_kind="click", touch_id=f"k-{event_id}", touch_time=at, campaign_id="A",
+                                 ad_id="A-ad", matched_by="click_id", click_window_days=7, view_window_days=1,
+                                 sign=sign, model_names=["last_click"], model_credits=[1.0])
+
+    try:
+        monkeypatch.setattr(schema, "MIGRATIONS", [m for m in schema.MIGRATIONS if m.version < 12])
+        schema.migrate(client, db)
+        write([conversion("eur", 100.0, "EUR"), conversion("usd", 10.0, "USD")])
+        # A restatement of the EUR conversion: its cancel copy and the new revision in one block.
+        write([conversion("eur", 100.0, "EUR", sign=-1), conversion("eur", 80.0, "EUR", revision=2)])
+        assert client.execute(f"SELECT sum(conversions), sum(conversion_value) FROM {db}.conversion_stats") == \
+            [(2.0, 90.0)]  # EUR and USD summed together
+        monkeypatch.undo()
+        assert [m.version for m in schema.migrate(client, db)] == [m.version for m in schema.MIGRATIONS
+                                                                    if m.version >= 12]
+        sums = f"SELECT currency, sum(conversions), sum(conversion_value) FROM {db}.conversion_stats " \
+               "GROUP BY currency ORDER BY currency"
+        assert client.execute(sums) == [("EUR", 1.0, 80.0), ("USD", 1.0, 10.0)]
+        write([conversion("gbp", 5.0, "GBP"), conversion("free", 0.0, "GBP")])
+        assert client.execute(sums) == [("", 1.0, 0.0), ("EUR", 1.0, 80.0), ("GBP", 1.0, 5.0), ("USD", 1.0, 10.0)]
+    finally:
+        client.execute(f"DROP DATABASE IF EXISTS {db}")
