@@ -23,8 +23,8 @@ from clicktrail.inserts import columns
 from pixel import currencies, records
 from pixel.events import InvalidField, Rejection
 from pixel.registry import advertiser_settings
-from pixel.touchpoints import MAX_ROWS
 from reporting.auth import require
+from reporting.batches import parse_each, rows_of
 from reporting.context import api_services, json_body
 from reporting.params import FIRST_DAY, LAST_DAY, date_of
 
@@ -71,25 +71,9 @@ def parse_rates(body: object, own_currency: str) -> tuple[list[Rate], list[Rejec
 
     Raises BadRequest when the body itself is not that shape. Never raises anything else.
     """
-    rows = body.get("rates") if isinstance(body, dict) else None
-    if not isinstance(rows, list) or not rows:
-        raise BadRequest("body must be an object with a non-empty 'rates' list", field="rates", code="invalid_field")
-    if len(rows) > MAX_ROWS:
-        raise BadRequest(f"rates must hold at most {MAX_ROWS} rows per request", field="rates", code="too_many_rows")
-    rates, rejections, seen = [], [], set()
-    for index, row in enumerate(rows):
-        try:
-            rate = parse_rate(row, own_currency)
-        except InvalidField as exc:
-            rejections.append(exc.rejection(index))
-            continue
-        if (rate.day, rate.currency) in seen:
-            rejections.append(Rejection(index, "date", "appears twice for this currency; post one rate per "
-                                                       "currency and date"))
-            continue
-        seen.add((rate.day, rate.currency))
-        rates.append(rate)
-    return rates, rejections
+    return parse_each(rows_of(body, "rates"), lambda row: parse_rate(row, own_currency),
+                      lambda r: (r.day, r.currency),
+                      ("date", "appears twice for this currency; post one rate per currency and date"))
 
 
 @bp.post("/v1/exchange-rates")
