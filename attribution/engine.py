@@ -23,6 +23,7 @@ import orjson
 import redis
 from clickhouse_driver import Client
 
+from attribution.erasure import Eraser, due_every
 from attribution import models, store
 from pixel.touchpoints import Touch
 from clicktrail import clickhouse, keys, redis_client, scripting
@@ -31,7 +32,7 @@ from clicktrail.config import Settings
 from clicktrail.clickhouse import NETWORK_ERRORS
 from clicktrail.errors import LeaseLost
 from clicktrail.inserts import columns
-from clicktrail.lifecycle import StopFlag, retry_until_stopped
+from clicktrail.lifecycle import Heartbeat, StopFlag, retry_until_stopped
 from clicktrail.schema import CANDIDATE_COLUMN_NAMES, CREDIT_INPUT_COLUMN_NAMES
 from pixel import records
 from pixel.registry import advertiser_settings
@@ -167,12 +168,12 @@ _ZEROS = [0.0] * len(models.MODELS)
 _ONES = [1.0] * len(models.MODELS)
 
 
-def _dedup_orders(results: list[Result], orders: dict[tuple, list[tuple[int, str]]]) -> None:
-    """A repeated order id (same pixel and event) counts once: the first seen keeps its credit."""
+def _dedup_orders(results: list[Result], orders: dict[tuple, list[tuple[int, int, str]]]) -> None:
+    """A repeated order id (same pixel and event) counts once: the earliest by event time keeps its credit."""
     for res in results:
         c = res.conv
         seen = orders.get((c.advertiser_id, c.pixel_id, c.event, c.order_id)) if c.order_id else None
-        if seen and min(seen)[1] != c.event_id:
+        if seen and models.order_keeper(seen) != c.event_id:
             res.suppress("duplicate_order")
 
 
@@ -205,10 +206,13 @@ class Attributor:
         self._pending: Future | None = None
         self.db = database
         self.stop = stop
+        self.heartbeat = Heartbeat(settings.paths.heartbeat_file)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.revisions_written = 0
         self._lease_script = r.register_script(_LEASE_LUA)
         self._release_script = r.register_script(_RELEASE_LUA)
+        self.eraser = Eraser(r, ch, database, self._stamp, self._publish)
+        self._erasure_due = due_every(1.0)
         self._candidates_sql = (f"INSERT INTO {database}.attribution_candidates "
                                 f"({', '.join(CANDIDATE_COLUMN_NAMES)}) VALUES")
         self._credits_sql = f"INSERT INTO {database}.credit_input ({', '.join(CREDIT_INPUT_COLUMN_NAMES)}) VALUES"
@@ -242,6 +246,7 @@ class Attributor:
 
         try:
             while not self.stop.is_set:
+                self.heartbeat.beat()  # a standby beats too: it is ready to take over
                 retry(lead_once, errors=(redis.ConnectionError, redis.TimeoutError), stop=self.stop,
                       backoff=Backoff(cap=self.settings.retry.backoff_cap_s), on_failure=_redis_failed)
         finally:
@@ -263,6 +268,9 @@ class Attributor:
         except LeaseLost:
             return True  # the tick stopped unacknowledged; the new holder reclaims its notices
         self._prune_if_due()
+        if self._erasure_due():
+            retry(self.eraser.step, errors=NETWORK_ERRORS, on_failure=self._storage_failed,
+                  backoff=Backoff(cap=self.settings.retry.backoff_cap_s), stop=self.stop)
         return True
 
     def _prune_if_due(self) -> None:
@@ -453,7 +461,7 @@ class Attributor:
         ch = ch or self.loader
         conversions = store.load_conversions(ch, self.db, conv_keys)
         orders = store.same_order(ch, self.db, conversions)
-        more = {(*order[:3], event_id): ms for order, seen in orders.items() for ms, event_id in seen
+        more = {(*order[:3], event_id): ms for order, seen in orders.items() for ms, _, event_id in seen
                 if (*order[:3], event_id) not in conv_keys}
         conversions += store.load_conversions(ch, self.db, more)
         return conversions, orders, self._gather(ch, conversions)

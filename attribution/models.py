@@ -65,10 +65,15 @@ class Windows:
             raise ValueError(f"view window must be one of {VIEW_WINDOWS} days")
 
     def contains(self, touch: Candidate, conversion_ms: int) -> bool:
-        """Inside the window: not after the conversion, and at most the window before it (edges included)."""
+        """Inside the window: not after the conversion, and at most the window before it (edges included).
+
+        A view window of 0 is off: no impression counts, not even one at the conversion's own
+        millisecond (an age of 0 would fit a zero-length window).
+        """
         age = conversion_ms - touch.touch_ms
-        limit = (self.click_days if touch.kind == "click" else self.view_days) * DAY_MS
-        return 0 <= age <= limit
+        if touch.kind == "click":
+            return 0 <= age <= self.click_days * DAY_MS
+        return self.view_days > 0 and 0 <= age <= self.view_days * DAY_MS
 
 
 def in_longest_windows(touch: Candidate, conversion_ms: int) -> bool:
@@ -80,10 +85,14 @@ def in_longest_windows(touch: Candidate, conversion_ms: int) -> bool:
 def eligible(candidates: list[Candidate], conversion_ms: int, windows: Windows) -> list[Candidate]:
     """The touchpoints that share credit, in time order.
 
-    1. Only touchpoints inside the windows count.
-    2. The strongest identity level with any such touchpoint wins: the conversion's own click id,
+    1. Only touchpoints inside the windows count (a view window of 0: no impression).
+    2. Among those, the strongest identity level with any touchpoint wins: the conversion's own click id,
        then click ids seen earlier on the same browser, then shared hashed identifiers.
-    3. A click beats an impression: impressions count only when no click does.
+    3. Within that level, a click beats an impression: impressions count only when no click does.
+
+    So a conversion whose own click is outside the click window falls through to a weaker match
+    inside it (another device's click), and the same candidates give another answer under other
+    windows; reports recomputing other windows apply these same steps.
     """
     if len(candidates) <= 1:  # most conversions: no levels, kinds or ties to settle
         return [candidates[0]] if candidates and windows.contains(candidates[0], conversion_ms) else []
@@ -97,6 +106,16 @@ def eligible(candidates: list[Candidate], conversion_ms: int, windows: Windows) 
     # One touchpoint may be matched twice (by click id and by email): count it once.
     unique = {t.touch_id: t for t in sorted(chosen, key=lambda t: (t.order_key, t.level))}
     return sorted(unique.values(), key=lambda t: t.order_key)
+
+
+def order_keeper(seen: list[tuple[int, int, str]]) -> str:
+    """Of the conversions sharing an order id, as (event ms, first received ms, event id), the one
+    that keeps the credit: the earliest event time, then the first received, then the event id.
+
+    It depends on the conversions only, never on the order they arrived or were attributed in,
+    so a replay of the same events in any order gives the same answer.
+    """
+    return min(seen)[2]
 
 
 def _exact(weights: list[float]) -> list[float]:

@@ -188,22 +188,34 @@ def load_touches(ch: Client, db: str, conversions: list[Conversion],
     return cached + [Touch._make(row) for row in rows if (row[0], row[1], row[2]) in wanted]
 
 
-def same_order(ch: Client, db: str, conversions: list[Conversion]) -> dict[tuple, list[tuple[int, str]]]:
-    """Every conversion sharing an order id with one of ``conversions``: (first seen ms, event id) per order."""
-    orders = {(c.advertiser_id, c.pixel_id, c.event, c.order_id) for c in conversions if c.order_id}
+def same_order(ch: Client, db: str, conversions: list[Conversion]) -> dict[tuple, list[tuple[int, int, str]]]:
+    """Every conversion sharing an order id with one of ``conversions``, per order (see ``order_members``)."""
+    return order_members(ch, db, {(c.advertiser_id, c.pixel_id, c.event, c.order_id)
+                                  for c in conversions if c.order_id})
+
+
+def order_members(ch: Client, db: str, orders: set[tuple]) -> dict[tuple, list[tuple[int, int, str]]]:
+    """The conversions of each (advertiser, pixel, event, order id), as ``models.order_keeper`` ranks them.
+
+    Each is (event ms, first received ms, event id), the event time being that of the first copy
+    received (the one ``load_conversions`` reads). Test events are left out: they are never
+    conversions, so they never take an order's credit.
+    """
     if not orders:
         return {}
     rows = ch.execute(
         f"""
-        SELECT advertiser_id, pixel_id, event, order_id, event_id, min(event_ms) FROM {db}.events
+        SELECT advertiser_id, pixel_id, event, order_id, event_id, argMax(event_ms, dedup_version), min(received_ms)
+        FROM {db}.events
         WHERE (advertiser_id, pixel_id, event, order_id) IN
               (SELECT advertiser_id, pixel_id, event, order_id FROM _orders)
-        GROUP BY advertiser_id, pixel_id, event, order_id, event_id""",
+        GROUP BY advertiser_id, pixel_id, event, order_id, event_id
+        HAVING argMax(test_event_code, dedup_version) = ''""",
         external_tables=[_table("_orders", ["advertiser_id", "pixel_id", "event", "order_id"], orders)],
     )
-    found: dict[tuple, list[tuple[int, str]]] = {}
-    for adv, pixel, event, order, event_id, first_ms in rows:
-        found.setdefault((adv, pixel, event, order), []).append((first_ms, event_id))
+    found: dict[tuple, list[tuple[int, int, str]]] = {}
+    for adv, pixel, event, order, event_id, event_ms, received_ms in rows:
+        found.setdefault((adv, pixel, event, order), []).append((event_ms, received_ms, event_id))
     return found
 
 

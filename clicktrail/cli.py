@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -140,6 +141,69 @@ def up(bind: str, api_bind: str, sinks: int, no_services: bool) -> None:
 
 
 @main.command()
+@click.option("--max-age", default=60.0, show_default=True, type=click.FloatRange(min=1),
+              help="seconds since the worker's last heartbeat after which it counts as stuck")
+def alive(max_age: float) -> None:
+    """Exit 0 when this container's sink or attributor is working (for a healthcheck), else 1.
+
+    Reads CLICKTRAIL_HEARTBEAT_FILE, which the worker touches while its loop turns.
+    """
+    from clicktrail.lifecycle import heartbeat_age
+
+    path = _settings().paths.heartbeat_file
+    if not path:
+        raise click.UsageError("CLICKTRAIL_HEARTBEAT_FILE is not set, so no worker leaves a heartbeat")
+    age = heartbeat_age(path)
+    if age is None:
+        click.echo(f"no heartbeat yet at {path}", err=True)
+        sys.exit(1)
+    if age > max_age:
+        click.echo(f"last heartbeat {age:.0f} s ago (more than {max_age:.0f} s): stuck or stopped", err=True)
+        sys.exit(1)
+    click.echo(f"alive: last heartbeat {age:.1f} s ago")
+
+
+@main.command()
+@click.option("--advertiser", required=True, help="whose data (only this advertiser's is touched)")
+@click.option("--email-sha256", "emails", multiple=True, help="SHA-256 hex of the normalised email")
+@click.option("--phone-sha256", "phones", multiple=True, help="SHA-256 hex of the E.164 phone")
+@click.option("--external-id-sha256", "external_ids", multiple=True, help="SHA-256 hex of the external id")
+@click.option("--ttp", "browser_ids", multiple=True, help="a browser id (_ttp cookie)")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="wait until it is done, then print its record")
+@click.option("--timeout", default=900.0, show_default=True, type=float, help="seconds to wait at most")
+def erase(advertiser: str, emails, phones, external_ids, browser_ids, wait: bool, timeout: float) -> None:
+    """Erase one person's data (events, touchpoints, identity links, credits) for one advertiser.
+
+    Queued like `POST /v1/erasure`; the attributor does the work. Prints the request id, then,
+    with --wait, the audit record once done (it holds no identifier).
+    """
+    import json
+
+    from clicktrail.errors import BadRequest
+    from pixel import erasure
+
+    user = {kind: list(values) for kind, values in (("email", emails), ("phone", phones),
+                                                  ("external_id", external_ids), ("ttp", browser_ids)) if values}
+    try:
+        identifiers = erasure.parse_identifiers({"user": user})
+    except BadRequest as exc:
+        raise click.UsageError(exc.message.replace("user.", "--")) from exc
+    r = _redis(_settings())
+    request_id = erasure.submit(r, advertiser, identifiers, "cli")
+    click.echo(request_id)
+    if not wait:
+        return
+    deadline = time.monotonic() + timeout
+    while (record := erasure.audit(r, advertiser, request_id))["status"] != erasure.DONE:
+        if time.monotonic() > deadline:
+            click.echo(f"not done after {timeout:.0f} s (is an attributor running?); it goes on: "
+                       f"GET /v1/erasure/{request_id}", err=True)
+            sys.exit(1)
+        time.sleep(0.5)
+    click.echo(json.dumps(record, sort_keys=True))
+
+
+@main.command()
 def services() -> None:
     """Start local Redis and ClickHouse where none listens; print their URLs."""
     from clicktrail import services as svc
@@ -178,6 +242,56 @@ def pixel_snippet(pixel_id: str, collector_url: str | None) -> None:
     if registry.get_pixel(_redis(settings), pixel_id) is None:
         raise click.ClickException(f"pixel {pixel_id!r} is not registered (clicktrail pixel create ...)")
     click.echo(snippet.build_snippet(pixel_id, (collector_url or settings.site.public_url).rstrip("/")))
+
+
+@main.group()
+def source() -> None:
+    """Register event sources that are not pixels: TikTok App IDs, offline and CRM event sets."""
+
+
+@source.command("add")
+@click.option("--advertiser", required=True, help="advertiser id (created if new)")
+@click.option("--app-id", help="a TikTok App ID: takes Events API 2.0 events with event_source=app")
+@click.option("--offline-set", help="an offline event set id: takes event_source=offline")
+@click.option("--crm-set", help="a CRM event set id: takes event_source=crm")
+@click.option("--name", default="", help="a name to tell it apart (e.g. 'Shop for iOS')")
+def source_add(advertiser: str, app_id: str | None, offline_set: str | None, crm_set: str | None,
+               name: str) -> None:
+    """Register an app or event set as an event source of the advertiser; print its id."""
+    from clicktrail.errors import RegistryError
+    from pixel import sources
+
+    given = [(kind, value) for kind, value in (("app", app_id), ("offline", offline_set), ("crm", crm_set))
+             if value is not None]
+    if len(given) != 1:
+        raise RegistryError("give exactly one of --app-id, --offline-set or --crm-set")
+    ((kind, source_id),) = given
+    sources.add_source(_redis(_settings()), advertiser, kind, source_id, name)
+    click.echo(source_id)
+
+
+@source.command("list")
+@click.option("--advertiser", required=True)
+def source_list(advertiser: str) -> None:
+    """Print the advertiser's event sources that are not pixels, one JSON object a line."""
+    import json
+
+    from pixel import sources
+
+    for source_id, record in sources.list_sources(_redis(_settings()), advertiser).items():
+        click.echo(json.dumps({"event_source_id": source_id, "event_source": record["kind"],
+                               "name": record["name"], "created_at": record["created_at"]}))
+
+
+@source.command("remove")
+@click.argument("source_id")
+@click.option("--advertiser", required=True)
+def source_remove(source_id: str, advertiser: str) -> None:
+    """Unregister an event source: its events are refused from now on, those stored stay; print its id."""
+    from pixel import sources
+
+    sources.remove_source(_redis(_settings()), advertiser, source_id)
+    click.echo(source_id)
 
 
 @main.command("click-url")
@@ -263,7 +377,7 @@ def token() -> None:
 
 @token.command("create")
 @click.option("--advertiser", required=True, help="advertiser id (created if new)")
-@click.option("--scope", "scopes", required=True, help="comma-separated: events, reports, optimizer, adserver")
+@click.option("--scope", "scopes", required=True, help="comma-separated: events, reports, optimizer, adserver, privacy")
 def token_create(advertiser: str, scopes: str) -> None:
     """Create an API token and print it (stored only as a hash: it cannot be shown again)."""
     from pixel import registry

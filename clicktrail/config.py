@@ -55,6 +55,9 @@ class SiteSettings:
 class PathSettings:
     # Folder for local data (Redis and ClickHouse started by `clicktrail up`, metrics files).
     data_dir: str = _setting("DATA_DIR", "var")
+    # A file the sink and the attributor touch while their loop turns (unset: none); a container's
+    # healthcheck (`clicktrail alive`) calls a worker stuck or dead when it grows old.
+    heartbeat_file: str = _setting("HEARTBEAT_FILE", "")
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,11 @@ DEAD_LETTER_STREAM = PREFIX + "events:dead"
 #: Hash pixel id -> JSON ``{"advertiser_id", "domains": [...], "created_at"}``.
 PIXELS = PREFIX + "pixels"
 
+#: Hash event source id -> JSON ``{"advertiser_id", "kind", "name", "created_at"}``: the event
+#: sources that are not pixels (a TikTok App ID, an offline or CRM event set; see pixel/sources.py).
+#: An id is a pixel or a source, never both.
+SOURCES = PREFIX + "sources"
+
 #: Hash advertiser id -> JSON ``{"advertiser_id", "created_at", "settings": {...}}``.
 ADVERTISERS = PREFIX + "advertisers"
 
@@ -54,3 +59,16 @@ FEED_WATERMARK = PREFIX + "feed:watermark"
 #: Hash advertiser id -> version (µs) of its latest exchange-rate posting. The optimizer feed keeps
 #: answers by it, so a rate posted later is in the next poll's values, never a kept answer's.
 EXCHANGE_RATES_VERSION = PREFIX + "exchange_rates:version"
+
+#: Erasure requests not yet done: sorted set request id -> requested time (ms). See pixel/erasure.py.
+ERASURE_QUEUE = PREFIX + "erasures"
+
+
+def erasure_audit(request_id: str) -> str:
+    """The audit record of an erasure request (JSON; kept for good, holds no identifier)."""
+    return f"{PREFIX}erasure:{request_id}"
+
+
+def erasure_work(request_id: str) -> str:
+    """An erasure's identifiers and progress (JSON), deleted when it is done."""
+    return f"{PREFIX}erasure:{request_id}:work"

@@ -101,3 +101,35 @@ def retry_until_stopped(what: str, attempt, stop: StopFlag, cap: float = 10.0):
                     str(exc).splitlines()[0][:200] if str(exc) else "", delay)
 
     return retry(attempt_and_say, errors=connection_errors(), backoff=backoff, on_failure=say, stop=stop)
+
+
+class Heartbeat:
+    """Touches a file while a worker's loop turns, at most once per ``every_s``.
+
+    A worker can be alive as a process yet stuck (waiting on a server forever, a deadlock): only
+    its loop turning proves it works. `clicktrail alive` reads the file's age for a healthcheck.
+    """
+
+    def __init__(self, path: str, every_s: float = 5.0) -> None:
+        self._path = path
+        self._every = every_s
+        self._last = float("-inf")
+
+    def beat(self) -> None:
+        if not self._path or time.monotonic() - self._last < self._every:
+            return
+        self._last = time.monotonic()
+        try:
+            with open(self._path, "a"):
+                pass
+            os.utime(self._path)
+        except OSError as exc:  # a full or read-only disk must not stop the work itself
+            log.warning("cannot touch heartbeat file %s: %s", self._path, exc)
+
+
+def heartbeat_age(path: str) -> float | None:
+    """Seconds since the heartbeat file was touched, or None when there is none."""
+    try:
+        return max(0.0, time.time() - os.stat(path).st_mtime)
+    except FileNotFoundError:
+        return None

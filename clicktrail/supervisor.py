@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -156,10 +157,13 @@ class Supervisor:
 
     def wait_ready(self, seconds: float = 60.0) -> None:
         """Return once every child with a health URL answers it (restarting any that die meanwhile)."""
-        waiting = [child.spec.health_url for child in self.children if child.spec.health_url]
+        # Last started, first asked: the front end (started first) is asked only once what it
+        # fronts answers, or it would log every refused connection of the start-up to the terminal.
+        waiting = [child.spec.health_url for child in reversed(self.children) if child.spec.health_url]
         deadline = time.monotonic() + seconds
         while waiting and time.monotonic() < deadline and not self.stop_flag.is_set:
-            waiting = [url for url in waiting if not _answers(url)]
+            while waiting and _answers(waiting[0]):
+                waiting.pop(0)
             if waiting and not self.stop_flag.wait(POLL_S):
                 self._check_all()
         for url in waiting if not self.stop_flag.is_set else ():
@@ -238,6 +242,20 @@ def _where(url: str) -> str:
     return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
 
 
+def command_name() -> str:
+    """How the user runs this CLI from here: `clicktrail` when that is on PATH, else its path.
+
+    `scripts/up` runs `.venv/bin/clicktrail`, which is not on a newcomer's PATH; a hint that says
+    plain `clicktrail` would fail for them as written.
+    """
+    own = os.path.abspath(sys.argv[0])
+    found = shutil.which("clicktrail")
+    if not own.endswith("clicktrail") or (found and os.path.samefile(found, own)):
+        return "clicktrail"  # on PATH, or run some other way (python -m): the installed name
+    relative = os.path.relpath(own)
+    return own if relative.startswith("..") else relative  # a path with a slash runs as written
+
+
 def up(settings: config.Settings, *, bind: str, api_bind: str, sinks: int, start_services: bool) -> None:
     front = proxy.front_end(settings, bind, api_bind)
     supervisor = Supervisor(children(front=front, bind=bind, sinks=sinks))
@@ -246,13 +264,15 @@ def up(settings: config.Settings, *, bind: str, api_bind: str, sinks: int, start
         sys.exit(0)
     supervisor.start_all()
     supervisor.wait_ready()
+    cli = command_name()
     print(f"{'collector':<11} http://{bind} (public URL {settings.site.public_url})", flush=True)
     print(f"{'api':<11} http://{api_bind}", flush=True)
+    print(f"{'dashboard':<11} http://{api_bind}/dashboard (sign in with a token: {cli} token create --advertiser ADV --scope reports)", flush=True)
     print(f"{'proxy':<11} nginx on {bind} in front of the collector at {front.collector_bind}, "
           f"and on {api_bind} in front of the API at {front.api_bind}", flush=True)
     print(f"{'sinks':<11} {sinks} reading the Redis stream into ClickHouse", flush=True)
     print(f"{'attributor':<11} attributing new conversions", flush=True)
-    print("Ready. Register a pixel: clicktrail pixel create --advertiser ADV --domain shop.example.com", flush=True)
+    print(f"Ready. Register a pixel: {cli} pixel create --advertiser ADV --domain shop.example.com", flush=True)
     print("Press Ctrl-C to stop.", flush=True)
     supervisor.watch()
     supervisor.stop_all()

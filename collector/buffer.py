@@ -14,9 +14,10 @@ import orjson
 import redis
 
 from clicktrail import keys, scripting
-from clicktrail.errors import BufferUnavailable, Forbidden, NotFound, Unauthorized
+from clicktrail.errors import BadRequest, BufferUnavailable, Forbidden, NotFound, Unauthorized
 from collector.redis_line import ConnectionLine, SocketLine, bulk, command, line_for
 from pixel.records import EventRecord, TouchRecord, encode_records
+from pixel.sources import describe
 
 # The scripts (clicktrail/lua/append_events.lua, append_touch.lua) hold their KEYS and ARGV.
 _APPEND_LUA = scripting.source("append_events")
@@ -50,19 +51,27 @@ class EventBuffer:
         host: str = "",
         token_hash: str = "",
         rejected: list[str] | None = None,
+        event_sources: tuple[str, ...] = (),
+        id_field: str = "pixel_id",
     ) -> Appended:
         """Queue ``records`` for ``pixel_id``; return its advertiser and the site domain that matched.
 
+        ``event_sources`` are the ``event_source`` values an Events API 2.0 request claims (its
+        body's and its rows'); empty for the endpoints that take pixels only. ``pixel_id`` may
+        then also be an app or an event set (pixel/sources.py) of the kind claimed. ``id_field``
+        names the request field that holds the id, for the errors.
+
         Raises:
-            NotFound: the pixel is not registered.
+            NotFound: the pixel (or source) is not registered.
             Forbidden: the host is not one of the pixel's domains, or the token may not send for it.
             Unauthorized: the token is unknown.
+            BadRequest: the id is a source that is not a pixel, and the request is not for its kind.
             BufferUnavailable: Redis is unreachable, too slow, or the stream is over its guard.
         """
         # One entry per request, whatever its size: the stream, the sink's reads and its
         # acknowledgements all cost per entry, so a 100-event batch costs about what one event does.
         args = [pixel_id, host, token_hash, self._max_len, orjson.dumps(rejected) if rejected else "",
-                len(records), encode_records(records) if records else ""]
+                len(records), encode_records(records) if records else "", ",".join(event_sources)]
         try:
             result = self._evalsha(args)
         except redis.RedisError as exc:
@@ -72,7 +81,13 @@ class EventBuffer:
         status = result[0].decode()
         if status == "ok":
             return Appended(result[1].decode(), result[2].decode())
-        raise _ERRORS[status](pixel_id, host)
+        if status in _SOURCE_ERRORS:
+            raise _SOURCE_ERRORS[status](pixel_id, result[1].decode(), event_sources, id_field)
+        if status == "unknown_pixel" and event_sources:
+            raise NotFound(f"{id_field} {pixel_id!r} is not a registered event source: register a pixel "
+                           "(clicktrail pixel create) or an app or event set (clicktrail source add)",
+                           field=id_field, code="unknown_pixel")
+        raise _ERRORS[status](pixel_id, host, id_field)
 
     def _line(self) -> SocketLine | ConnectionLine:
         """This thread's own connection, opened once and kept.
@@ -135,32 +150,46 @@ class EventBuffer:
             raise Forbidden(f"landing host {landing_host!r} is not a site domain of advertiser {advertiser_id!r}",
                             field="landing", code="landing_not_allowed")
         if status == "overloaded":
-            raise _ERRORS["overloaded"](advertiser_id, landing_host)
+            raise _ERRORS["overloaded"](advertiser_id, landing_host, "")
 
     @property
     def retry_after(self) -> int:
         return self._retry_after
 
 
-_KEYS = [keys.EVENTS_STREAM, keys.PIXELS, keys.TOKENS, keys.REJECTED_COUNTS]
+_KEYS = [keys.EVENTS_STREAM, keys.PIXELS, keys.TOKENS, keys.REJECTED_COUNTS, keys.SOURCES]
 
 _ERRORS = {
-    "unknown_pixel": lambda pixel, host: NotFound(
-        f"pixel {pixel!r} is not registered", field="pixel_id", code="unknown_pixel"
+    "unknown_pixel": lambda pixel, host, field: NotFound(
+        f"pixel {pixel!r} is not registered", field=field, code="unknown_pixel"
     ),
-    "domain_not_allowed": lambda pixel, host: Forbidden(
+    "domain_not_allowed": lambda pixel, host, field: Forbidden(
         f"site {host!r} is not a registered domain of pixel {pixel!r}", field="origin", code="domain_not_allowed"
     ),
-    "bad_token": lambda pixel, host: Unauthorized(
+    "bad_token": lambda pixel, host, field: Unauthorized(
         "the access token is not valid", field="Access-Token", code="bad_token"
     ),
-    "token_scope": lambda pixel, host: Forbidden(
+    "token_scope": lambda pixel, host, field: Forbidden(
         "the access token lacks the 'events' scope", field="Access-Token", code="token_scope"
     ),
-    "token_advertiser": lambda pixel, host: Forbidden(
+    "token_advertiser": lambda pixel, host, field: Forbidden(
         f"the access token's advertiser does not own pixel {pixel!r}", field="Access-Token", code="token_advertiser"
     ),
-    "overloaded": lambda pixel, host: BufferUnavailable(
+    "overloaded": lambda pixel, host, field: BufferUnavailable(
         "the event buffer is full; retry later", code="overloaded"
+    ),
+}
+
+#: Refusals of a source that is not a pixel (pixel/sources.py), given its kind and what was claimed.
+_SOURCE_ERRORS = {
+    "not_a_pixel": lambda source, kind, claimed, field: BadRequest(
+        f"{field} {source!r} is registered as {describe(kind)}, not a pixel: send its events to the "
+        f"Events API 2.0 (POST /open_api/v1.3/event/track/) with event_source {kind!r}",
+        field=field, code="not_a_pixel"
+    ),
+    "event_source_mismatch": lambda source, kind, claimed, field: BadRequest(
+        f"event_source must be {kind!r} for {source!r}, registered as {describe(kind)} "
+        f"(the request says {', '.join(repr(c) for c in claimed if c != kind)})",
+        field="event_source", code="event_source_mismatch"
     ),
 }

@@ -50,6 +50,10 @@ class Envelope(NamedTuple):
     rows: list
     test_event_code: str
     sent_at: object = None  # unix seconds, or None
+    # 2.0's event_source: the id may then be an app or event set of that kind (pixel/sources.py).
+    # "" for 1.0, whose id is a pixel's and whose events are web events.
+    event_source: str = ""
+    id_field: str = "pixel_id"  # the body's field holding the id, named in errors
 
 
 def read_test_event_code(body: dict) -> str:
@@ -69,10 +73,11 @@ def _envelope(body: object, limit: int) -> Envelope:
                          code="invalid_field")
     pixel_id = body.get("event_source_id")
     if not isinstance(pixel_id, str) or not pixel_id.strip():
-        raise BadRequest("event_source_id (the pixel id) is required", field="event_source_id",
-                         code="invalid_field")
+        raise BadRequest("event_source_id (the pixel id, TikTok App ID or event set id) is required",
+                         field="event_source_id", code="invalid_field")
     data = event_list(body, "data", limit)
-    return Envelope(pixel_id.strip(), data, read_test_event_code(body), body.get("sent_at"))
+    return Envelope(pixel_id.strip(), data, read_test_event_code(body), body.get("sent_at"), source,
+                    "event_source_id")
 
 
 def event_list(body: dict, name: str, limit: int) -> list:
@@ -104,6 +109,13 @@ def _seconds_to_ms(value: object) -> object:
     return value
 
 
+def _claimed_sources(envelope: Envelope, records: list[EventRecord]) -> tuple[str, ...]:
+    """The event sources a 2.0 request claims, its body's and any its rows name ((): 1.0)."""
+    if not envelope.event_source:
+        return ()
+    return tuple(sorted({envelope.event_source, *(r["event_source"] for r in records)}))
+
+
 def _reply(status: int, code: int, message: str, request_id: str, data: dict | None = None):
     response = json_reply({"code": code, "message": message, "request_id": request_id, "data": data or {}}, status)
     response.headers["X-Request-Id"] = request_id
@@ -130,16 +142,18 @@ def serve(read: Callable[[object, int], Envelope], parse: Parser):
         token = _token()
         received = intake.now_ms()
         body = http_body.read_json(request, s.limits.max_inflated_bytes)
-        pixel_id, data, test_code, sent_at = read(body, s.limits.max_server_events)
-        skew = intake.skew_ms(_seconds_to_ms(sent_at), received, "seconds")
+        envelope = read(body, s.limits.max_server_events)
+        pixel_id, data = envelope.pixel_id, envelope.rows
+        skew = intake.skew_ms(_seconds_to_ms(envelope.sent_at), received, "seconds")
         ctx = Context(pixel_id=pixel_id, source="server", received_ms=received, skew_ms=skew, ip="",
                       user_agent="", max_age_ms=s.limits.max_event_age_s * 1000,
-                      max_future_ms=s.limits.max_future_s * 1000, test_event_code=test_code,
+                      max_future_ms=s.limits.max_future_s * 1000, test_event_code=envelope.test_event_code,
                       # 2.0 names its source (checked by its envelope); 1.0 and Meta's bodies are web events.
-                      event_source=body.get("event_source") or "web", partner_name=_partner_name(body))
+                      event_source=envelope.event_source or "web", partner_name=_partner_name(body))
         records, rejections = parse(data, ctx)
         reasons = [r.reason for r in rejections]
-        svc.buffer.append(pixel_id, records, token_hash=token_hash(token), rejected=reasons)
+        svc.buffer.append(pixel_id, records, token_hash=token_hash(token), rejected=reasons,
+                          event_sources=_claimed_sources(envelope, records), id_field=envelope.id_field)
     except RequestError as exc:
         count_rejected("server", exc.code)
         code = CODE_RETRY if exc.status >= 500 else CODE_AUTH if exc.status in (401, 403) else CODE_INVALID

@@ -32,12 +32,12 @@ def _pixel_code(body: object) -> str:
 def _track(body: object, limit: int) -> Envelope:
     pixel_id = _pixel_code(body)
     event = {k: v for k, v in body.items() if k not in _TRACK_ENVELOPE}
-    return Envelope(pixel_id, [event], read_test_event_code(body))
+    return Envelope(pixel_id, [event], read_test_event_code(body), id_field="pixel_code")
 
 
 def _batch(body: object, limit: int) -> Envelope:
     pixel_id = _pixel_code(body)
-    return Envelope(pixel_id, event_list(body, "batch", limit), read_test_event_code(body))
+    return Envelope(pixel_id, event_list(body, "batch", limit), read_test_event_code(body), id_field="pixel_code")
 
 
 @bp.route("/open_api/v1.3/pixel/track/", methods=["POST"])

@@ -18,7 +18,7 @@ from clicktrail import keys
 from clicktrail.errors import RegistryError
 from pixel import currencies, ids
 
-SCOPES = ("events", "reports", "optimizer", "adserver")
+SCOPES = ("events", "reports", "optimizer", "adserver", "privacy")
 #: Attribution settings every new advertiser starts with (TikTok's defaults).
 DEFAULT_SETTINGS = {
     "click_window_days": 7,
@@ -58,7 +58,7 @@ def normalize_domain(value: str) -> str:
     return text
 
 
-def _check_id(kind: str, value: str) -> str:
+def check_id(kind: str, value: str) -> str:
     if not ids.is_valid_id(value):
         raise RegistryError(f"{kind} {value!r} must be 1-64 characters of letters, digits, '_', '-' or '.'")
     return value
@@ -66,7 +66,7 @@ def _check_id(kind: str, value: str) -> str:
 
 def ensure_advertiser(r: redis.Redis, advertiser_id: str) -> dict:
     """Return the advertiser, creating it with the default settings if new."""
-    _check_id("advertiser", advertiser_id)
+    check_id("advertiser", advertiser_id)
     record = {"advertiser_id": advertiser_id, "created_at": int(time.time()), "settings": DEFAULT_SETTINGS}
     r.hsetnx(keys.ADVERTISERS, advertiser_id, orjson.dumps(record))
     return orjson.loads(r.hget(keys.ADVERTISERS, advertiser_id))
@@ -137,6 +137,8 @@ def create_pixel(r: redis.Redis, advertiser_id: str, domains: list[str]) -> str:
     record = {"advertiser_id": advertiser_id, "domains": cleaned, "created_at": int(time.time())}
     while True:
         pixel_id = ids.new_pixel_id()
+        if r.hexists(keys.SOURCES, pixel_id):  # an id is a pixel or an event source (pixel/sources.py)
+            continue
         if r.hsetnx(keys.PIXELS, pixel_id, orjson.dumps(record)):
             break
     _add_advertiser_domains(r, advertiser_id, cleaned)
@@ -179,11 +181,16 @@ def get_pixel(r: redis.Redis, pixel_id: str) -> dict | None:
 
 
 def list_pixels(r: redis.Redis, advertiser_id: str) -> dict[str, dict]:
+    return owned_records(r, keys.PIXELS, advertiser_id)
+
+
+def owned_records(r: redis.Redis, hash_key: str, advertiser_id: str) -> dict[str, dict]:
+    """The records of a registry hash (pixels, event sources) that belong to the advertiser, by id."""
     found = {}
-    for pixel_id, raw in r.hscan_iter(keys.PIXELS, count=1000):
+    for record_id, raw in r.hscan_iter(hash_key, count=1000):
         record = orjson.loads(raw)
         if record["advertiser_id"] == advertiser_id:
-            found[pixel_id.decode()] = record
+            found[record_id.decode()] = record
     return found
 
 

@@ -10,6 +10,7 @@ import redis
 from flask import current_app, g, request
 
 from clicktrail.errors import BufferUnavailable, Forbidden, Unauthorized
+from pixel import ids
 from pixel.registry import lookup_token
 
 
@@ -17,6 +18,7 @@ from pixel.registry import lookup_token
 class Caller:
     advertiser_id: str
     scopes: tuple[str, ...]
+    token_id: str = ""  # the first hex digits of the token's hash: names it in audit records, never reveals it
 
 
 def _bearer() -> str:
@@ -51,18 +53,23 @@ def _lookup(token: str) -> dict | None:
     return record
 
 
+def token_id(token: str) -> str:
+    return "token:" + ids.token_hash(token)[:12]
+
+
 def require(scope: str):
     """Decorator: the request must carry a token with ``scope``; sets ``g.caller``."""
 
     def decorate(view):
         @wraps(view)
         def wrapped(*args, **kwargs):
-            record = _lookup(_bearer())
+            token = _bearer()
+            record = _lookup(token)
             if record is None:
                 raise Unauthorized("the token is not valid", field="Authorization", code="bad_token")
             if scope not in record["scopes"]:
                 raise Forbidden(f"the token lacks the {scope!r} scope", field="Authorization", code="token_scope")
-            g.caller = Caller(record["advertiser_id"], tuple(record["scopes"]))
+            g.caller = Caller(record["advertiser_id"], tuple(record["scopes"]), token_id(token))
             return view(*args, **kwargs)
 
         return wrapped

@@ -1,8 +1,9 @@
 """Read-only views for an advertiser checking its set-up (scope ``reports``).
 
-``GET /v1/advertiser``: its attribution settings and pixels. ``GET /v1/pixels/<pixel_id>/diagnostics``:
-what one pixel received lately, what the collector refused, how much of it carries click ids and
-was attributed, and the snippet to paste. Every count comes from set-based queries (three to
+``GET /v1/advertiser``: its attribution settings, pixels and other event sources.
+``GET /v1/pixels/<pixel_id>/diagnostics``: what one pixel (or app or event set) received lately,
+what the collector refused, how much of it carries click ids and was attributed, and the snippet
+to paste (pixels only). Every count comes from set-based queries (three to
 ClickHouse and a few Redis reads per request, whatever the traffic), and a token only ever sees its own
 advertiser's pixels: another tenant's pixel answers exactly as a missing one does.
 """
@@ -18,7 +19,7 @@ from clicktrail import keys
 from clicktrail.clickhouse import NETWORK_ERRORS
 from clicktrail.errors import BufferUnavailable, NotFound, StorageError
 from clicktrail.timestamps import utc_iso
-from pixel import registry
+from pixel import registry, sources
 from pixel.snippet import build_snippet
 from reporting import money
 from reporting.auth import require
@@ -61,18 +62,22 @@ def advertiser():
     adv = g.caller.advertiser_id
     settings = _redis_read(registry.advertiser_settings, r, adv)
     pixels = _redis_read(registry.list_pixels, r, adv)
+    others = _redis_read(sources.list_sources, r, adv)
     return jsonify(
         advertiser_id=adv,
         settings=settings,
         pixels=[{"pixel_id": pid, "domains": pixels[pid]["domains"]} for pid in sorted(pixels)],
+        event_sources=[{"event_source_id": sid, "event_source": rec["kind"], "name": rec["name"]}
+                       for sid, rec in others.items()],
     )
 
 
 def _owned_pixel(pixel_id: str, advertiser_id: str) -> dict:
-    record = _redis_read(registry.get_pixel, api_services().redis, pixel_id)
+    """The pixel, or the app or event set (pixel/sources.py), with its ``event_source``."""
+    record = _redis_read(sources.event_source, api_services().redis, pixel_id)
     # One answer for "no such pixel" and "someone else's pixel", so ids of other tenants cannot be probed.
     if record is None or record["advertiser_id"] != advertiser_id:
-        raise NotFound(f"pixel {pixel_id!r} is not a pixel of this advertiser", field="pixel_id",
+        raise NotFound(f"pixel {pixel_id!r} is not a pixel or event source of this advertiser", field="pixel_id",
                        code="unknown_pixel")
     return record
 
@@ -188,7 +193,7 @@ def _rejected(pixel_id: str) -> dict[str, int]:
 def pixel_diagnostics(pixel_id: str):
     svc = api_services()
     adv = g.caller.advertiser_id
-    _owned_pixel(pixel_id, adv)
+    kind = _owned_pixel(pixel_id, adv)["event_source"]
     now_ms = time.time_ns() // 1_000_000
     now_s = now_ms // 1000  # one cut-off for every query, so the numbers agree with each other
     groups = _event_groups(svc.database, adv, pixel_id, now_s)
@@ -200,6 +205,7 @@ def pixel_diagnostics(pixel_id: str):
     unconverted = _unconverted_7d(svc.database, adv, pixel_id, now_s, settings)
     return jsonify(
         pixel_id=pixel_id,
+        event_source=kind,
         advertiser_id=adv,
         generated_at=utc_iso(now_ms),
         events=[{k: gr[k] for k in ("event", "source", "last_24h", "last_7d")} for gr in groups],
@@ -212,5 +218,6 @@ def pixel_diagnostics(pixel_id: str):
         matched_share_7d=_share(_matched_7d(svc.database, adv, pixel_id, now_s), unique - tests),
         unconverted_conversions_7d=sum(unconverted.values()),
         warnings=_warnings(unconverted),
-        snippet=build_snippet(pixel_id, svc.settings.site.public_url.rstrip("/")),
+        # Only a pixel goes on a site; an app or event set is fed by its server.
+        snippet=build_snippet(pixel_id, svc.settings.site.public_url.rstrip("/")) if kind == "web" else None,
     )

@@ -329,13 +329,15 @@ class Report:
                             AS chosen
                 FROM (
                   SELECT *, arrayFilter(t -> tupleElement(t, 1) = 'click', level) AS clicks FROM (
-                    SELECT *, arrayFilter(t -> tupleElement(t, 8) = arrayReduce('min', arrayMap(t -> tupleElement(t, 8),
+                    -- The inner lambda needs its own name: 18.16 binds a nested lambda's parameter of
+                    -- the same name to the outer element, which pooled every level together.
+                    SELECT *, arrayFilter(t -> tupleElement(t, 8) = arrayReduce('min', arrayMap(u -> tupleElement(u, 8),
                                           inside)), inside) AS level
                     FROM (
                       SELECT conversion_ms, value, currency, event, device_type, os, browser, utm_source, utm_campaign,
                              arrayFilter(t -> tupleElement(t, 1) != ''
                                               AND {_age('t')} >= 0
-                                              AND {_age('t')} <= if(tupleElement(t, 1) = 'click', {click_ms}, {view_ms}),
+                                              AND {_window_sql(click_ms, view_ms)},
                                          arrayMap(t -> (tupleElement(t, 1), tupleElement(t, 2), tupleElement(t, 3),
                                                         tupleElement(t, 4), tupleElement(t, 5), tupleElement(t, 6),
                                                         tupleElement(t, 7),
@@ -421,6 +423,16 @@ class Report:
 
 def _age(t: str) -> str:
     return f"(toInt64(conversion_ms) - toInt64(tupleElement({t}, 3)))"
+
+
+def _window_sql(click_ms: int, view_ms: int) -> str:
+    """models.Windows.contains for the touch ``t`` of an age already known not to be negative.
+
+    A view window of 0 is off: no impression, not even one at the conversion's own millisecond.
+    """
+    if not view_ms:
+        return f"tupleElement(t, 1) = 'click' AND {_age('t')} <= {click_ms}"
+    return f"{_age('t')} <= if(tupleElement(t, 1) = 'click', {click_ms}, {view_ms})"
 
 
 def _credits_sql(model: str) -> str:

@@ -27,7 +27,7 @@ from clicktrail.backoff import Backoff, retry
 from clicktrail.config import Settings
 from clicktrail.clickhouse import NETWORK_ERRORS
 from clicktrail.inserts import columns, count_once
-from clicktrail.lifecycle import StopFlag, retry_until_stopped
+from clicktrail.lifecycle import Heartbeat, StopFlag, retry_until_stopped
 from clicktrail.schema import EVENT_COLUMN_NAMES, TOUCH_COLUMN_NAMES
 from pixel import records
 from pixel.records import EventRow, TouchRow
@@ -76,6 +76,7 @@ class Sink:
         self.db = database
         self.name = name or consumer_name()
         self.stop = stop
+        self.heartbeat = Heartbeat(settings.paths.heartbeat_file)
         self.builder = RowBuilder(settings.privacy.anonymize_ip, settings.sink.ua_cache_size)
         self.insert_sql = f"INSERT INTO {database}.events ({', '.join(EVENT_COLUMN_NAMES)}) VALUES"
         self.touch_insert_sql = f"INSERT INTO {database}.touchpoints ({', '.join(TOUCH_COLUMN_NAMES)}) VALUES"
@@ -97,6 +98,7 @@ class Sink:
         gc.freeze()
         log.info("sink %s reading %s as group %s", self.name, keys.EVENTS_STREAM, keys.SINK_GROUP)
         while not self.stop.is_set:
+            self.heartbeat.beat()
             self.run_once()
         log.info("sink %s stopped: %d events stored, %d dead-lettered", self.name, self.stored, self.dead)
 

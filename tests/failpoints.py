@@ -20,6 +20,9 @@ FAILPOINTS = {
     "sink_after_insert": ("events", "after"),
     # The attributor has written a revision's candidates but not its credits.
     "attributor_between_inserts": ("credit_input", "before"),
+    # An insert into credit_input has happened but whatever follows it has not (an erasure's
+    # cancel rows stored, its step not yet recorded).
+    "attributor_after_credit_input": ("credit_input", "after"),
 }
 
 

@@ -57,7 +57,7 @@ CASES = [
     ("token without events scope", "server", lambda t: server_body(t.pixel_id), "reports-token", 403,
      "token_scope", "Access-Token"),
     ("unknown pixel (server)", "server", lambda t: server_body("CNOSUCHPIXEL"), {}, 404, "unknown_pixel",
-     "pixel_id"),
+     "event_source_id"),
     ("bad event_source", "server", lambda t: server_body(t.pixel_id, event_source="tv"), {}, 400, "invalid_field",
      "event_source"),
     ("missing event_source_id", "server", lambda t: server_body(None), {}, 400, "invalid_field",

@@ -1,15 +1,20 @@
 """The clicktrail command: results alone on stdout, clear errors, `up` running everything."""
 
 import json
+import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from clicktrail import services
 from pixel import registry
 from tests.http import call
 from tests.servers import env_for
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(settings, *args, **overrides):
@@ -52,8 +57,10 @@ def test_bad_arguments_fail_with_one_clear_line(settings, r):
 
 def test_up_runs_everything_until_interrupted(settings, r, ch, ch_database, attributor):
     port, api_port = services.free_port(), services.free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "clicktrail.cli", "up", "--bind", f"127.0.0.1:{port}",
-                             "--api-bind", f"127.0.0.1:{api_port}"],
+    # As scripts/up runs it: the venv's own `clicktrail`, which a newcomer's PATH does not hold.
+    script = Path(sys.executable).parent / "clicktrail"
+    proc = subprocess.Popen([os.path.relpath(script, ROOT), "up", "--bind", f"127.0.0.1:{port}",
+                             "--api-bind", f"127.0.0.1:{api_port}"], cwd=ROOT,
                             env=env_for(settings), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         lines = []
@@ -68,6 +75,15 @@ def test_up_runs_everything_until_interrupted(settings, r, ch, ch_database, attr
         assert f"api         http://127.0.0.1:{api_port}" in out
         assert "redis       127.0.0.1:6379 (already running)" in out
         assert "schema      version" in out
+        # The commands it suggests run as printed, from where it was started; the dashboard answers.
+        hint = next(line for line in lines if line.startswith("Ready. Register a pixel: "))
+        suggested = shlex.split(hint.split(": ", 1)[1])
+        assert suggested[1:3] == ["pixel", "create"]
+        assert subprocess.run([suggested[0], "pixel", "create", "--help"], cwd=ROOT, env=env_for(settings),
+                              capture_output=True, timeout=60).returncode == 0
+        dashboard = f"http://127.0.0.1:{api_port}/dashboard"
+        assert f"dashboard   {dashboard} " in out
+        assert call("GET", dashboard).status == 200
         pixel_id = registry.create_pixel(r, "acme", ["shop.example"])
         body = {"events": [{"event": "PageView", "event_id": "up-1", "page": {"url": "https://shop.example/"}}]}
         deadline = time.monotonic() + 20
@@ -107,3 +123,34 @@ def test_pixel_snippet_prints_the_html_to_paste(settings, r):
     assert f'src="https://t.shop.example/e/{pixel_id}.gif?ev=PageView&amp;noscript=1"' in html
     unknown = run(settings, "pixel", "snippet", "CNOTREGISTERED")
     assert unknown.returncode != 0 and "is not registered" in unknown.stderr
+
+
+def test_alive_tells_a_working_worker_from_a_stuck_one(settings, r, ch, tmp_path):
+    beat = tmp_path / "sink.alive"
+    unset = run(settings, "alive")
+    assert unset.returncode == 2 and "CLICKTRAIL_HEARTBEAT_FILE is not set" in unset.stderr
+    assert run(settings, "alive", HEARTBEAT_FILE=str(beat)).returncode == 1  # no worker yet
+    sink = subprocess.Popen([sys.executable, "-m", "clicktrail.cli", "sink"],
+                            env=env_for(settings, HEARTBEAT_FILE=str(beat)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def alive_within(max_age: int, expect: int) -> subprocess.CompletedProcess:
+        deadline = time.monotonic() + 30
+        while True:
+            done = run(settings, "alive", "--max-age", str(max_age), HEARTBEAT_FILE=str(beat))
+            if done.returncode == expect or time.monotonic() > deadline:
+                return done
+            time.sleep(0.3)
+
+    try:
+        working = alive_within(60, 0)
+        assert working.returncode == 0 and working.stdout.startswith("alive: last heartbeat")
+        sink.send_signal(signal.SIGSTOP)  # a worker that no longer turns its loop (stuck)
+        stuck = alive_within(3, 1)
+        assert stuck.returncode == 1 and "stuck or stopped" in stuck.stderr
+        sink.send_signal(signal.SIGCONT)
+        assert alive_within(7, 0).returncode == 0  # it beats again within its 5 s period
+    finally:
+        sink.send_signal(signal.SIGCONT)
+        sink.terminate()
+        sink.wait(timeout=60)

@@ -36,7 +36,7 @@ from schemathesis.config import SchemathesisConfig
 
 from clicktrail import clickhouse, config, keys, redis_client
 from clicktrail.lifecycle import StopFlag
-from pixel import registry
+from pixel import erasure, registry
 from pixel.click_urls import make_token
 from pixel.snippet import SDK_VERSION
 from sink.worker import Sink
@@ -126,7 +126,8 @@ class Contract:
         self.pixel_id = tenant.pixel_id
         self.origin = f"https://{tenant.domain}"
         self.events_token = tenant.token
-        self.token = registry.create_token(r, tenant.advertiser, ["adserver", "optimizer", "reports"])
+        self.token = registry.create_token(r, tenant.advertiser, ["adserver", "optimizer", "reports", "privacy"])
+        self.erasure_id = erasure.submit(r, tenant.advertiser, {"ttp": ["ttp-of-nobody"]}, "contract")
         secret = collector_app.extensions["clicktrail"].settings.site.secret_key
         self.click_token = make_token(secret, tenant.advertiser, "cmp", "cmp-g", "cmp-ad",
                                       f"{self.origin}/landing?x=1#top")
@@ -155,7 +156,7 @@ class Contract:
         headers = dict(case.headers or {})
         body = case.body
         for name, value in (("pixel_id", self.pixel_id), ("event_id", self.event_id), ("token", self.click_token),
-                            ("version", SDK_VERSION)):
+                            ("version", SDK_VERSION), ("request_id", self.erasure_id)):
             if name in params:
                 params[name] = value
         if "name" in params:
@@ -272,7 +273,7 @@ def test_the_pass_reached_every_handler():
 
 # --- Answers while a server is down: 503 with Retry-After, in the documented shape --------------
 
-def _outage_requests(pixel_id: str, today: date) -> dict[str, dict]:
+def _outage_requests(pixel_id: str, today: date, erasure_id: str) -> dict[str, dict]:
     """One well-formed request per operation that needs Redis or ClickHouse (valid tokens are put in below)."""
     now = int(time.time())
     touch = {"campaign_id": "c", "adgroup_id": "g", "ad_id": "a"}
@@ -299,6 +300,8 @@ def _outage_requests(pixel_id: str, today: date) -> dict[str, dict]:
         "GET /v1/conversions": {"query": week},
         "GET /v1/advertiser": {},
         "GET /v1/pixels/{pixel_id}/diagnostics": {"path_parameters": {"pixel_id": pixel_id}},
+        "POST /v1/erasure": {"body": {"user": {"ttp": "ttp-1"}}},
+        "GET /v1/erasure/{request_id}": {"path_parameters": {"request_id": erasure_id}},
     }
 
 
@@ -306,7 +309,8 @@ def _outage_requests(pixel_id: str, today: date) -> dict[str, dict]:
 #: feed answers an advertiser with nothing attributed yet from its Redis watermark alone.)
 WITHOUT_CLICKHOUSE = {"POST /e/{pixel_id}", "POST /open_api/v1.3/event/track/", "GET /readyz", "GET /v1/advertiser",
                       "GET /v1/optimizer/conversions", "POST /open_api/v1.3/pixel/track/",
-                      "POST /open_api/v1.3/pixel/batch/"}
+                      "POST /open_api/v1.3/pixel/batch/", "POST /v1/erasure",
+                      "GET /v1/erasure/{request_id}"}
 
 
 @pytest.mark.parametrize("down", ["redis", "clickhouse"])
@@ -317,7 +321,7 @@ def test_a_server_down_is_answered_503_with_retry_after_as_documented(down, sett
     from schemathesis.checks import (content_type_conformance, response_headers_conformance,
                                      response_schema_conformance, status_code_conformance)
 
-    token = registry.create_token(r, tenant.advertiser, ["adserver", "optimizer", "reports"])
+    token = registry.create_token(r, tenant.advertiser, ["adserver", "optimizer", "reports", "privacy"])
     unreachable = {"redis": {"REDIS_URL": f"redis://127.0.0.1:{services.free_port()}/0"},
                    "clickhouse": {"CLICKHOUSE_URL": f"clickhouse://127.0.0.1:{services.free_port()}/default"}}[down]
     apps = {**where(settings), **unreachable}
@@ -325,12 +329,13 @@ def test_a_server_down_is_answered_503_with_retry_after_as_documented(down, sett
     checks = [status_code_conformance, content_type_conformance, response_headers_conformance,
               response_schema_conformance]
     wrong = {}
-    for label, request in _outage_requests(tenant.pixel_id, date.today()).items():
+    erasure_id = erasure.submit(r, tenant.advertiser, {"ttp": ["ttp-of-nobody"]}, "test")
+    for label, request in _outage_requests(tenant.pixel_id, date.today(), erasure_id).items():
         method, path = label.split(" ", 1)
         operation = (collector_schema if "collector" in served_by(path) else api_schema)[path][method]
         auth = {"Authorization": f"Bearer {token}"} if "api" in served_by(path) else {"Access-Token": tenant.token}
         case = operation.Case(**{**request, "headers": {**request.get("headers", {}), **auth}})
-        expected = 200 if down == "clickhouse" and label in WITHOUT_CLICKHOUSE else 503
+        expected = (202 if label == "POST /v1/erasure" else 200) if down == "clickhouse" and label in WITHOUT_CLICKHOUSE else 503
         try:  # every operation is tried, so one run lists every wrong answer
             response = case.call_and_validate(app=by_app[served_by(path)[0]], checks=checks)
         except Exception as exc:  # a failed check, or the app's own exception (schemathesis re-raises it)

@@ -15,14 +15,17 @@ from __future__ import annotations
 import csv
 import io
 import time
+import urllib.error
 from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from clicktrail import services
 from pixel import registry
 from tests import servers
-from tests.conftest import ARTIFACTS, Tenant
+from tests.conftest import ARTIFACTS, ROOT, Tenant
 
 pytestmark = pytest.mark.browser
 
@@ -88,11 +91,17 @@ class Shop:
             self._click("clk-c1", "autumn", "autumn-all", "autumn-text-1"),
         ]}, accepted=5)
         self._post("/v1/costs", acme_ads, {"costs": [
-            self._cost("spring", "spring-shoes", "spring-video-1", 10.0),
-            self._cost("spring", "spring-shoes", "spring-video-2", 20.0),
-            self._cost("summer", "summer-hats", "summer-image-1", 25.0),
-            self._cost("autumn", "autumn-all", "autumn-text-1", 5.0),
+            self._cost("spring", "spring-shoes", "spring-video-1", 10.0, 200),
+            self._cost("spring", "spring-shoes", "spring-video-2", 20.0, 300),
+            self._cost("summer", "summer-hats", "summer-image-1", 25.0, 400),
+            self._cost("autumn", "autumn-all", "autumn-text-1", 5.0, 100),
         ]})
+        # The previous 7 days (the default range's comparison): 40 spent, 800 impressions, one click.
+        self.old_day = self.today - timedelta(days=9)
+        self._post("/v1/costs", acme_ads, {"costs": [
+            self._cost("spring", "spring-shoes", "spring-video-1", 40.0, 800, day=self.old_day)]})
+        self._post("/v1/clicks", acme_ads, {"clicks": [
+            self._click("clk-old", "spring", "spring-shoes", "spring-video-1", at=now - 9 * DAY)]}, accepted=1)
         # One browser lands from a spring ad, then two days later from a summer ad; it buys an hour
         # ago without a click id on the order: both clicks are matched by its browser id.
         self._browse("land-1", self.t["clk-a1"] + 10, "browser-1", "clk-a1")
@@ -118,9 +127,10 @@ class Shop:
         return {"click_id": click_id, "click_time": at or self.t[click_id], "campaign_id": campaign,
                 "adgroup_id": adgroup, "ad_id": ad}
 
-    def _cost(self, campaign: str, adgroup: str, ad: str, spend: float) -> dict:
-        return {"date": self.cost_day.isoformat(), "campaign_id": campaign, "adgroup_id": adgroup,
-                "ad_id": ad, "spend": spend}
+    def _cost(self, campaign: str, adgroup: str, ad: str, spend: float, impressions: int,
+              day: date | None = None) -> dict:
+        return {"date": (day or self.cost_day).isoformat(), "campaign_id": campaign, "adgroup_id": adgroup,
+                "ad_id": ad, "spend": spend, "impressions": impressions}
 
     def _post(self, path: str, token: str, body: dict, accepted: int | None = None) -> None:
         resp = self.api.post(path, json=body, headers={"Authorization": f"Bearer {token}"})
@@ -152,44 +162,62 @@ def shop(r, client, api_client, sink, attributor) -> Shop:
 
 # ---- what the page should show, computed by hand ---------------------------------------------------
 #
-# Spend (one day): spring-video-1 10, spring-video-2 20, summer-image-1 25, autumn-text-1 5.
+# Spend (one day) and impressions: spring-video-1 10 / 200, spring-video-2 20 / 300, summer-image-1
+# 25 / 400, autumn-text-1 5 / 100.
 # Clicks: spring 2 (a1, a2), summer 2 (b1, b2), autumn 1.
 # order-1 (120): browser-matched to clk-a1 (spring-video-1) and clk-b1 (summer-image-1):
 #   last click -> summer-image-1, first click -> spring-video-1.
 # order-2 (40): its own click clk-a2 -> spring-video-2 under every model.
 # Rows: campaigns by spend (spring 30, summer 25, autumn 5), then ad groups and ads by spend.
-# Cells: spend, clicks, conversions, value, CVR (conv/clicks), CPA (spend/conv), ROAS (value/spend).
+# Cells: spend, impressions, clicks, CTR (clicks/impressions), CPC (spend/clicks), CPM (spend per
+# 1,000 impressions), conversions, value, CVR (conv/clicks), CPA (spend/conv), ROAS (value/spend).
 
-HEADER = ["level", "campaign_id", "adgroup_id", "ad_id", "spend_usd", "clicks", "conversions",
-          "conversion_value_usd", "cvr", "cpa_usd", "roas"]
+HEADER = ["level", "campaign_id", "adgroup_id", "ad_id", "spend_usd", "impressions", "clicks", "ctr", "cpc_usd",
+          "cpm_usd", "conversions", "conversion_value_usd", "cvr", "cpa_usd", "roas"]
 
 LAST_CLICK = [
-    ["campaign", "spring", "", "", "30.00", "2", "1", "40.00", "50.00%", "30.00", "1.33"],
-    ["adgroup", "spring", "spring-shoes", "", "30.00", "2", "1", "40.00", "50.00%", "30.00", "1.33"],
-    ["ad", "spring", "spring-shoes", "spring-video-2", "20.00", "1", "1", "40.00", P100, "20.00", "2.00"],
-    ["ad", "spring", "spring-shoes", "spring-video-1", "10.00", "1", "0", "0.00", "0.00%", DASH, "0.00"],
-    ["campaign", "summer", "", "", "25.00", "2", "1", "120.00", "50.00%", "25.00", "4.80"],
-    ["adgroup", "summer", "summer-hats", "", "25.00", "2", "1", "120.00", "50.00%", "25.00", "4.80"],
-    ["ad", "summer", "summer-hats", "summer-image-1", "25.00", "2", "1", "120.00", "50.00%", "25.00", "4.80"],
-    ["campaign", "autumn", "", "", "5.00", "1", "0", "0.00", "0.00%", DASH, "0.00"],
-    ["adgroup", "autumn", "autumn-all", "", "5.00", "1", "0", "0.00", "0.00%", DASH, "0.00"],
-    ["ad", "autumn", "autumn-all", "autumn-text-1", "5.00", "1", "0", "0.00", "0.00%", DASH, "0.00"],
-    ["total", "", "", "", "60.00", "5", "2", "160.00", "40.00%", "30.00", "2.67"],
+    ["campaign", "spring", "", "", "30.00", "500", "2", "0.40%", "15.00", "60.00",
+     "1", "40.00", "50.00%", "30.00", "1.33"],
+    ["adgroup", "spring", "spring-shoes", "", "30.00", "500", "2", "0.40%", "15.00", "60.00",
+     "1", "40.00", "50.00%", "30.00", "1.33"],
+    ["ad", "spring", "spring-shoes", "spring-video-2", "20.00", "300", "1", "0.33%", "20.00", "66.67",
+     "1", "40.00", P100, "20.00", "2.00"],
+    ["ad", "spring", "spring-shoes", "spring-video-1", "10.00", "200", "1", "0.50%", "10.00", "50.00",
+     "0", "0.00", "0.00%", DASH, "0.00"],
+    ["campaign", "summer", "", "", "25.00", "400", "2", "0.50%", "12.50", "62.50",
+     "1", "120.00", "50.00%", "25.00", "4.80"],
+    ["adgroup", "summer", "summer-hats", "", "25.00", "400", "2", "0.50%", "12.50", "62.50",
+     "1", "120.00", "50.00%", "25.00", "4.80"],
+    ["ad", "summer", "summer-hats", "summer-image-1", "25.00", "400", "2", "0.50%", "12.50", "62.50",
+     "1", "120.00", "50.00%", "25.00", "4.80"],
+    ["campaign", "autumn", "", "", "5.00", "100", "1", "1.00%", "5.00", "50.00", "0", "0.00", "0.00%", DASH, "0.00"],
+    ["adgroup", "autumn", "autumn-all", "", "5.00", "100", "1", "1.00%", "5.00", "50.00",
+     "0", "0.00", "0.00%", DASH, "0.00"],
+    ["ad", "autumn", "autumn-all", "autumn-text-1", "5.00", "100", "1", "1.00%", "5.00", "50.00",
+     "0", "0.00", "0.00%", DASH, "0.00"],
+    ["total", "", "", "", "60.00", "1000", "5", "0.50%", "12.00", "60.00", "2", "160.00", "40.00%", "30.00", "2.67"],
 ]
 
-FIRST_CLICK = [
-    ["campaign", "spring", "", "", "30.00", "2", "2", "160.00", P100, "15.00", "5.33"],
-    ["adgroup", "spring", "spring-shoes", "", "30.00", "2", "2", "160.00", P100, "15.00", "5.33"],
-    ["ad", "spring", "spring-shoes", "spring-video-2", "20.00", "1", "1", "40.00", P100, "20.00", "2.00"],
-    ["ad", "spring", "spring-shoes", "spring-video-1", "10.00", "1", "1", "120.00", P100, "10.00", "12.00"],
-    ["campaign", "summer", "", "", "25.00", "2", "0", "0.00", "0.00%", DASH, "0.00"],
-    ["adgroup", "summer", "summer-hats", "", "25.00", "2", "0", "0.00", "0.00%", DASH, "0.00"],
-    ["ad", "summer", "summer-hats", "summer-image-1", "25.00", "2", "0", "0.00", "0.00%", DASH, "0.00"],
-    ["campaign", "autumn", "", "", "5.00", "1", "0", "0.00", "0.00%", DASH, "0.00"],
-    ["adgroup", "autumn", "autumn-all", "", "5.00", "1", "0", "0.00", "0.00%", DASH, "0.00"],
-    ["ad", "autumn", "autumn-all", "autumn-text-1", "5.00", "1", "0", "0.00", "0.00%", DASH, "0.00"],
-    ["total", "", "", "", "60.00", "5", "2", "160.00", "40.00%", "30.00", "2.67"],
-]
+# The same delivery (the first six cells) under first click; only the conversion cells differ.
+_DELIVERY = {tuple(row[:4]): row[4:10] for row in LAST_CLICK}
+FIRST_CLICK = [list(ids) + _DELIVERY[tuple(ids)] + conv for ids, conv in [
+    (["campaign", "spring", "", ""], ["2", "160.00", P100, "15.00", "5.33"]),
+    (["adgroup", "spring", "spring-shoes", ""], ["2", "160.00", P100, "15.00", "5.33"]),
+    (["ad", "spring", "spring-shoes", "spring-video-2"], ["1", "40.00", P100, "20.00", "2.00"]),
+    (["ad", "spring", "spring-shoes", "spring-video-1"], ["1", "120.00", P100, "10.00", "12.00"]),
+    (["campaign", "summer", "", ""], ["0", "0.00", "0.00%", DASH, "0.00"]),
+    (["adgroup", "summer", "summer-hats", ""], ["0", "0.00", "0.00%", DASH, "0.00"]),
+    (["ad", "summer", "summer-hats", "summer-image-1"], ["0", "0.00", "0.00%", DASH, "0.00"]),
+    (["campaign", "autumn", "", ""], ["0", "0.00", "0.00%", DASH, "0.00"]),
+    (["adgroup", "autumn", "autumn-all", ""], ["0", "0.00", "0.00%", DASH, "0.00"]),
+    (["ad", "autumn", "autumn-all", "autumn-text-1"], ["0", "0.00", "0.00%", DASH, "0.00"]),
+    (["total", "", "", ""], ["2", "160.00", "40.00%", "30.00", "2.67"]),
+]]
+
+# The totals' change from the 7 days before (40 spent, 800 impressions, 1 click, no conversion):
+# spend 40 -> 60, impressions 800 -> 1000, clicks 1 -> 5, CTR 0.125% -> 0.5%, CPC 40 -> 12,
+# CPM 50 -> 60; conversions, value, CVR, CPA and ROAS had no (or a zero) base: a dash.
+CHANGE = ["+50.0%", "+25.0%", "+400.0%", "+300.0%", "-70.0%", "+20.0%", DASH, DASH, DASH, DASH, DASH]
 
 ACME_NAMES = ("spring", "summer", "autumn", "spring-video-1", "summer-image-1", "order-1", "order-2")
 
@@ -210,13 +238,33 @@ def wait_table(page, model: str) -> None:
 def table_rows(page) -> list[list[str]]:
     """The visible rows of the breakdown table as [level, campaign, ad group, ad, *cells]."""
     return page.evaluate("""() => Array.from(document.querySelectorAll('#breakdown tr[data-level]'))
-        .filter(tr => !tr.hidden && tr.dataset.level)
+        .filter(tr => !tr.hidden && tr.dataset.level && tr.dataset.level !== 'change')
         .map(tr => {
           const cells = Array.from(tr.querySelectorAll('td')).map(td => td.textContent.trim());
           const name = tr.querySelector('th span').textContent.trim();
           const level = tr.dataset.level;
           return [level, ...(level === 'total' ? ['Total'] : [name]), ...cells];
         })""")
+
+
+def change_row(page) -> list[str]:
+    """The row under the totals: its label, then each metric's change from the previous period."""
+    return page.evaluate("""() => Array.from(document.querySelectorAll('#breakdown tr[data-level=change] > *'))
+        .map(cell => cell.textContent.trim())""")
+
+
+def headings(page, table: str) -> list[str]:
+    return page.eval_on_selector_all(f"#{table} thead th .label", "ls => ls.map(l => l.textContent)")
+
+
+def daily_rows(page) -> list[list[str]]:
+    """The per-day table as shown: [day, *cells] in table order."""
+    return page.evaluate("""() => Array.from(document.querySelectorAll('#daily tbody tr'))
+        .map(tr => Array.from(tr.children).map(cell => cell.textContent.trim()))""")
+
+
+def bar_titles(page) -> list[str]:
+    return page.eval_on_selector_all("#chart rect.bar title", "ts => ts.map(t => t.textContent)")
 
 
 def as_table(expected: list[list[str]]) -> list[list[str]]:
@@ -275,22 +323,26 @@ def test_sign_in_shows_the_numbers_and_the_model_changes_them(shop, api_base, pa
     assert page.input_value("#f-timezone") == "UTC"
     assert page.input_value("#f-event") == "CompletePayment"
     assert page.inner_text("#who") == "Advertiser acme"
+    assert page.input_value("#f-preset") == "last_7"
+    assert headings(page, "breakdown") == [
+        "Campaign / ad group / ad", "Spend (USD)", "Impressions", "Clicks", "CTR", "CPC (USD)", "CPM (USD)",
+        "Conversions", "Value (USD)", "CVR", "CPA (USD)", "ROAS"]
     assert table_rows(page) == as_table(LAST_CLICK)
-    assert page.inner_text("#h-spend") == "Spend (USD)"
-    # The chart: one bar per day and campaign with a conversion, dated by the touch (the click).
-    bars = page.eval_on_selector_all("#chart-conversions rect.bar title", "ts => ts.map(t => t.textContent)")
-    assert sorted(bars) == sorted([f"{day_of(shop.t['clk-a2'])} \u00b7 spring: 1 conversion",
-                                   f"{day_of(shop.t['clk-b1'])} \u00b7 summer: 1 conversion"])
-    values = page.eval_on_selector_all("#chart-value rect.bar title", "ts => ts.map(t => t.textContent)")
-    assert sorted(values) == sorted([f"{day_of(shop.t['clk-a2'])} \u00b7 spring: 40.00 USD",
-                                     f"{day_of(shop.t['clk-b1'])} \u00b7 summer: 120.00 USD"])
+    # Under the totals, the change from the 7 days before.
+    previous = (end - timedelta(days=13)).isoformat(), (end - timedelta(days=7)).isoformat()
+    assert change_row(page) == [f"vs {previous[0]} to {previous[1]}", *CHANGE]
+    assert f"compared with {previous[0]} to {previous[1]}" in page.inner_text("#status")
+    # The chart: conversions per day by default, dated by the touch (the click).
+    assert page.inner_text("#chart-caption") == "Conversions per day"
+    assert sorted(bar_titles(page)) == sorted([f"{day_of(shop.t['clk-a2'])} \u00b7 Conversions: 1",
+                                               f"{day_of(shop.t['clk-b1'])} \u00b7 Conversions: 1"])
+    assert not page.is_visible("#unconverted")
 
     page.select_option("#f-model", "first_click")
     wait_table(page, "first_click")
     assert table_rows(page) == as_table(FIRST_CLICK)
-    bars = page.eval_on_selector_all("#chart-conversions rect.bar title", "ts => ts.map(t => t.textContent)")
-    assert sorted(bars) == sorted([f"{day_of(shop.t['clk-a1'])} \u00b7 spring: 1 conversion",
-                                   f"{day_of(shop.t['clk-a2'])} \u00b7 spring: 1 conversion"])
+    assert sorted(bar_titles(page)) == sorted([f"{day_of(shop.t['clk-a1'])} \u00b7 Conversions: 1",
+                                               f"{day_of(shop.t['clk-a2'])} \u00b7 Conversions: 1"])
 
     # Why order-1 went where it went: both clicks were considered, each model credited one.
     page.wait_for_selector("button.conversion[data-event-id='order-1']")
@@ -349,11 +401,13 @@ def test_another_advertiser_sees_nothing_of_this_one(shop, api_base, page):
     wait_table(page, "last_click")
     assert page.inner_text("#who") == "Advertiser zeta"
     rows = table_rows(page)
+    # No spend and no impressions: CTR and CPM have no denominator, CPC and CPA are 0.
+    zeta = ["0.00", "0", "1", DASH, "0.00", DASH, "1", "7.00", P100, "0.00", DASH]
     assert rows == as_table([
-        ["campaign", "zeta-winter", "", "", "0.00", "1", "1", "7.00", P100, "0.00", DASH],
-        ["adgroup", "zeta-winter", "zeta-g", "", "0.00", "1", "1", "7.00", P100, "0.00", DASH],
-        ["ad", "zeta-winter", "zeta-g", "zeta-ad", "0.00", "1", "1", "7.00", P100, "0.00", DASH],
-        ["total", "", "", "", "0.00", "1", "1", "7.00", P100, "0.00", DASH],
+        ["campaign", "zeta-winter", "", "", *zeta],
+        ["adgroup", "zeta-winter", "zeta-g", "", *zeta],
+        ["ad", "zeta-winter", "zeta-g", "zeta-ad", *zeta],
+        ["total", "", "", "", *zeta],
     ])
     page.wait_for_selector("button.conversion[data-event-id='zeta-order']")
     page.wait_for_selector(f"article.pixel[data-pixel-id='{shop.zeta.pixel_id}'] pre.snippet")
@@ -427,3 +481,339 @@ def test_the_csv_never_starts_a_formula(r, api_client, api_base, page):
         for cell in line:
             assert not cell.startswith(("=", "+", "@", "\t", "\r")), line
             assert not cell.startswith("-") or float(cell) < 0, line
+
+
+# ---- the Ads Manager view: columns, sorting, periods, chart, per day, comparison, narrow screens ------
+
+METRICS = ["spend", "impressions", "clicks", "ctr", "cpc", "cpm", "conversions", "conversion_value", "cvr", "cpa",
+           "roas"]
+KINDS = {"spend": "money", "cpc": "money", "cpm": "money", "cpa": "money", "conversion_value": "money",
+         "impressions": "integer", "clicks": "integer", "ctr": "percent", "cvr": "percent",
+         "conversions": "count", "roas": "ratio"}
+
+
+def shown(kind: str, x: float | None, digits: int = 2) -> str:
+    """A number as the dashboard writes it (JavaScript's toFixed: the float's exact value, halves up)."""
+    if x is None:
+        return DASH
+
+    def fixed(v: float, n: int) -> str:
+        return str(Decimal(v).quantize(Decimal(1).scaleb(-n), rounding=ROUND_HALF_UP))
+
+    if kind == "money":
+        return fixed(x, digits)
+    if kind == "integer":
+        return str(round(x))
+    if kind == "percent":
+        return fixed(x * 100, 2) + "%"
+    if kind == "ratio":
+        return fixed(x, 2)
+    v = float(fixed(x, 2))
+    return str(int(v)) if v.is_integer() else repr(v)
+
+
+def api_get(base: str, token: str, path: str, **params) -> dict:
+    import json
+    import urllib.parse
+    import urllib.request
+
+    req = urllib.request.Request(f"{base}{path}?{urllib.parse.urlencode(params)}",
+                                 headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req) as resp:
+        return json.loads(resp.read())
+
+
+def page_query(page) -> dict:
+    """The selection the page shows, as /v1/reports parameters."""
+    return {"start": page.input_value("#f-start"), "end": page.input_value("#f-end"),
+            "timezone": page.input_value("#f-timezone"), "events": page.input_value("#f-event"),
+            "model": page.input_value("#f-model"), "click_window": page.input_value("#f-click-window"),
+            "view_window": page.input_value("#f-view-window"), "date_basis": page.input_value("#f-date-basis")}
+
+
+def wait_range(page, start: str, end: str) -> None:
+    page.wait_for_selector(f"#breakdown[data-state=ready][data-range='{start}_{end}']", timeout=20_000)
+    page.wait_for_selector(f"#daily[data-state=ready][data-range='{start}_{end}']", timeout=20_000)
+
+
+def test_every_column_and_every_day_agrees_with_the_api(shop, api_base, page):
+    sign_in(page, api_base, shop.reports)
+    wait_table(page, "last_click")
+    q = page_query(page)
+    by_ad = api_get(api_base, shop.reports, "/v1/reports", dimensions="campaign_id,adgroup_id,ad_id",
+                    metrics=",".join(METRICS), page_size=1000, **q)
+    ads = {row[1]: row[2:] for row in table_rows(page) if row[0] == "ad"}
+    assert set(ads) == {row["ad_id"] for row in by_ad["rows"]} and len(ads) == 4
+    for row in by_ad["rows"]:
+        assert ads[row["ad_id"]] == [shown(KINDS[m], row[m]) for m in METRICS], row["ad_id"]
+    total = table_rows(page)[-1]
+    assert total[0] == "total" and total[2:] == [shown(KINDS[m], by_ad["totals"][m]) for m in METRICS]
+
+    # The table per day: every day of the range, in date order, with the API's numbers of that day.
+    by_day = api_get(api_base, shop.reports, "/v1/reports", dimensions="stat_time_day", metrics=",".join(METRICS),
+                     **q)
+    api_days = {row["stat_time_day"]: row for row in by_day["rows"]}
+    days = daily_rows(page)
+    end = date.fromisoformat(q["end"])
+    assert [d[0] for d in days] == [(end - timedelta(days=6 - i)).isoformat() for i in range(7)]
+    empty = {"spend": 0.0, "impressions": 0, "clicks": 0, "conversions": 0.0, "conversion_value": 0.0}
+    for day, *cells in days:
+        row = api_days.get(day, empty)
+        assert cells == [shown(KINDS[m], row.get(m)) for m in METRICS], day
+    # By hand, under last click: yesterday had all the spend, clicks b1 and b2, and order-1 (by b1).
+    by_name = {d[0]: d[1:] for d in days}
+    assert by_name[shop.cost_day.isoformat()] == ["60.00", "1000", "2", "0.20%", "30.00", "60.00", "1", "120.00",
+                                                  "50.00%", "60.00", "2.00"]
+    # Clicks a2 and c1 the day before, and order-2 (by a2); click a1 a day earlier still, no conversion.
+    assert by_name[day_of(shop.t["clk-a2"])] == ["0.00", "0", "2", DASH, "0.00", DASH, "1", "40.00", "50.00%", "0.00",
+                                                 DASH]
+    assert by_name[day_of(shop.t["clk-a1"])] == ["0.00", "0", "1", DASH, "0.00", DASH, "0", "0.00", "0.00%", DASH,
+                                                 DASH]
+
+
+def test_columns_sort_by_click_and_by_keyboard_keeping_ads_under_their_campaign(shop, api_base, page):
+    sign_in(page, api_base, shop.reports)
+    wait_table(page, "last_click")
+
+    def order() -> list[str]:
+        return [row[1] for row in table_rows(page)]
+
+    def sorted_by() -> dict:
+        return page.evaluate("""() => Object.fromEntries(Array.from(document.querySelectorAll('#breakdown th[aria-sort]'))
+            .map(th => [th.dataset.key, th.getAttribute('aria-sort')]))""")
+
+    # By spend, biggest first, until told otherwise.
+    assert sorted_by() == {"spend": "descending"}
+    assert order() == ["spring", "spring-shoes", "spring-video-2", "spring-video-1", "summer", "summer-hats",
+                       "summer-image-1", "autumn", "autumn-all", "autumn-text-1", "Total"]
+    # CPA: biggest first; rows without one (no conversion) last.
+    page.click("#breakdown th[data-key=cpa] button")
+    assert sorted_by() == {"cpa": "descending"}
+    assert order() == ["spring", "spring-shoes", "spring-video-2", "spring-video-1", "summer", "summer-hats",
+                       "summer-image-1", "autumn", "autumn-all", "autumn-text-1", "Total"]
+    page.click("#breakdown th[data-key=cpa] button")  # again: smallest first, still without one last
+    assert sorted_by() == {"cpa": "ascending"}
+    assert order() == ["summer", "summer-hats", "summer-image-1", "spring", "spring-shoes", "spring-video-2",
+                       "spring-video-1", "autumn", "autumn-all", "autumn-text-1", "Total"]
+    assert "sorted by CPA (USD), ascending" in page.inner_text("#sort-status")
+    # The keyboard: Tab to a heading's button, Enter sorts. CTR, biggest first (ties by name).
+    page.focus("#breakdown th[data-key=cpm] button")
+    page.keyboard.press("Shift+Tab")  # from CPM back to CPC ...
+    page.keyboard.press("Shift+Tab")  # ... and to CTR
+    assert page.evaluate("document.activeElement.closest('th').dataset.key") == "ctr"
+    page.keyboard.press("Enter")
+    assert sorted_by() == {"ctr": "descending"}
+    assert order() == ["autumn", "autumn-all", "autumn-text-1", "summer", "summer-hats", "summer-image-1",
+                       "spring", "spring-shoes", "spring-video-1", "spring-video-2", "Total"]
+    # The name: A to Z.
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Shift+Tab")
+    assert page.evaluate("document.activeElement.closest('th').dataset.key") == "name"
+    page.keyboard.press("Space")
+    assert sorted_by() == {"name": "ascending"}
+    assert order() == ["autumn", "autumn-all", "autumn-text-1", "spring", "spring-shoes", "spring-video-1",
+                       "spring-video-2", "summer", "summer-hats", "summer-image-1", "Total"]
+    # The CSV follows the order shown.
+    with page.expect_download() as info:
+        page.click("#download-csv")
+    lines = list(csv.reader(io.StringIO(info.value.path().read_text(encoding="utf-8"))))
+    assert [line[3] or line[2] or line[1] or "Total" for line in lines[1:]] == order()
+    # A model change keeps the order chosen.
+    page.select_option("#f-model", "first_click")
+    wait_table(page, "first_click")
+    assert sorted_by() == {"name": "ascending"} and order()[0] == "autumn"
+
+    # The table per day sorts too: by spend, biggest first, the spend day on top.
+    page.click("#daily th[data-key=spend] button")
+    assert page.get_attribute("#daily th[data-key=spend]", "aria-sort") == "descending"
+    assert page.get_attribute("#daily th[data-key=day]", "aria-sort") is None
+    assert daily_rows(page)[0][:2] == [shop.cost_day.isoformat(), "60.00"]
+    page.click("#daily th[data-key=day] button")
+    days = [d[0] for d in daily_rows(page)]
+    assert days == sorted(days) and page.get_attribute("#daily th[data-key=day]", "aria-sort") == "ascending"
+
+
+def test_periods_are_days_of_the_advertisers_time_zone(r, api_base, page):
+    """An advertiser whose today is not UTC's today: Kiritimati (UTC+14) from 10:00 UTC, Pago Pago
+    (UTC-11) before 11:00 UTC."""
+    tz = "Pacific/Kiritimati" if datetime.now(UTC).hour >= 10 else "Pacific/Pago_Pago"
+    registry.update_settings(r, "islands", timezone=tz)
+    token = registry.create_token(r, "islands", ["reports"])
+    sign_in(page, api_base, token)
+    page.wait_for_selector("#breakdown[data-state=ready]", timeout=20_000)
+    assert page.input_value("#f-timezone") == tz
+
+    def expected(preset: str, today: date) -> tuple[str, str]:
+        start, end = {"today": (today, today), "yesterday": (today - timedelta(days=1),) * 2,
+                      "last_7": (today - timedelta(days=6), today), "last_14": (today - timedelta(days=13), today),
+                      "last_30": (today - timedelta(days=29), today),
+                      "this_month": (today.replace(day=1), today)}[preset]
+        return start.isoformat(), end.isoformat()
+
+    for preset in ("last_7", "today", "yesterday", "last_14", "last_30", "this_month"):
+        before = datetime.now(ZoneInfo(tz)).date()
+        page.select_option("#f-preset", preset)
+        start, end = page.input_value("#f-start"), page.input_value("#f-end")
+        after = datetime.now(ZoneInfo(tz)).date()
+        assert (start, end) in {expected(preset, before), expected(preset, after)}, preset
+        assert before != datetime.now(UTC).date() or after != datetime.now(UTC).date()
+        wait_range(page, start, end)  # the report asked for is of those days ...
+        n = (date.fromisoformat(end) - date.fromisoformat(start)).days + 1
+        first = (date.fromisoformat(start) - timedelta(days=n)).isoformat()
+        last = (date.fromisoformat(start) - timedelta(days=1)).isoformat()
+        assert change_row(page)[0] == f"vs {first} to {last}"  # ... compared with as many days before
+        assert len(daily_rows(page)) == n
+    # A day typed by hand makes the period custom.
+    page.fill("#f-start", "2026-01-05")
+    page.dispatch_event("#f-start", "change")
+    assert page.input_value("#f-preset") == "custom"
+    wait_range(page, "2026-01-05", page.input_value("#f-end"))
+
+
+def test_the_chart_shows_the_metric_chosen_per_day(shop, api_base, page):
+    sign_in(page, api_base, shop.reports)
+    wait_table(page, "last_click")
+    spend_day, a2_day, b1_day = shop.cost_day.isoformat(), day_of(shop.t["clk-a2"]), day_of(shop.t["clk-b1"])
+    a1_day = day_of(shop.t["clk-a1"])
+    choices = {
+        "spend": ("Spend (USD) per day", [f"{spend_day} \u00b7 Spend: 60.00 USD"]),
+        "clicks": ("Clicks per day", [f"{a1_day} \u00b7 Clicks: 1", f"{a2_day} \u00b7 Clicks: 2",
+                                      f"{b1_day} \u00b7 Clicks: 2"]),
+        "conversions": ("Conversions per day", [f"{a2_day} \u00b7 Conversions: 1", f"{b1_day} \u00b7 Conversions: 1"]),
+        # CPA and ROAS only where there is spend and a conversion: yesterday (60 / 1; 120 / 60).
+        "cpa": ("CPA (USD) per day", [f"{spend_day} \u00b7 CPA: 60.00 USD"]),
+        "roas": ("ROAS per day", [f"{spend_day} \u00b7 ROAS: 2.00"]),
+        "conversion_value": ("Conversion value (USD) per day", [f"{a2_day} \u00b7 Conversion value: 40.00 USD",
+                                                                f"{b1_day} \u00b7 Conversion value: 120.00 USD"]),
+    }
+    for metric, (caption, bars) in choices.items():
+        page.select_option("#chart-metric", metric)
+        assert page.inner_text("#chart-caption") == caption
+        assert page.get_attribute("#chart", "data-metric") == metric
+        assert sorted(bar_titles(page)) == sorted(bars), metric
+        if metric == "spend":
+            page.locator("#over-time").screenshot(path=str(ARTIFACTS / "dashboard-chart-spend.png"))
+    # Bars stand in date order: the spend day's is right of the click days'.
+    page.select_option("#chart-metric", "clicks")
+    xs = page.eval_on_selector_all("#chart rect.bar", "rs => rs.map(r => [r.dataset.day, +r.getAttribute('x')])")
+    assert [day for day, _ in sorted(xs, key=lambda p: p[1])] == sorted([a1_day, a2_day, b1_day])
+
+
+def test_a_phone_wide_screen_never_scrolls_sideways_and_tables_scroll_in_their_box(shop, api_base, browser):
+    ctx = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
+                              has_touch=True)
+    page = ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        page.goto(api_base + "/dashboard")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390  # the sign-in form
+        page.fill("#token", shop.reports)
+        page.click("#sign-in-button")
+        wait_table(page, "last_click")
+        page.wait_for_selector(f"article.pixel[data-pixel-id='{shop.acme.pixel_id}'] table.events")
+        page.click("button.conversion[data-event-id='order-1']")
+        page.wait_for_selector("#explanation article.explain")
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"the page is {width} px wide"
+        # The wide tables are wider than the screen, inside boxes that scroll and show it.
+        for selector in ("#breakdown", "#daily"):
+            box = page.evaluate(f"""() => {{ const wrap = document.querySelector('{selector}').closest('.table-wrap');
+                return [wrap.scrollWidth, wrap.clientWidth, wrap.parentElement.className]; }}""")
+            assert box[0] > box[1] and "more-right" in box[2] and "more-left" not in box[2], (selector, box)
+        assert page.evaluate("""() => getComputedStyle(document.querySelector('#breakdown').closest('.scroll-box'),
+            '::after').opacity""") == "1"
+        # The names stay in view while the numbers scroll: the first column is as far left after scrolling.
+        name_x = page.evaluate("() => document.querySelector('#breakdown tbody th.name').getBoundingClientRect().x")
+        page.screenshot(path=str(ARTIFACTS / "dashboard-390.png"), full_page=True)
+        for section in ("filters", "over-time", "numbers", "recent", "pixels-card"):
+            page.locator(f"#{section}").screenshot(path=str(ARTIFACTS / f"dashboard-390-{section}.png"))
+        # Scrolled to its end, the cue moves to the other side.
+        page.evaluate("""() => { const wrap = document.querySelector('#breakdown').closest('.table-wrap');
+            wrap.scrollLeft = wrap.scrollWidth; }""")
+        page.wait_for_selector("#numbers .scroll-box.more-left:not(.more-right)")
+        assert page.evaluate("() => document.querySelector('#breakdown tbody th.name').getBoundingClientRect().x") \
+            == name_x
+        assert page.evaluate(
+            "() => getComputedStyle(document.querySelector('#breakdown tbody th.name')).boxShadow") != "none"
+        page.locator("#numbers").screenshot(path=str(ARTIFACTS / "dashboard-390-scrolled.png"))
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        assert not errors, errors
+    finally:
+        ctx.close()
+
+
+def test_money_has_the_minor_unit_of_the_advertisers_currency_and_only_its_label(r, client, api_client, sink,
+                                                                                   attributor, api_base, page):
+    """A yen advertiser (no minor unit): 1,000 spent on 3 clicks and 7 impressions shows CPC 333 and
+    CPM 142857, never 333.33 or a dollar sign; two orders in euros, for which no exchange rate was
+    posted, are counted in a warning when the API counts them."""
+    registry.update_settings(r, "yen", currency="JPY")
+    shop = Tenant(r, "yen", "yen.example")
+    ads = registry.create_token(r, "yen", ["adserver"])
+    reports = registry.create_token(r, "yen", ["reports"])
+    day = datetime.now(UTC).date() - timedelta(days=1)
+    noon = int(datetime(day.year, day.month, day.day, 12, tzinfo=UTC).timestamp())
+    clicks = [{"click_id": f"y{i}", "click_time": noon + i, "campaign_id": "tokyo", "adgroup_id": "tokyo-g",
+               "ad_id": "tokyo-ad"} for i in range(3)]
+    for path, body in (("/v1/clicks", {"clicks": clicks}),
+                       ("/v1/costs", {"costs": [{"date": day.isoformat(), "campaign_id": "tokyo", "adgroup_id": "tokyo-g",
+                                                 "ad_id": "tokyo-ad", "spend": 1000.0, "impressions": 7}]})):
+        resp = api_client.post(path, json=body, headers={"Authorization": f"Bearer {ads}"})
+        assert resp.status_code == 200, resp.json
+    now = int(time.time()) - 60
+    orders = [("yen-order", 2500.0, "JPY", "y0"), ("euro-order-1", 10.0, "EUR", "y1"), ("euro-order-2", 12.0, "EUR", "y2")]
+    for event_id, value, currency, click_id in orders:
+        body = {"event_source": "web", "event_source_id": shop.pixel_id, "data": [{
+            "event": "CompletePayment", "event_id": event_id, "event_time": now, "user": {"ttclid": click_id},
+            "properties": {"value": value, "currency": currency, "order_id": event_id}}]}
+        resp = client.post("/open_api/v1.3/event/track/", json=body, headers={"Access-Token": shop.token})
+        assert resp.status_code == 200 and resp.json["data"]["accepted"] == 1, resp.json
+    sink.drain()
+    attributor.settle()
+
+    sign_in(page, api_base, reports)
+    wait_table(page, "last_click")
+    assert headings(page, "breakdown")[1:6] == ["Spend (JPY)", "Impressions", "Clicks", "CTR", "CPC (JPY)"]
+    ad = next(row for row in table_rows(page) if row[0] == "ad")
+    assert ad[:8] == ["ad", "tokyo-ad", "1000", "7", "3", "42.86%", "333", "142857"]
+    assert ad[8] == "3" and ad[11] == "333"  # three conversions, CPA 1000 / 3
+    # The value: whatever the API sums in yen (the orders in euros only once it converts them), unrounded
+    # to the yen.
+    q = page_query(page)
+    totals = api_get(api_base, reports, "/v1/reports", metrics=",".join(METRICS), **q)["totals"]
+    assert ad[9] == shown("money", totals["conversion_value"], 0) and "." not in ad[9]
+    page.select_option("#chart-metric", "spend")
+    assert bar_titles(page) == [f"{day.isoformat()} \u00b7 Spend: 1000 JPY"]
+    assert page.inner_text("#chart-caption") == "Spend (JPY) per day"
+    with page.expect_download() as info:
+        page.click("#download-csv")
+    lines = list(csv.reader(io.StringIO(info.value.path().read_text(encoding="utf-8"))))
+    assert lines[0][4:10] == ["spend_jpy", "impressions", "clicks", "ctr", "cpc_jpy", "cpm_jpy"]
+    assert lines[3][4:10] == ["1000", "7", "3", "42.86%", "333", "142857"]
+
+    # Conversions in a currency without an exchange rate: a warning exactly when the API counts them.
+    try:
+        counted = api_get(api_base, reports, "/v1/reports", metrics="conversions,unconverted_conversions", **q)
+        unconverted = counted["totals"].get("unconverted_conversions", counted.get("unconverted_conversions"))
+    except urllib.error.HTTPError as exc:  # an API that does not convert currencies knows no such metric
+        assert exc.code == 400 and "unconverted_conversions" in exc.read().decode()
+        unconverted = None
+    if unconverted:
+        assert unconverted == 2  # the two orders in euros
+        assert page.inner_text("#unconverted").startswith(
+            "2 conversions in currencies without an exchange rate are not in Value")
+    else:
+        assert not page.is_visible("#unconverted")
+
+    # No currency but the advertiser's is named anywhere, and the dashboard has none of its own.
+    page.click("button.conversion[data-event-id='yen-order']")
+    page.wait_for_selector("#explanation article.explain")
+    assert "value 2500 JPY" in page.inner_text("#explanation")
+    text = page.inner_text("#app")
+    assert "USD" not in text, text[max(0, text.find("USD") - 300):text.find("USD") + 50]
+    for name in ("app.js", "index.html"):
+        assert "USD" not in (ROOT / "static" / "dashboard" / name).read_text(encoding="utf-8")
+    page.screenshot(path=str(ARTIFACTS / "dashboard-yen.png"), full_page=True)

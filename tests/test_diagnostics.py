@@ -100,6 +100,7 @@ def test_pixel_diagnostics_counts_every_field(client, api_client, r, tenant, rep
     assert before_ms - 1 <= generated.timestamp() * 1000 <= time.time_ns() // 1_000_000 + 1
     assert body == {
         "pixel_id": tenant.pixel_id,
+        "event_source": "web",
         "advertiser_id": "adv-1",
         "events": [
             {"event": "CompletePayment", "source": "browser", "last_24h": 1, "last_7d": 1},
@@ -115,6 +116,8 @@ def test_pixel_diagnostics_counts_every_field(client, api_client, r, tenant, rep
                      "request: page domain is not registered for the pixel": 1},
         "click_id_share_7d": 1 / 5,  # order-1 of 5 unique events
         "matched_share_7d": 1 / 4,  # order-1 of the 4 that are not test events
+        "unconverted_conversions_7d": 0,
+        "warnings": [],
         "snippet": build_snippet(tenant.pixel_id, settings.site.public_url.rstrip("/")),
     }
     assert f"ttq.load('{tenant.pixel_id}'" in body["snippet"]

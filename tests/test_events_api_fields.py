@@ -1,8 +1,8 @@
 """Events API 2.0 kept whole: event_source, partner_name, ad.callback, contents[].content_type and
 the lead fields land in their own columns of ClickHouse; browser events are stored as web events.
 
-(Not covered here, left for later parts of issue 13: every value of a multi-valued identifier,
-and app event sources registered from the CLI.)
+(Not covered here: every value of a multi-valued identifier, left for a later part of issue 13;
+app and offline event sources registered from the CLI are in tests/test_app_sources.py.)
 """
 
 import json

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from attribution.models import DAY_MS, MODELS, Candidate, Windows, credits, eligible
+from attribution.models import DAY_MS, MODELS, Candidate, Windows, credits, eligible, order_keeper
 
 JOURNEYS = [(["direct"], 2), (["search", "email"], 3), (["search", "social", "email"], 5)]
 
@@ -78,4 +78,20 @@ def test_windows_reject_values_reports_may_not_ask_for():
 def test_view_window_off_ignores_impressions():
     imp = Candidate("impression", "i", 0, "", "", "", "identity")
     assert eligible([imp], 1000, Windows(view_days=0)) == []
+    assert eligible([imp], 0, Windows(view_days=0)) == []  # not even at the conversion's own millisecond
+    assert eligible([imp, imp._replace(touch_id="j")], 0, Windows(view_days=0)) == []
     assert eligible([imp], 1000, Windows(view_days=1)) == [imp]
+
+
+def test_the_level_is_chosen_among_touchpoints_inside_the_windows():
+    own = Candidate("click", "own", 0, "", "", "", "click_id")
+    other = Candidate("click", "other", 7 * DAY_MS, "", "", "", "email")
+    at = own.touch_ms + 10 * DAY_MS
+    assert eligible([own, other], at, Windows(click_days=7)) == [other]  # own click outside: falls through
+    assert eligible([own, other], at, Windows(click_days=14)) == [own]
+
+
+def test_an_order_is_kept_by_the_earliest_event_then_the_first_received():
+    assert order_keeper([(2000, 1, "a"), (1000, 9, "z")]) == "z"
+    assert order_keeper([(1000, 9, "a"), (1000, 1, "z")]) == "z"
+    assert order_keeper([(1000, 1, "b"), (1000, 1, "a")]) == "a"

@@ -207,6 +207,43 @@ def test_identify_hashes_email_and_phone_in_the_browser(stack, r, ch, ch_databas
             assert raw.lower() not in url.lower(), f"raw {raw!r} in a request URL: {url}"
 
 
+# Around SHA-256's padding edges (55/56 and 119/120 bytes fill one or two blocks), several UTF-8
+# widths, and long input: what a page's fallback must hash exactly as Web Crypto would.
+PLAIN_HTTP_IDS = ["a", "x" * 55, "y" * 56, "z" * 63, "w" * 64, "v" * 65, "é" * 28, "€" * 40,
+                  "\U0001f600" * 30, "u" * 119, "t" * 120, "user-" + "0123456789" * 100, "Ünïcødé 用户 42"]
+
+
+def test_identify_hashes_on_a_plain_http_page_without_web_crypto(playwright, stack, r, ch, ch_database, pages):
+    # Outside a secure context (plain http on a real host name) browsers hide crypto.subtle: the
+    # README's own local set-up is such a page, and advanced matching must still work there.
+    pixel = registry.create_pixel(r, "adv-1", ["shop.test"])
+    email, phone = " Jane.Doe@Example.COM", "+44 20 7946 0958"
+    pages.add("/plain", page_html("Plain http", snippet(pixel, stack)))
+    b = launch(playwright, "--host-resolver-rules=MAP *.shop.test 127.0.0.1")
+    try:
+        page = b.new_context().new_page()
+        log = RequestLog(page)
+        page.goto(pages.url("/plain", host="www.shop.test"))
+        wait_sdk(page)
+        assert page.evaluate("() => [isSecureContext, typeof crypto.subtle]") == [False, "undefined"]
+        page.evaluate("""([email, phone, ids]) => {
+            ttq.identify({email, phone_number: phone}); ttq.track('CompleteRegistration');
+            ids.forEach((id, i) => { ttq.identify({external_id: id}); ttq.track('ViewContent', {}, {event_id: 'h' + i}); });
+        }""", [email, phone, PLAIN_HTTP_IDS])
+        (signup,) = wait_rows(ch, ch_database, "event = 'CompleteRegistration'", 1)
+        assert signup["email_sha256"] == sha256("jane.doe@example.com")
+        assert signup["phone_sha256"] == sha256("+442079460958")
+        got = wait_rows(ch, ch_database, "event = 'ViewContent'", len(PLAIN_HTTP_IDS))
+        stored = {g["event_id"]: g["external_id_sha256"] for g in got}
+        assert stored == {f"h{i}": sha256(v) for i, v in enumerate(PLAIN_HTTP_IDS)}
+        settle(page)
+        for _, method, url, body in log.items:  # and nothing raw left the page
+            for raw in ("jane.doe", "7946", PLAIN_HTTP_IDS[-1]):
+                assert raw.lower() not in (body or "").lower() and raw.lower() not in url.lower()
+    finally:
+        b.close()
+
+
 # ---- 3. track, then navigate away at once ----------------------------------------------------------
 
 

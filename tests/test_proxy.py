@@ -386,3 +386,15 @@ def test_listen_address_keeps_a_valid_port_or_refuses_the_bind(bind):
     assert port.isascii() and port.isdigit() and 0 < int(port) < 65536
     assert bind.endswith(port)
     assert listen in (bind, port)  # the bind as given, or only its port (every address)
+
+
+def test_compose_runs_the_newest_lts_and_checks_every_long_running_service():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services_ = compose["services"]
+    assert services_["clickhouse"]["image"] == "clickhouse/clickhouse-server:26.8"  # LTS of 2026-08
+    long_running = [name for name, spec in services_.items() if spec.get("restart") == "unless-stopped"]
+    assert set(long_running) >= {"redis", "clickhouse", "nginx", "collector", "sink", "attributor", "api"}
+    assert [name for name in long_running if "healthcheck" not in services_[name]] == []
+    for worker in ("sink", "attributor"):  # their healthcheck reads the heartbeat their loop leaves
+        assert services_[worker]["environment"]["CLICKTRAIL_HEARTBEAT_FILE"]
+        assert services_[worker]["healthcheck"]["test"][:3] == ["CMD", "clicktrail", "alive"]

@@ -1,5 +1,7 @@
 """The schema and its dedup query pattern on both servers: Debian's 18.16 and a current ClickHouse."""
 
+import secrets
+
 import orjson
 import pytest
 
@@ -73,7 +75,7 @@ def test_copies_of_one_event_count_once_and_the_first_received_wins(server, curr
 def test_upgrading_to_credits_keeps_the_latest_revision_and_fills_the_sums(server, current, ch, monkeypatch):
     """A database at version 5 (credits in `attributions`, every revision) upgrades in place."""
     client = current if server == "current" else ch
-    db = f"ct_upgrade_{server}"
+    db = f"ct_upgrade_{server}_{secrets.token_hex(3)}"  # runs side by side on one server must not share it
     client.execute(f"DROP DATABASE IF EXISTS {db}")
     monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:5])
     schema.migrate(client, db)

@@ -1,18 +1,20 @@
 -- Append one request's events to the stream (collector/buffer.py's EventBuffer.append).
--- KEYS: stream, pixels, tokens, rejected counts
--- ARGV: pixel id, host ('' = no domain check), token hash ('' = no token check),
+-- KEYS: stream, pixels, tokens, rejected counts, event sources (apps, offline and CRM event sets)
+-- ARGV: pixel or source id, host ('' = no domain check), token hash ('' = no token check),
 --       max stream length, rejected reasons as JSON list ('' = none), event count,
---       the events as one JSON array ('' when none)
+--       the events as one JSON array ('' when none),
+--       the event_source values the request claims, comma-separated ('' = an endpoint for pixels only)
 --! include host_allowed.lua
-local raw = redis.call('HGET', KEYS[2], ARGV[1])
+local raw = redis.call('HGET', KEYS[2], ARGV[1]) or redis.call('HGET', KEYS[5], ARGV[1])
 if not raw then return {'unknown_pixel'} end
 local pixel = cjson.decode(raw)
 local adv = pixel['advertiser_id']
+local kind = pixel['kind'] or 'web'  -- pixels have no kind: they are the web source
 local matched = ''
 -- A whole request refused for a known pixel is counted for its diagnostics (per event it held).
 local function refuse(reason, label)
   redis.call('HINCRBY', KEYS[4], ARGV[1] .. ':' .. label, math.max(1, tonumber(ARGV[6]) or 0))
-  return {reason}
+  return {reason, kind}
 end
 if ARGV[3] ~= '' then
   local tok = redis.call('HGET', KEYS[3], ARGV[3])
@@ -24,6 +26,16 @@ if ARGV[3] ~= '' then
   local scoped = false
   for _, s in ipairs(tok['scopes']) do if s == 'events' then scoped = true end end
   if not scoped then return refuse('token_scope', "request: Access-Token lacks the 'events' scope") end
+end
+-- A source that is not a pixel takes only events naming its kind (pixel/sources.py); after the
+-- token check, so that only the owner's token learns what kind the id is.
+if kind ~= 'web' then
+  if ARGV[8] == '' then return refuse('not_a_pixel', 'request: ' .. kind .. ' event source sent as a pixel') end
+  for claimed in string.gmatch(ARGV[8], '[^,]+') do
+    if claimed ~= kind then
+      return refuse('event_source_mismatch', 'request: event_source is not ' .. kind)
+    end
+  end
 end
 if ARGV[2] ~= '' then
   matched = host_allowed(ARGV[2], pixel['domains'])

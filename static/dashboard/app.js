@@ -8,12 +8,29 @@
 
 (function () {
   const TOKEN_KEY = 'clicktrail.dashboard.token';
-  const METRICS = ['spend', 'clicks', 'conversions', 'conversion_value', 'cvr', 'cpa', 'roas'];
+  /** The tables' metric columns, in order; `money` ones are in the advertiser's currency. */
+  const COLUMNS = [
+    {key: 'spend', label: 'Spend', kind: 'money'},
+    {key: 'impressions', label: 'Impressions', kind: 'integer'},
+    {key: 'clicks', label: 'Clicks', kind: 'integer'},
+    {key: 'ctr', label: 'CTR', kind: 'percent'},
+    {key: 'cpc', label: 'CPC', kind: 'money'},
+    {key: 'cpm', label: 'CPM', kind: 'money'},
+    {key: 'conversions', label: 'Conversions', kind: 'count'},
+    {key: 'conversion_value', label: 'Value', kind: 'money'},
+    {key: 'cvr', label: 'CVR', kind: 'percent'},
+    {key: 'cpa', label: 'CPA', kind: 'money'},
+    {key: 'roas', label: 'ROAS', kind: 'ratio'},
+  ];
+  const METRICS = COLUMNS.map((c) => c.key);
+  const SUMMED = ['spend', 'impressions', 'clicks', 'conversions', 'conversion_value'];
+  /** Added by servers that convert currencies; asked for while the server knows it. */
+  const UNCONVERTED = 'unconverted_conversions';
   const PAGE_SIZE = 1000;
   const MAX_PAGES = 50;
   const SVG = 'http://www.w3.org/2000/svg';
-  const PALETTE_SIZE = 8;
   const DASH = '\u2014';
+  const FIRST_DAY = '1970-01-01'; // the API's first day
 
   const state = {
     token: null,
@@ -22,8 +39,14 @@
     convSeq: 0,
     explainSeq: 0,
     collapsed: new Set(),
-    table: [], // {tr, level, ids, cells} in table order, totals last
+    table: [], // {tr, level, ids, cells} of the breakdown in table order, totals last
+    tree: [], // campaigns -> ad groups -> ads of the breakdown, with their metrics
+    totals: null,
+    previous: null, // {start, end, totals} of the period before, or null
+    days: [], // {day, metrics} of every day of the range, in date order
+    sort: {breakdown: {key: 'spend', dir: 'descending'}, daily: {key: 'day', dir: 'ascending'}},
     currency: '',
+    unconvertedMetric: true, // false once the server refused the metric
   };
 
   // ---- DOM helpers ---------------------------------------------------------------------------------
@@ -154,27 +177,55 @@
       if (!next.rows || !next.rows.length) break;
       rows.push.apply(rows, next.rows);
     }
-    return {rows: rows, totals: first.totals || null, query: first.query || {}};
+    return {rows: rows, totals: first.totals || null, query: first.query || {}, body: first};
   }
 
   // ---- formatting ----------------------------------------------------------------------------------
 
   const isNum = (x) => typeof x === 'number' && isFinite(x);
-  const money = (x) => (isNum(x) ? x.toFixed(2) : null);
   const count = (x) => (isNum(x) ? String(Math.round(x * 100) / 100) : null);
   const integer = (x) => (isNum(x) ? String(Math.round(x)) : null);
   const percent = (x) => (isNum(x) ? (x * 100).toFixed(2) + '%' : null);
   const ratio = (x) => (isNum(x) ? x.toFixed(2) : null);
   const divide = (a, b) => (isNum(a) && isNum(b) && b !== 0 ? a / b : null);
 
-  /** The cells shown for a row of metrics, in column order; null where there is no number. */
-  function metricCells(m) {
-    return [money(m.spend), integer(m.clicks), count(m.conversions), money(m.conversion_value),
-      percent(m.cvr), money(m.cpa), ratio(m.roas)];
+  /** Digits after the point of an ISO 4217 currency (JPY 0, EUR 2, KWD 3), from the browser's
+   *  own currency data; 2 for a code it does not know. */
+  function minorUnit(currency) {
+    if (!/^[A-Z]{3}$/.test(currency || '')) return 2;
+    try {
+      return new Intl.NumberFormat('en', {style: 'currency', currency: currency}).resolvedOptions()
+        .maximumFractionDigits;
+    } catch (e) {
+      return 2;
+    }
   }
 
+  /** An amount rounded to the minor unit of `currency` (the advertiser's when not given). */
+  function money(x, currency) {
+    return isNum(x) ? x.toFixed(minorUnit(currency === undefined ? state.currency : currency)) : null;
+  }
+
+  /** An amount in `currency` with its code; without one, the number as it is (at most 2 decimals)
+   *  and no label: it may be in any currency. */
+  function amount(x, currency) {
+    const known = typeof currency === 'string' && /^[A-Z]{3}$/.test(currency);
+    return known ? money(x, currency) + ' ' + currency : count(x);
+  }
+
+  const FORMATS = {money: (x) => money(x), integer: integer, percent: percent, count: count, ratio: ratio};
+
+  /** The cells shown for a row of metrics, in column order; null where there is no number. */
+  function metricCells(m) {
+    return COLUMNS.map((c) => FORMATS[c.kind](m[c.key]));
+  }
+
+  /** The ratios of summed metrics, as the API computes them. */
   function withRatios(m) {
     return Object.assign({}, m, {
+      ctr: divide(m.clicks, m.impressions),
+      cpc: divide(m.spend, m.clicks),
+      cpm: divide(isNum(m.spend) ? m.spend * 1000 : null, m.impressions),
       cvr: divide(m.conversions, m.clicks),
       cpa: divide(m.spend, m.conversions),
       roas: divide(m.conversion_value, m.spend),
@@ -182,13 +233,22 @@
   }
 
   function addInto(sum, row) {
-    ['spend', 'clicks', 'conversions', 'conversion_value'].forEach((k) => {
+    SUMMED.forEach((k) => {
       if (isNum(row[k])) sum[k] += row[k];
     });
     return sum;
   }
 
-  const zero = () => ({spend: 0, clicks: 0, conversions: 0, conversion_value: 0});
+  const zero = () => ({spend: 0, impressions: 0, clicks: 0, conversions: 0, conversion_value: 0});
+
+  /** Change from `before` to `now` as "+12.5%" / "-3.0%"; null without a non-zero base. */
+  function change(now, before) {
+    if (!isNum(now) || !isNum(before) || before === 0) return null;
+    const pct = ((now - before) / Math.abs(before)) * 100;
+    const text = Math.abs(pct).toFixed(1);
+    if (text === '0.0') return '0.0%';
+    return (pct > 0 ? '+' : '-') + text + '%';
+  }
 
   function pad2(n) {
     return (n < 10 ? '0' : '') + n;
@@ -206,6 +266,32 @@
     const d = new Date(day + 'T00:00:00Z');
     d.setUTCDate(d.getUTCDate() + n);
     return d.getUTCFullYear() + '-' + pad2(d.getUTCMonth() + 1) + '-' + pad2(d.getUTCDate());
+  }
+
+  /** Days from `start` to `end`, both included. */
+  function daysBetween(start, end) {
+    return Math.round((Date.parse(end + 'T00:00:00Z') - Date.parse(start + 'T00:00:00Z')) / 86400000) + 1;
+  }
+
+  /** [start, end] of a preset, in days of the time zone `tz`; null for "custom". */
+  function presetRange(preset, tz, now) {
+    const today = dayIn(tz, now || new Date());
+    switch (preset) {
+      case 'today': return [today, today];
+      case 'yesterday': return [addDays(today, -1), addDays(today, -1)];
+      case 'last_7': return [addDays(today, -6), today];
+      case 'last_14': return [addDays(today, -13), today];
+      case 'last_30': return [addDays(today, -29), today];
+      case 'this_month': return [today.slice(0, 8) + '01', today];
+      default: return null;
+    }
+  }
+
+  /** The period of the same length just before [start, end]; null before the API's first day. */
+  function previousRange(start, end) {
+    const n = daysBetween(start, end);
+    const range = [addDays(start, -n), addDays(start, -1)];
+    return range[0] >= FIRST_DAY ? range : null;
   }
 
   function validZone(tz) {
@@ -259,15 +345,23 @@
     state.explainSeq++;
     state.collapsed.clear();
     state.table = [];
+    state.tree = [];
+    state.days = [];
+    state.totals = null;
+    state.previous = null;
+    state.unconvertedMetric = true;
     $('app').hidden = true;
     $('sign-in').hidden = false;
     $('sign-out').hidden = true;
     $('who').hidden = true;
     $('token').value = '';
-    ['chart-conversions', 'chart-value', 'legend', 'conversions', 'pixels', 'f-event'].forEach((id) => clear($(id)));
-    clear($('breakdown').tBodies[0]);
-    clear($('breakdown').tFoot);
-    $('breakdown').dataset.state = 'empty';
+    ['chart', 'conversions', 'pixels', 'f-event'].forEach((id) => clear($(id)));
+    ['breakdown', 'daily'].forEach((id) => {
+      const table = $(id);
+      [table.tHead, table.tBodies[0], table.tFoot].forEach((part) => part && clear(part));
+      table.dataset.state = 'empty';
+    });
+    showUnconverted(null);
     clear($('explanation'));
     $('download-csv').disabled = true;
     clearError();
@@ -283,16 +377,15 @@
     who.hidden = false;
 
     const tz = typeof settings.timezone === 'string' && validZone(settings.timezone) ? settings.timezone : 'UTC';
-    const end = dayIn(tz, new Date());
     $('f-timezone').value = tz;
-    $('f-end').value = end;
-    $('f-start').value = addDays(end, -6);
+    $('f-preset').value = 'last_7';
+    applyPreset();
     $('f-model').value = settings.model || 'last_click';
     $('f-click-window').value = String(isNum(settings.click_window_days) ? settings.click_window_days : 7);
     $('f-view-window').value = String(isNum(settings.view_window_days) ? settings.view_window_days : 1);
     $('f-date-basis').value = 'touch';
-    state.currency = settings.currency || '';
-    setCurrency(state.currency);
+    state.sort = {breakdown: {key: 'spend', dir: 'descending'}, daily: {key: 'day', dir: 'ascending'}};
+    setCurrency(typeof settings.currency === 'string' ? settings.currency : '');
     fillEvents([]);
     loadPixels(advertiser).catch((err) => {
       showError(err, 'Could not show the pixels');
@@ -316,15 +409,26 @@
     select.value = preferred || names.find((n) => n !== 'PageView') || names[0];
   }
 
+  /** The advertiser's currency, as the API names it: every amount is labelled with it, or with
+   *  nothing while it is not known (never a guess). */
   function setCurrency(currency) {
-    const suffix = currency ? ' (' + currency + ')' : '';
-    $('h-spend').textContent = 'Spend' + suffix;
-    $('h-value').textContent = 'Value' + suffix;
-    $('h-cpa').textContent = 'CPA' + suffix;
-    $('value-caption').textContent = 'Conversion value per day' + suffix;
+    state.currency = /^[A-Z]{3}$/.test(currency) ? currency : '';
+    renderHead('breakdown', {key: 'name', label: 'Campaign / ad group / ad'});
+    renderHead('daily', {key: 'day', label: 'Day'});
+    renderChart();
   }
 
   // ---- the query the selectors describe ------------------------------------------------------------
+
+  /** Sets From and To to the chosen preset's days in the report's time zone (nothing for custom). */
+  function applyPreset() {
+    const tz = $('f-timezone').value.trim();
+    const range = presetRange($('f-preset').value, validZone(tz) ? tz : 'UTC');
+    if (!range) return false;
+    $('f-start').value = range[0];
+    $('f-end').value = range[1];
+    return true;
+  }
 
   function query() {
     return {
@@ -344,50 +448,171 @@
     loadConversions();
   }
 
-  // ---- numbers: chart and table --------------------------------------------------------------------
+  // ---- numbers: loading ----------------------------------------------------------------------------
+
+  const isDay = (text) => /^\d{4}-\d{2}-\d{2}$/.test(text);
 
   async function loadNumbers() {
     const seq = ++state.seq;
     const q = query();
-    const table = $('breakdown');
-    table.dataset.state = 'loading';
-    table.setAttribute('aria-busy', 'true');
+    const tables = [$('breakdown'), $('daily')];
+    tables.forEach((table) => {
+      table.dataset.state = 'loading';
+      table.setAttribute('aria-busy', 'true');
+    });
     $('download-csv').disabled = true;
     $('status').textContent = 'Loading\u2026';
+    const before = isDay(q.start) && isDay(q.end) && q.start <= q.end ? previousRange(q.start, q.end) : null;
     try {
       const results = await Promise.all([
         report(Object.assign({}, q, {dimensions: 'campaign_id,adgroup_id,ad_id', metrics: METRICS.join(',')})),
-        report(Object.assign({}, q, {dimensions: 'stat_time_day,campaign_id', metrics: 'conversions,conversion_value'})),
+        dailyReport(q),
+        before ? api('/v1/reports', Object.assign({}, q, {start: before[0], end: before[1], metrics: METRICS.join(','),
+          page_size: 1})) : null,
       ]);
       if (seq !== state.seq) return; // a newer selection is on its way
       const breakdown = results[0];
-      if (breakdown.query.currency) {
-        state.currency = breakdown.query.currency;
-        setCurrency(state.currency);
-      }
-      const order = renderTable(breakdown);
-      renderCharts(results[1].rows, order, q.start, q.end);
+      if (breakdown.query.currency !== undefined) setCurrency(String(breakdown.query.currency || ''));
+      state.tree = buildTree(breakdown.rows);
+      state.totals = breakdown.totals || withRatios(breakdown.rows.reduce(addInto, zero()));
+      state.previous = before && results[2] ? {start: before[0], end: before[1], totals: results[2].totals || null}
+        : null;
+      state.days = buildDays(results[1].rows, q.start, q.end);
+      renderBreakdown();
+      renderDaily();
+      renderChart();
+      showUnconverted(unconvertedOf(results[1].body) !== null ? unconvertedOf(results[1].body)
+        : unconvertedOf(breakdown.body));
       clearError();
-      table.dataset.state = 'ready';
-      table.dataset.model = q.model;
-      table.removeAttribute('aria-busy');
+      tables.forEach((table) => {
+        table.dataset.state = 'ready';
+        table.dataset.model = q.model;
+        table.dataset.range = q.start + '_' + q.end;
+        table.removeAttribute('aria-busy');
+      });
       $('download-csv').disabled = false;
       const resolved = breakdown.query;
       $('status').textContent = 'Showing ' + q.start + ' to ' + q.end + ' (' + (resolved.timezone || q.timezone) +
         '), ' + q.events + ', ' + (resolved.model || q.model).replace(/_/g, ' ') + ', ' +
         (resolved.click_window !== undefined ? resolved.click_window : q.click_window) + '-day click / ' +
-        (resolved.view_window !== undefined ? resolved.view_window : q.view_window) + '-day view window.';
+        (resolved.view_window !== undefined ? resolved.view_window : q.view_window) + '-day view window' +
+        (state.previous ? '; compared with ' + state.previous.start + ' to ' + state.previous.end : '') + '.';
     } catch (err) {
       if (seq !== state.seq) return;
-      table.dataset.state = 'error';
-      table.removeAttribute('aria-busy');
+      tables.forEach((table) => {
+        table.dataset.state = 'error';
+        table.removeAttribute('aria-busy');
+      });
       $('status').textContent = 'Could not load the numbers.';
       handle(err, 'Could not load the report');
     }
   }
 
-  /** Groups ad rows into campaign -> ad group -> ad; returns campaign ids in display order. */
-  function group(rows) {
+  /** The report by day; with the count of conversions left out of the value for want of an
+   *  exchange rate, while the server knows that metric (an older one refuses it: asked without). */
+  async function dailyReport(q) {
+    const params = Object.assign({}, q, {dimensions: 'stat_time_day'});
+    if (state.unconvertedMetric) {
+      try {
+        return await report(Object.assign({}, params, {metrics: METRICS.concat([UNCONVERTED]).join(',')}));
+      } catch (err) {
+        const refused = err instanceof ApiError && err.status === 400 && err.field === 'metrics' &&
+          err.message.indexOf(UNCONVERTED) >= 0;
+        if (!refused) throw err;
+        state.unconvertedMetric = false;
+      }
+    }
+    return report(Object.assign({}, params, {metrics: METRICS.join(',')}));
+  }
+
+  /** The number of unconverted conversions a report answer states (in its totals or beside them), or null. */
+  function unconvertedOf(body) {
+    if (!body) return null;
+    const found = [body.totals && body.totals[UNCONVERTED], body[UNCONVERTED]].find(isNum);
+    return found === undefined ? null : found;
+  }
+
+  function unconvertedText(n) {
+    return (n === 1 ? '1 conversion in a currency without an exchange rate is not in Value'
+      : count(n) + ' conversions in currencies without an exchange rate are not in Value') +
+      ' (they count as conversions; post the rates to POST /v1/exchange-rates).';
+  }
+
+  function showUnconverted(n) {
+    const box = $('unconverted');
+    box.hidden = !(isNum(n) && n > 0);
+    box.textContent = box.hidden ? '' : unconvertedText(n);
+  }
+
+  // ---- sorting -------------------------------------------------------------------------------------
+
+  /** Compares rows by `key` in `dir`; rows without a number last either way, ties by name. */
+  function comparator(key, dir, nameOf, valueOf) {
+    const sign = dir === 'ascending' ? 1 : -1;
+    const byName = (a, b) => (nameOf(a) < nameOf(b) ? -1 : nameOf(a) > nameOf(b) ? 1 : 0);
+    const none = (v) => v === null || v === undefined || (typeof v === 'number' && !isFinite(v));
+    return (a, b) => {
+      const x = valueOf(a, key);
+      const y = valueOf(b, key);
+      if (none(x) || none(y)) return none(x) === none(y) ? byName(a, b) : none(x) ? 1 : -1;
+      if (x < y) return -sign;
+      if (x > y) return sign;
+      return byName(a, b);
+    };
+  }
+
+  function headLabel(column) {
+    return column.label + (column.kind === 'money' && state.currency ? ' (' + state.currency + ')' : '');
+  }
+
+  /** The header row of a sortable table: each heading a button (keyboard and screen reader),
+   *  the sorted one with aria-sort. Built once; later calls only relabel it. */
+  function renderHead(id, first) {
+    const table = $(id);
+    const columns = [{key: first.key, label: first.label, name: true}].concat(COLUMNS);
+    if (!table.tHead.rows.length) {
+      const tr = el('tr');
+      columns.forEach((c) => {
+        tr.append(el('th', {scope: 'col', class: c.name ? 'name' : null, data: {key: c.key}}, [
+          el('button', {type: 'button', class: 'sort', on: {click: () => sortBy(id, c.key)}}, [
+            el('span', {class: 'label'}), el('span', {class: 'arrow', 'aria-hidden': 'true'})]),
+        ]));
+      });
+      table.tHead.append(tr);
+    }
+    Array.from(table.tHead.rows[0].cells).forEach((th, i) => {
+      th.querySelector('.label').textContent = columns[i].name ? columns[i].label : headLabel(columns[i]);
+    });
+    markSorted(id);
+  }
+
+  function markSorted(id) {
+    const sort = state.sort[id];
+    Array.from($(id).tHead.rows[0].cells).forEach((th) => {
+      const active = th.dataset.key === sort.key;
+      if (active) th.setAttribute('aria-sort', sort.dir);
+      else th.removeAttribute('aria-sort');
+      th.querySelector('.arrow').textContent = active ? (sort.dir === 'ascending' ? ' \u25b2' : ' \u25bc') : '';
+    });
+  }
+
+  /** A heading chosen: numbers sort biggest first, names and days A to Z; again reverses. */
+  function sortBy(id, key) {
+    const sort = state.sort[id];
+    if (sort.key === key) sort.dir = sort.dir === 'ascending' ? 'descending' : 'ascending';
+    else state.sort[id] = {key: key, dir: key === 'name' || key === 'day' ? 'ascending' : 'descending'};
+    markSorted(id);
+    if (id === 'breakdown') renderBreakdown();
+    else renderDaily();
+    const th = $(id).querySelector('thead th[data-key="' + key + '"]');
+    $('sort-status').textContent = (id === 'daily' ? 'Days' : 'Rows') + ' sorted by ' +
+      th.querySelector('.label').textContent + ', ' + state.sort[id].dir + '.';
+  }
+
+  // ---- the breakdown table -------------------------------------------------------------------------
+
+  /** Ad rows grouped into campaign -> ad group -> ad, each level with its sums and their ratios. */
+  function buildTree(rows) {
     const campaigns = new Map();
     rows.forEach((row) => {
       const c = String(row.campaign_id);
@@ -398,69 +623,75 @@
       if (!campaign.groups.has(g)) campaign.groups.set(g, {id: g, sum: zero(), ads: []});
       const adgroup = campaign.groups.get(g);
       addInto(adgroup.sum, row);
-      adgroup.ads.push(row);
+      adgroup.ads.push({level: 'ad', id: String(row.ad_id), ids: [c, g, String(row.ad_id)], metrics: row});
     });
-    // Biggest spend first (it does not change with the model or windows), then by id.
-    const bySpend = (a, b) => (b.sum.spend - a.sum.spend) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
-    const list = Array.from(campaigns.values()).sort(bySpend);
-    list.forEach((campaign) => {
-      campaign.groupList = Array.from(campaign.groups.values()).sort(bySpend);
-      campaign.groupList.forEach((adgroup) => {
-        adgroup.ads.sort((a, b) => ((b.spend || 0) - (a.spend || 0)) ||
-          (String(a.ad_id) < String(b.ad_id) ? -1 : String(a.ad_id) > String(b.ad_id) ? 1 : 0));
-      });
-    });
-    return list;
+    return Array.from(campaigns.values()).map((campaign) => ({
+      level: 'campaign', id: campaign.id, ids: [campaign.id, '', ''], metrics: withRatios(campaign.sum),
+      key: 'c\u0000' + campaign.id,
+      children: Array.from(campaign.groups.values()).map((adgroup) => ({
+        level: 'adgroup', id: adgroup.id, ids: [campaign.id, adgroup.id, ''], metrics: withRatios(adgroup.sum),
+        key: 'g\u0000' + campaign.id + '\u0000' + adgroup.id, children: adgroup.ads,
+      })),
+    }));
   }
 
-  function renderTable(breakdown) {
+  function cellsRow(tr, cells) {
+    cells.forEach((cell) => tr.append(el('td', {class: cell === null ? 'num none' : 'num', text: cell === null ? DASH : cell})));
+    return tr;
+  }
+
+  /** The breakdown in the chosen order: campaigns sorted, each one's ad groups under it sorted, and so on. */
+  function renderBreakdown() {
     const table = $('breakdown');
     const body = clear(table.tBodies[0]);
     const foot = clear(table.tFoot);
     state.table = [];
-    const campaigns = group(breakdown.rows);
+    const sort = state.sort.breakdown;
+    const order = comparator(sort.key, sort.dir, (n) => n.id, (n, key) => (key === 'name' ? n.id : n.metrics[key]));
 
-    const addRow = (parent, level, ids, label, metrics, childKey) => {
-      const cells = metricCells(metrics);
-      const nameCell = el('th', {scope: 'row', class: 'name level-' + level});
-      if (childKey) {
-        const open = !state.collapsed.has(childKey);
+    const addRow = (parent, node, parents) => {
+      const cells = metricCells(node.metrics);
+      const nameCell = el('th', {scope: 'row', class: 'name level-' + node.level});
+      if (node.children) {
+        const open = !state.collapsed.has(node.key);
         nameCell.append(el('button', {type: 'button', class: 'toggle', 'aria-expanded': String(open),
-          'aria-label': (open ? 'Collapse ' : 'Expand ') + label,
-          on: {click: () => toggle(childKey)}, text: open ? '\u25be' : '\u25b8'}));
+          'aria-label': (open ? 'Collapse ' : 'Expand ') + node.id,
+          on: {click: () => toggle(node.key)}, text: open ? '\u25be' : '\u25b8'}));
       }
-      nameCell.append(el('span', {text: label}));
-      const tr = el('tr', {class: 'row-' + level, data: {level: level, key: ids.join('\u0000')}}, [nameCell]);
-      cells.forEach((cell) => tr.append(el('td', {class: cell === null ? 'num none' : 'num', text: cell === null ? DASH : cell})));
-      parent.append(tr);
-      const entry = {tr: tr, level: level, ids: ids, cells: cells};
-      state.table.push(entry);
-      return entry;
+      nameCell.append(el('span', {text: node.level === 'total' ? 'Total' : node.id}));
+      const tr = el('tr', {class: 'row-' + node.level, data: {level: node.level, key: node.ids.join('\u0000')}},
+        [nameCell]);
+      parent.append(cellsRow(tr, cells));
+      state.table.push({tr: tr, level: node.level, ids: node.ids, cells: cells, parents: parents, key: node.key});
     };
-
-    if (!campaigns.length) {
-      body.append(el('tr', {class: 'empty'}, [el('td', {colspan: 8,
+    const walk = (nodes, parents) => nodes.slice().sort(order).forEach((node) => {
+      addRow(body, node, parents);
+      if (node.children) walk(node.children, parents.concat([node.key]));
+    });
+    walk(state.tree, []);
+    if (!state.tree.length) {
+      body.append(el('tr', {class: 'empty'}, [el('td', {colspan: COLUMNS.length + 1,
         text: 'No spend, clicks or conversions for this selection.'})]));
     }
-    campaigns.forEach((campaign) => {
-      const cKey = 'c\u0000' + campaign.id;
-      addRow(body, 'campaign', [campaign.id, '', ''], campaign.id, withRatios(campaign.sum), cKey);
-      campaign.groupList.forEach((adgroup) => {
-        const gKey = 'g\u0000' + campaign.id + '\u0000' + adgroup.id;
-        const g = addRow(body, 'adgroup', [campaign.id, adgroup.id, ''], adgroup.id, withRatios(adgroup.sum), gKey);
-        g.parents = [cKey];
-        adgroup.ads.forEach((ad) => {
-          const a = addRow(body, 'ad', [campaign.id, adgroup.id, String(ad.ad_id)], String(ad.ad_id), ad, null);
-          a.parents = [cKey, gKey];
-        });
-      });
-    });
-    const totals = breakdown.totals ? breakdown.totals
-      : withRatios(breakdown.rows.reduce(addInto, zero()));
-    const t = addRow(foot, 'total', ['', '', ''], 'Total', totals, null);
-    t.tr.classList.add('totals');
+    addRow(foot, {level: 'total', id: 'Total', ids: ['', '', ''], metrics: state.totals || withRatios(zero())}, []);
+    state.table[state.table.length - 1].tr.classList.add('totals');
+    foot.append(changeRow());
     applyCollapsed();
-    return campaigns.map((c) => c.id);
+  }
+
+  /** The change of each total from the previous period of the same length. */
+  function changeRow() {
+    const previous = state.previous;
+    const label = previous ? 'vs ' + previous.start + ' to ' + previous.end : 'vs the previous period';
+    const tr = el('tr', {class: 'change', data: {level: 'change'}}, [
+      el('th', {scope: 'row', class: 'name'}, [el('span', {text: label})])]);
+    COLUMNS.forEach((c) => {
+      const before = previous && previous.totals ? previous.totals[c.key] : null;
+      const text = change(state.totals ? state.totals[c.key] : null, before);
+      tr.append(el('td', {class: text === null ? 'num none' : 'num', text: text === null ? DASH : text,
+        title: previous ? 'Previous period: ' + (FORMATS[c.kind](before) || DASH) : 'No previous period'}));
+    });
+    return tr;
   }
 
   function toggle(key) {
@@ -471,17 +702,37 @@
 
   function applyCollapsed() {
     state.table.forEach((entry) => {
-      entry.tr.hidden = (entry.parents || []).some((key) => state.collapsed.has(key));
+      entry.tr.hidden = entry.parents.some((key) => state.collapsed.has(key));
       const button = entry.tr.querySelector('button.toggle');
       if (button) {
-        const key = entry.level === 'campaign' ? 'c\u0000' + entry.ids[0]
-          : 'g\u0000' + entry.ids[0] + '\u0000' + entry.ids[1];
-        const open = !state.collapsed.has(key);
+        const open = !state.collapsed.has(entry.key);
         button.setAttribute('aria-expanded', String(open));
         button.textContent = open ? '\u25be' : '\u25b8';
         const label = entry.level === 'campaign' ? entry.ids[0] : entry.ids[1];
         button.setAttribute('aria-label', (open ? 'Collapse ' : 'Expand ') + label);
       }
+    });
+  }
+
+  // ---- the table per day ---------------------------------------------------------------------------
+
+  /** Every day of the range with its numbers (zero on a day the report has no row for). */
+  function buildDays(rows, start, end) {
+    const byDay = new Map(rows.map((row) => [String(row.stat_time_day), row]));
+    const days = [];
+    for (let d = start; isDay(d) && d <= end && days.length < 400; d = addDays(d, 1)) {
+      days.push({day: d, metrics: byDay.get(d) || withRatios(zero())});
+    }
+    return days;
+  }
+
+  function renderDaily() {
+    const body = clear($('daily').tBodies[0]);
+    const sort = state.sort.daily;
+    const order = comparator(sort.key, sort.dir, (d) => d.day, (d, key) => (key === 'day' ? d.day : d.metrics[key]));
+    state.days.slice().sort(order).forEach((d) => {
+      const tr = el('tr', {data: {day: d.day}}, [el('th', {scope: 'row', class: 'name', text: d.day})]);
+      body.append(cellsRow(tr, metricCells(d.metrics)));
     });
   }
 
@@ -496,8 +747,8 @@
 
   function csvText() {
     const cur = state.currency ? '_' + state.currency.toLowerCase() : '';
-    const header = ['level', 'campaign_id', 'adgroup_id', 'ad_id', 'spend' + cur, 'clicks', 'conversions',
-      'conversion_value' + cur, 'cvr', 'cpa' + cur, 'roas'];
+    const header = ['level', 'campaign_id', 'adgroup_id', 'ad_id']
+      .concat(COLUMNS.map((c) => c.key + (c.kind === 'money' ? cur : '')));
     const lines = [header];
     state.table.filter((entry) => !entry.tr.hidden).forEach((entry) => {
       lines.push([entry.level].concat(entry.ids, entry.cells));
@@ -519,7 +770,7 @@
     setTimeout(() => URL.revokeObjectURL(url), 10000);
   }
 
-  // ---- charts (inline SVG) -------------------------------------------------------------------------
+  // ---- the chart (inline SVG) ----------------------------------------------------------------------
 
   function niceMax(value) {
     if (!(value > 0)) return 1;
@@ -535,38 +786,18 @@
     return String(Math.round(v * 100) / 100);
   }
 
-  function renderCharts(rows, order, start, end) {
-    const days = [];
-    for (let d = start; d <= end && days.length < 3700; d = addDays(d, 1)) days.push(d);
-    const campaigns = order.slice();
-    rows.forEach((row) => {
-      const c = String(row.campaign_id);
-      if (campaigns.indexOf(c) < 0) campaigns.push(c);
-    });
-    const color = (c) => 's' + (campaigns.indexOf(c) % PALETTE_SIZE);
-    const byDay = new Map(days.map((d) => [d, new Map()]));
-    rows.forEach((row) => {
-      const day = byDay.get(String(row.stat_time_day));
-      if (!day) return;
-      const c = String(row.campaign_id);
-      const cell = day.get(c) || {conversions: 0, conversion_value: 0};
-      cell.conversions += isNum(row.conversions) ? row.conversions : 0;
-      cell.conversion_value += isNum(row.conversion_value) ? row.conversion_value : 0;
-      day.set(c, cell);
-    });
-    const unit = state.currency ? ' ' + state.currency : '';
-    drawChart($('chart-conversions'), days, campaigns, byDay, 'conversions', color, (v) => count(v) + (v === 1 ? ' conversion' : ' conversions'));
-    drawChart($('chart-value'), days, campaigns, byDay, 'conversion_value', color, (v) => money(v) + unit);
-
-    const legend = clear($('legend'));
-    campaigns.forEach((c) => {
-      const swatch = svg('svg', {width: 12, height: 12, 'aria-hidden': 'true'}, [svg('rect', {width: 12, height: 12, class: color(c)})]);
-      legend.append(el('li', null, [swatch, el('span', {text: c})]));
-    });
-    if (!campaigns.length) legend.append(el('li', {class: 'hint', text: 'No conversions in this range.'}));
-  }
-
-  function drawChart(host, days, campaigns, byDay, metric, color, describeValue) {
+  /** The chosen metric per day, one bar a day (none where it is zero or has no number). */
+  function renderChart() {
+    const select = $('chart-metric');
+    const column = COLUMNS.find((c) => c.key === select.value);
+    const name = select.options[select.selectedIndex].textContent;
+    const unit = column.kind === 'money' && state.currency ? ' ' + state.currency : '';
+    $('chart-caption').textContent = name + (unit ? ' (' + state.currency + ')' : '') + ' per day';
+    const host = clear($('chart'));
+    host.dataset.metric = column.key;
+    if (!state.days.length) return;
+    const days = state.days;
+    const value = (d) => d.metrics[column.key];
     const W = 640;
     const H = 220;
     const left = 48;
@@ -575,42 +806,59 @@
     const bottom = 28;
     const plotW = W - left - right;
     const plotH = H - top - bottom;
-    let peak = 0;
-    days.forEach((d) => {
-      let total = 0;
-      byDay.get(d).forEach((cell) => { total += cell[metric]; });
-      peak = Math.max(peak, total);
-    });
-    const max = niceMax(peak);
+    const max = niceMax(days.reduce((peak, d) => (isNum(value(d)) ? Math.max(peak, value(d)) : peak), 0));
     const y = (v) => top + plotH - (v / max) * plotH;
     const root = svg('svg', {viewBox: '0 0 ' + W + ' ' + H, role: 'img', class: 'chart-svg',
-      'aria-label': metric.replace('_', ' ') + ' per day per campaign'});
+      'aria-label': name + ' per day; the numbers are in the table below'});
     for (let i = 0; i <= 4; i++) {
       const v = (max * i) / 4;
       root.append(svg('line', {x1: left, x2: W - right, y1: y(v), y2: y(v), class: i ? 'grid' : 'axis'}));
       root.append(svgText(left - 6, y(v) + 4, axisLabel(v), 'tick y'));
     }
-    const slot = plotW / Math.max(days.length, 1);
+    const slot = plotW / days.length;
     const barW = Math.max(1, Math.min(40, slot * 0.7));
     const every = Math.max(1, Math.ceil(days.length / 8));
-    days.forEach((day, i) => {
-      const x = left + slot * i + (slot - barW) / 2;
-      let base = 0;
-      campaigns.forEach((c) => {
-        const cell = byDay.get(day).get(c);
-        const v = cell ? cell[metric] : 0;
-        if (!(v > 0)) return;
-        const rect = svg('rect', {x: x.toFixed(2), y: y(base + v).toFixed(2), width: barW.toFixed(2),
-          height: Math.max(0.5, y(base) - y(base + v)).toFixed(2), class: 'bar ' + color(c)});
+    days.forEach((d, i) => {
+      const v = value(d);
+      if (isNum(v) && v > 0) {
+        const x = left + slot * i + (slot - barW) / 2;
+        const rect = svg('rect', {x: x.toFixed(2), y: y(v).toFixed(2), width: barW.toFixed(2),
+          height: Math.max(0.5, y(0) - y(v)).toFixed(2), class: 'bar', 'data-day': d.day});
         const title = svg('title');
-        title.textContent = day + ' \u00b7 ' + c + ': ' + describeValue(v);
+        title.textContent = d.day + ' \u00b7 ' + name + ': ' + FORMATS[column.kind](v) + unit;
         rect.append(title);
         root.append(rect);
-        base += v;
-      });
-      if (i % every === 0) root.append(svgText(left + slot * i + slot / 2, H - 10, day.slice(5), 'tick x'));
+      }
+      if (i % every === 0) root.append(svgText(left + slot * i + slot / 2, H - 10, d.day.slice(5), 'tick x'));
     });
-    clear(host).append(root);
+    host.append(root);
+  }
+
+  // ---- wide tables scroll in their own box, with a shadow on the side there is more -----------------
+
+  function watchOverflow(wrap) {
+    const box = wrap.parentElement;
+    const update = () => {
+      const more = wrap.scrollWidth - wrap.clientWidth;
+      box.classList.toggle('more-left', more > 1 && wrap.scrollLeft > 1);
+      box.classList.toggle('more-right', more > 1 && wrap.scrollLeft < more - 1);
+    };
+    wrap.addEventListener('scroll', update, {passive: true});
+    window.addEventListener('resize', update);
+    if (typeof ResizeObserver === 'function') {
+      const observer = new ResizeObserver(update);
+      observer.observe(wrap);
+      Array.from(wrap.children).forEach((child) => observer.observe(child));
+    }
+    update();
+  }
+
+  /** `table` in a box of its own that scrolls sideways (focusable, so keys scroll it too). */
+  function scrollBox(table, label) {
+    const wrap = el('div', {class: 'table-wrap', tabindex: 0, role: 'region', 'aria-label': label}, [table]);
+    const box = el('div', {class: 'scroll-box'}, [wrap]);
+    watchOverflow(wrap);
+    return box;
   }
 
   // ---- recent conversions and their explanation ----------------------------------------------------
@@ -631,7 +879,8 @@
       rows.forEach((row) => {
         const where = row.campaign_id ? 'campaign ' + row.campaign_id + (row.ad_id ? ', ad ' + row.ad_id : '') +
           (row.touch_kind ? ' (' + row.touch_kind + ')' : '') : 'organic';
-        const value = isNum(row.value) ? ', value ' + money(row.value) : '';
+        // In the event's own currency when the API names it; unlabelled otherwise (never a guess).
+        const value = isNum(row.value) ? ', value ' + amount(row.value, row.currency) : '';
         const button = el('button', {type: 'button', class: 'conversion', data: {eventId: String(row.event_id)},
           on: {click: () => explain(String(row.event_id), button)}}, [
           el('span', {class: 'when', text: timeIn(row.conversion_time, q.timezone)}),
@@ -680,11 +929,12 @@
     const section = el('article', {class: 'explain'}, [
       el('h3', {text: conv.event + ' ' + conv.event_id}),
       el('p', {text: 'Pixel ' + conv.pixel_id + ', at ' + timeIn(conv.conversion_time, tz) +
-        (isNum(conv.value) ? ', value ' + money(conv.value) + (conv.currency ? ' ' + conv.currency : '') : '') +
+        (isNum(conv.value) ? ', value ' + amount(conv.value, conv.currency) : '') +
         ', revision ' + conv.revision + '.'}),
       el('p', {text: 'Windows: ' + windows.click_days + '-day click, ' +
         (windows.view_days ? windows.view_days + '-day view' : 'view-through off') + '. ' +
-        (conv.attributed ? 'Attributed.' : 'Not attributed to any ad (organic).')}),
+        (conv.attributed ? 'Attributed.' : 'Not attributed: ' + ((conv.not_attributed_because || []).map((r) => r.message)
+          .join('; ') || 'no touchpoint (organic)') + '.')}),
     ]);
 
     section.append(el('h4', {text: 'Credited, by model'}));
@@ -782,9 +1032,17 @@
       ['Matched to an ad (7 days)', share(diag.matched_share_7d)],
       ['Rejected', rejected.length ? rejected.map((k) => k + ': ' + diag.rejected[k]).join(', ') : 'none'],
     ];
+    // Servers that convert currencies count the conversions they could not (no exchange rate).
+    let unconverted = 0;
+    Object.keys(diag).filter((k) => k.indexOf(UNCONVERTED) === 0 && isNum(diag[k])).forEach((k) => {
+      const period = k.slice(UNCONVERTED.length).replace(/^_/, '').replace(/_?(\d+)d$/, '$1 days').replace(/_/g, ' ');
+      facts.push(['Without an exchange rate' + (period ? ' (' + period + ')' : ''), count(diag[k])]);
+      unconverted = Math.max(unconverted, diag[k]);
+    });
     const dl = el('dl', {class: 'facts'});
     facts.forEach((f) => { dl.append(el('dt', {text: f[0]}), el('dd', {text: f[1]})); });
     card.append(dl);
+    if (unconverted > 0) card.append(el('p', {class: 'warning', text: unconvertedText(unconverted)}));
 
     const rows = diag.events || [];
     const table = el('table', {class: 'events'}, [el('thead', null, [el('tr', null, [
@@ -795,7 +1053,7 @@
       el('td', {class: 'num', text: String(r.last_24h)}), el('td', {class: 'num', text: String(r.last_7d)})])));
     if (!rows.length) tbody.append(el('tr', null, [el('td', {colspan: 4, text: 'No events in the last 7 days.'})]));
     table.append(tbody);
-    card.append(table);
+    card.append(scrollBox(table, 'Events of pixel ' + card.dataset.pixelId));
 
     if (diag.snippet) {
       const code = el('code', {text: diag.snippet});
@@ -832,8 +1090,18 @@
     $('sign-out').addEventListener('click', signOut);
     $('download-csv').addEventListener('click', downloadCsv);
     $('filters').addEventListener('submit', (ev) => ev.preventDefault());
-    ['f-start', 'f-end', 'f-event', 'f-model', 'f-click-window', 'f-view-window', 'f-date-basis'].forEach((id) => {
+    ['f-event', 'f-model', 'f-click-window', 'f-view-window', 'f-date-basis'].forEach((id) => {
       $(id).addEventListener('change', reloadAll);
+    });
+    ['f-start', 'f-end'].forEach((id) => {
+      $(id).addEventListener('change', () => {
+        $('f-preset').value = 'custom'; // days chosen by hand
+        reloadAll();
+      });
+    });
+    $('f-preset').addEventListener('change', () => {
+      if (applyPreset()) reloadAll();
+      else $('f-start').focus(); // custom: the days are the user's to choose
     });
     $('f-timezone').addEventListener('change', () => {
       const tz = $('f-timezone').value.trim();
@@ -842,8 +1110,11 @@
           ' is not an IANA time zone name (e.g. Europe/Berlin)'), 'Time zone');
         return;
       }
+      applyPreset(); // "today" of the new zone
       reloadAll();
     });
+    $('chart-metric').addEventListener('change', renderChart);
+    document.querySelectorAll('.table-wrap').forEach(watchOverflow);
     if (typeof Intl.supportedValuesOf === 'function') {
       const list = $('timezones');
       const zones = Intl.supportedValuesOf('timeZone');
