@@ -15,6 +15,7 @@ row per currency, and a scan of that currency's days per summed row (never per c
 
 from __future__ import annotations
 
+
 def params(advertiser_id: str, settings: dict) -> dict:
     """The parameters the SQL below needs, besides the query's own."""
     return {"money_adv": advertiser_id, "money_currency": settings["currency"], "money_tz": settings["timezone"]}
