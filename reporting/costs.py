@@ -14,15 +14,12 @@ from datetime import date, datetime, timedelta, timezone
 
 from flask import Blueprint, g, jsonify
 
-from clicktrail.clickhouse import NETWORK_ERRORS
-from clicktrail.errors import StorageError
-from clicktrail.inserts import columns
 from pixel.events import MAX_MONEY, InvalidField, Rejection
 from pixel.registry import advertiser_settings
 from pixel.touchpoints import MAX_ID
 from reporting.auth import require
 from reporting.batches import parse_each, rows_of
-from reporting.context import api_services, json_body
+from reporting.context import api_services, insert, json_body
 
 bp = Blueprint("costs", __name__)
 
@@ -118,11 +115,6 @@ def import_costs():
     version = time.time_ns() // 1000  # one version for every day of this posting
     rows = [(g.caller.advertiser_id, c.day, version, c.campaign_id, c.adgroup_id, c.ad_id, c.spend,
              c.impressions or 0, int(c.impressions is not None), settings["currency"]) for c in costs]
-    try:
-        svc.clickhouse.get().execute(f"INSERT INTO {svc.database}.costs ({', '.join(COST_COLUMNS)}) VALUES",
-                                     columns(rows), columnar=True)
-    except NETWORK_ERRORS as exc:
-        svc.clickhouse.get().disconnect()
-        raise StorageError("storage is unavailable; retry later (re-posting a day is harmless)") from exc
+    insert("costs", COST_COLUMNS, rows, "re-posting a day is harmless")
     days = sorted({c.day.isoformat() for c in costs})
     return jsonify({"accepted": len(costs), "days_replaced": days, "currency": settings["currency"]})

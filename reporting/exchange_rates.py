@@ -17,15 +17,13 @@ import redis
 from flask import Blueprint, g, jsonify, request
 
 from clicktrail import keys
-from clicktrail.clickhouse import NETWORK_ERRORS
-from clicktrail.errors import BadRequest, BufferUnavailable, StorageError
-from clicktrail.inserts import columns
+from clicktrail.errors import BadRequest, BufferUnavailable
 from pixel import currencies, records
 from pixel.events import InvalidField, Rejection
 from pixel.registry import advertiser_settings
 from reporting.auth import require
 from reporting.batches import parse_each, rows_of
-from reporting.context import api_services, json_body
+from reporting.context import api_services, insert, json_body
 from reporting.params import FIRST_DAY, LAST_DAY, date_of
 
 bp = Blueprint("exchange_rates", __name__)
@@ -88,12 +86,7 @@ def post_rates():
         return jsonify({"accepted": 0, "rejected": [r.to_dict() for r in rejections]}), 400
     version = time.time_ns() // 1000
     rows = [(advertiser, own, r.currency, r.day, r.rate, version) for r in rates]
-    try:
-        svc.clickhouse.get().execute(f"INSERT INTO {svc.database}.exchange_rates ({', '.join(RATE_COLUMNS)}) VALUES",
-                                     columns(rows), columnar=True)
-    except NETWORK_ERRORS as exc:
-        svc.clickhouse.get().disconnect()
-        raise StorageError("storage is unavailable; retry later (re-posting rates is harmless)") from exc
+    insert("exchange_rates", RATE_COLUMNS, rows, "re-posting rates is harmless")
     try:
         pipe = svc.redis.pipeline(transaction=False)
         # The feed keeps answers by this version; the attributor marks the buckets whose values changed.

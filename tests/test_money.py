@@ -95,13 +95,18 @@ def test_a_conversion_is_valued_with_the_latest_rate_on_or_before_its_day(world)
         "A-ad": (110.0, 0.0), "B-ad": (120.0, 0.0), "C-ad": (7.0, 0.0)}
 
 
-def test_without_a_rate_a_conversion_counts_but_its_value_does_not_until_a_rate_is_posted(world):
-    d = _day_start(2)
+def _eur_and_usd(world, d: int, eur: float, usd: float) -> None:
+    """A conversion in EUR credited to ad A, one in USD (the advertiser's currency) to ad B."""
     world.click("k1", d + HOUR, "A")
     world.click("k2", d + HOUR, "B")
-    world.convert("eur", d + 2 * HOUR, value=50.0, currency="EUR", ttclid="k1")
-    world.convert("usd", d + 2 * HOUR, value=10.0, currency="USD", ttclid="k2")
+    world.convert("eur", d + 2 * HOUR, value=eur, currency="EUR", ttclid="k1")
+    world.convert("usd", d + 2 * HOUR, value=usd, currency="USD", ttclid="k2")
     world.settle()
+
+
+def test_without_a_rate_a_conversion_counts_but_its_value_does_not_until_a_rate_is_posted(world):
+    d = _day_start(2)
+    _eur_and_usd(world, d, eur=50.0, usd=10.0)
     _costs = world.api.post("/v1/costs", json={"costs": [
         {"date": _date(d), "campaign_id": "A", "adgroup_id": "A-g", "ad_id": "A-ad", "spend": 20.0}]},
         headers=world.auth)
@@ -300,11 +305,7 @@ def test_the_rates_parser_accepts_only_valid_rates_and_names_the_field_of_each_r
 
 def test_a_feed_poller_with_a_cursor_learns_of_a_rate_posted_later(world):
     d = _day_start(1)
-    world.click("k1", d + HOUR, "A")
-    world.click("k2", d + HOUR, "B")
-    world.convert("eur", d + 2 * HOUR, value=40.0, currency="EUR", ttclid="k1")
-    world.convert("usd", d + 2 * HOUR, value=5.0, currency="USD", ttclid="k2")
-    world.settle()
+    _eur_and_usd(world, d, eur=40.0, usd=5.0)
     first = _feed(world)
     assert {r["ad_id"]: (r["conversion_value"], r["unconverted_conversions"]) for r in first["rows"]} == {
         "A-ad": (0.0, 1.0), "B-ad": (5.0, 0.0)}
