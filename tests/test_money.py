@@ -381,3 +381,12 @@ def test_migration_12_splits_the_kept_sums_by_currency_and_keeps_them(monkeypatc
         assert client.execute(sums) == [("", 1.0, 0.0), ("EUR", 1.0, 80.0), ("GBP", 1.0, 5.0), ("USD", 1.0, 10.0)]
     finally:
         client.execute(f"DROP DATABASE IF EXISTS {db}")
+
+
+def test_listing_rates_by_currency_checks_the_code(world):
+    assert _rates(world, [{"date": "2026-01-01", "currency": "EUR", "rate": 1.1},
+                          {"date": "2026-01-01", "currency": "GBP", "rate": 1.3}]).status_code == 200
+    only = world.api.get("/v1/exchange-rates", query_string={"currency": "GBP"}, headers=world.auth)
+    assert only.json["rates"] == [{"date": "2026-01-01", "currency": "GBP", "rate": 1.3}]
+    bad = world.api.get("/v1/exchange-rates", query_string={"currency": "gbp"}, headers=world.auth)
+    assert bad.status_code == 400 and bad.json["error"]["field"] == "currency"
