@@ -23,14 +23,13 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from attribution import models
 from pixel.registry import advertiser_settings
-from pixel.currencies import money_text
 from reporting import money
 from reporting import report_query as rq
 from reporting.auth import require
 from reporting.context import api_services
 from reporting.finite_json import finite_or_none
 from reporting.params import FIRST_DAY
-from reporting.spreadsheet import safe_cell
+from reporting.spreadsheet import report_cell
 
 bp = Blueprint("reports", __name__)
 
@@ -39,8 +38,6 @@ _RATIOS = ("ctr", "cpc", "cpm", "cvr", "cpa", "roas")
 #: Additive metrics as sums of the ClickHouse path's columns (impressions: counted plus posted).
 _SUM_OF = {"conversions": "c", "conversion_value": "v", "unconverted_conversions": "u", "clicks": "k",
            "impressions": "(i + ci)", "spend": "s"}
-#: Amounts in the advertiser's currency: rounded to its minor unit in CSV (JSON keeps full precision).
-_MONEY = ("spend", "cpc", "cpm", "cpa", "conversion_value")
 
 
 def caller_query() -> tuple:
@@ -474,11 +471,6 @@ def _sum_values(values, width: int) -> tuple:
     return tuple(sums)
 
 
-def _cell(value: object, column: str, currency: str) -> object:
-    """Amounts in the currency's minor unit (9.58, not 9.583333); anything else as in JSON."""
-    return money_text(value, currency) if column in _MONEY and value is not None else value
-
-
 def _sum_touches(values) -> tuple[int, int]:
     clicks = impressions = 0
     for c, i in values:
@@ -493,7 +485,7 @@ def _csv(query: rq.ReportQuery, rows: list[dict], currency: str) -> Response:
     columns = list(query.dimensions) + list(query.metrics)
     writer.writerow(columns)
     for row in rows:
-        writer.writerow([safe_cell(_cell(row[c], c, currency)) for c in columns])
+        writer.writerow([report_cell(row[c], c, currency) for c in columns])
     name = f"clicktrail-report-{query.start.isoformat()}-{query.end.isoformat()}.csv"
     return Response(out.getvalue(), mimetype="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})
