@@ -17,6 +17,7 @@ import os
 import socket
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime, timezone
 
 import orjson
 import redis
@@ -401,11 +402,14 @@ class Attributor:
     def _attribute(self, notices: list) -> int:
         conv_keys: dict[tuple, int | None] = {}
         touch_keys: set[tuple] = set()
+        rate_keys: set[tuple] = set()
         for _, fields in notices:
             advertiser, kind, notice_keys = records.decode_notice(fields)
             if kind == records.NOTICE_CONVERSIONS:
                 for key in notice_keys:
                     conv_keys[(advertiser, key.pixel_id, key.event, key.event_id)] = key.event_ms
+            elif kind == records.NOTICE_RATES:
+                rate_keys.update((advertiser, *key) for key in notice_keys)
             else:
                 touch_keys.update((advertiser, key.kind, key.touch_id) for key in notice_keys)
         now_ms = self._stamp()
@@ -438,6 +442,7 @@ class Attributor:
                 loading.exception()  # never leave the loader's connection busy behind a failed tick
             self._settle()
         self._mark_touches(found, now_ms)
+        self._mark_revalued(rate_keys, now_ms)
         return written
 
     def _settle(self) -> None:
@@ -452,6 +457,27 @@ class Attributor:
             rows = {(adv, now_ms, "", "", touch_ms // 60_000 * 60, campaign, adgroup, ad)
                     for adv, touch_ms, campaign, adgroup, ad in touches}
             self.ch.execute(self._marks_sql, columns(list(rows)), columnar=True)
+
+    def _mark_revalued(self, rates: set[tuple], now_ms: int) -> None:
+        """Tell the optimizer feed that buckets holding conversions in a currency whose rates were
+        posted (from their first day on) changed value: the feed converts when it reads, and a
+        poller with a cursor learns of the change here. A day earlier than posted, since the day
+        is the advertiser's and the minutes are UTC; buckets the feed no longer keeps are left out."""
+        for advertiser, currency, first_day in sorted(rates):
+            self.ch.execute(
+                f"""
+                INSERT INTO {self.db}.feed_changes (advertiser_id, written_ms, model, event, touch_minute,
+                                                    campaign_id, adgroup_id, ad_id)
+                SELECT advertiser_id, toUInt64(%(now_ms)s), model, event, touch_minute, campaign_id, adgroup_id, ad_id
+                FROM {self.db}.conversion_stats
+                WHERE advertiser_id = %(adv)s AND currency = %(currency)s
+                  AND conversion_minute >= toDateTime(%(from_s)s)
+                  AND touch_minute >= toDateTime(%(kept_s)s)
+                GROUP BY advertiser_id, model, event, touch_minute, campaign_id, adgroup_id, ad_id""",
+                {"adv": advertiser, "currency": currency, "now_ms": now_ms,
+                 "from_s": max(0, int(datetime.fromisoformat(first_day).replace(tzinfo=timezone.utc).timestamp())
+                               - 86_400),
+                 "kept_s": now_ms // 1000 - FEED_RETENTION_DAYS * 86_400})
 
     def compute(self, conv_keys: dict[tuple, int | None] | set[tuple]) -> list[Result]:
         """Attribute the conversions, together with those their counting rules tie them to.

@@ -1,13 +1,15 @@
 """Report latency with 10M events and 1M clicks stored.
 
-    python bench/report_bench.py [--events 10000000] [--clicks 1000000] [--requests 40]
+    python bench/report_bench.py [--events 10000000] [--clicks 1000000] [--requests 40] [--database NAME]
 
-Uses its own ClickHouse database (ct_bench_report) and Redis database (5); both are wiped first.
-Clicks and events are generated inside ClickHouse (INSERT ... SELECT); one event in 20 is a
-CompletePayment carrying the click id of a click up to 3 days before it. A real `clicktrail
-attributor` attributes them all (so credits, sums and candidates are what production would
-hold), spend for 30 days x every ad is posted through POST /v1/costs, and a real `clicktrail api`
-(gunicorn, 2 workers) answers the reports, timed from the client over HTTP.
+Uses its own ClickHouse database (ct_bench_report, or --database) and Redis database (5); both
+are wiped first. Clicks and events are generated inside ClickHouse (INSERT ... SELECT); one event
+in 20 is a CompletePayment carrying the click id of a click up to 3 days before it, one in four of
+those in EUR (the rest in the advertiser's USD). A real `clicktrail attributor` attributes them
+all (so credits, sums and candidates are what production would hold), spend for 30 days x every
+ad is posted through POST /v1/costs and a EUR rate for each of the 30 days through POST
+/v1/exchange-rates (where the code has it), and a real `clicktrail api` (gunicorn, 2 workers)
+answers the reports, timed from the client over HTTP.
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ def fill(ch, pixel_id: str, events: int, clicks: int, now: int) -> None:
                toDateTime(if(number % 20 = 0, {conv_t}, {page_t})), if(number % 20 = 0, {conv_t}, {page_t}) * 1000,
                toDateTime({now}), {now} * 1000, 'browser',
                if(number % 20 = 0, concat('clk-', toString({k})), ''), concat('b-', toString(number % 2000000)),
-               if(number % 20 = 0, 10 + number % 90, 0), 'USD', if(number % 3 = 0, 'mobile', 'pc'), 'Android',
+               if(number % 20 = 0, 10 + number % 90, 0), if(number % 80 = 0, 'EUR', 'USD'),
+               if(number % 3 = 0, 'mobile', 'pc'), 'Android',
                'Chrome', 18446744073709551615 - {now} * 1000
         FROM numbers({events})""")
 
@@ -127,6 +130,22 @@ def post_costs(api: Api, token: str, now: int) -> float:
     return time.perf_counter() - started
 
 
+def post_rates(api: Api, token: str, now: int) -> str:
+    today = datetime.fromtimestamp(now, timezone.utc).date()
+    rates = [{"date": (today - timedelta(days=d)).isoformat(), "currency": "EUR", "rate": 1.05 + d / 1000}
+             for d in range(DAYS)]
+    conn = api.conn()
+    conn.request("POST", "/v1/exchange-rates", body=json.dumps({"rates": rates}),
+                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    resp = conn.getresponse()
+    body = resp.read()
+    if resp.status == 404:
+        return "no exchange rates in this code: EUR values summed as they are"
+    if resp.status != 200:
+        raise SystemExit(f"rates refused: {body[:300]!r}")
+    return f"{len(rates)} EUR rates posted"
+
+
 def time_report(api: Api, token: str, params: dict, n: int) -> tuple[list[float], int]:
     conn = api.conn()
     path = "/v1/reports?" + urlencode(params)
@@ -146,11 +165,14 @@ def time_report(api: Api, token: str, params: dict, n: int) -> tuple[list[float]
 
 
 def main() -> None:
+    global DB
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--clicks", type=int, default=1_000_000)
     parser.add_argument("--requests", type=int, default=40)
+    parser.add_argument("--database", default=DB, help="the ClickHouse database to (re)create")
     args = parser.parse_args()
+    DB = args.database
     ch, r, pixel_id, env = setup()
     now = int(time.time())
     started = time.perf_counter()
@@ -161,7 +183,7 @@ def main() -> None:
     token = registry.create_token(r, ADV, ["reports", "adserver"])
     api = Api(env)
     try:
-        print(f"  costs posted in {post_costs(api, token, now):.1f}s", flush=True)
+        print(f"  costs posted in {post_costs(api, token, now):.1f}s; {post_rates(api, token, now)}", flush=True)
         stored = {t: ch.execute(f"SELECT count() FROM {DB}.{t}")[0][0]
                   for t in ("events", "touchpoints", "credits", "conversion_stats", "touch_stats", "costs")}
         print("rows stored:", stored)

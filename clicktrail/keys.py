@@ -37,8 +37,8 @@ ADVERTISER_DOMAINS = PREFIX + "advertiser_domains"
 TOKENS = PREFIX + "tokens"
 
 #: Stream of what the attributor must (re)consider, written by the sink in the same MULTI as its
-#: acknowledgements and by imports: fields ``a`` (advertiser), ``k`` (``c`` conversions or ``t``
-#: touchpoints) and ``d`` (JSON list of keys).
+#: acknowledgements and by imports: fields ``a`` (advertiser), ``k`` (``c`` conversions, ``t``
+#: touchpoints or ``r`` exchange rates posted) and ``d`` (JSON list of keys).
 ATTRIBUTION_STREAM = PREFIX + "attribution"
 ATTRIBUTOR_GROUP = "attributor"
 
@@ -55,6 +55,10 @@ REJECTED_COUNTS = PREFIX + "stats:rejected"
 #: Write time (ms) up to which everything the attributor stamped is stored; the optimizer feed's
 #: cursors never go past it (see reporting/feed.py).
 FEED_WATERMARK = PREFIX + "feed:watermark"
+
+#: Hash advertiser id -> version (µs) of its latest exchange-rate posting. The optimizer feed keeps
+#: answers by it, so a rate posted later is in the next poll's values, never a kept answer's.
+EXCHANGE_RATES_VERSION = PREFIX + "exchange_rates:version"
 
 #: Erasure requests not yet done: sorted set request id -> requested time (ms). See pixel/erasure.py.
 ERASURE_QUEUE = PREFIX + "erasures"

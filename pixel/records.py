@@ -41,9 +41,11 @@ DATA = b"d"  # the records (or notice keys) as one JSON array
 ENTRY_FIELDS = (ADVERTISER, KIND, COUNT, DATA)
 #: The KIND of an event-stream entry holding touchpoints (redirect clicks).
 TOUCH_ENTRY = b"t"
-#: The KIND of a notice: conversions (events stored) or touchpoints (clicks, impressions stored).
+#: The KIND of a notice: conversions (events stored), touchpoints (clicks, impressions stored) or
+#: exchange rates (posted: the values of conversions already attributed change).
 NOTICE_CONVERSIONS = "c"
 NOTICE_TOUCHES = "t"
+NOTICE_RATES = "r"
 
 
 class EventRecord(TypedDict):
@@ -309,12 +311,20 @@ class TouchKey(NamedTuple):
     touch_id: str
 
 
+class RateKey(NamedTuple):
+    """Rates of a currency posted, as a notice names them: conversions from ``first_day`` on
+    (YYYY-MM-DD, in the advertiser's time zone) may be worth something else now."""
+
+    currency: str
+    first_day: str
+
+
 class Notice(NamedTuple):
     """One entry of the attribution stream: keys of one kind, all of one advertiser."""
 
     advertiser_id: str
-    kind: str  # NOTICE_CONVERSIONS or NOTICE_TOUCHES
-    keys: list  # of ConversionKey or TouchKey
+    kind: str  # NOTICE_CONVERSIONS, NOTICE_TOUCHES or NOTICE_RATES
+    keys: list  # of ConversionKey, TouchKey or RateKey
 
 
 #: A stored row's key as a notice carries it: a plain tuple (orjson writes it as a JSON array;
@@ -334,6 +344,8 @@ def decode_notice(fields: dict) -> Notice:
     raw = orjson.loads(fields[DATA])
     if kind == NOTICE_CONVERSIONS:
         keys = [ConversionKey(pixel, event, event_id, ms[0] if ms else None) for pixel, event, event_id, *ms in raw]
+    elif kind == NOTICE_RATES:
+        keys = [RateKey(*key) for key in raw]
     else:
         keys = [TouchKey(*key) for key in raw]
     return Notice(advertiser, kind, keys)

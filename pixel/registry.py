@@ -16,7 +16,7 @@ import redis
 
 from clicktrail import keys
 from clicktrail.errors import RegistryError
-from pixel import ids
+from pixel import currencies, ids
 
 SCOPES = ("events", "reports", "optimizer", "adserver", "privacy")
 #: Attribution settings every new advertiser starts with (TikTok's defaults).
@@ -95,7 +95,7 @@ def update_settings(r: redis.Redis, advertiser_id: str, *, click_window_days: in
         raise RegistryError(f"model must be one of {', '.join(MODELS)}")
     if timezone is not None:
         _check_timezone(timezone)
-    if currency is not None and not re.fullmatch(r"[A-Z]{3}", currency):
+    if currency is not None and not currencies.is_code(currency):
         raise RegistryError("currency must be an ISO 4217 code of three capital letters, e.g. USD")
     if retention_days is not None and retention_days != FOREVER and (
             isinstance(retention_days, bool) or not isinstance(retention_days, int) or retention_days < 1):

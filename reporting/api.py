@@ -38,7 +38,8 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
         clickhouse=clickhouse.ThreadClients(url),
         database=clickhouse.database_of(url),
     )
-    from reporting import conversions, costs, dashboard, diagnostics, erasure, explain, feed, imports, reports
+    from reporting import (conversions, costs, dashboard, diagnostics, erasure, exchange_rates, explain, feed,
+                           imports, reports)
 
     app.register_blueprint(imports.bp)
     app.register_blueprint(explain.bp)
@@ -46,6 +47,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(feed.bp)
     app.register_blueprint(reports.bp)
     app.register_blueprint(costs.bp)
+    app.register_blueprint(exchange_rates.bp)
     app.register_blueprint(conversions.bp)
     app.register_blueprint(erasure.bp)
     app.register_blueprint(dashboard.bp)

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from flask import current_app, request
 
 from clicktrail import clickhouse, config
+from clicktrail.clickhouse import NETWORK_ERRORS
+from clicktrail.errors import StorageError
+from clicktrail.inserts import columns
 from clicktrail.http_body import read_json
 
 #: The extension's key in ``app.extensions``.
@@ -31,3 +34,18 @@ def api_services() -> ApiServices:
 
 def json_body() -> object:
     return read_json(request, MAX_API_BODY_BYTES * 4)
+
+
+def insert(table: str, names: list[str], rows: list[tuple], again: str) -> None:
+    """``rows`` (tuples of ``names``) into a table of the API's database, as one insert.
+
+    ClickHouse unreachable is a StorageError (a 503) whose message ends with ``again``: why
+    posting the same request again is harmless.
+    """
+    svc = api_services()
+    try:
+        svc.clickhouse.get().execute(f"INSERT INTO {svc.database}.{table} ({', '.join(names)}) VALUES",
+                                     columns(rows), columnar=True)
+    except NETWORK_ERRORS as exc:
+        svc.clickhouse.get().disconnect()
+        raise StorageError(f"storage is unavailable; retry later ({again})") from exc

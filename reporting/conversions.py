@@ -22,7 +22,7 @@ def latest_conversions():
     events = query.filters.get("event")
     rows = svc.clickhouse.get().execute(
         f"""
-        SELECT pixel_id, event, event_id, max(conversion_ms) AS at_ms, argMax(value, revision),
+        SELECT pixel_id, event, event_id, max(conversion_ms) AS at_ms, argMax(value, revision), argMax(currency, revision),
                argMax(campaign_id, revision), argMax(adgroup_id, revision), argMax(ad_id, revision),
                argMax(touch_kind, revision), argMax(matched_by, revision)
         FROM {svc.database}.credits
@@ -33,8 +33,9 @@ def latest_conversions():
         {"adv": g.caller.advertiser_id, "model": query.model, "lo": lo, "hi": hi, "limit": limit,
          "events": tuple(events or ())},
     )
-    names = ("pixel_id", "event", "event_id", "conversion_time", "value", "campaign_id", "adgroup_id", "ad_id",
-             "touch_kind", "matched_by")
+    # value in the conversion's own currency, as it was sent (reports convert it: reporting/money.py)
+    names = ("pixel_id", "event", "event_id", "conversion_time", "value", "currency", "campaign_id", "adgroup_id",
+             "ad_id", "touch_kind", "matched_by")
     out = []
     for row in rows:
         item = dict(zip(names, row))

@@ -14,14 +14,12 @@ from datetime import date, datetime, timedelta, timezone
 
 from flask import Blueprint, g, jsonify
 
-from clicktrail.clickhouse import NETWORK_ERRORS
-from clicktrail.errors import BadRequest, StorageError
-from clicktrail.inserts import columns
 from pixel.events import MAX_MONEY, InvalidField, Rejection
 from pixel.registry import advertiser_settings
-from pixel.touchpoints import MAX_ID, MAX_ROWS
+from pixel.touchpoints import MAX_ID
 from reporting.auth import require
-from reporting.context import api_services, json_body
+from reporting.batches import parse_each, rows_of
+from reporting.context import api_services, insert, json_body
 
 bp = Blueprint("costs", __name__)
 
@@ -95,19 +93,8 @@ def parse_cost(row: object, today: date) -> Cost:
 
 
 def parse_costs(rows: list, today: date) -> tuple[list[Cost], list[Rejection]]:
-    costs, rejections, seen = [], [], set()
-    for index, row in enumerate(rows):
-        try:
-            cost = parse_cost(row, today)
-        except InvalidField as exc:
-            rejections.append(exc.rejection(index))
-            continue
-        if (cost.day, cost.ad_id) in seen:
-            rejections.append(Rejection(index, "ad_id", "appears twice for this date; post one row per ad and day"))
-            continue
-        seen.add((cost.day, cost.ad_id))
-        costs.append(cost)
-    return costs, rejections
+    return parse_each(rows, lambda row: parse_cost(row, today), lambda c: (c.day, c.ad_id),
+                      ("ad_id", "appears twice for this date; post one row per ad and day"))
 
 
 def _today(tz_name: str) -> date:
@@ -119,24 +106,15 @@ def _today(tz_name: str) -> date:
 @bp.post("/v1/costs")
 @require("adserver")
 def import_costs():
-    body = json_body()
-    if not isinstance(body, dict) or not isinstance(body.get("costs"), list) or not body["costs"]:
-        raise BadRequest("body must be an object with a non-empty 'costs' list", field="costs", code="invalid_field")
-    if len(body["costs"]) > MAX_ROWS:
-        raise BadRequest(f"costs must hold at most {MAX_ROWS} rows per request", field="costs", code="too_many_rows")
+    rows = rows_of(json_body(), "costs")
     svc = api_services()
     settings = advertiser_settings(svc.redis, g.caller.advertiser_id)
-    costs, rejections = parse_costs(body["costs"], _today(settings["timezone"]))
+    costs, rejections = parse_costs(rows, _today(settings["timezone"]))
     if rejections:
         return jsonify({"accepted": 0, "rejected": [r.to_dict() for r in rejections]}), 400
     version = time.time_ns() // 1000  # one version for every day of this posting
     rows = [(g.caller.advertiser_id, c.day, version, c.campaign_id, c.adgroup_id, c.ad_id, c.spend,
              c.impressions or 0, int(c.impressions is not None), settings["currency"]) for c in costs]
-    try:
-        svc.clickhouse.get().execute(f"INSERT INTO {svc.database}.costs ({', '.join(COST_COLUMNS)}) VALUES",
-                                     columns(rows), columnar=True)
-    except NETWORK_ERRORS as exc:
-        svc.clickhouse.get().disconnect()
-        raise StorageError("storage is unavailable; retry later (re-posting a day is harmless)") from exc
+    insert("costs", COST_COLUMNS, rows, "re-posting a day is harmless")
     days = sorted({c.day.isoformat() for c in costs})
     return jsonify({"accepted": len(costs), "days_replaced": days, "currency": settings["currency"]})

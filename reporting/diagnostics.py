@@ -22,6 +22,7 @@ from clicktrail.errors import BufferUnavailable, NotFound, StorageError
 from clicktrail.timestamps import utc_iso
 from pixel import registry, retention, sources
 from pixel.snippet import build_snippet
+from reporting import money
 from reporting.auth import require
 from reporting.context import api_services
 
@@ -156,6 +157,36 @@ def _bot_clicks_7d(db: str, adv: str, now_s: int) -> int:
     return int(clicks or 0)
 
 
+def _unconverted_7d(db: str, adv: str, pixel_id: str, now_s: int, settings: dict) -> dict[str, int]:
+    """Attributed conversions of the last 7 days whose currency has no exchange rate by their day,
+    per currency: their value is left out of conversion_value and ROAS (see reporting/money.py)."""
+    table, row_filter = MATCHES_FROM
+    window = ("advertiser_id = %(adv)s AND pixel_id = %(pixel)s "
+              "AND conversion_time >= toDateTime(%(since_7d)s)")
+    inner = f"""
+        SELECT currency, {money.day_sql("conversion_time")} AS day, toFloat64(uniqExact(pixel_id, event, event_id)) AS cs,
+               toFloat64(0) AS vs
+        FROM {db}.{table}
+        WHERE {window} AND touch_kind != '' AND {row_filter} AND value != 0
+          AND (pixel_id, event, event_id, revision) IN (
+            SELECT pixel_id, event, event_id, max(revision) FROM {db}.{table}
+            WHERE {window} GROUP BY pixel_id, event, event_id)
+        GROUP BY currency, day"""
+    rows = _query(money.valued_sql(inner, ["currency"], db) + " ORDER BY currency",
+                  {"adv": adv, "pixel": pixel_id, "since_7d": now_s - 7 * DAY_S, **money.params(adv, settings)})
+    return {currency: int(u) for currency, _, _, u in rows if u}
+
+
+def _warnings(unconverted: dict[str, int]) -> list[dict]:
+    if not unconverted:
+        return []
+    count = sum(unconverted.values())
+    return [{"code": "unconverted_currency", "count": count,
+             "message": f"{count} attributed conversion(s) of the last 7 days are in {', '.join(unconverted)}, with "
+                        "no exchange rate on or before their day: they count as conversions, but their value is "
+                        "left out of conversion_value and ROAS. Post the rates to POST /v1/exchange-rates."}]
+
+
 def _glob_escape(text: str) -> str:
     return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
 
@@ -187,6 +218,8 @@ def pixel_diagnostics(pixel_id: str):
     tests = sum(gr["test"] for gr in groups)
     bots = sum(gr["bots_7d"] for gr in groups)
     last_ms = _last_event_ms(svc.database, adv, pixel_id)
+    settings = _redis_read(registry.advertiser_settings, svc.redis, adv)
+    unconverted = _unconverted_7d(svc.database, adv, pixel_id, now_s, settings)
     return jsonify(
         pixel_id=pixel_id,
         event_source=kind,
@@ -202,6 +235,8 @@ def pixel_diagnostics(pixel_id: str):
         # Bots' events are never attributed (docs/attribution.md, "Bots"): they are not in the share.
         matched_share_7d=_share(_matched_7d(svc.database, adv, pixel_id, now_s), unique - tests - bots),
         bots_excluded_7d={"clicks": _bot_clicks_7d(svc.database, adv, now_s), "conversions": bots},
+        unconverted_conversions_7d=sum(unconverted.values()),
+        warnings=_warnings(unconverted),
         # Only a pixel goes on a site; an app or event set is fed by its server.
         snippet=build_snippet(pixel_id, svc.settings.site.public_url.rstrip("/")) if kind == "web" else None,
     )

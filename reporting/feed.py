@@ -28,6 +28,7 @@ from clicktrail.timestamps import utc_iso
 from pixel.registry import settings_of
 from reporting.auth import require
 from reporting.context import api_services
+from reporting import money
 from reporting.finite_json import finite_or_none
 from reporting.params import choice, digits, listed, whole
 
@@ -130,17 +131,20 @@ def optimizer_conversions():
     query = FeedQuery.from_args(request.args)
     svc = api_services()
     advertiser = g.caller.advertiser_id
-    # One round trip: the watermark and the advertiser's settings (an up-to-date poll needs no more).
+    # One round trip: the watermark, the advertiser's settings and its latest exchange-rate posting
+    # (an up-to-date poll needs no more).
     pipe = svc.redis.pipeline(transaction=False)
     pipe.get(keys.FEED_WATERMARK)
     pipe.hget(keys.ADVERTISERS, advertiser)
+    pipe.hget(keys.EXCHANGE_RATES_VERSION, advertiser)
     try:
-        raw_watermark, raw_advertiser = pipe.execute()
+        raw_watermark, raw_advertiser, rates_version = pipe.execute()
     except redis.RedisError as exc:
         raise BufferUnavailable("the feed's state is unavailable; retry later") from exc
     watermark = int(raw_watermark or 0)
     settings = settings_of(orjson.loads(raw_advertiser) if raw_advertiser else None)
-    key = (advertiser, query, watermark, orjson.dumps(settings, option=orjson.OPT_SORT_KEYS))
+    # Values are converted when read, so an answer kept from before a rate posting is stale.
+    key = (advertiser, query, watermark, orjson.dumps(settings, option=orjson.OPT_SORT_KEYS), rates_version)
     ch = svc.clickhouse.get()
     body = _answers.get(key, lambda: Feed(ch, svc.database, advertiser, settings, query,
                                           svc.settings.limits.max_event_age_s).read(watermark))
@@ -174,7 +178,7 @@ class Feed:
             changed = self._changes(cursor, watermark, since_s)
             changed, upto, more = self._page(changed, watermark)
             rows = self._rows(changed)
-        return {"rows": rows, "next_cursor": str(upto), "has_more": more,
+        return {"rows": rows, "currency": self.settings["currency"], "next_cursor": str(upto), "has_more": more,
                 "complete_through": self._complete_through(upto),
                 "attribution": {"model": self.settings["model"],
                                 "click_window_days": self.settings["click_window_days"],
@@ -229,7 +233,7 @@ class Feed:
         rows = []
         for key in sorted(changed):
             head, event = key[:-1], key[-1]
-            count, value = conversions.get(key, (0.0, 0.0))
+            count, value, unconverted = conversions.get(key, (0.0, 0.0, 0.0))
             row = {"bucket_start": utc_iso(head[0] * 1000, "seconds")}
             row.update(zip(self.levels, head[1:]))
             row.update(event=event, clicks=touches.get((*head, "click"), 0),
@@ -237,6 +241,7 @@ class Feed:
                        conversions=round(count, 6) + 0.0,
                        # null for a sum beyond the largest double, never Infinity (docs/attribution.md)
                        conversion_value=finite_or_none(round(value, 6) + 0.0),
+                       unconverted_conversions=round(unconverted, 6) + 0.0,
                        revision=changed[key])
             rows.append(row)
         return rows
@@ -253,18 +258,22 @@ class Feed:
             sql += f" AND {name} IN %({name})s"
         return sql, params
 
-    def _conversion_sums(self, heads: set[tuple]) -> dict[tuple, tuple[float, float]]:
+    def _conversion_sums(self, heads: set[tuple]) -> dict[tuple, tuple[float, float, float]]:
+        """(conversions, value in the advertiser's currency, conversions without a rate) per row key."""
         where, params = self._filter_sql(heads)
         lv = ", ".join(self.levels)
-        rows = self.ch.execute(
-            f"""
-            SELECT {self._bucket_sql()} AS b, {lv}, event, sum(conversions), sum(conversion_value)
+        inner = f"""
+            SELECT {self._bucket_sql()} AS b, {lv}, event, currency, {money.day_sql("conversion_minute")} AS day,
+                   sum(conversions) AS cs, sum(conversion_value) AS vs
             FROM {self.db}.conversion_stats
             WHERE {where} AND model = %(model)s AND event IN %(events)s
-            GROUP BY b, {lv}, event""",
-            {**params, "model": self.settings["model"], "events": tuple(self.q.events)},
+            GROUP BY b, {lv}, event, currency, day"""
+        rows = self.ch.execute(
+            money.valued_sql(inner, ["b", *self.levels, "event"], self.db),
+            {**params, **money.params(self.advertiser, self.settings), "model": self.settings["model"],
+             "events": tuple(self.q.events)},
         )
-        return {tuple(r[:-2]): (r[-2], r[-1]) for r in rows if tuple(r[:-3]) in heads}
+        return {tuple(r[:-3]): tuple(r[-3:]) for r in rows if tuple(r[:-4]) in heads}
 
     def _touch_counts(self, heads: set[tuple]) -> dict[tuple, int]:
         where, params = self._filter_sql(heads)

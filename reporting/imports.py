@@ -13,28 +13,17 @@ import redis
 from flask import Blueprint, g, jsonify
 
 from pixel import click_cache, touchpoints
+from reporting.batches import rows_of
 from reporting.context import api_services, json_body
 from reporting.auth import require
 from clicktrail import keys
 from clicktrail.clickhouse import NETWORK_ERRORS
 from clicktrail.inserts import columns, count_once
-from clicktrail.errors import BadRequest, BufferUnavailable, StorageError
+from clicktrail.errors import BufferUnavailable, StorageError
 from clicktrail.schema import TOUCH_COLUMN_NAMES
 from pixel import records
 
 bp = Blueprint("imports", __name__)
-
-
-def _rows(collection: str) -> list:
-    body = json_body()
-    if not isinstance(body, dict) or not isinstance(body.get(collection), list) or not body[collection]:
-        raise BadRequest(f"body must be an object with a non-empty '{collection}' list", field=collection,
-                         code="invalid_field")
-    rows = body[collection]
-    if len(rows) > touchpoints.MAX_ROWS:
-        raise BadRequest(f"{collection} must hold at most {touchpoints.MAX_ROWS} rows per request",
-                         field=collection, code="too_many_rows")
-    return rows
 
 
 def _store(touches: list[touchpoints.Touch]) -> None:
@@ -60,7 +49,7 @@ def _store(touches: list[touchpoints.Touch]) -> None:
 
 
 def _import(collection: str):
-    rows = _rows(collection)
+    rows = rows_of(json_body(), collection)
     touches, rejections = touchpoints.parse_rows(collection, rows, g.caller.advertiser_id, time.time())
     if touches:
         _store(touches)

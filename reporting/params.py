@@ -41,14 +41,20 @@ def whole(args, name: str, default: int, lo: int, hi: int) -> int:
     return value
 
 
-def day(args, name: str) -> date:
-    """A required date as YYYY-MM-DD from ``FIRST_DAY`` to ``LAST_DAY``."""
-    match = _DATE.fullmatch(args.get(name) or "")
+def date_of(text: object) -> date | None:
+    """The date written as YYYY-MM-DD from ``FIRST_DAY`` to ``LAST_DAY``, or None for anything else."""
+    match = _DATE.fullmatch(text) if isinstance(text, str) else None
     try:
         value = date(*map(int, match.groups())) if match else None
     except ValueError:  # month 13, February 30th
-        value = None
-    if value is None or not FIRST_DAY <= value <= LAST_DAY:
+        return None
+    return value if value is not None and FIRST_DAY <= value <= LAST_DAY else None
+
+
+def day(args, name: str) -> date:
+    """A required date as YYYY-MM-DD from ``FIRST_DAY`` to ``LAST_DAY``."""
+    value = date_of(args.get(name) or "")
+    if value is None:
         raise BadRequest(f"is required, as a date YYYY-MM-DD from {FIRST_DAY} to {LAST_DAY}", field=name,
                          code="invalid_field")
     return value

@@ -17,8 +17,10 @@ AD_DIMENSIONS = ("campaign_id", "adgroup_id", "ad_id")
 #: country and region: where the converting event's client IP is (pixel/geo.py).
 CONVERSION_DIMENSIONS = ("device_type", "os", "browser", "utm_source", "utm_campaign", "country", "region")
 DIMENSIONS = TIME_DIMENSIONS + AD_DIMENSIONS + ("event",) + CONVERSION_DIMENSIONS
-METRICS = ("spend", "impressions", "clicks", "ctr", "cpc", "cpm", "conversions", "conversion_value", "cvr", "cpa",
-           "roas")
+#: conversion_value and the money ratios are in the advertiser's currency; unconverted_conversions
+#: are conversions whose value is left out of them for want of an exchange rate (reporting/money.py).
+METRICS = ("spend", "impressions", "clicks", "ctr", "cpc", "cpm", "conversions", "conversion_value",
+           "unconverted_conversions", "cvr", "cpa", "roas")
 #: Metrics that need clicks, impressions or spend, which have no device, browser, UTM or place.
 TOUCH_METRICS = ("spend", "impressions", "clicks", "ctr", "cpc", "cpm", "cvr", "cpa", "roas")
 DATE_BASES = ("touch", "conversion")

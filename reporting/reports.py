@@ -26,12 +26,13 @@ from attribution import models
 from clicktrail.errors import BufferUnavailable
 from pixel import retention
 from pixel.registry import advertiser_settings
+from reporting import money
 from reporting import report_query as rq
 from reporting.auth import require
 from reporting.context import api_services
 from reporting.finite_json import finite_or_none
 from reporting.params import FIRST_DAY
-from reporting.spreadsheet import safe_cell
+from reporting.spreadsheet import report_cell
 
 bp = Blueprint("reports", __name__)
 
@@ -41,7 +42,8 @@ _BOT = "bot"
 _SUPPRESSED = (_BOT, "duplicate_order", "repeat_click")
 _RATIOS = ("ctr", "cpc", "cpm", "cvr", "cpa", "roas")
 #: Additive metrics as sums of the ClickHouse path's columns (impressions: counted plus posted).
-_SUM_OF = {"conversions": "c", "conversion_value": "v", "clicks": "k", "impressions": "(i + ci)", "spend": "s"}
+_SUM_OF = {"conversions": "c", "conversion_value": "v", "unconverted_conversions": "u", "clicks": "k",
+           "impressions": "(i + ci)", "spend": "s"}
 
 
 def caller_query() -> tuple:
@@ -57,7 +59,7 @@ def report():
     svc, settings, query = caller_query()
     built = Report(svc.clickhouse.get(), svc.database, g.caller.advertiser_id, settings, query).build()
     if query.format == "csv":
-        return _csv(query, built["rows"])
+        return _csv(query, built["rows"], settings["currency"])
     # Retention removed older rows: the sums stay, what is recomputed from rows (other windows) does not.
     try:
         built["data_complete_from"] = retention.complete_from(svc.redis, g.caller.advertiser_id, settings,
@@ -107,7 +109,7 @@ class Report:
         touches = self._touches() if self.q.needs_touches else {}
         spend = self._spend() if self.q.needs_touches else {}
         raw = self._join(conversions, touches, spend)
-        totals = self._metrics(_sum_values(conversions.values(), 2), _sum_touches(touches.values()),
+        totals = self._metrics(_sum_values(conversions.values(), 3), _sum_touches(touches.values()),
                                _sum_values(spend.values(), 2))
         keys = self._order(raw)
         first = (self.q.page - 1) * self.q.page_size
@@ -134,7 +136,7 @@ class Report:
                     keys |= {self._full_key(touch_key, event) for event in events}
                 else:
                     keys.add(self._full_key(touch_key, None))
-        no_conv, no_touch, no_cost = (0.0, 0.0), (0, 0), (0.0, 0.0)
+        no_conv, no_touch, no_cost = (0.0, 0.0, 0.0), (0, 0), (0.0, 0.0)
         out = {}
         for key in keys:
             touch_key = tuple(key[i] for i in touch_index)
@@ -150,7 +152,7 @@ class Report:
     def _metrics(self, conv: tuple, touch: tuple, cost: tuple, only: tuple[str, ...] | None = None) -> dict:
         # A sum beyond the largest double (only rows stored before the input bounds can add up
         # to one) is null, and so is every ratio of it: never Infinity or NaN.
-        conversions, value = map(finite_or_none, conv)
+        conversions, value, unconverted = map(finite_or_none, conv)
         clicks, impressions = touch
         spend, cost_impressions = map(finite_or_none, cost)
         impressions = None if cost_impressions is None else impressions + int(round(cost_impressions))
@@ -158,7 +160,8 @@ class Report:
             "spend": lambda: _rounded(spend), "impressions": lambda: impressions, "clicks": lambda: clicks,
             "ctr": lambda: _ratio(clicks, impressions), "cpc": lambda: _ratio(spend, clicks),
             "cpm": lambda: _ratio(spend, impressions, 1000), "conversions": lambda: _rounded(conversions),
-            "conversion_value": lambda: _rounded(value), "cvr": lambda: _ratio(conversions, clicks),
+            "conversion_value": lambda: _rounded(value), "unconverted_conversions": lambda: _rounded(unconverted),
+            "cvr": lambda: _ratio(conversions, clicks),
             "cpa": lambda: _ratio(spend, conversions), "roas": lambda: _ratio(value, spend),
         }
         return {m: known[m]() for m in (only or self.q.metrics)}
@@ -181,7 +184,7 @@ class Report:
         union, params = self._union_sql()
         dims = [f"d{i}" for i in range(len(self.q.dimensions))]
         group = f"GROUP BY {', '.join(dims)}" if dims else ""
-        sums = "sum(c) AS c, sum(v) AS v, sum(k) AS k, sum(i) AS i, sum(s) AS s, sum(ci) AS ci"
+        sums = "sum(c) AS c, sum(v) AS v, sum(u) AS u, sum(k) AS k, sum(i) AS i, sum(s) AS s, sum(ci) AS ci"
         grouped = f"SELECT {''.join(d + ', ' for d in dims)}{sums} FROM ({union}) {group}"
         order = [f"{d} ASC" for d in dims]
         if self.q.order_by:
@@ -191,41 +194,37 @@ class Report:
         first = (self.q.page - 1) * self.q.page_size
         order_sql = f"ORDER BY {', '.join(order)}" if order else ""
         page = self.ch.execute(f"{grouped} {order_sql} LIMIT {first}, {self.q.page_size}", params)
-        count, c, v, k, i, s, ci = self.ch.execute(
-            f"SELECT count(), sum(c), sum(v), sum(k), sum(i), sum(s), sum(ci) FROM ({grouped})", params)[0]
+        count, c, v, u, k, i, s, ci = self.ch.execute(
+            f"SELECT count(), sum(c), sum(v), sum(u), sum(k), sum(i), sum(s), sum(ci) FROM ({grouped})", params)[0]
         width = len(dims)
         rows = [{**dict(zip(self.q.dimensions, r[:width])),
-                 **self._metrics((r[width], r[width + 1]), (r[width + 2], r[width + 3]), (r[width + 4], r[width + 5]))}
+                 **self._metrics(r[width:width + 3], r[width + 3:width + 5], r[width + 5:width + 7])}
                 for r in page]
-        totals = self._metrics((c or 0.0, v or 0.0), (k or 0, i or 0), (s or 0.0, ci or 0.0))
+        totals = self._metrics((c or 0.0, v or 0.0, u or 0.0), (k or 0, i or 0), (s or 0.0, ci or 0.0))
         return {"rows": rows, "totals": totals,
                 "page": {"page": self.q.page, "page_size": self.q.page_size, "total_rows": count},
                 "query": self.q.echo(self.settings["currency"])}
 
     def _union_sql(self) -> tuple[str, dict]:
-        """Conversions, touches and spend as rows of (d0.., c, v, k, i, s, ci), one SELECT each."""
+        """Conversions, touches and spend as rows of (d0.., c, v, u, k, i, s, ci), one SELECT each."""
         dims = self.q.dimensions
-        column = "touch_minute" if self.q.date_basis == "touch" else "conversion_minute"
-        conv_filters, params = self._filter_sql(rq.AD_DIMENSIONS + ("event",))
-        params.update(adv=self.adv, model=self.q.model, lo=self.lo, hi=self.hi)
         zero_f, zero_u = "toFloat64(0)", "toUInt64(0)"
         # Each source is summed by the report's keys first: the union then joins few rows.
-        select, aliases = self._select(column, dims)
+        conversions, params = self._valued_sql()
+        aliases = [f"d{i}" for i in range(len(dims))]
         group = f"GROUP BY {', '.join(aliases)}" if aliases else ""
-        parts = [f"""SELECT {select}sum(conversions) AS c, sum(conversion_value) AS v, {zero_u} AS k,
-              {zero_u} AS i, {zero_f} AS s, {zero_f} AS ci FROM {self.db}.conversion_stats
-            WHERE advertiser_id = %(adv)s AND model = %(model)s
-              AND {column} >= toDateTime(%(lo)s) AND {column} < toDateTime(%(hi)s) {conv_filters} {group}"""]
+        parts = [f"""SELECT {''.join(a + ', ' for a in aliases)}c, v, u, {zero_u} AS k, {zero_u} AS i, {zero_f} AS s,
+              {zero_f} AS ci FROM ({conversions})"""]
         if self.q.needs_touches:
             ad_filters, _ = self._filter_sql(rq.AD_DIMENSIONS)
-            parts.append(f"""SELECT {self._select("touch_minute", dims)[0]}{zero_f}, {zero_f},
+            parts.append(f"""SELECT {self._select("touch_minute", dims)[0]}{zero_f}, {zero_f}, {zero_f},
                   sumIf(touches, kind = 'click'), sumIf(touches, kind = 'impression'), {zero_f}, {zero_f}
                 FROM {self.db}.touch_stats WHERE advertiser_id = %(adv)s AND touch_minute >= toDateTime(%(lo)s)
                   AND touch_minute < toDateTime(%(hi)s) {ad_filters} {group}""")
             day_dims = "".join(f"{'toString(day)' if d == 'stat_time_day' else d} AS d{n}, "
                                for n, d in enumerate(dims))
             params.update(first=self.q.start, last=self.q.end)
-            parts.append(f"""SELECT {day_dims}{zero_f}, {zero_f}, {zero_u}, {zero_u}, sum(spend),
+            parts.append(f"""SELECT {day_dims}{zero_f}, {zero_f}, {zero_f}, {zero_u}, {zero_u}, sum(spend),
                   toFloat64(sum(impressions))
                 FROM {self.db}.costs WHERE advertiser_id = %(adv)s AND day >= %(first)s AND day <= %(last)s {ad_filters}
                   AND (day, version) IN (SELECT day, max(version) FROM {self.db}.costs
@@ -255,7 +254,8 @@ class Report:
                  for d, a in zip(dims, aliases)]
         return "".join(p + ", " for p in parts), aliases
 
-    def _conversions(self) -> dict[tuple, tuple[float, float]]:
+    def _conversions(self) -> dict[tuple, tuple[float, float, float]]:
+        """(conversions, value in the advertiser's currency, conversions without a rate) per key."""
         if self.q.custom_windows:
             return self._recomputed_in_clickhouse()
         kept = self._kept_conversions()
@@ -263,45 +263,50 @@ class Report:
             return kept
         # Bots' conversions are credited to nothing in the kept sums; their credits are computed
         # here from their stored candidates, with the advertiser's windows and the report's model.
-        for key, (count, value) in self._recomputed_in_clickhouse(bots_only=True).items():
-            was = kept.get(key, (0.0, 0.0))
-            kept[key] = (was[0] + count, was[1] + value)
+        for key, (count, value, unconverted) in self._recomputed_in_clickhouse(bots_only=True).items():
+            was = kept.get(key, (0.0, 0.0, 0.0))
+            kept[key] = (was[0] + count, was[1] + value, was[2] + unconverted)
         return kept
 
-    def _kept_conversions(self) -> dict[tuple, tuple[float, float]]:
-        column = "touch_minute" if self.q.date_basis == "touch" else "conversion_minute"
+    def _kept_conversions(self) -> dict[tuple, tuple[float, float, float]]:
+        sql, params = self._valued_sql()
+        rows = self.ch.execute(sql, params)
         dims = self.q.dimensions
+        return {tuple(r[:-3]) if dims else (): tuple(r[-3:]) for r in rows if dims or any(r[-3:])}
+
+    def _valued_sql(self) -> tuple[str, dict]:
+        """The kept conversion sums by the report's keys (d0..) as (c, v, u): see reporting/money.py."""
+        column = "touch_minute" if self.q.date_basis == "touch" else "conversion_minute"
         filters, params = self._filter_sql(rq.AD_DIMENSIONS + ("event",))
-        select, aliases = self._select(column, dims)
-        group = f"GROUP BY {', '.join(aliases)}" if aliases else ""
-        rows = self.ch.execute(
-            f"""
-            SELECT {select}sum(conversions), sum(conversion_value) FROM {self.db}.conversion_stats
+        params.update(adv=self.adv, model=self.q.model, lo=self.lo, hi=self.hi, **money.params(self.adv, self.settings))
+        select, aliases = self._select(column, self.q.dimensions)
+        inner = f"""
+            SELECT {select}currency, {money.day_sql("conversion_minute")} AS day, sum(conversions) AS cs,
+                   sum(conversion_value) AS vs
+            FROM {self.db}.conversion_stats
             WHERE advertiser_id = %(adv)s AND model = %(model)s
               AND {column} >= toDateTime(%(lo)s) AND {column} < toDateTime(%(hi)s) {filters}
-            {group}""",
-            {"adv": self.adv, "model": self.q.model, "lo": self.lo, "hi": self.hi, **params},
-        )
-        return {tuple(r[:-2]) if dims else (): (r[-2], r[-1]) for r in rows if dims or r[-2] or r[-1]}
+            GROUP BY {''.join(a + ', ' for a in aliases)}currency, day"""
+        return money.valued_sql(inner, aliases, self.db), params
 
     def _candidates_sql(self) -> tuple[str, dict]:
         """Each conversion's latest revision: its fields, suppression reason and candidate touches."""
         # A conversion credited to a touch inside the report may come up to the longest window later.
         later = models.MAX_CLICK_WINDOW_MS // 1000 if self.q.date_basis == "touch" else 0
         sql = f"""
-            SELECT c.conversion_ms AS conversion_ms, c.value AS value, c.event AS event,
+            SELECT c.conversion_ms AS conversion_ms, c.value AS value, c.currency AS currency, c.event AS event,
                    c.device_type AS device_type, c.os AS os, c.browser AS browser, c.utm_source AS utm_source,
                    c.utm_campaign AS utm_campaign, c.country AS country, c.region AS region, s.reason AS reason,
                    c.touches AS touches
             FROM (
               SELECT pixel_id, event, event_id, revision, any(conversion_ms) AS conversion_ms, any(value) AS value,
-                     any(device_type) AS device_type, any(os) AS os, any(browser) AS browser,
-                     any(utm_source) AS utm_source, any(utm_campaign) AS utm_campaign, any(country) AS country,
-                     any(region) AS region,
+                     any(currency) AS currency, any(device_type) AS device_type, any(os) AS os,
+                     any(browser) AS browser, any(utm_source) AS utm_source, any(utm_campaign) AS utm_campaign,
+                     any(country) AS country, any(region) AS region,
                      groupArray((touch_kind, touch_id, touch_ms, campaign_id, adgroup_id, ad_id, matched_by)) AS touches
-              FROM (SELECT DISTINCT pixel_id, event, event_id, revision, conversion_ms, value, device_type, os,
-                                    browser, utm_source, utm_campaign, country, region, touch_kind, touch_id, touch_ms,
-                                    campaign_id, adgroup_id, ad_id, matched_by
+              FROM (SELECT DISTINCT pixel_id, event, event_id, revision, conversion_ms, value, currency, device_type,
+                                    os, browser, utm_source, utm_campaign, country, region, touch_kind, touch_id,
+                                    touch_ms, campaign_id, adgroup_id, ad_id, matched_by
                     FROM {self.db}.attribution_candidates
                     WHERE advertiser_id = %(adv)s AND conversion_time >= toDateTime(%(lo)s)
                       AND conversion_time < toDateTime(%(hi)s))
@@ -316,7 +321,7 @@ class Report:
             ) AS s USING (pixel_id, event, event_id, revision)"""
         return sql, {"adv": self.adv, "lo": self.lo, "hi": self.hi + later}
 
-    def _recomputed_in_clickhouse(self, bots_only: bool = False) -> dict[tuple, tuple[float, float]]:
+    def _recomputed_in_clickhouse(self, bots_only: bool = False) -> dict[tuple, tuple[float, float, float]]:
         """The rules of attribution.models in array functions, over every conversion's candidates.
 
         Tested equal to attribution.models run on the same candidates, without moving every
@@ -334,13 +339,14 @@ class Report:
         filters = "".join(f" AND {by_dim.get(d, d)} IN %(f_{d})s" for d in self.q.filters)
         params.update({f"f_{d}": tuple(v) for d, v in self.q.filters.items()}, lo_ms=self.lo * 1000,
                       hi_ms=self.hi * 1000, suppressed=tuple(r for r in _SUPPRESSED
-                                                             if not (self.q.include_bots and r == _BOT)))
+                                                             if not (self.q.include_bots and r == _BOT)),
+                      bot=_BOT, **money.params(self.adv, self.settings))
         counted = "reason = %(bot)s" if bots_only else "reason NOT IN %(suppressed)s"
-        params["bot"] = _BOT
-        group = f"GROUP BY {', '.join(f'd{i}' for i in range(len(dims)))}" if dims else ""
-        rows = self.ch.execute(
-            f"""
-            SELECT {''.join(d + ', ' for d in dims)}sum(credit), sum(credit * value),
+        keys = [f"d{i}" for i in range(len(dims))]
+        day = money.day_sql("toDateTime(intDiv(conversion_ms, 1000))")
+        credited = f"""
+            SELECT {''.join(d + ', ' for d in dims)}{money.currency_sql("value", "currency")} AS currency,
+                   {day} AS day, sum(credit) AS cs, sum(credit * value) AS vs,
                    -- 18.16 prunes a column only lambdas use from subqueries: name it out here
                    max(conversion_ms) FROM (
               SELECT *, {_credits_sql(self.q.model)} AS credits FROM (
@@ -354,8 +360,8 @@ class Report:
                     SELECT *, arrayFilter(t -> tupleElement(t, 8) = arrayReduce('min', arrayMap(u -> tupleElement(u, 8),
                                           inside)), inside) AS level
                     FROM (
-                      SELECT conversion_ms, value, event, device_type, os, browser, utm_source, utm_campaign,
-                             country, region, arrayFilter(t -> tupleElement(t, 1) != ''
+                      SELECT conversion_ms, value, currency, event, device_type, os, browser, utm_source,
+                             utm_campaign, country, region, arrayFilter(t -> tupleElement(t, 1) != ''
                                               AND {_age('t')} >= 0
                                               AND {_window_sql(click_ms, view_ms)},
                                          arrayMap(t -> (tupleElement(t, 1), tupleElement(t, 2), tupleElement(t, 3),
@@ -367,10 +373,9 @@ class Report:
                       FROM ({inner}) WHERE {counted}))))
             ) ARRAY JOIN chosen AS touch, credits AS credit
             WHERE {at} >= %(lo_ms)s AND {at} < %(hi_ms)s AND credit != 0 {filters}
-            {group}""",
-            params,
-        )
-        return {tuple(r[:-3]): (r[-3], r[-2]) for r in rows}
+            GROUP BY {''.join(k + ', ' for k in keys)}currency, day"""
+        rows = self.ch.execute(money.valued_sql(credited, keys, self.db), params)
+        return {tuple(r[:-3]): tuple(r[-3:]) for r in rows}
 
     def _bucket(self, ms: int) -> str:
         local = datetime.fromtimestamp(ms / 1000, self.q.zone)
@@ -506,13 +511,13 @@ def _sum_touches(values) -> tuple[int, int]:
     return clicks, impressions
 
 
-def _csv(query: rq.ReportQuery, rows: list[dict]) -> Response:
+def _csv(query: rq.ReportQuery, rows: list[dict], currency: str) -> Response:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     columns = list(query.dimensions) + list(query.metrics)
     writer.writerow(columns)
     for row in rows:
-        writer.writerow([safe_cell(row[c]) for c in columns])
+        writer.writerow([report_cell(row[c], c, currency) for c in columns])
     name = f"clicktrail-report-{query.start.isoformat()}-{query.end.isoformat()}.csv"
     return Response(out.getvalue(), mimetype="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})

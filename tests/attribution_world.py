@@ -38,8 +38,9 @@ class World:
     def impression(self, impression_id: str, at: int, campaign: str = "cmp", user: dict | None = None) -> None:
         self._touch("impressions", "impression_id", "impression_time", impression_id, at, campaign, user)
 
-    def convert(self, event_id: str, at: int, event: str = "CompletePayment", value: float = 10.0, **user) -> None:
-        props = {"value": value, "currency": "USD"}
+    def convert(self, event_id: str, at: int, event: str = "CompletePayment", value: float = 10.0,
+                currency: str = "USD", **user) -> None:
+        props = {"value": value, "currency": currency} if currency else {"value": value}
         if "order_id" in user:
             props["order_id"] = user.pop("order_id")
         body = {"event_source": "web", "event_source_id": self.tenant.pixel_id,

@@ -29,7 +29,8 @@ CLICKHOUSE_BASE = os.environ.get("CLICKTRAIL_TEST_CLICKHOUSE_URL", "clickhouse:/
 CLICKHOUSE_CLUSTER = os.environ.get("CLICKTRAIL_TEST_CLICKHOUSE_CLUSTER", "")
 ARTIFACTS = ROOT / "test-artifacts"
 DATA_TABLES = ("events", "touchpoints", "credits", "attribution_candidates", "event_identities",
-               "touch_identities", "conversion_stats", "feed_changes", "touch_stats", "bot_touch_stats", "costs")
+               "touch_identities", "conversion_stats", "feed_changes", "touch_stats", "bot_touch_stats", "costs",
+               "exchange_rates")
 
 
 @pytest.fixture(scope="session")

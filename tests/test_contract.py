@@ -292,6 +292,8 @@ def _outage_requests(pixel_id: str, today: date, erasure_id: str) -> dict[str, d
         "POST /v1/impressions": {"body": {"impressions": [{"impression_id": "i", "impression_time": now, **touch}]}},
         "POST /v1/costs": {"body": {"costs": [{"date": (today - timedelta(days=1)).isoformat(), "spend": 1.5,
                                                **touch}]}},
+        "POST /v1/exchange-rates": {"body": {"rates": [{"date": today.isoformat(), "currency": "EUR", "rate": 1.1}]}},
+        "GET /v1/exchange-rates": {},
         "GET /v1/conversions/{event_id}/attribution": {"path_parameters": {"event_id": "e"}},
         "GET /v1/optimizer/conversions": {"query": {"event": "CompletePayment"}},
         "GET /v1/reports": {"query": week},

@@ -117,6 +117,8 @@ def test_pixel_diagnostics_counts_every_field(client, api_client, r, tenant, rep
         "click_id_share_7d": 1 / 5,  # order-1 of 5 unique events
         "matched_share_7d": 1 / 4,  # order-1 of the 4 that are not test events
         "bots_excluded_7d": {"clicks": 0, "conversions": 0},  # bots: tests/test_bots_end_to_end.py
+        "unconverted_conversions_7d": 0,
+        "warnings": [],
         "snippet": build_snippet(tenant.pixel_id, settings.site.public_url.rstrip("/")),
     }
     assert f"ttq.load('{tenant.pixel_id}'" in body["snippet"]

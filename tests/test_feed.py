@@ -65,7 +65,7 @@ def test_first_poll_counts_equal_the_attribution_results(world):
     assert rows[(_hour(t), "A-ad", "CompletePayment")] == {
         "bucket_start": _hour(t), "campaign_id": "A", "adgroup_id": "A-g", "ad_id": "A-ad",
         "event": "CompletePayment", "clicks": 2, "impressions": 0, "conversions": 2.0, "conversion_value": 20.0,
-        "revision": rows[(_hour(t), "A-ad", "CompletePayment")]["revision"]}
+        "unconverted_conversions": 0.0, "revision": rows[(_hour(t), "A-ad", "CompletePayment")]["revision"]}
     b = rows[(_hour(t + 2 * HOUR), "B-ad", "CompletePayment")]
     assert (b["clicks"], b["impressions"], b["conversions"], b["conversion_value"]) == (1, 1, 1.0, 1.0)
     assert {(k[0], k[1]): (r["conversions"], r["conversion_value"]) for k, r in rows.items()} == \

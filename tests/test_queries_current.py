@@ -46,10 +46,10 @@ def _touch(kind, touch_id, at, campaign, ad, is_bot=0):
             "import", at * 1000, 1, is_bot)
 
 
-def _conversion(event_id, at, value, touches, credits_by_model, revision=1):
+def _conversion(event_id, at, value, touches, credits_by_model, revision=1, currency="USD"):
     """Candidate rows and credit rows of one conversion (touches: (kind, id, at, campaign, ad, matched_by))."""
     head = dict(advertiser_id=ADV, pixel_id="P", event="CompletePayment", event_id=event_id, conversion_time=at,
-                conversion_ms=at * 1000, value=value, currency="USD", device_type="pc", os="Linux",
+                conversion_ms=at * 1000, value=value, currency=currency, device_type="pc", os="Linux",
                 browser="Chrome", utm_source="tt", utm_campaign="", country="DE", region="", revision=revision,
                 content_hash=1, attributed_ms=STAMP)
 
@@ -76,7 +76,8 @@ def _fill(client, db, d):
     c1 = _conversion("c1", d + 12 * HOUR, 10.0, [k1, k2], {
         "last_click": [0.0, 1.0], "first_click": [1.0, 0.0], "linear": [0.5, 0.5], "time_decay": [0.4985, 0.5015],
         "position_based": [0.5, 0.5]})
-    c2 = _conversion("c2", d + 12 * HOUR + 60, 5.0, [old], {m: [1.0] for m in MODELS})
+    c2 = _conversion("c2", d + 12 * HOUR + 60, 5.0, [old], {m: [1.0] for m in MODELS}, currency="EUR")
+    c3 = _conversion("c3", d + 12 * HOUR + 120, 7.0, [k1], {m: [1.0] for m in MODELS}, currency="GBP")  # no rate
     # A bot's conversion after a bot's click: stored as the attributor stores it, credited to nothing.
     bot_candidates, _ = _conversion("cb", d + 12 * HOUR + 120, 7.0, [("click", "kb", d + 10 * HOUR, "A", "A1",
                                                                         "click_id")], {m: [1.0] for m in MODELS})
@@ -84,7 +85,7 @@ def _fill(client, db, d):
                                  {m: [0.0] for m in MODELS})
     client.execute(f"INSERT INTO {db}.touchpoints ({', '.join(schema.TOUCH_COLUMN_NAMES)}) VALUES",
                    columns(touches), columnar=True)
-    for candidates, credits in (c1, c2, (bot_candidates, bot_credits)):
+    for candidates, credits in (c1, c2, c3, (bot_candidates, bot_credits)):
         client.execute(f"INSERT INTO {db}.attribution_candidates ({', '.join(schema.CANDIDATE_COLUMN_NAMES)}) "
                        "VALUES", columns(candidates), columnar=True)
         client.execute(f"INSERT INTO {db}.credit_input ({', '.join(schema.CREDIT_INPUT_COLUMN_NAMES)}) VALUES",
@@ -93,6 +94,10 @@ def _fill(client, db, d):
     costs = [(ADV, day, 1, "A", "A-g", "A1", 4.0, 0, 0, "USD"), (ADV, day, 1, "B", "B-g", "B1", 6.0, 500, 1, "USD")]
     client.execute(f"INSERT INTO {db}.costs (advertiser_id, day, version, campaign_id, adgroup_id, ad_id, spend, "
                    "impressions, has_impressions, currency) VALUES", columns(costs), columnar=True)
+    # EUR is worth 1.1 USD from 10 days before, and 1.2 from the day before (both kept: the latest counts).
+    rates = [(ADV, "USD", "EUR", day - timedelta(days=10), 1.1, 1), (ADV, "USD", "EUR", day - timedelta(days=1), 1.2, 1)]
+    client.execute(f"INSERT INTO {db}.exchange_rates (advertiser_id, advertiser_currency, currency, day, rate, version) "
+                   "VALUES", columns(rates), columnar=True)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +107,7 @@ def engines(current, ch_database):
 
     old = clickhouse.connect(clickhouse.with_database(CLICKHOUSE_BASE, ch_database))
     for table in ("touchpoints", "attribution_candidates", "credits", "costs", "conversion_stats", "touch_stats",
-                  "bot_touch_stats", "feed_changes"):
+                  "bot_touch_stats", "feed_changes", "exchange_rates"):
         old.execute(f"TRUNCATE TABLE {ch_database}.{table}")
     d = _day_start(2)
     _fill(old, ch_database, d)
@@ -130,6 +135,8 @@ def test_reports_agree_across_engines(engines, params):
     answers = {name: Report(client, db, ADV, DEFAULT_SETTINGS, query).build() for name, (client, db) in both.items()}
     assert answers["18.16"]["rows"], answers
     assert answers["current"] == answers["18.16"]
+    if "unconverted_conversions" in answers["18.16"]["totals"]:  # EUR 5 at 1.2, GBP 7 with no rate
+        assert answers["18.16"]["totals"]["unconverted_conversions"] == 1.0
 
 
 def test_bots_count_only_when_asked_on_both_engines(engines):
@@ -142,8 +149,9 @@ def test_bots_count_only_when_asked_on_both_engines(engines):
             rows = Report(client, db, ADV, DEFAULT_SETTINGS, query).build()["rows"]
             return next(row for row in rows if row["campaign_id"] == "A")
 
-        assert campaign_a() == {"campaign_id": "A", "clicks": 1, "conversions": 0.0}
-        assert campaign_a(include_bots="true") == {"campaign_id": "A", "clicks": 2, "conversions": 1.0}
+        # Campaign A: a person's click with a GBP conversion (c3), and a bot's click with its conversion.
+        assert campaign_a() == {"campaign_id": "A", "clicks": 1, "conversions": 1.0}
+        assert campaign_a(include_bots="true") == {"campaign_id": "A", "clicks": 2, "conversions": 2.0}
 
 
 def test_the_feed_agrees_across_engines(engines):
@@ -154,3 +162,5 @@ def test_the_feed_agrees_across_engines(engines):
                for name, (client, db) in both.items()}
     assert [r["ad_id"] for r in answers["18.16"]["rows"]] == ["O1", "A1", "B1"]  # by bucket
     assert answers["current"] == answers["18.16"]
+    by_ad = {r["ad_id"]: (r["conversion_value"], r["unconverted_conversions"]) for r in answers["18.16"]["rows"]}
+    assert by_ad["O1"] == (6.0, 0.0) and by_ad["A1"][1] == 1.0  # EUR 5 at 1.2; GBP has no rate

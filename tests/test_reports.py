@@ -67,15 +67,16 @@ def test_every_metric_by_campaign(world, shop):
     body = _report(world, start=_date(shop), end=_date(shop), dimensions="campaign_id")
     rows = {r["campaign_id"]: r for r in body["rows"]}
     assert rows["A"] == {"campaign_id": "A", "spend": 20.0, "impressions": 4, "clicks": 2, "ctr": 0.5, "cpc": 10.0,
-                         "cpm": 5000.0, "conversions": 2.0, "conversion_value": 40.0, "cvr": 1.0, "cpa": 10.0,
-                         "roas": 2.0}
+                         "cpm": 5000.0, "conversions": 2.0, "conversion_value": 40.0, "unconverted_conversions": 0.0,
+                         "cvr": 1.0, "cpa": 10.0, "roas": 2.0}
     assert rows["B"] == {"campaign_id": "B", "spend": 5.0, "impressions": 1000, "clicks": 1, "ctr": 0.001,
-                         "cpc": 5.0, "cpm": 5.0, "conversions": 1.0, "conversion_value": 0.0, "cvr": 1.0,
-                         "cpa": 5.0, "roas": 0.0}
+                         "cpc": 5.0, "cpm": 5.0, "conversions": 1.0, "conversion_value": 0.0,
+                         "unconverted_conversions": 0.0, "cvr": 1.0, "cpa": 5.0, "roas": 0.0}
     assert set(rows) == {"A", "B"}  # the organic conversion has no campaign to be reported under
     assert body["totals"] == {"spend": 25.0, "impressions": 1004, "clicks": 3, "ctr": round(3 / 1004, 6),
                               "cpc": round(25 / 3, 6), "cpm": round(25000 / 1004, 6), "conversions": 3.0,
-                              "conversion_value": 40.0, "cvr": 1.0, "cpa": round(25 / 3, 6), "roas": 1.6}
+                              "conversion_value": 40.0, "unconverted_conversions": 0.0, "cvr": 1.0,
+                              "cpa": round(25 / 3, 6), "roas": 1.6}
     assert body["query"]["model"] == "last_click" and body["query"]["click_window"] == 7
     assert body["page"] == {"page": 1, "page_size": 100, "total_rows": 2}
 
@@ -199,8 +200,11 @@ def test_csv_equals_json(world, shop):
     assert "attachment" in resp.headers["Content-Disposition"]
     table = list(csv.DictReader(io.StringIO(resp.get_data(as_text=True))))
     assert [list(r) for r in table][0] == ["campaign_id", "ad_id", "spend", "clicks", "conversions", "cpa", "ctr"]
-    as_json = [{k: "" if v is None else str(v) for k, v in row.items()} for row in body["rows"]]
+    # Amounts in the advertiser's currency (USD) with its two decimals; the rest as in JSON.
+    as_json = [{k: "" if v is None else f"{v:.2f}" if k in ("spend", "cpa") else str(v) for k, v in row.items()}
+               for row in body["rows"]]
     assert table == as_json and [r["campaign_id"] for r in table] == ["A", "B"]
+    assert table[0]["spend"] == "20.00"
 
 
 def test_paging_and_ordering(world, shop):
@@ -347,7 +351,7 @@ def test_recomputed_windows_in_clickhouse_equal_the_rules_in_python(world, r, mo
     in_python = _by_the_rules(report)
     in_sql = report._recomputed_in_clickhouse()
     assert in_python  # the data set gives every case something to count
-    assert {k: (round(c, 9), round(v, 9)) for k, (c, v) in in_sql.items()} == \
+    assert {k: (round(c, 9), round(v, 9)) for k, (c, v, _unconverted) in in_sql.items()} == \
         {k: (round(c, 9), round(v, 9)) for k, (c, v) in in_python.items()}
 
 
@@ -363,7 +367,7 @@ def _by_the_rules(report) -> dict[tuple, tuple[float, float]]:
     windows = models.Windows(q.click_window, q.view_window)
     names = ("event", "device_type", "os", "browser", "utm_source", "utm_campaign", "country", "region")
     out: dict[tuple, list[float]] = defaultdict(lambda: [0.0, 0.0])
-    for conv_ms, value, *attrs, reason, touches in report.ch.execute(sql, params):
+    for conv_ms, value, _currency, *attrs, reason, touches in report.ch.execute(sql, params):
         if reason in ("duplicate_order", "repeat_click"):
             continue
         chosen = models.eligible([models.Candidate(*t) for t in touches if t[0]], conv_ms, windows)
@@ -439,7 +443,7 @@ def test_sums_beyond_the_largest_double_are_null_never_infinity(world, ch, ch_da
         assert (b["spend"], b["conversion_value"], b["roas"], b["conversions"]) == (0.0, 10.0, None, 1.0)
         table = list(csv.DictReader(io.StringIO(text)))
         assert [(r["campaign_id"], r["spend"], r["conversion_value"], r["roas"]) for r in table] == [
-            ("A", "", "", ""), ("B", "0.0", "10.0", "")]
+            ("A", "", "", ""), ("B", "0.00", "10.00", "")]
 
 
 FORMULAS = ['=HYPERLINK("http://x")', "+SUM(1,2)", "@SUM(1+1)", "-1+cmd|' /C calc'!A0", "-5", "-2.5e3"]

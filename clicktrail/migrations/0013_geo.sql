@@ -27,8 +27,8 @@ ALTER TABLE {db}.credit_input ADD COLUMN region {lc} DEFAULT '' AFTER country;
 -- conversion_stats sums rows of equal sorting key, so a dimension must be in the key, or rows of
 -- two countries would merge into one. A column added in the same ALTER may extend the key (on
 -- 18.16 only without a default expression: a String's own default is '' anyway); the rows kept
--- so far stay, under country and region ''.
-ALTER TABLE {db}.conversion_stats ADD COLUMN country {lc} AFTER utm_campaign, ADD COLUMN region {lc} AFTER country, MODIFY ORDER BY (advertiser_id, model, touch_minute, event, campaign_id, adgroup_id, ad_id, touch_kind, conversion_minute, click_window_days, view_window_days, device_type, os, browser, utm_source, utm_campaign, country, region);
+-- so far stay, under country and region ''. (currency, migration 12, stays in the key before them.)
+ALTER TABLE {db}.conversion_stats ADD COLUMN country {lc} AFTER utm_campaign, ADD COLUMN region {lc} AFTER country, MODIFY ORDER BY (advertiser_id, model, touch_minute, event, campaign_id, adgroup_id, ad_id, touch_kind, conversion_minute, click_window_days, view_window_days, device_type, os, browser, utm_source, utm_campaign, currency, country, region);
 
 -- The views name every column, so they are made again to carry the new ones. Stop the
 -- attributor while this runs: a revision written between a DROP and its CREATE would miss
@@ -43,7 +43,8 @@ DROP TABLE IF EXISTS {db}.conversion_stats_mv;
 CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.conversion_stats_mv TO {db}.conversion_stats AS
 SELECT advertiser_id, model, toStartOfMinute(touch_time) AS touch_minute, event, campaign_id, adgroup_id, ad_id,
   touch_kind, toStartOfMinute(conversion_time) AS conversion_minute, click_window_days, view_window_days,
-  device_type, os, browser, utm_source, utm_campaign, country, region, sign * credit AS conversions, sign * credit * value AS conversion_value
+  device_type, os, browser, utm_source, utm_campaign, if(value = 0, '', currency) AS currency, country, region,
+  sign * credit AS conversions, sign * credit * value AS conversion_value
 FROM {db}.credit_input ARRAY JOIN model_names AS model, model_credits AS credit WHERE touch_kind != '' AND credit != 0;
 
 -- A query of the view between the DROP and the CREATE fails; run migrations while reports are quiet.
@@ -67,6 +68,9 @@ SELECT
   argMax(email_sha256, _v) AS email_sha256,
   argMax(phone_sha256, _v) AS phone_sha256,
   argMax(external_id_sha256, _v) AS external_id_sha256,
+  argMax(emails_sha256, _v) AS emails_sha256,
+  argMax(phones_sha256, _v) AS phones_sha256,
+  argMax(external_ids_sha256, _v) AS external_ids_sha256,
   argMax(url, _v) AS url,
   argMax(url_host, _v) AS url_host,
   argMax(url_path, _v) AS url_path,
