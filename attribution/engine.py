@@ -210,7 +210,7 @@ class Attributor:
         self.revisions_written = 0
         self._lease_script = r.register_script(_LEASE_LUA)
         self._release_script = r.register_script(_RELEASE_LUA)
-        self.eraser = Eraser(r, ch, database, self._stamp, self._publish)
+        self.eraser = Eraser(r, ch, database, self._stamp, self._publish, settings.stream.shards)
         self._erasure_due = due_every(1.0)
         self._candidates_sql = (f"INSERT INTO {database}.attribution_candidates "
                                 f"({', '.join(CANDIDATE_COLUMN_NAMES)}) VALUES")
