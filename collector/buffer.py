@@ -23,6 +23,7 @@ import redis
 
 from clicktrail import keys, redis_client, scripting
 from clicktrail.errors import BadRequest, BufferUnavailable, Forbidden, NotFound, Unauthorized
+from collector.cluster_route import ClusterRoute
 from collector.redis_line import ConnectionLine, SocketLine, bulk, command, line_for
 from pixel.records import EventRecord, TouchRecord, encode_records
 from pixel.registry import host_allowed
@@ -52,17 +53,17 @@ class EventBuffer:
         self.shards = shards
         self.streams = keys.event_streams(shards)
         self._cluster = redis_client.is_cluster(client)
+        # Each shard's EVALSHA call's fixed head in Redis's wire format, packed once (see _packed).
+        self._heads = [_head(self._sha, [stream, *_registry_keys()]) for stream in self.streams]
         if self._cluster:
             self._check_script = client.register_script(_APPEND_LUA)
             self._stream_script = client.register_script(_APPEND_STREAM_LUA)
             # The check's own first key: in the registry's slot, never written (it adds no events).
             self._check_keys = [keys.PREFIX + "events:check", *_registry_keys()]
-        # Each shard's EVALSHA call's fixed head in Redis's wire format, packed once (see _packed).
-        self._heads = [self._head_for([stream, *_registry_keys()]) for stream in self.streams]
-
-    def _head_for(self, script_keys: list[str]) -> bytes:
-        return b"".join(bulk(a) for a in [b"EVALSHA", self._sha.encode(), str(len(script_keys)).encode(),
-                                           *(k.encode() for k in script_keys)])
+            self._check_head = _head(self._sha, self._check_keys)
+            self._stream_heads = [_head(self._stream_script.sha, [stream]) for stream in self.streams]
+            route = ClusterRoute(client)
+            self._route = route if route.plain else None
 
     def shard_of(self, pixel_id: str, records: list) -> int:
         """The shard of a request: a stable hash (CRC-32, the same in every process) of its pixel
@@ -139,12 +140,20 @@ class EventBuffer:
         the cluster through a failover. Not atomic as one call is, and need not be: a pixel
         removed between the two calls had its event accepted a moment before it went.
         """
-        data = args[6]
-        result = self._check_script(keys=self._check_keys, args=[*args[:6], "", args[7]])
+        data, check_args = args[6], [*args[:6], "", args[7]]
+        if self._route:
+            result = self._route.call(self._check_keys[0], _packed(self._check_head, 5, check_args),
+                                      _loader(_APPEND_LUA))
+        else:
+            result = self._check_script(keys=self._check_keys, args=check_args)
         if result[0] != b"ok" or not data:
             return result
-        entry = [b"a", result[1], b"n", args[5], b"d", data]
-        status = self._stream_script(keys=[self.streams[shard]], args=[self._max_len, *entry])
+        entry = [self._max_len, b"a", result[1], b"n", args[5], b"d", data]
+        stream = self.streams[shard]
+        if self._route:
+            status = self._route.call(stream, _packed(self._stream_heads[shard], 1, entry), _loader(_APPEND_STREAM_LUA))
+        else:
+            status = self._stream_script(keys=[stream], args=entry)
         return result if status[0] == b"ok" else status
 
     def _evalsha(self, shard: int, args: list) -> list:
@@ -154,7 +163,7 @@ class EventBuffer:
         CPU than the rest of a collector request; the request needs only the send and the read.
         """
         line = self._line()
-        packed = self._packed(shard, args)
+        packed = _packed(self._heads[shard], 5, args)  # the stream and the four _registry_keys
         try:
             return self._send(line, packed)
         except redis.ConnectionError:  # (a timeout is not one: it fails at once, the line closed)
@@ -168,16 +177,6 @@ class EventBuffer:
         except redis.exceptions.NoScriptError:  # a new Redis, or one restarted: load the script once
             line.call(command(b"SCRIPT", b"LOAD", _APPEND_LUA.encode()))
             return line.call(packed)
-
-    def _packed(self, shard: int, args: list) -> bytes:
-        """The EVALSHA call in Redis's wire format.
-
-        redis-py's generic packer inspects and encodes every argument anew (a few percent of a
-        request's CPU); the head never changes and the arguments are str, int or bytes.
-        """
-        parts = [b"*%d\r\n" % (1 + len(_registry_keys()) + 3 + len(args)), self._heads[shard]]
-        parts.extend(bulk(a if a.__class__ is bytes else str(a).encode()) for a in args)
-        return b"".join(parts)
 
     def append_click(self, advertiser_id: str, landing_host: str, record: TouchRecord, cache_key: str,
                      cache_value: bytes, cache_ttl_s: int) -> None:
@@ -221,6 +220,28 @@ class EventBuffer:
     @property
     def retry_after(self) -> int:
         return self._retry_after
+
+
+def _head(sha: str, script_keys: list[str]) -> bytes:
+    """The fixed head of an EVALSHA call (command, script, keys) in Redis's wire format."""
+    return b"".join(bulk(a) for a in [b"EVALSHA", sha.encode(), str(len(script_keys)).encode(),
+                                       *(k.encode() for k in script_keys)])
+
+
+def _packed(head: bytes, key_count: int, args: list) -> bytes:
+    """An EVALSHA call in Redis's wire format, its head packed beforehand (``_head``).
+
+    redis-py's generic packer inspects and encodes every argument anew (a few percent of a
+    request's CPU); the head never changes and the arguments are str, int or bytes.
+    """
+    parts = [b"*%d\r\n" % (3 + key_count + len(args)), head]
+    parts.extend(bulk(a if a.__class__ is bytes else str(a).encode()) for a in args)
+    return b"".join(parts)
+
+
+def _loader(source: str):
+    """Loads a script on a node's line that lacks it (a new node, a restarted one, a promoted replica)."""
+    return lambda line: line.call(command(b"SCRIPT", b"LOAD", source.encode()))
 
 
 def _registry_keys() -> list[str]:
