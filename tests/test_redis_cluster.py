@@ -26,7 +26,7 @@ from clicktrail import redis_cluster
 from tests.http import call
 from tests.servers import env_for
 
-pytestmark = [pytest.mark.cluster, pytest.mark.chaos]
+pytestmark = pytest.mark.cluster
 
 SHARDS = 4
 STREAMS = [f"ct:{{events:{n}}}" for n in range(SHARDS)]
@@ -280,3 +280,18 @@ def _promoted(cluster, stopped: int, key: str) -> int | None:
         except Exception:
             continue
     return None
+
+
+def test_a_single_redis_moving_to_three_shards_keeps_its_backlog_in_ct_events(spawn, settings, r, ch, ch_database):
+    """The upgrade path: events queued with one shard wait in ct:events, which stays shard 0."""
+    pixel_id = cli(settings, "pixel", "create", "--advertiser", "adv-grow", "--domain", "shop.example")
+    one = spawn.collector()
+    before = send(one, pixel_id, 10, prefix="before")
+    assert r.xlen("ct:events") == 10
+    three = spawn.collector(STREAM_SHARDS=3)
+    after = send(three, pixel_id, 60, prefix="after")
+    lengths = [r.xlen(stream) for stream in ("ct:events", "ct:{events:1}", "ct:{events:2}")]
+    assert sum(lengths) == 70 and all(n > 0 for n in lengths[1:]), lengths
+    spawn.sink(STREAM_SHARDS=3)
+    wait_for(lambda: stored_ids(ch, ch_database, "adv-grow") == before | after, "the backlog and the new events stored")
+    assert stored(ch, ch_database, "adv-grow") == (350, 350)
