@@ -8,7 +8,7 @@ Same run, side by side, on servers of the bench's own (free ports, a temporary f
   0 by default so both sides do the same writes), the events over ``--shards`` shards (4).
 
 For each: the real collector (``clicktrail collector``, gunicorn, 2 workers) takes ``--requests``
-one-event pixel requests from ``--clients`` keep-alive connections; then one ``clicktrail sink`` drains
+pixel requests of ``--events`` events (1) from ``--clients`` keep-alive connections; then one ``clicktrail sink`` drains
 them into a throwaway ClickHouse database. Printed: CPU seconds (user+system) of the collector's
 processes per request, of the Redis servers per request (all nodes summed), of the sink per event
 and of Redis while the sink drains, per event. ClickHouse's CPU is left out: its server is shared.
@@ -55,16 +55,17 @@ def run_cli(env: dict, *args: str) -> str:
     return done.stdout.strip()
 
 
-def load(port: int, pixel_id: str, requests: int, clients: int) -> tuple[int, float]:
-    """Post ``requests`` one-event requests over ``clients`` keep-alive connections; (accepted, seconds)."""
+def load(port: int, pixel_id: str, requests: int, clients: int, events: int) -> tuple[int, float]:
+    """Post ``requests`` requests of ``events`` events over ``clients`` keep-alive connections;
+    (accepted, seconds)."""
     accepted = [0] * clients
     per_client = requests // clients
 
     def client(n: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         for i in range(per_client):
-            body = orjson.dumps({"events": [{"event": "PageView", "event_id": f"c{n}-{i}", "ttp": f"b{n}-{i % 50}",
-                                             "page": {"url": "https://bench.example/"}}]})
+            body = orjson.dumps({"events": [{"event": "PageView", "event_id": f"c{n}-{i}-{e}", "ttp": f"b{n}-{i % 50}",
+                                             "page": {"url": "https://bench.example/"}} for e in range(events)]})
             conn.request("POST", f"/e/{pixel_id}", body, {"Origin": "https://bench.example",
                                                           "Content-Type": "application/json"})
             reply = conn.getresponse()
@@ -96,9 +97,9 @@ def measure(name: str, url: str, shards: int, redis_pids: list[int], inspect, ar
     ch = clickhouse.connect(CLICKHOUSE, database="default")
     try:
         _wait_http(port)
-        load(port, pixel_id, min(500, args.requests), args.clients)  # warm-up
+        load(port, pixel_id, min(500, args.requests), args.clients, args.events)  # warm-up
         collector_before, redis_before = cpu([collector.pid], "tree"), cpu(redis_pids)
-        accepted, seconds = load(port, pixel_id, args.requests, args.clients)
+        accepted, seconds = load(port, pixel_id, args.requests, args.clients, args.events)
         collector_cpu, redis_cpu = cpu([collector.pid], "tree") - collector_before, cpu(redis_pids) - redis_before
         queued = inspect()
         sink = subprocess.Popen([sys.executable, "-m", "clicktrail.cli", "sink", "--log-level", "WARNING"], env=env,
@@ -138,6 +139,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--events", type=int, default=1, help="events per request")
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--replicas", type=int, default=0, help="replicas per master of the cluster")
     parser.add_argument("--json", help="write the results here too")
@@ -163,7 +165,7 @@ def main() -> None:
             cluster.stop()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    print(f"code: {code_state()}; {args.requests} one-event requests, {args.clients} clients, "
+    print(f"code: {code_state()}; {args.requests} requests of {args.events} events, {args.clients} clients, "
           f"cluster: 3 masters x {args.replicas} replicas, {args.shards} shards\n")
     columns = list(results[0])
     print("| " + " | ".join(columns) + " |")

@@ -295,3 +295,46 @@ def test_a_single_redis_moving_to_three_shards_keeps_its_backlog_in_ct_events(sp
     spawn.sink(STREAM_SHARDS=3)
     wait_for(lambda: stored_ids(ch, ch_database, "adv-grow") == before | after, "the backlog and the new events stored")
     assert stored(ch, ch_database, "adv-grow") == (350, 350)
+
+
+def click_through(base: str, settings, advertiser: str, campaign: str, **overrides) -> str:
+    """Follow a signed click URL of the advertiser on the collector; return the click id it made."""
+    url = cli(settings, "click-url", "--advertiser", advertiser, "--campaign", campaign, "--adgroup", "g1",
+              "--ad", "a1", "--landing", "https://shop.example/landing", **overrides)
+    connection = http.client.HTTPConnection(base.split("://")[1], timeout=10)
+    connection.request("GET", "/" + url.split("://", 1)[1].split("/", 1)[1])
+    reply = connection.getresponse()
+    assert reply.status == 302
+    connection.close()
+    return reply.getheader("Location").split("ttclid=")[1].split("&")[0]
+
+
+def attribute(spawn, settings, ch, db: str, advertiser: str, **overrides) -> list[tuple]:
+    """Clicks, then purchases carrying their click ids, through a collector, sinks and an attributor
+    on the Redis ``overrides`` name; return the credits per conversion and model."""
+    pixel_id = cli(settings, "pixel", "create", "--advertiser", advertiser, "--domain", "shop.example", **overrides)
+    base = spawn.collector(**overrides)
+    clicks = [click_through(base, settings, advertiser, f"camp{n % 3}", **overrides) for n in range(6)]
+    for n, click_id in enumerate(clicks):
+        body = {"events": [{"event": "Purchase", "event_id": f"order-{n}-{k}", "ttp": f"buyer-{n}", "ttclid": click_id,
+                            "properties": {"value": 10 + n, "currency": "USD"},
+                            "page": {"url": "https://shop.example/thanks"}} for k in range(2)]}
+        assert call("POST", f"{base}/e/{pixel_id}", body, ORIGIN).status == 200
+    spawn.sink(**overrides)
+    spawn.start("attributor", "--log-level", "WARNING", **overrides)
+    query = f"""SELECT event_id, model, matched_by, campaign_id, round(sum(credit * sign), 6) FROM {db}.credits
+                WHERE advertiser_id = %(a)s GROUP BY event_id, model, matched_by, campaign_id
+                HAVING sum(sign) > 0 ORDER BY event_id, model"""
+    return wait_for(lambda: (rows := ch.execute(query, {"a": advertiser})) and len({row[0] for row in rows}) == 12
+                    and rows, f"the conversions of {advertiser} attributed")
+
+
+def test_the_attributor_on_a_cluster_credits_as_on_a_single_redis(spawn, settings, on_cluster, cr, r, ch,
+                                                                  ch_database):
+    on_cluster_credits = attribute(spawn, settings, ch, ch_database, "adv-attr-cluster", **on_cluster)
+    single_credits = attribute(spawn, settings, ch, ch_database, "adv-attr-single")
+    assert on_cluster_credits == single_credits
+    assert {row[2] for row in single_credits} == {"click_id"}
+    # The notices were read and acknowledged in the {ct} slot, and the feed's watermark kept there.
+    wait_for(lambda: cr.xlen("{ct}:attribution") == 0, "the notices consumed")
+    assert int(cr.get("{ct}:feed:watermark")) > 0
