@@ -13,6 +13,7 @@ import json
 import random
 import socket
 import subprocess
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,8 +58,12 @@ class LocalCluster:
         return server
 
     def stop(self) -> None:
-        for port in self.ports:
-            self.server(port).stop()
+        """Stop every node; all at once, as a master shutting down waits for its replicas."""
+        threads = [threading.Thread(target=self.server(port).stop) for port in self.ports]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
 
 
 def free_cluster_ports(count: int) -> list[int]:
