@@ -10,8 +10,9 @@ Same run, side by side, on servers of the bench's own (free ports, a temporary f
 For each: the real collector (``clicktrail collector``, gunicorn, 2 workers) takes ``--requests``
 pixel requests of ``--events`` events (1) from ``--clients`` keep-alive connections; then one ``clicktrail sink`` drains
 them into a throwaway ClickHouse database. Printed: CPU seconds (user+system) of the collector's
-processes per request, of the Redis servers per request (all nodes summed), of the sink per event
-and of Redis while the sink drains, per event. ClickHouse's CPU is left out: its server is shared.
+processes per request, of the Redis servers per request (all nodes summed, cluster-bus chatter
+included) and of the one holding the registry, of the sink per event (its start-up included) and
+of Redis while the sink drains, per event. ClickHouse's CPU is left out: its server is shared.
 
 The load generator runs on the same machine, so requests/s here say little; CPU per request is the
 figure to read (docs/scaling.md).
@@ -82,7 +83,10 @@ def load(port: int, pixel_id: str, requests: int, clients: int, events: int) -> 
     return sum(accepted), time.perf_counter() - started
 
 
-def measure(name: str, url: str, shards: int, redis_pids: list[int], inspect, args, folder: Path) -> dict:
+def measure(name: str, url: str, shards: int, redis_pids: list[int], registry_pid: int, inspect, args,
+            folder: Path) -> dict:
+    """One side of the comparison; ``registry_pid`` is the Redis holding the registry (on a cluster,
+    the master of the ``{ct}`` slot, which every request's check goes to)."""
     db = f"ct_bench_{name}_{secrets.token_hex(3)}"
     env = {**os.environ, "CLICKTRAIL_REDIS_URL": url, "CLICKTRAIL_STREAM_SHARDS": str(shards),
            "CLICKTRAIL_CLICKHOUSE_URL": clickhouse.with_database(CLICKHOUSE, db),
@@ -99,8 +103,10 @@ def measure(name: str, url: str, shards: int, redis_pids: list[int], inspect, ar
         _wait_http(port)
         load(port, pixel_id, min(500, args.requests), args.clients, args.events)  # warm-up
         collector_before, redis_before = cpu([collector.pid], "tree"), cpu(redis_pids)
+        registry_before = cpu([registry_pid])
         accepted, seconds = load(port, pixel_id, args.requests, args.clients, args.events)
         collector_cpu, redis_cpu = cpu([collector.pid], "tree") - collector_before, cpu(redis_pids) - redis_before
+        registry_cpu = cpu([registry_pid]) - registry_before
         queued = inspect()
         sink = subprocess.Popen([sys.executable, "-m", "clicktrail.cli", "sink", "--log-level", "WARNING"], env=env,
                                 cwd=ROOT, start_new_session=True)
@@ -121,6 +127,7 @@ def measure(name: str, url: str, shards: int, redis_pids: list[int], inspect, ar
             "stored": stored, "requests_per_s": round(accepted / seconds),
             "collector_us_per_request": round(collector_cpu / accepted * 1e6, 1),
             "redis_us_per_request": round(redis_cpu / accepted * 1e6, 1),
+            "registry_node_us_per_request": round(registry_cpu / accepted * 1e6, 1),
             "sink_us_per_event": round(sink_cpu / max(stored, 1) * 1e6, 1),
             "redis_us_per_event_sinking": round(redis_sink_cpu / max(stored, 1) * 1e6, 1),
             "drain_s": round(drain_s, 2)}
@@ -150,7 +157,7 @@ def main() -> None:
         single = services.ensure_redis(f"redis://127.0.0.1:{services.free_port()}/0", folder)
         plain = redis.Redis(port=single.port)
         try:
-            results.append(measure("single", f"redis://127.0.0.1:{single.port}/0", 1, [single.pid()],
+            results.append(measure("single", f"redis://127.0.0.1:{single.port}/0", 1, [single.pid()], single.pid(),
                                    lambda: plain.xlen("ct:events"), args, folder))
         finally:
             single.stop()
@@ -158,9 +165,11 @@ def main() -> None:
         client = RedisCluster(host="127.0.0.1", port=cluster.ports[0])
         streams = [f"ct:{{events:{n}}}" for n in range(args.shards)]
         try:
+            registry = client.get_node_from_key("{ct}:pixels").port
             results.append(measure("cluster", cluster.url, args.shards,
                                    [cluster.server(port).pid() for port in cluster.ports],
-                                   lambda: sum(client.xlen(s) for s in streams), args, folder))
+                                   cluster.server(registry).pid(), lambda: sum(client.xlen(s) for s in streams),
+                                   args, folder))
         finally:
             cluster.stop()
     finally:
