@@ -25,6 +25,7 @@ from redis.cluster import RedisCluster
 from clicktrail import redis_cluster
 from tests.http import call
 from tests.servers import env_for
+from tests.test_chaos import wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -81,16 +82,6 @@ def send(base: str, pixel_id: str, batches: int, prefix: str = "ev") -> set[str]
     return accepted
 
 
-def wait_for(check, what: str, seconds: float = 60.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} did not happen within {seconds:.0f}s")
-
-
 def stored(ch, db: str, advertiser: str) -> tuple[int, int]:
     """(rows in events, distinct events in events_unique) of an advertiser."""
     rows = ch.execute(f"SELECT count() FROM {db}.events WHERE advertiser_id = %(a)s", {"a": advertiser})[0][0]
@@ -117,8 +108,8 @@ def test_four_shards_on_a_cluster_store_each_event_once_as_a_single_redis_does(
     # Two sinks, each reading half the shards, store them all.
     spawn.start("sink", "--log-level", "WARNING", "--shards", "0,1", **on_cluster)
     spawn.start("sink", "--log-level", "WARNING", "--shards", "2,3", **on_cluster)
-    wait_for(lambda: stored(ch, ch_database, "adv-cluster")[1] == len(accepted), "the cluster's events stored")
-    wait_for(lambda: all(cr.xlen(stream) == 0 for stream in STREAMS), "the shards drained")
+    wait_for("the cluster's events stored", lambda: stored(ch, ch_database, "adv-cluster")[1] == len(accepted))
+    wait_for("the shards drained", lambda: all(cr.xlen(stream) == 0 for stream in STREAMS))
     assert stored(ch, ch_database, "adv-cluster") == (400, 400)
     # The sinks told the attributor, through the notice stream in the {ct} slot.
     notices = cr.xrange("{ct}:attribution")
@@ -130,7 +121,7 @@ def test_four_shards_on_a_cluster_store_each_event_once_as_a_single_redis_does(
     single = spawn.collector()
     send(single, single_pixel, 80)
     spawn.sink()
-    wait_for(lambda: stored(ch, ch_database, "adv-single")[1] == 400, "the single Redis's events stored")
+    wait_for("the single Redis's events stored", lambda: stored(ch, ch_database, "adv-single")[1] == 400)
     assert stored(ch, ch_database, "adv-single") == (400, 400)
     assert by_event(ch, ch_database, "adv-single") == by_event(ch, ch_database, "adv-cluster")
     assert r.xlen("ct:events") == 0  # the single Redis's one stream keeps its name
@@ -163,20 +154,20 @@ def test_a_click_on_a_cluster_is_queued_and_cached(spawn, settings, on_cluster, 
     connection.close()
     assert cr.get(f"ct:click:adv-click:{click_id}") is not None
     spawn.sink(**on_cluster)
-    wait_for(lambda: ch.execute(f"SELECT count() FROM {ch_database}.touchpoints WHERE touch_id = %(t)s",
-                                {"t": click_id})[0][0] == 1, "the click stored")
+    clicks = f"SELECT count() FROM {ch_database}.touchpoints WHERE touch_id = %(t)s"
+    wait_for("the click stored", lambda: ch.execute(clicks, {"t": click_id})[0][0] == 1)
 
 
 def test_dead_letters_on_a_cluster_are_kept_listed_and_requeued(spawn, settings, on_cluster, cr):
     cr.xadd(STREAMS[2], {"a": "adv-poison", "n": "1", "d": "this is not JSON"})
     spawn.sink(**on_cluster)
-    wait_for(lambda: cr.xlen(DEAD_LETTERS) == 1, "the poison entry dead-lettered")
+    wait_for("the poison entry dead-lettered", lambda: cr.xlen(DEAD_LETTERS) == 1)
     assert cr.xlen(STREAMS[2]) == 0
     listed = cli(settings, "dead-letters", "list", **on_cluster)
     assert "adv-poison" in listed and "cannot decode" in listed
     assert cli(settings, "dead-letters", "requeue", **on_cluster) == "1"
     # Back on a shard, read again, and dead-lettered again (it is still not JSON): nothing lost.
-    wait_for(lambda: cr.xlen(DEAD_LETTERS) == 1 and sum(cr.xlen(s) for s in STREAMS) == 0, "the letter back")
+    wait_for("the letter back", lambda: cr.xlen(DEAD_LETTERS) == 1 and sum(cr.xlen(s) for s in STREAMS) == 0)
 
 
 class Load(threading.Thread):
@@ -219,14 +210,14 @@ def test_a_sink_killed_mid_batch_on_a_cluster_loses_and_doubles_nothing(spawn, s
     pixel_id = cli(settings, "pixel", "create", "--advertiser", "adv-kill", "--domain", "shop.example", **on_cluster)
     load = Load(spawn.collector(**on_cluster), pixel_id)
     load.start()
-    wait_for(lambda: len(load.accepted) >= 200, "some events accepted")
+    wait_for("some events accepted", lambda: len(load.accepted) >= 200)
     # This sink stores its first batch, then dies before acknowledging it (tests/failpoints.py).
     doomed = spawn.sink(failpoint="sink_after_insert", **on_cluster)
     assert doomed.wait(60) == -9
     spawn.sink(**on_cluster)
-    wait_for(lambda: len(load.accepted) >= 600, "more events accepted")
+    wait_for("more events accepted", lambda: len(load.accepted) >= 600)
     load.stop()
-    wait_for(lambda: stored_ids(ch, ch_database, "adv-kill") == load.accepted, "every accepted event stored")
+    wait_for("every accepted event stored", lambda: stored_ids(ch, ch_database, "adv-kill") == load.accepted)
     rows, unique = stored(ch, ch_database, "adv-kill")
     assert unique == len(load.accepted)  # one row per event once folded, whatever was inserted twice
     pending = sum(cr.xpending(stream, "sink")["pending"] for stream in STREAMS)
@@ -243,20 +234,20 @@ def test_a_master_stopped_fails_over_to_its_replica_and_no_acknowledged_event_is
                    **on_cluster)
     load = Load(spawn.collector(**on_cluster), pixel_id)
     load.start()
-    wait_for(lambda: len(load.accepted) >= 200, "some events accepted")
+    wait_for("some events accepted", lambda: len(load.accepted) >= 200)
     # Stop the master of a shard (SIGTERM, as an operator or systemd would); its replica takes over.
     port = master_of(cr, STREAMS[1])
     assert port != master_of(cr, "{ct}:pixels") or port != master_of(cr, STREAMS[2])
     cluster.server(port).stop()
     try:
         before = len(load.accepted)
-        promoted = wait_for(lambda: _promoted(cluster, port, STREAMS[1]), "a replica promoted")
-        wait_for(lambda: len(load.accepted) >= before + 300, "events accepted after the failover")
+        promoted = wait_for("a replica promoted", lambda: _promoted(cluster, port, STREAMS[1]))
+        wait_for("events accepted after the failover", lambda: len(load.accepted) >= before + 300)
         load.stop()
         assert promoted != port
         spawn.sink(**on_cluster)
-        wait_for(lambda: stored_ids(ch, ch_database, "adv-failover") == load.accepted,
-                 "every acknowledged event stored")
+        wait_for("every acknowledged event stored",
+                 lambda: stored_ids(ch, ch_database, "adv-failover") == load.accepted)
     finally:
         load.stop()
         cluster.start_node(port)  # it comes back as a replica of the promoted one
@@ -293,7 +284,8 @@ def test_a_single_redis_moving_to_three_shards_keeps_its_backlog_in_ct_events(sp
     lengths = [r.xlen(stream) for stream in ("ct:events", "ct:{events:1}", "ct:{events:2}")]
     assert sum(lengths) == 70 and all(n > 0 for n in lengths[1:]), lengths
     spawn.sink(STREAM_SHARDS=3)
-    wait_for(lambda: stored_ids(ch, ch_database, "adv-grow") == before | after, "the backlog and the new events stored")
+    wait_for("the backlog and the new events stored",
+             lambda: stored_ids(ch, ch_database, "adv-grow") == before | after)
     assert stored(ch, ch_database, "adv-grow") == (350, 350)
 
 
@@ -325,8 +317,12 @@ def attribute(spawn, settings, ch, db: str, advertiser: str, **overrides) -> lis
     query = f"""SELECT event_id, model, matched_by, campaign_id, round(sum(credit * sign), 6) FROM {db}.credits
                 WHERE advertiser_id = %(a)s GROUP BY event_id, model, matched_by, campaign_id
                 HAVING sum(sign) > 0 ORDER BY event_id, model"""
-    return wait_for(lambda: (rows := ch.execute(query, {"a": advertiser})) and len({row[0] for row in rows}) == 12
-                    and rows, f"the conversions of {advertiser} attributed")
+
+    def attributed():
+        rows = ch.execute(query, {"a": advertiser})
+        return rows if len({row[0] for row in rows}) == 12 else None
+
+    return wait_for(f"the conversions of {advertiser} attributed", attributed)
 
 
 def test_the_attributor_on_a_cluster_credits_as_on_a_single_redis(spawn, settings, on_cluster, cr, r, ch,
@@ -336,5 +332,5 @@ def test_the_attributor_on_a_cluster_credits_as_on_a_single_redis(spawn, setting
     assert on_cluster_credits == single_credits
     assert {row[2] for row in single_credits} == {"click_id"}
     # The notices were read and acknowledged in the {ct} slot, and the feed's watermark kept there.
-    wait_for(lambda: cr.xlen("{ct}:attribution") == 0, "the notices consumed")
+    wait_for("the notices consumed", lambda: cr.xlen("{ct}:attribution") == 0)
     assert int(cr.get("{ct}:feed:watermark")) > 0
