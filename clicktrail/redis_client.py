@@ -58,34 +58,43 @@ def patient(url: str) -> redis.Redis:
 
 def cluster(url: str, **settings) -> RedisCluster:
     """A ``RedisCluster`` client for a ``redis+cluster://`` URL (see the module's docstring)."""
+    nodes, username, password, tls = cluster_address(url)
+    keys.use_cluster_layout()
+    return RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in nodes], username=username,
+                        password=password, ssl=tls, **settings)
+
+
+def cluster_address(url: str) -> tuple[list[tuple[str, int]], str | None, str | None, bool]:
+    """(nodes as (host, port), username, password, TLS) of a ``redis+cluster://`` URL.
+
+    Raises ConfigError naming what is wrong (a database other than 0, no node, a bad host:port),
+    never the whole URL: it may hold a password.
+    """
     parts = urlsplit(url)
+    if parts.scheme not in CLUSTER_SCHEMES:
+        raise ConfigError(f"a Redis Cluster URL starts with redis+cluster:// or rediss+cluster://, not {parts.scheme}://")
     if parts.path.strip("/") not in ("", "0"):
         raise ConfigError(f"a Redis Cluster has only database 0; remove {parts.path!r} from the URL")
     userinfo, _, hosts = parts.netloc.rpartition("@")
     username, _, password = userinfo.partition(":")
-    nodes = [_node(address, url) for address in hosts.split(",") if address]
+    nodes = [_node(address) for address in hosts.split(",") if address]
     if not nodes:
-        raise ConfigError(f"the Redis Cluster URL {url!r} names no node (redis+cluster://host:port,host:port/)")
-    keys.use_cluster_layout()
-    return RedisCluster(startup_nodes=nodes, username=unquote(username) or None,
-                        password=unquote(password) or None, ssl=parts.scheme == "rediss+cluster", **settings)
+        raise ConfigError("the Redis Cluster URL names no node (redis+cluster://host:port,host:port/)")
+    return nodes, unquote(username) or None, unquote(password) or None, parts.scheme == "rediss+cluster"
 
 
-def _node(address: str, url: str) -> ClusterNode:
-    host, _, port = address.rpartition(":") if address.count(":") == 1 or address.startswith("[") else (address, "", "")
+def _node(address: str) -> tuple[str, int]:
+    """``host:port``, ``host`` (port 6379) or ``[v6 address]:port``."""
+    host, port = address, ""
+    if address.startswith("["):
+        host, _, rest = address[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif ":" in address:
+        host, _, port = address.rpartition(":")
     try:
-        return ClusterNode(host.strip("[]") or "127.0.0.1", int(port or 6379))
+        number = int(port or 6379)
     except ValueError:
-        raise ConfigError(f"{address!r} in the Redis Cluster URL {url!r} is not host:port") from None
-
-
-def ensure_group(r: redis.Redis, stream: str, group: str) -> None:
-    """Create a consumer group reading ``stream`` from its start (and the stream, if missing).
-
-    From the start, so entries added before any consumer ran are read too; an existing group is fine.
-    """
-    try:
-        r.xgroup_create(stream, group, id="0", mkstream=True)
-    except redis.ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
+        number = 0
+    if not host or not 0 < number < 65536:
+        raise ConfigError(f"{address!r} in the Redis Cluster URL is not host:port")
+    return host, number

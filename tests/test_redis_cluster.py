@@ -22,7 +22,8 @@ import orjson
 import pytest
 from redis.cluster import RedisCluster
 
-from clicktrail import redis_cluster
+from clicktrail import config, redis_client, redis_cluster
+from clicktrail.errors import ConfigError
 from tests.http import call
 from tests.servers import env_for
 from tests.test_chaos import wait_for
@@ -334,3 +335,33 @@ def test_the_attributor_on_a_cluster_credits_as_on_a_single_redis(spawn, setting
     # The notices were read and acknowledged in the {ct} slot, and the feed's watermark kept there.
     wait_for("the notices consumed", lambda: cr.xlen("{ct}:attribution") == 0)
     assert int(cr.get("{ct}:feed:watermark")) > 0
+
+
+# -- settings, without a cluster ----------------------------------------------------------------
+
+def test_a_cluster_url_names_its_nodes_and_credentials():
+    assert redis_client.cluster_address("redis+cluster://app:p%40ss@10.0.0.1:7000,[::1]:7001,redis-3/") == (
+        [("10.0.0.1", 7000), ("::1", 7001), ("redis-3", 6379)], "app", "p@ss", False)
+    assert redis_client.cluster_address("rediss+cluster://10.0.0.1:7000")[3] is True
+    assert redis_client.is_cluster_url("redis+cluster://h:1/") and not redis_client.is_cluster_url("redis://h:1/0")
+
+
+@pytest.mark.parametrize("url, message", [
+    ("redis+cluster://h:7000/3", "only database 0"),
+    ("redis+cluster:///", "names no node"),
+    ("redis+cluster://h:port/", "'h:port' in the Redis Cluster URL is not host:port"),
+    ("redis+cluster://:secret@h:70000/", "'h:70000' in the Redis Cluster URL is not host:port"),
+])
+def test_a_bad_cluster_url_is_refused_clearly_and_never_echoes_a_password(url, message):
+    with pytest.raises(ConfigError) as refused:
+        redis_client.cluster_address(url)
+    assert message in str(refused.value) and "secret" not in str(refused.value)
+
+
+def test_the_shard_count_is_checked_and_sinks_take_only_existing_shards(settings):
+    with pytest.raises(ConfigError, match="CLICKTRAIL_STREAM_SHARDS must be between 1 and 1024"):
+        config.load({"STREAM_SHARDS": 0})
+    done = subprocess.run([sys.executable, "-m", "clicktrail.cli", "sink", "--shards", "0,4"],
+                          env=env_for(settings, STREAM_SHARDS=4), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "shard numbers go from 0 to 3 (CLICKTRAIL_STREAM_SHARDS=4)" in done.stderr
