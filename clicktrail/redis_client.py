@@ -98,3 +98,15 @@ def _node(address: str) -> tuple[str, int]:
     if not host or not 0 < number < 65536:
         raise ConfigError(f"{address!r} in the Redis Cluster URL is not host:port")
     return host, number
+
+
+def ensure_group(r: redis.Redis, stream: str, group: str) -> None:
+    """Create a consumer group reading ``stream`` from its start (and the stream, if missing).
+
+    From the start, so entries added before any consumer ran are read too; an existing group is fine.
+    """
+    try:
+        r.xgroup_create(stream, group, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
