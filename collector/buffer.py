@@ -136,9 +136,10 @@ class EventBuffer:
     def _cluster_append(self, shard: int, args: list) -> list:
         """On a Redis Cluster: check in the registry's slot, then add the entry in the shard's.
 
-        Through redis-py's cluster client, which knows which node holds which slot and follows
-        the cluster through a failover. Not atomic as one call is, and need not be: a pixel
-        removed between the two calls had its event accepted a moment before it went.
+        Each call goes straight to its slot's master (collector/cluster_route.py), or through
+        redis-py's cluster client where a socket of our own cannot reach the nodes (TLS). Not
+        atomic as one call is, and need not be: a pixel removed between the two calls had its
+        event accepted a moment before it went.
         """
         data, check_args = args[6], [*args[:6], "", args[7]]
         if self._route:
@@ -151,7 +152,8 @@ class EventBuffer:
         entry = [self._max_len, b"a", result[1], b"n", args[5], b"d", data]
         stream = self.streams[shard]
         if self._route:
-            status = self._route.call(stream, _packed(self._stream_heads[shard], 1, entry), _loader(_APPEND_STREAM_LUA))
+            status = self._route.call(stream, _packed(self._stream_heads[shard], 1, entry),
+                                      _loader(_APPEND_STREAM_LUA))
         else:
             status = self._stream_script(keys=[stream], args=entry)
         return result if status[0] == b"ok" else status
@@ -248,6 +250,7 @@ def _registry_keys() -> list[str]:
     """append_events.lua's KEYS after the stream; read when a buffer is built, as the names
     depend on the kind of Redis (clicktrail/keys.py)."""
     return [keys.PIXELS, keys.TOKENS, keys.REJECTED_COUNTS, keys.SOURCES]
+
 
 _ERRORS = {
     "unknown_pixel": lambda pixel, host, field: NotFound(
