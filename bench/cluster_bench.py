@@ -40,10 +40,10 @@ import orjson
 import redis
 from redis.cluster import RedisCluster
 
-from benchlib import ROOT, code_state, cpu_seconds  # noqa: E402  (puts the measured tree on sys.path)
+from benchlib import CH_BASE, CODE, code_state, cpu_seconds  # noqa: E402  (puts the measured tree on sys.path)
 from clicktrail import clickhouse, redis_cluster, services  # noqa: E402
 
-CLICKHOUSE = "clickhouse://127.0.0.1:9000/default"
+CLICKHOUSE = CH_BASE
 
 
 def cpu(pids: list[int], scope: str = "self") -> float:
@@ -52,7 +52,7 @@ def cpu(pids: list[int], scope: str = "self") -> float:
 
 def run_cli(env: dict, *args: str) -> str:
     done = subprocess.run([sys.executable, "-m", "clicktrail.cli", *args], env=env, capture_output=True,
-                          text=True, check=True, cwd=ROOT)
+                          text=True, check=True, cwd=CODE)
     return done.stdout.strip()
 
 
@@ -91,12 +91,12 @@ def measure(name: str, url: str, shards: int, redis_pids: list[int], registry_pi
     env = {**os.environ, "CLICKTRAIL_REDIS_URL": url, "CLICKTRAIL_STREAM_SHARDS": str(shards),
            "CLICKTRAIL_CLICKHOUSE_URL": clickhouse.with_database(CLICKHOUSE, db),
            "CLICKTRAIL_DATA_DIR": str(folder / "var"), "CLICKTRAIL_REDIS_TIMEOUT_MS": "2000",
-           "CLICKTRAIL_STREAM_MAX_LEN": "100000000", "PYTHONPATH": str(ROOT)}
+           "CLICKTRAIL_STREAM_MAX_LEN": "100000000", "PYTHONPATH": str(CODE)}
     run_cli(env, "migrate")
     pixel_id = run_cli(env, "pixel", "create", "--advertiser", "bench-cluster", "--domain", "bench.example")
     port = services.free_port()
     collector = subprocess.Popen([sys.executable, "-m", "clicktrail.cli", "collector", "--bind",
-                                  f"127.0.0.1:{port}", "--workers", "2"], env=env, cwd=ROOT,
+                                  f"127.0.0.1:{port}", "--workers", "2"], env=env, cwd=CODE,
                                  stderr=subprocess.DEVNULL, start_new_session=True)
     ch = clickhouse.connect(CLICKHOUSE, database="default")
     try:
@@ -109,7 +109,7 @@ def measure(name: str, url: str, shards: int, redis_pids: list[int], registry_pi
         registry_cpu = cpu([registry_pid]) - registry_before
         queued = inspect()
         sink = subprocess.Popen([sys.executable, "-m", "clicktrail.cli", "sink", "--log-level", "WARNING"], env=env,
-                                cwd=ROOT, start_new_session=True)
+                                cwd=CODE, start_new_session=True)
         redis_before = cpu(redis_pids)
         started = time.perf_counter()
         while inspect() and time.perf_counter() - started < 600:
@@ -150,6 +150,7 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--replicas", type=int, default=0, help="replicas per master of the cluster")
     parser.add_argument("--json", help="write the results here too")
+    parser.add_argument("--code", help="the source tree to run (an exported commit); default: this checkout")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="ct-cluster-bench-"))
     results = []
