@@ -232,7 +232,7 @@ class Attributor:
         self.revisions_written = 0
         self._lease_script = r.register_script(_LEASE_LUA)
         self._release_script = r.register_script(_RELEASE_LUA)
-        self.eraser = Eraser(r, ch, database, self._stamp, self._publish)
+        self.eraser = Eraser(r, ch, database, self._stamp, self._publish, settings.stream.shards)
         self._erasure_due = due_every(1.0)
         self.retention = Retention(settings, r, ch, database)
         self._retention_check_due = due_every(600.0)  # is the daily run due? (asked of Redis)

@@ -49,8 +49,10 @@ _IDENTITY_KINDS = {"email": "email", "phone": "phone", "external_id": "external_
 
 class Eraser:
     def __init__(self, r: redis.Redis, ch: Client, db: str, stamp: Callable[[], int],
-                 publish: Callable[[int], None]) -> None:
+                 publish: Callable[[int], None], shards: int = 1) -> None:
         self.redis = r
+        # Every stream a person's queued events may wait in: each shard's, and the dead letters.
+        self.queues = (*keys.event_streams(shards), keys.DEAD_LETTER_STREAM)
         self.ch = ch
         self.db = db
         self._stamp = stamp  # the attributor's: write times the feed's cursors can order
@@ -94,7 +96,7 @@ class Eraser:
 
     def _buffers(self, rid: str, work: dict) -> None:
         person = _Person(work)
-        removed = sum(self._scrub_stream(name, person) for name in (keys.EVENTS_STREAM, keys.DEAD_LETTER_STREAM))
+        removed = sum(self._scrub_stream(name, person) for name in self.queues)
         pipe = self.redis.pipeline(transaction=False)
         for click_id in person.click_ids:
             pipe.delete(click_cache.key(person.advertiser_id, click_id))
@@ -162,8 +164,7 @@ class Eraser:
         # Again, now knowing the browsers and clicks the person's stored events link.
         linked = _Person(work)
         self._forget_clicks(adv, set(clicks) | {touch_id for kind, touch_id in touches if kind == "click"})
-        work["rows"]["queued_events"] += sum(self._scrub_stream(name, linked)
-                                             for name in (keys.EVENTS_STREAM, keys.DEAD_LETTER_STREAM))
+        work["rows"]["queued_events"] += sum(self._scrub_stream(name, linked) for name in self.queues)
 
     def _forget_clicks(self, adv: str, click_ids: set[str]) -> None:
         """The person's clicks leave the click cache (it holds their browser id and hashes)."""

@@ -93,7 +93,7 @@ def api(bind: str, workers: int, threads: int, nice: int) -> None:
     serve.run("reporting.api:create_app", bind, workers, threads, settings.paths.data_dir, "api")
 
 
-def _run_worker(name: str, worker_class, log_level: str) -> None:
+def _run_worker(name: str, worker_class, log_level: str, **options) -> None:
     """Run a Redis → ClickHouse worker until a signal: the first finishes the batch, a second exits."""
     from clicktrail import clickhouse
     from clicktrail.lifecycle import ForcedStop, StopFlag
@@ -105,7 +105,8 @@ def _run_worker(name: str, worker_class, log_level: str) -> None:
     stop.install(name)
     # Neither connects here: the worker waits for Redis as it starts (its consumer group), and for
     # ClickHouse at its first insert or tick, which retry with backoff while it is unreachable.
-    worker = worker_class(settings, _redis(settings), clickhouse.connect(url), clickhouse.database_of(url), stop)
+    worker = worker_class(settings, _redis(settings), clickhouse.connect(url), clickhouse.database_of(url), stop,
+                          **options)
     try:
         worker.run()
     except ForcedStop:
@@ -121,13 +122,28 @@ def attributor(log_level: str) -> None:
     _run_worker("attributor", Attributor, log_level)
 
 
+def _shard_list(ctx, param, value: str | None) -> list[int] | None:
+    """``--shards 0,2``: shard numbers below CLICKTRAIL_STREAM_SHARDS; unset: all of them."""
+    if value is None:
+        return None
+    shards = _settings().stream.shards
+    try:
+        chosen = sorted({int(part) for part in value.split(",") if part.strip()})
+    except ValueError:
+        raise click.BadParameter("a comma-separated list of shard numbers, e.g. 0,2") from None
+    if not chosen or not all(0 <= shard < shards for shard in chosen):
+        raise click.BadParameter(f"shard numbers go from 0 to {shards - 1} (CLICKTRAIL_STREAM_SHARDS={shards})")
+    return chosen
+
+
 @main.command()
 @click.option("--log-level", default="INFO", show_default=True)
-def sink(log_level: str) -> None:
+@click.option("--shards", callback=_shard_list, help="stream shards to read, e.g. 0,2 (default: all)")
+def sink(log_level: str, shards: list[int] | None) -> None:
     """Move events from the Redis Stream into ClickHouse; several may run at once."""
     from sink.worker import Sink
 
-    _run_worker("sink", Sink, log_level)
+    _run_worker("sink", Sink, log_level, shards=shards)
 
 
 @main.command()
@@ -343,7 +359,8 @@ def dead_letters_requeue(count: int) -> None:
     """Move the oldest dead letters back to the event stream; print how many moved."""
     from sink import dead_letters as letters
 
-    click.echo(letters.requeue(_redis(_settings()), count))
+    settings = _settings()
+    click.echo(letters.requeue(_redis(settings), count, settings.stream.shards))
 
 
 @main.group()

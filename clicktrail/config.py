@@ -35,6 +35,8 @@ def _setting(name: str, default: Any, *, deprecated: tuple[str, ...] = (), secre
 
 @dataclass(frozen=True, slots=True)
 class RedisSettings:
+    # A single Redis (redis://, rediss://, unix://) or a Redis Cluster named by some of its nodes:
+    # redis+cluster://host:port,host:port/ (rediss+cluster:// with TLS); see docs/scaling.md.
     url: str = _setting("REDIS_URL", "redis://127.0.0.1:6379/0")
     timeout_ms: int = _setting("REDIS_TIMEOUT_MS", 100)  # a slow Redis answers 503 after this, never hangs a worker
 
@@ -81,6 +83,9 @@ class StreamSettings:
     max_len: int = _setting("STREAM_MAX_LEN", 1_000_000)
     # Pending this long: the consumer (a sink, or an attributor) that read it is presumed dead.
     claim_idle_ms: int = _setting("CLAIM_IDLE_MS", 60_000, deprecated=("SINK_CLAIM_IDLE_MS",))
+    # Streams the events are split over (docs/scaling.md); every collector and sink of a
+    # deployment must agree. 1 on a single Redis is the one stream ct:events.
+    shards: int = _setting("STREAM_SHARDS", 1)
     # Days an entry may stay in the event stream or the dead letters (they hold personal data, and
     # a dead letter waits for an operator); older ones are dropped, counted and logged as lost.
     buffer_max_age_days: int = _setting("BUFFER_MAX_AGE_DAYS", 30)
@@ -269,6 +274,9 @@ def load(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] 
     _apply_overrides(values, overrides or {})
     secret, data_dir = _SPECS["SECRET_KEY"].where, _SPECS["DATA_DIR"].where
     values[secret] = _secret_key(values[secret], values[data_dir])
+    shards = _SPECS["STREAM_SHARDS"].where
+    if not 1 <= values[shards] <= 1024:
+        raise ConfigError(f"{ENV_PREFIX}STREAM_SHARDS must be between 1 and 1024, not {values[shards]}")
     return _build(values)
 
 

@@ -2,9 +2,19 @@
 
 All keys share the ``ct:`` prefix so a shared Redis can be inspected (``SCAN MATCH ct:*``)
 and so no other application's keys are ever touched.
+
+On a Redis Cluster (``redis+cluster://`` URLs, see clicktrail/redis_client.py) a Lua call or a
+MULTI may touch only keys of one hash slot. There the shared keys (registry, attribution notices,
+dead letters, leases) carry the hash tag ``{ct}`` and so live together in one slot, while the event
+stream is split into shards whose keys carry a tag each (``ct:{events:N}``) so that the cluster
+spreads them over its masters. A process talks to one kind of Redis: ``use_cluster_layout()``,
+called once when its client is built for a cluster, renames the shared keys below. The click
+cache stays untagged on purpose: its keys are read and written one by one and should spread.
 """
 
 PREFIX = "ct:"
+#: The prefix of the shared keys on a Redis Cluster: one hash slot for all of them.
+CLUSTER_PREFIX = "{ct}:"
 
 #: Stream of accepted events, one entry per accepted request: fields ``a`` (advertiser id),
 #: ``n`` (number of events), ``d`` (the events as a JSON array) and, for clicks recorded by the
@@ -46,8 +56,8 @@ ATTRIBUTOR_GROUP = "attributor"
 ATTRIBUTOR_LEASE = PREFIX + "attributor:lease"
 
 #: Recent clicks by click id, ``ct:click:<advertiser>:<click id>`` -> JSON, expiring 29 days after
-#: the click (see pixel/click_cache.py).
-CLICK_CACHE_PREFIX = PREFIX + "click:"
+#: the click (see pixel/click_cache.py). Untagged in cluster mode too (see above).
+CLICK_CACHE_PREFIX = "ct:click:"
 
 #: Hash ``<pixel_id>:<reason>`` -> count of events the collector rejected (diagnostics).
 REJECTED_COUNTS = PREFIX + "stats:rejected"
@@ -83,3 +93,49 @@ def erasure_audit(request_id: str) -> str:
 def erasure_work(request_id: str) -> str:
     """An erasure's identifiers and progress (JSON), deleted when it is done."""
     return f"{PREFIX}erasure:{request_id}:work"
+
+
+# -- shards of the event stream ---------------------------------------------------------------
+
+#: The shared keys above that move into the ``{ct}`` slot on a cluster (by their name here).
+_SHARED = ("DEAD_LETTER_STREAM", "PIXELS", "SOURCES", "ADVERTISERS", "ADVERTISER_DOMAINS", "TOKENS",
+           "ATTRIBUTION_STREAM", "ATTRIBUTOR_LEASE", "REJECTED_COUNTS", "FEED_WATERMARK", "ERASURE_QUEUE")
+_cluster = False
+
+
+def event_stream(shard: int) -> str:
+    """The stream of shard ``shard`` (0-based) of the events.
+
+    Shard 0 on a single Redis is ``ct:events``, the one stream there was before shards: a
+    deployment that moves from one shard to several keeps its backlog there. Every other shard,
+    and every shard on a cluster, is ``ct:{events:N}``: its own hash tag, so the cluster puts
+    each shard where its slot lives.
+    """
+    if shard == 0 and not _cluster:
+        return PREFIX + "events"
+    return f"ct:{{events:{shard}}}"
+
+
+def event_streams(shards: int) -> list[str]:
+    return [event_stream(shard) for shard in range(shards)]
+
+
+def is_cluster_layout() -> bool:
+    return _cluster
+
+
+def use_cluster_layout() -> None:
+    """Rename the shared keys for a Redis Cluster: ``{ct}:pixels`` and so on, one slot for them all.
+
+    Called by clicktrail/redis_client.py when it builds a cluster client; a process talks to one
+    Redis deployment, so the names are the process's. Idempotent.
+    """
+    global _cluster, PREFIX, EVENTS_STREAM
+    if _cluster:
+        return
+    _cluster = True
+    names = globals()
+    for name in _SHARED:
+        names[name] = CLUSTER_PREFIX + names[name].removeprefix("ct:")
+    PREFIX = CLUSTER_PREFIX
+    EVENTS_STREAM = event_stream(0)

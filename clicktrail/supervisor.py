@@ -217,6 +217,8 @@ def _prepare(settings: config.Settings, start_services: bool, stop: StopFlag) ->
     if start_services:
         for name, url, ensure in (("redis", settings.redis.url, services.ensure_redis),
                                   ("clickhouse", settings.clickhouse.url, services.ensure_clickhouse)):
+            if name == "redis" and redis_client.is_cluster_url(url):
+                continue  # a Redis Cluster is started by scripts/cluster (or is someone else's)
             if (urlsplit(url).hostname or "") in services.LOOPBACK:
                 server = ensure(url, data)
                 how = "started, data in " + str(server.pid_file.parent) if server.started else "already running"
@@ -239,6 +241,8 @@ def _prepare(settings: config.Settings, start_services: bool, stop: StopFlag) ->
 
 def _where(url: str) -> str:
     parts = urlsplit(url)
+    if redis_client.is_cluster_url(url):
+        return "the cluster of " + parts.netloc.rpartition("@")[2]
     return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
 
 

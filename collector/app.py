@@ -31,10 +31,11 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     client = redis_client.fast(settings.redis.url, settings.redis.timeout_ms)
     svc = app.extensions["clicktrail"] = Services(
         settings=settings,
-        buffer=EventBuffer(client, settings.stream.max_len, settings.limits.retry_after_s,
+        buffer=EventBuffer(client, settings.stream.max_len, settings.limits.retry_after_s, settings.stream.shards,
                            open_locator(settings.geo.database), settings.privacy),
         redis=client,
-        stream_metrics=StreamCollector(client, keys.EVENTS_STREAM, keys.SINK_GROUP, keys.DEAD_LETTER_STREAM),
+        stream_metrics=StreamCollector(client, keys.event_streams(settings.stream.shards), keys.SINK_GROUP,
+                                       keys.DEAD_LETTER_STREAM),
     )
     _register_blueprints(app)
     _register_handlers(app)

@@ -3,28 +3,39 @@
 A Lua script checks, atomically and in one call: the pixel exists, the site domain or the
 token may send for it, the stream is under its length guard; then it adds the request's events
 as one stream entry and counts the rejected ones for diagnostics. One call per request.
+
+The events may be split over several streams (``CLICKTRAIL_STREAM_SHARDS``): a request goes to
+the shard its pixel and browser id hash to (``shard_of``), so one browser's events stay in one
+stream, in order, while a busy pixel's browsers spread over all of them. On a Redis Cluster the
+registry lives in one hash slot and each shard in its own, and a Lua call may touch one slot
+only: there the same script checks the request in the registry's slot (with no events to add),
+then ``append_stream.lua`` adds the entry in the shard's slot: two calls (docs/scaling.md).
 """
 
 from __future__ import annotations
 
 import threading
+import zlib
 from typing import NamedTuple
 
 import orjson
 import redis
 
-from clicktrail import keys, scripting
+from clicktrail import keys, redis_client, scripting
 from clicktrail.errors import BadRequest, BufferUnavailable, Forbidden, NotFound, Unauthorized
+from collector.cluster_route import ClusterRoute
 from collector.redis_line import ConnectionLine, SocketLine, bulk, command, line_for
 from clicktrail.config import PrivacySettings
 from collector.privacy import before_queue
 from pixel.geo import Locator, no_locator, place_records
 from pixel.records import EventRecord, TouchRecord, encode_records
+from pixel.registry import host_allowed
 from pixel.sources import describe
 
 # The scripts (clicktrail/lua/append_events.lua, append_touch.lua) hold their KEYS and ARGV.
 _APPEND_LUA = scripting.source("append_events")
 _APPEND_TOUCH_LUA = scripting.source("append_touch")
+_APPEND_STREAM_LUA = scripting.source("append_stream")
 
 
 class Appended(NamedTuple):
@@ -35,7 +46,7 @@ class Appended(NamedTuple):
 class EventBuffer:
     """The collector's handle on the stream."""
 
-    def __init__(self, client: redis.Redis, max_len: int, retry_after_s: int,
+    def __init__(self, client: redis.Redis, max_len: int, retry_after_s: int, shards: int = 1,
                  locate: Locator = no_locator, privacy: PrivacySettings = PrivacySettings()) -> None:
         self._client = client
         self._locate = locate
@@ -45,9 +56,29 @@ class EventBuffer:
         self._touch_script = client.register_script(_APPEND_TOUCH_LUA)
         self._max_len = max_len
         self._retry_after = retry_after_s
-        # The EVALSHA call's fixed head in Redis's wire format, packed once (see _packed).
-        self._head = b"".join(bulk(a) for a in [b"EVALSHA", self._sha.encode(), str(len(_KEYS)).encode(),
-                                                 *(k.encode() for k in _KEYS)])
+        self.shards = shards
+        self.streams = keys.event_streams(shards)
+        self._cluster = redis_client.is_cluster(client)
+        # Each shard's EVALSHA call's fixed head in Redis's wire format, packed once (see _packed).
+        self._heads = [_head(self._sha, [stream, *_registry_keys()]) for stream in self.streams]
+        if self._cluster:
+            self._check_script = client.register_script(_APPEND_LUA)
+            self._stream_script = client.register_script(_APPEND_STREAM_LUA)
+            # The check's own first key: in the registry's slot, never written (it adds no events).
+            self._check_keys = [keys.PREFIX + "events:check", *_registry_keys()]
+            self._check_head = _head(self._sha, self._check_keys)
+            self._stream_heads = [_head(self._stream_script.sha, [stream]) for stream in self.streams]
+            route = ClusterRoute(client)
+            self._route = route if route.plain else None
+
+    def shard_of(self, pixel_id: str, records: list) -> int:
+        """The shard of a request: a stable hash (CRC-32, the same in every process) of its pixel
+        and its first event's browser id (the event id when it has none)."""
+        if self.shards == 1:
+            return 0
+        first = records[0] if records else {}
+        basis = f"{pixel_id}\x00{first.get('ttp') or first.get('event_id') or ''}"
+        return zlib.crc32(basis.encode()) % self.shards
 
     def append(
         self,
@@ -83,8 +114,9 @@ class EventBuffer:
         # acknowledgements all cost per entry, so a 100-event batch costs about what one event does.
         args = [pixel_id, host, token_hash, self._max_len, orjson.dumps(rejected) if rejected else "",
                 len(records), encode_records(records) if records else "", ",".join(event_sources)]
+        shard = self.shard_of(pixel_id, records)
         try:
-            result = self._evalsha(args)
+            result = self._cluster_append(shard, args) if self._cluster else self._evalsha(shard, args)
         except redis.RedisError as exc:
             raise BufferUnavailable(
                 "the event buffer is unavailable; retry later", code="buffer_unavailable"
@@ -112,14 +144,39 @@ class EventBuffer:
             line = self._local.line = line_for(self._client)
         return line
 
-    def _evalsha(self, args: list) -> list:
+    def _cluster_append(self, shard: int, args: list) -> list:
+        """On a Redis Cluster: check in the registry's slot, then add the entry in the shard's.
+
+        Each call goes straight to its slot's master (collector/cluster_route.py), or through
+        redis-py's cluster client where a socket of our own cannot reach the nodes (TLS). Not
+        atomic as one call is, and need not be: a pixel removed between the two calls had its
+        event accepted a moment before it went.
+        """
+        data, check_args = args[6], [*args[:6], "", args[7]]
+        if self._route:
+            result = self._route.call(self._check_keys[0], _packed(self._check_head, 5, check_args),
+                                      _loader(_APPEND_LUA))
+        else:
+            result = self._check_script(keys=self._check_keys, args=check_args)
+        if result[0] != b"ok" or not data:
+            return result
+        entry = [self._max_len, b"a", result[1], b"n", args[5], b"d", data]
+        stream = self.streams[shard]
+        if self._route:
+            status = self._route.call(stream, _packed(self._stream_heads[shard], 1, entry),
+                                      _loader(_APPEND_STREAM_LUA))
+        else:
+            status = self._stream_script(keys=[stream], args=entry)
+        return result if status[0] == b"ok" else status
+
+    def _evalsha(self, shard: int, args: list) -> list:
         """EVALSHA on this thread's connection (collector/redis_line.py).
 
         redis-py's command layer (pool checkout, retries, hooks, response callbacks) costs more
         CPU than the rest of a collector request; the request needs only the send and the read.
         """
         line = self._line()
-        packed = self._packed(args)
+        packed = _packed(self._heads[shard], 5, args)  # the stream and the four _registry_keys
         try:
             return self._send(line, packed)
         except redis.ConnectionError:  # (a timeout is not one: it fails at once, the line closed)
@@ -134,16 +191,6 @@ class EventBuffer:
             line.call(command(b"SCRIPT", b"LOAD", _APPEND_LUA.encode()))
             return line.call(packed)
 
-    def _packed(self, args: list) -> bytes:
-        """The EVALSHA call in Redis's wire format.
-
-        redis-py's generic packer inspects and encodes every argument anew (a few percent of a
-        request's CPU); the head never changes and the arguments are str, int or bytes.
-        """
-        parts = [b"*%d\r\n" % (len(_KEYS) + 3 + len(args)), self._head]
-        parts.extend(bulk(a if a.__class__ is bytes else str(a).encode()) for a in args)
-        return b"".join(parts)
-
     def append_click(self, advertiser_id: str, landing_host: str, record: TouchRecord, cache_key: str,
                      cache_value: bytes, cache_ttl_s: int) -> None:
         """Queue a redirect click through the same stream as events, and keep it in the click cache.
@@ -154,9 +201,12 @@ class EventBuffer:
         place_records(self._locate, [record])
         before_queue([record], self._privacy)
         args = [advertiser_id, landing_host, self._max_len, 1, encode_records([record]), cache_value, cache_ttl_s]
+        stream = self.streams[self.shard_of(advertiser_id, [{"ttp": record.get("touch_id")}])]
         try:
-            status = self._touch_script(keys=[keys.EVENTS_STREAM, keys.ADVERTISER_DOMAINS, cache_key],
-                                        args=args)[0].decode()
+            if self._cluster:
+                status = self._cluster_click(stream, args, cache_key)
+            else:
+                status = self._touch_script(keys=[stream, keys.ADVERTISER_DOMAINS, cache_key], args=args)[0].decode()
         except redis.RedisError as exc:
             raise BufferUnavailable("the event buffer is unavailable", code="buffer_unavailable") from exc
         if status == "domain_not_allowed":
@@ -165,12 +215,55 @@ class EventBuffer:
         if status == "overloaded":
             raise _ERRORS["overloaded"](advertiser_id, landing_host, "")
 
+    def _cluster_click(self, stream: str, args: list, cache_key: str) -> str:
+        """append_touch.lua's work in three calls, each in its own slot: the domain check, the
+        entry, then the click cache. In that order: a click cached but never queued could be
+        credited without being stored; a click queued but not cached is found in ClickHouse."""
+        advertiser_id, landing_host, max_len, count, data, cache_value, cache_ttl_s = args
+        raw = self._client.hget(keys.ADVERTISER_DOMAINS, advertiser_id)
+        if not raw or not host_allowed(landing_host, orjson.loads(raw)):
+            return "domain_not_allowed"
+        status = self._stream_script(keys=[stream], args=[max_len, b"a", advertiser_id, b"k", b"t", b"n", count,
+                                                          b"d", data])[0].decode()
+        if status == "ok":
+            try:
+                self._client.set(cache_key, cache_value, ex=cache_ttl_s)
+            except redis.RedisError:
+                pass  # queued all the same: the attributor finds the click in ClickHouse
+        return status
+
     @property
     def retry_after(self) -> int:
         return self._retry_after
 
 
-_KEYS = [keys.EVENTS_STREAM, keys.PIXELS, keys.TOKENS, keys.REJECTED_COUNTS, keys.SOURCES]
+def _head(sha: str, script_keys: list[str]) -> bytes:
+    """The fixed head of an EVALSHA call (command, script, keys) in Redis's wire format."""
+    return b"".join(bulk(a) for a in [b"EVALSHA", sha.encode(), str(len(script_keys)).encode(),
+                                       *(k.encode() for k in script_keys)])
+
+
+def _packed(head: bytes, key_count: int, args: list) -> bytes:
+    """An EVALSHA call in Redis's wire format, its head packed beforehand (``_head``).
+
+    redis-py's generic packer inspects and encodes every argument anew (a few percent of a
+    request's CPU); the head never changes and the arguments are str, int or bytes.
+    """
+    parts = [b"*%d\r\n" % (3 + key_count + len(args)), head]
+    parts.extend(bulk(a if a.__class__ is bytes else str(a).encode()) for a in args)
+    return b"".join(parts)
+
+
+def _loader(source: str):
+    """Loads a script on a node's line that lacks it (a new node, a restarted one, a promoted replica)."""
+    return lambda line: line.call(command(b"SCRIPT", b"LOAD", source.encode()))
+
+
+def _registry_keys() -> list[str]:
+    """append_events.lua's KEYS after the stream; read when a buffer is built, as the names
+    depend on the kind of Redis (clicktrail/keys.py)."""
+    return [keys.PIXELS, keys.TOKENS, keys.REJECTED_COUNTS, keys.SOURCES]
+
 
 _ERRORS = {
     "unknown_pixel": lambda pixel, host, field: NotFound(

@@ -34,28 +34,32 @@ LATENCY = Histogram(
 
 
 class StreamCollector:
-    """Reads the stream's length, pending and dead-letter counts at scrape time."""
+    """Reads the streams' length, pending and dead-letter counts at scrape time (summed over shards)."""
 
-    def __init__(self, redis_client, stream: str, group: str, dead: str) -> None:
+    def __init__(self, redis_client, streams: list[str], group: str, dead: str) -> None:
         self._redis = redis_client
-        self._stream, self._group, self._dead = stream, group, dead
+        self._streams, self._group, self._dead = list(streams), group, dead
 
     def collect(self):
         length = GaugeMetricFamily("clicktrail_stream_length", "Entries in the event stream (backlog)")
         pending = GaugeMetricFamily("clicktrail_stream_pending", "Entries read by a sink but not yet stored")
         dead = GaugeMetricFamily("clicktrail_dead_letter_length", "Entries in the dead-letter stream")
         try:
+            # One key per command: a cluster's pipeline sends each to the node of its slot.
             pipe = self._redis.pipeline(transaction=False)
-            pipe.xlen(self._stream)
             pipe.xlen(self._dead)
-            pipe.xinfo_groups(self._stream) if self._redis.exists(self._stream) else pipe.echo("")
-            stream_len, dead_len, groups = pipe.execute()
+            present = [stream for stream in self._streams if self._redis.exists(stream)]
+            for stream in present:
+                pipe.xlen(stream)
+                pipe.xinfo_groups(stream)
+            dead_len, *replies = pipe.execute()
         except Exception:  # a scrape must not fail because Redis is down; the gauges are just absent
             return []
-        length.add_metric([], stream_len)
+        lengths, groups = replies[0::2], replies[1::2]
+        length.add_metric([], sum(lengths))
         dead.add_metric([], dead_len)
-        group = next((g for g in groups or [] if _name(g) == self._group), None) if groups else None
-        pending.add_metric([], group["pending"] if group else 0)
+        pending.add_metric([], sum(next((g["pending"] for g in found if _name(g) == self._group), 0)
+                                   for found in groups))
         return [length, pending, dead]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import orjson
 import redis
+from redis.cluster import RedisCluster
 
 from clicktrail import keys
 from pixel.touchpoints import Touch
@@ -45,13 +46,18 @@ def put(pipe: redis.client.Pipeline, touches: list[Touch], now_s: float) -> None
 def get(r: redis.Redis, wanted: set[tuple[str, str]]) -> tuple[list[Touch], set[tuple[str, str]]]:
     """Look up (advertiser, click id) pairs; return the clicks found and the pairs not found.
 
-    One round trip (MGETs of 5,000 keys in a pipeline) and one JSON parse for all the values.
+    One round trip (MGETs of 5,000 keys in a pipeline) and one JSON parse for all the values. On a
+    Redis Cluster the keys spread over all slots: redis-py's ``mget_nonatomic`` asks each node
+    for its own (an MGET per slot, pipelined per node).
     """
     ordered = list(wanted)
-    pipe = r.pipeline(transaction=False)
-    for start in range(0, len(ordered), 5000):
-        pipe.mget([key(a, c) for a, c in ordered[start : start + 5000]])
-    raws = [raw for reply in pipe.execute() for raw in reply]
+    if isinstance(r, RedisCluster):
+        raws = r.mget_nonatomic([key(a, c) for a, c in ordered]) if ordered else []
+    else:
+        pipe = r.pipeline(transaction=False)
+        for start in range(0, len(ordered), 5000):
+            pipe.mget([key(a, c) for a, c in ordered[start : start + 5000]])
+        raws = [raw for reply in pipe.execute() for raw in reply]
     hits = [(pair, raw) for pair, raw in zip(ordered, raws) if raw is not None]
     values = orjson.loads(b"[" + b",".join(raw for _, raw in hits) + b"]") if hits else []
     # Touch(...), not Touch._make: entries written before is_bot was added have one value less.

@@ -170,7 +170,7 @@ def create_pixel(r: redis.Redis, advertiser_id: str, domains: list[str]) -> str:
 
 def _add_advertiser_domains(r: redis.Redis, advertiser_id: str, domains: list[str]) -> None:
     # WATCH makes the read-merge-write safe against another pixel created at the same time.
-    with r.pipeline() as pipe:
+    with r.pipeline(transaction=True) as pipe:  # (a cluster pipeline is not one by default)
         while True:
             try:
                 pipe.watch(keys.ADVERTISER_DOMAINS)

@@ -57,7 +57,7 @@ def add_source(r: redis.Redis, advertiser_id: str, kind: str, source_id: str, na
     registry.ensure_advertiser(r, advertiser_id)
     # WATCH both hashes: a pixel created with this id, or another advertiser's claim, in between
     # would otherwise slip past the checks.
-    with r.pipeline() as pipe:
+    with r.pipeline(transaction=True) as pipe:  # (a cluster pipeline is not one by default)
         while True:
             try:
                 pipe.watch(keys.PIXELS, keys.SOURCES)
@@ -92,7 +92,7 @@ def list_sources(r: redis.Redis, advertiser_id: str) -> dict[str, dict]:
 
 def remove_source(r: redis.Redis, advertiser_id: str, source_id: str) -> dict:
     """Unregister an advertiser's source; its stored events stay. Returns the removed record."""
-    with r.pipeline() as pipe:
+    with r.pipeline(transaction=True) as pipe:  # (a cluster pipeline is not one by default)
         while True:
             try:
                 pipe.watch(keys.SOURCES)

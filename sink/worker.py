@@ -5,6 +5,10 @@ time), build rows, insert them in one block, then acknowledge and delete the ent
 is acknowledged only after its row is stored or it has been moved to the dead-letter stream,
 so a sink killed at any point loses nothing; what it had inserted but not acknowledged is
 inserted again by whoever reclaims it, and the storage's dedup key folds the copies.
+
+With the events split into shards (``CLICKTRAIL_STREAM_SHARDS``) each shard's stream has its own
+consumer group; a sink reads the shards it is given (all by default), one batch from one shard
+at a time in turn, so a batch is settled in its shard's stream alone.
 """
 
 from __future__ import annotations
@@ -70,9 +74,15 @@ def consumer_name() -> str:
 
 class Sink:
     def __init__(self, settings: Settings, r: redis.Redis, ch: Client, database: str, stop: StopFlag,
-                 name: str | None = None) -> None:
+                 name: str | None = None, shards: list[int] | None = None) -> None:
         self.settings = settings
         self.redis = r
+        self.cluster = redis_client.is_cluster(r)
+        self.streams = keys.event_streams(settings.stream.shards)
+        if shards is not None:
+            self.streams = [self.streams[shard] for shard in shards]
+        self.stream = self.streams[0]  # the shard this turn of the loop reads and settles
+        self._turn = 0
         self.ch = ch
         self.db = database
         self.name = name or consumer_name()
@@ -83,13 +93,14 @@ class Sink:
         self.touch_insert_sql = f"INSERT INTO {database}.touchpoints ({', '.join(TOUCH_COLUMN_NAMES)}) VALUES"
         self.stored = 0
         self.dead = 0
-        self._last_reclaim = 0.0
+        self._last_reclaim: dict[str, float] = {}
 
     # -- set-up ------------------------------------------------------------------------------
 
     def ensure_group(self) -> None:
-        """Create the consumer group from the stream's start, so events queued before any sink ran count."""
-        redis_client.ensure_group(self.redis, keys.EVENTS_STREAM, keys.SINK_GROUP)
+        """Create the consumer groups from the streams' start, so events queued before any sink ran count."""
+        for stream in self.streams:
+            redis_client.ensure_group(self.redis, stream, keys.SINK_GROUP)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -97,14 +108,16 @@ class Sink:
         retry_until_stopped("Redis", self.ensure_group, self.stop)  # Redis may be down or starting
         # What exists now lives for the whole process: keep the collector from walking it again.
         gc.freeze()
-        log.info("sink %s reading %s as group %s", self.name, keys.EVENTS_STREAM, keys.SINK_GROUP)
+        log.info("sink %s reading %s as group %s", self.name, ", ".join(self.streams), keys.SINK_GROUP)
         while not self.stop.is_set:
             self.heartbeat.beat()
             self.run_once()
         log.info("sink %s stopped: %d events stored, %d dead-lettered", self.name, self.stored, self.dead)
 
     def run_once(self) -> int:
-        """Reclaim, read and store one batch; return how many entries it settled."""
+        """Reclaim, read and store one batch of the next shard; return how many entries it settled."""
+        self.stream = self.streams[self._turn % len(self.streams)]
+        self._turn += 1
         entries = self._read_batch(self._reclaim_if_due())
         if entries:
             self.store(entries)
@@ -123,7 +136,8 @@ class Sink:
             # Entries hold one request each; size the read by the events per entry seen so far.
             per_entry = max(1, events // len(batch)) if batch else 1
             count = max(1, min(self.settings.sink.read_count, (limit - events) // per_entry))
-            reply = self._read(count, block_ms=min(remaining_ms, 500))  # short blocks notice a stop soon
+            # Short blocks notice a stop soon, and with several shards a quiet one soon gives way.
+            reply = self._read(count, block_ms=min(remaining_ms, 500 if len(self.streams) == 1 else 50))
             if reply:
                 batch.extend(reply)
                 events += sum(records.entry_count(fields) for _, fields in reply)
@@ -134,7 +148,7 @@ class Sink:
     def _read(self, count: int, block_ms: int) -> list[Entry]:
         try:
             reply = self._redis_call(
-                self.redis.xreadgroup, keys.SINK_GROUP, self.name, {keys.EVENTS_STREAM: ">"},
+                self.redis.xreadgroup, keys.SINK_GROUP, self.name, {self.stream: ">"},
                 count=count, block=block_ms,
             )
         except redis.ResponseError as exc:
@@ -253,6 +267,26 @@ class Sink:
         if not entry_ids:
             return
         pipe = self.redis.pipeline(transaction=True)
+        if self.cluster and (dead or notices):
+            # A MULTI spans one hash slot: the letters and notices (in {ct}) go first, then the
+            # shard's acknowledgements. A sink dying between the two leaves its entries to be
+            # redelivered, and their letters and notices are written twice: harmless, as a
+            # requeued copy is stored once and a notice asks only to look again.
+            first = self._letters_and_notices(self.redis.pipeline(transaction=True), dead, notices)
+            self._redis_call(first.execute)
+        else:
+            self._letters_and_notices(pipe, dead, notices)
+        for start in range(0, len(entry_ids), 10_000):
+            chunk = entry_ids[start : start + 10_000]
+            pipe.xack(self.stream, keys.SINK_GROUP, *chunk)
+            pipe.xdel(self.stream, *chunk)
+        self._redis_call(pipe.execute)
+        self.stored += len(notices)
+        self.dead += len(dead)
+        if dead:
+            log.warning("moved %d events to %s", len(dead), keys.DEAD_LETTER_STREAM)
+
+    def _letters_and_notices(self, pipe, dead: list[DeadLetter], notices) -> redis.client.Pipeline:
         anonymize = self.settings.privacy.anonymize_ip
         for letter in dead:
             record = dict(letter.fields or {})
@@ -268,24 +302,16 @@ class Sink:
             # Capped (approximately) so that a deployment without an attributor cannot fill Redis.
             pipe.xadd(keys.ATTRIBUTION_STREAM, records.encode_notice(advertiser, kind, items),
                       maxlen=1_000_000, approximate=True)
-        for start in range(0, len(entry_ids), 10_000):
-            chunk = entry_ids[start : start + 10_000]
-            pipe.xack(keys.EVENTS_STREAM, keys.SINK_GROUP, *chunk)
-            pipe.xdel(keys.EVENTS_STREAM, *chunk)
-        self._redis_call(pipe.execute)
-        self.stored += len(notices)
-        self.dead += len(dead)
-        if dead:
-            log.warning("moved %d events to %s", len(dead), keys.DEAD_LETTER_STREAM)
+        return pipe
 
     # -- reclaiming ----------------------------------------------------------------------------
 
     def _reclaim_if_due(self) -> list[Entry]:
         idle_ms = self.settings.stream.claim_idle_ms
         now = time.monotonic()
-        if now - self._last_reclaim < min(idle_ms / 2000.0, 10.0):
+        if now - self._last_reclaim.get(self.stream, 0.0) < min(idle_ms / 2000.0, 10.0):
             return []
-        self._last_reclaim = now
+        self._last_reclaim[self.stream] = now
         return self.reclaim(idle_ms)
 
     def reclaim(self, idle_ms: int) -> list[Entry]:
@@ -306,14 +332,14 @@ class Sink:
     def _reclaim(self, idle_ms: int) -> list[Entry]:
         self._forget_dead_consumers()
         pending = self._redis_call(
-            self.redis.xpending_range, keys.EVENTS_STREAM, keys.SINK_GROUP, min="-", max="+",
+            self.redis.xpending_range, self.stream, keys.SINK_GROUP, min="-", max="+",
             count=self.settings.sink.read_count, idle=idle_ms,
         )
         if not pending:
             return []
         deliveries = {p["message_id"]: p["times_delivered"] for p in pending}
         claimed = self._redis_call(
-            self.redis.xclaim, keys.EVENTS_STREAM, keys.SINK_GROUP, self.name, idle_ms, list(deliveries)
+            self.redis.xclaim, self.stream, keys.SINK_GROUP, self.name, idle_ms, list(deliveries)
         )
         limit = self.settings.sink.max_deliveries
         keep, dead, given_up = [], [], []
@@ -335,11 +361,11 @@ class Sink:
         Every sink process joins the group under a new name; without this the group's consumer
         list would grow with every restart.
         """
-        for consumer in self._redis_call(self.redis.xinfo_consumers, keys.EVENTS_STREAM, keys.SINK_GROUP):
+        for consumer in self._redis_call(self.redis.xinfo_consumers, self.stream, keys.SINK_GROUP):
             name = consumer["name"]
             name = name.decode() if isinstance(name, bytes) else name
             if consumer["pending"] == 0 and consumer["idle"] > DEAD_CONSUMER_IDLE_MS and name != self.name:
-                self.redis.xgroup_delconsumer(keys.EVENTS_STREAM, keys.SINK_GROUP, name)
+                self.redis.xgroup_delconsumer(self.stream, keys.SINK_GROUP, name)
 
     def _redis_call(self, fn, *args, **kwargs):
         """Call Redis, waiting out an outage: the stream is the only copy of unsettled events."""

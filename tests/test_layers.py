@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("reporting", ("reporting",)),
     # Entry points that start every part: the CLI, ``clicktrail up``, gunicorn, nginx, local servers.
     ("entry", ("clicktrail.cli", "clicktrail.supervisor", "clicktrail.serve", "clicktrail.proxy",
-               "clicktrail.services")),
+               "clicktrail.services", "clicktrail.redis_cluster")),
 ]
 RANK = {name: i for i, (name, _) in enumerate(LAYERS)}
 

@@ -4,6 +4,8 @@
 --       max stream length, rejected reasons as JSON list ('' = none), event count,
 --       the events as one JSON array ('' when none),
 --       the event_source values the request claims, comma-separated ('' = an endpoint for pixels only)
+-- On a Redis Cluster (collector/buffer.py) it runs in the registry's slot with no events ('' as
+-- ARGV[7]): the check alone, KEYS[1] never touched; append_stream.lua then adds the entry.
 --! include host_allowed.lua
 local raw = redis.call('HGET', KEYS[2], ARGV[1]) or redis.call('HGET', KEYS[5], ARGV[1])
 if not raw then return {'unknown_pixel'} end
