@@ -24,6 +24,7 @@ from redis.cluster import RedisCluster
 
 from clicktrail import config, redis_client, redis_cluster
 from clicktrail.errors import ConfigError
+from tests.browser import PERSON_USER_AGENT
 from tests.http import call
 from tests.servers import env_for
 from tests.test_chaos import wait_for
@@ -33,7 +34,8 @@ pytestmark = pytest.mark.cluster
 SHARDS = 4
 STREAMS = [f"ct:{{events:{n}}}" for n in range(SHARDS)]
 DEAD_LETTERS = "{ct}:events:dead"
-ORIGIN = {"Origin": "https://shop.example"}
+# A person's browser: urllib's own user agent is a bot's, whose conversions are credited to nothing.
+ORIGIN = {"Origin": "https://shop.example", "User-Agent": PERSON_USER_AGENT}
 
 
 @pytest.fixture(scope="module")
