@@ -298,7 +298,8 @@ def click_through(base: str, settings, advertiser: str, campaign: str, **overrid
     url = cli(settings, "click-url", "--advertiser", advertiser, "--campaign", campaign, "--adgroup", "g1",
               "--ad", "a1", "--landing", "https://shop.example/landing", **overrides)
     connection = http.client.HTTPConnection(base.split("://")[1], timeout=10)
-    connection.request("GET", "/" + url.split("://", 1)[1].split("/", 1)[1])
+    connection.request("GET", "/" + url.split("://", 1)[1].split("/", 1)[1],
+                       headers={"User-Agent": PERSON_USER_AGENT})  # a click without one is a bot's
     reply = connection.getresponse()
     assert reply.status == 302
     connection.close()
