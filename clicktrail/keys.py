@@ -79,3 +79,9 @@ def erasure_audit(request_id: str) -> str:
 def erasure_work(request_id: str) -> str:
     """An erasure's identifiers and progress (JSON), deleted when it is done."""
     return f"{PREFIX}erasure:{request_id}:work"
+
+
+def delay_curves(advertiser_id: str) -> str:
+    """Hash event -> JSON curve of conversion delays (attribution/delays.py), refreshed every minute by
+    the attributor and read by the optimizer feed's ``estimate=true``; expires a day after the last refresh."""
+    return f"{PREFIX}delays:{advertiser_id}"

@@ -28,6 +28,7 @@ from clicktrail.timestamps import utc_iso
 from pixel.registry import settings_of
 from reporting.auth import require
 from reporting.context import api_services
+from reporting.delay_estimates import Estimator
 from reporting.finite_json import finite_or_none
 from reporting.params import choice, digits, listed, whole
 
@@ -52,6 +53,7 @@ class FeedQuery:
     bucket: str
     cursor: int | None
     limit: int
+    estimate: bool = False
 
     @classmethod
     def from_args(cls, args) -> FeedQuery:
@@ -64,7 +66,8 @@ class FeedQuery:
         level = choice(args, "level", tuple(LEVELS), "ad")
         bucket = choice(args, "bucket", tuple(BUCKETS), "hour")
         return cls(events, level, bucket, _cursor(args.get("cursor")),
-                   whole(args, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT))
+                   whole(args, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
+                   choice(args, "estimate", ("true", "false"), "false") == "true")
 
 
 def _cursor(text: str | None) -> int | None:
@@ -134,22 +137,28 @@ def optimizer_conversions():
     pipe = svc.redis.pipeline(transaction=False)
     pipe.get(keys.FEED_WATERMARK)
     pipe.hget(keys.ADVERTISERS, advertiser)
+    if query.estimate:
+        pipe.hmget(keys.delay_curves(advertiser), list(query.events))
     try:
-        raw_watermark, raw_advertiser = pipe.execute()
+        raw_watermark, raw_advertiser, *raw_curves = pipe.execute()
     except redis.RedisError as exc:
         raise BufferUnavailable("the feed's state is unavailable; retry later") from exc
     watermark = int(raw_watermark or 0)
     settings = settings_of(orjson.loads(raw_advertiser) if raw_advertiser else None)
     key = (advertiser, query, watermark, orjson.dumps(settings, option=orjson.OPT_SORT_KEYS))
+    estimator = None
+    if query.estimate:
+        estimator = Estimator.from_raw(query.events, raw_curves[0], settings, time.time())
+        key += estimator.cache_key()  # ages move with the clock: the answer is kept a minute at most
     ch = svc.clickhouse.get()
     body = _answers.get(key, lambda: Feed(ch, svc.database, advertiser, settings, query,
-                                          svc.settings.limits.max_event_age_s).read(watermark))
+                                          svc.settings.limits.max_event_age_s, estimator).read(watermark))
     return jsonify(body)
 
 
 class Feed:
     def __init__(self, ch, db: str, advertiser_id: str, settings: dict, query: FeedQuery,
-                 late_s: int = 7 * 86_400) -> None:
+                 late_s: int = 7 * 86_400, estimator: Estimator | None = None) -> None:
         self.ch = ch
         self.db = db
         self.advertiser = advertiser_id
@@ -158,6 +167,7 @@ class Feed:
         self.levels = LEVELS[query.level]
         self.size = BUCKETS[query.bucket]
         self.late_s = late_s  # how old an event may arrive (MAX_EVENT_AGE_S)
+        self.estimator = estimator
 
     def read(self, watermark: int) -> dict:
         since_s = None
@@ -174,12 +184,15 @@ class Feed:
             changed = self._changes(cursor, watermark, since_s)
             changed, upto, more = self._page(changed, watermark)
             rows = self._rows(changed)
-        return {"rows": rows, "next_cursor": str(upto), "has_more": more,
+        body = {"rows": rows, "next_cursor": str(upto), "has_more": more,
                 "complete_through": self._complete_through(upto),
                 "attribution": {"model": self.settings["model"],
                                 "click_window_days": self.settings["click_window_days"],
                                 "view_window_days": self.settings["view_window_days"],
                                 "counting": self.settings["counting"]}}
+        if self.estimator is not None:
+            body["estimates"] = self.estimator.describe(self.q.events)
+        return body
 
     def _bucket_sql(self) -> str:
         return "toUInt32(touch_minute)" if self.q.bucket == "minute" else "toUInt32(toStartOfHour(touch_minute))"
@@ -238,6 +251,8 @@ class Feed:
                        # null for a sum beyond the largest double, never Infinity (docs/attribution.md)
                        conversion_value=finite_or_none(round(value, 6) + 0.0),
                        revision=changed[key])
+            if self.estimator is not None:
+                row.update(self.estimator.fields(event, head[0], self.size, row["conversions"]))
             rows.append(row)
         return rows
 
