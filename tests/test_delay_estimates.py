@@ -85,3 +85,91 @@ def test_delay_groups_sql_matches_python(ch):
     minutes = [0, 1, 59, 60, 61, 64, 65, 1439, 1440, 1441, 1469, 1470, 10079, 10080, 10139, 10140, 40319]
     rows = ch.execute(f"SELECT m, {delay_group_sql('m')} FROM (SELECT arrayJoin(%(m)s) AS m)", {"m": minutes})
     assert {m: g for m, g in rows} == {m: _group(m) for m in minutes}
+
+
+# --- Through the real system: Redis, ClickHouse, the apps, the sink and the attributor ---------
+
+import time  # noqa: E402
+
+import pytest  # noqa: E402
+
+from bench import delay_bench  # noqa: E402
+from pixel import registry  # noqa: E402
+from tests.attribution_world import HOUR, World  # noqa: E402
+
+
+@pytest.fixture
+def world(client, api_client, tenant, sink, attributor, r, ch, ch_database):
+    w = World(client, api_client, tenant, sink, attributor, r, ch, ch_database)
+    w.optimizer = {"Authorization": f"Bearer {registry.create_token(r, tenant.advertiser, ['optimizer'])}"}
+    return w
+
+
+def _feed(world, **params):
+    resp = world.api.get("/v1/optimizer/conversions", query_string={"event": "CompletePayment", **params},
+                         headers=world.optimizer)
+    assert resp.status_code == 200, resp.json
+    return resp.json
+
+
+def test_estimate_beats_the_naive_count_on_a_known_delay_mixture(world):
+    g = delay_bench.generate(world.now, ads=4, clicks_per_hour=30, seed=11)
+    delay_bench.send(g, world.api, world.client, world.token, world.tenant.pixel_id, world.tenant.token,
+                     world.settle)
+    assert world.attributor.delay_curves.refresh() == 1
+    body = _feed(world, estimate="true")
+    assert body["estimates"]["events"]["CompletePayment"]["conversions"] >= len(g.conversions) * 0.9
+    res = delay_bench.compare(g, body["rows"], time.time())
+    assert all(res[a]["buckets"] == 12 for a in delay_bench.AGES_H)
+    for age_h in (1, 6):  # young buckets: the naive count misses a third or more
+        assert res[age_h]["naive_error"] > 0.25, res
+        assert res[age_h]["estimate_error"] < res[age_h]["naive_error"] * 0.8, res
+    young = (1, 6, 24)
+    naive = sum(res[a]["naive_error"] * res[a]["final"] for a in young)
+    estimated = sum(res[a]["estimate_error"] * res[a]["final"] for a in young)
+    assert estimated < naive * 0.75, res
+    assert sum(res[a]["coverage"] for a in delay_bench.AGES_H) / 4 >= 0.75, res  # 95 % intervals, roughly
+    for row in body["rows"]:
+        assert row["expected_low"] <= row["expected_conversions"] <= row["expected_high"]
+        assert row["expected_conversions"] >= row["conversions"] and 0 < row["maturity"] <= 1
+
+
+def test_estimates_are_opt_in_mature_rows_unchanged_and_tenants_apart(world, r):
+    registry.update_settings(r, world.tenant.advertiser, click_window_days=1)
+    old, young = world.now - 40 * HOUR, world.now - 2 * HOUR
+    for i in range(30):  # enough conversions (at delays of minutes) to learn a curve from
+        world.click(f"o{i}", old + i * 60, "O")
+        world.convert(f"co{i}", old + i * 60 + 300, ttclid=f"o{i}")
+    world.click("y1", young, "Y")
+    world.convert("cy1", young + 60, ttclid="y1")
+    world.settle()
+    plain = _feed(world)
+    assert "estimates" not in plain and all("expected_conversions" not in row for row in plain["rows"])
+    assert _feed(world, estimate="false")["rows"] == plain["rows"]
+    before = _feed(world, estimate="true")  # no curve yet: young rows say they do not know
+    assert before["estimates"]["events"] == {"CompletePayment": None}
+    y = next(row for row in before["rows"] if row["ad_id"] == "Y-ad")
+    assert (y["expected_conversions"], y["maturity"]) == (None, None)
+    world.attributor._lead_once(False)  # a lead tick refreshes the curves (at most once a minute)
+    body = _feed(world, estimate="true")
+    info = body["estimates"]["events"]["CompletePayment"]
+    assert info["conversions"] == 31.0 and info["clicks"] == 31
+    for row in body["rows"]:
+        if row["ad_id"] == "O-ad":  # past the 1-day click window: as observed, fully mature
+            assert row["maturity"] == 1.0
+            assert row["expected_conversions"] == row["expected_low"] == row["expected_high"] == row["conversions"]
+        else:  # 2 hours old, every learnt delay is 5 minutes: (nearly) mature already
+            assert row["conversions"] == 1.0 and row["maturity"] == pytest.approx(1.0, abs=1e-6)
+            assert row["expected_conversions"] == pytest.approx(1.0, abs=1e-4)
+    # Another advertiser sees none of this advertiser's curves.
+    other = registry.create_token(r, "adv-2", ["optimizer"])
+    resp = world.api.get("/v1/optimizer/conversions", query_string={"event": "CompletePayment", "estimate": "true"},
+                         headers={"Authorization": f"Bearer {other}"})
+    assert resp.status_code == 200 and resp.json["rows"] == []
+    assert resp.json["estimates"]["events"] == {"CompletePayment": None}
+
+
+def test_estimate_must_be_true_or_false(world):
+    resp = world.api.get("/v1/optimizer/conversions", query_string={"event": "CompletePayment", "estimate": "yes"},
+                         headers=world.optimizer)
+    assert resp.status_code == 400 and resp.json["error"]["field"] == "estimate", resp.json
