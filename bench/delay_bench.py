@@ -18,8 +18,9 @@ read once (no cursor: every hour bucket of the last 7 days).
 
 Answer: per (ad, hour bucket), the final count is every generated conversion within the window,
 arrived or not. At bucket age A, the buckets whose clicks are A to A+3 h old are compared: weighted
-absolute error ``sum |x - final| / sum final`` of the naive count (``conversions``) and of
-``expected_conversions``, and the share of buckets whose final count lies in
+absolute error per bucket ``sum |x - final| / sum final`` and the error of the total
+``(sum x - sum final) / sum final``, of the naive count (``conversions``) and of
+``expected_conversions``; and the share of buckets whose final count lies in
 [``expected_low``, ``expected_high``].
 
 Environment: BENCH_CLICKHOUSE_URL (default clickhouse://127.0.0.1:9000/default), BENCH_REDIS_URL
@@ -110,7 +111,7 @@ def compare(g: Generated, rows: list[dict], now: float) -> dict[int, dict]:
     by_key = {(_bucket_s(r), r["ad_id"]): r for r in rows if r["event"] == EVENT}
     out = {}
     for age_h in AGES_H:
-        final_sum = naive_err = est_err = 0.0
+        final_sum = naive_err = est_err = naive_sum = est_sum = 0.0
         covered = n = 0
         for (bucket, ad), final in g.final.items():
             youngest = now - (bucket + HOUR)  # the bucket's clicks are youngest..youngest+1h old
@@ -119,13 +120,16 @@ def compare(g: Generated, rows: list[dict], now: float) -> dict[int, dict]:
             row = by_key.get((bucket, ad), {"conversions": 0.0, "expected_conversions": 0.0,
                                             "expected_low": 0.0, "expected_high": 0.0})
             final_sum += final
+            naive_sum += row["conversions"]
+            est_sum += row["expected_conversions"]
             naive_err += abs(row["conversions"] - final)
             est_err += abs(row["expected_conversions"] - final)
             covered += row["expected_low"] <= final <= row["expected_high"]
             n += 1
-        out[age_h] = {"buckets": n, "final": final_sum, "naive_error": naive_err / final_sum if final_sum else 0.0,
-                      "estimate_error": est_err / final_sum if final_sum else 0.0,
-                      "coverage": covered / n if n else 0.0}
+        share = (lambda x: x / final_sum) if final_sum else (lambda x: 0.0)
+        out[age_h] = {"buckets": n, "final": final_sum, "naive_error": share(naive_err),
+                      "estimate_error": share(est_err), "naive_bias": share(naive_sum - final_sum),
+                      "estimate_bias": share(est_sum - final_sum), "coverage": covered / n if n else 0.0}
     return out
 
 
@@ -194,11 +198,13 @@ def main() -> None:
         print(f"{len(g.clicks)} clicks, {len(g.conversions)} conversions sent of {sum(g.final.values())} "
               f"in the window; sent and attributed in {sent_s:.0f} s; curves refreshed ({curves}) in "
               f"{refresh_s * 1000:.0f} ms")
-        print("| bucket age | buckets | final | naive error | estimate error | interval coverage |")
-        print("|---|---|---|---|---|---|")
+        print("| bucket age | buckets | final | naive: error per bucket | estimate: error per bucket "
+              "| naive: total | estimate: total | interval coverage |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for age_h, res in compare(g, resp.json["rows"], time.time()).items():
             print(f"| {age_h} h | {res['buckets']} | {res['final']:.0f} | {res['naive_error']:.1%} | "
-                  f"{res['estimate_error']:.1%} | {res['coverage']:.0%} |")
+                  f"{res['estimate_error']:.1%} | {res['naive_bias']:+.1%} | {res['estimate_bias']:+.1%} | "
+                  f"{res['coverage']:.0%} |")
     finally:
         admin.execute("DROP DATABASE IF EXISTS ct_bench_delays")
         r.flushdb()
