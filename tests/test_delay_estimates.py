@@ -122,7 +122,7 @@ def test_estimate_beats_the_naive_count_on_a_known_delay_mixture(world):
     res = delay_bench.compare(g, body["rows"], time.time())
     assert all(res[a]["buckets"] == 18 for a in delay_bench.AGES_H)
     for age_h in (1, 6, 24):  # the naive total misses a sixth to a half; the estimate's is near the truth
-        assert res[age_h]["naive_bias"] < -0.12, res
+        assert res[age_h]["naive_bias"] < (-0.25 if age_h < 24 else -0.08), res
         assert abs(res[age_h]["estimate_bias"]) < abs(res[age_h]["naive_bias"]) * (0.5 if age_h < 24 else 1), res
     young = (1, 6, 24)
     naive = sum(res[a]["naive_error"] * res[a]["final"] for a in young)
