@@ -214,6 +214,8 @@ class DelayCurves:
             if curve is not None:
                 curves.setdefault(adv, {})[event] = curve.to_json()
         pipe = self.redis.pipeline(transaction=True)
+        for adv in settings.keys() - curves.keys():
+            pipe.delete(keys.delay_curves(adv))  # too few conversions left: no stale curve stays
         for adv, by_event in curves.items():
             key = keys.delay_curves(adv)
             pipe.delete(key)
