@@ -94,6 +94,7 @@ import time  # noqa: E402
 import pytest  # noqa: E402
 
 from bench import delay_bench  # noqa: E402
+from clicktrail import keys  # noqa: E402
 from pixel import registry  # noqa: E402
 from tests.attribution_world import HOUR, World  # noqa: E402
 
@@ -150,7 +151,11 @@ def test_estimates_are_opt_in_mature_rows_unchanged_and_tenants_apart(world, r):
     assert before["estimates"]["events"] == {"CompletePayment": None}
     y = next(row for row in before["rows"] if row["ad_id"] == "Y-ad")
     assert (y["expected_conversions"], y["maturity"]) == (None, None)
+    other = registry.create_token(r, "adv-2", ["optimizer"])
+    stale = build_curve({5: 30.0}, {m: 1 for m in range(1440)}, DAY, "last_click", 1)
+    r.hset(keys.delay_curves("adv-2"), "CompletePayment", stale.to_json())  # adv-2 has no conversions now
     world.attributor._lead_once(False)  # a lead tick refreshes the curves (at most once a minute)
+    assert not r.exists(keys.delay_curves("adv-2"))
     body = _feed(world, estimate="true")
     info = body["estimates"]["events"]["CompletePayment"]
     assert info["conversions"] == 31.0 and info["clicks"] == 31
@@ -162,7 +167,6 @@ def test_estimates_are_opt_in_mature_rows_unchanged_and_tenants_apart(world, r):
             assert row["conversions"] == 1.0 and row["maturity"] == pytest.approx(1.0, abs=1e-6)
             assert row["expected_conversions"] == pytest.approx(1.0, abs=1e-4)
     # Another advertiser sees none of this advertiser's curves.
-    other = registry.create_token(r, "adv-2", ["optimizer"])
     resp = world.api.get("/v1/optimizer/conversions", query_string={"event": "CompletePayment", "estimate": "true"},
                          headers={"Authorization": f"Bearer {other}"})
     assert resp.status_code == 200 and resp.json["rows"] == []
