@@ -202,7 +202,7 @@ class DelayCurves:
         settings = {a: settings_of(orjson.loads(raw))
                     for a, raw in ((k.decode() if isinstance(k, bytes) else k, v)
                                    for k, v in self.redis.hgetall(keys.ADVERTISERS).items())}
-        delays = self._delays(since, now_s)
+        delays = self._delays(since, now_s, tuple(sorted({s["model"] for s in settings.values()})) or ("",))
         clicks = self._clicks(since, now_s)
         curves: dict[str, dict[str, bytes]] = {}
         for (adv, model, event), by_delay in delays.items():
@@ -224,16 +224,16 @@ class DelayCurves:
         pipe.execute()
         return sum(len(v) for v in curves.values())
 
-    def _delays(self, since: int, now_s: int) -> dict[tuple, dict[int, float]]:
+    def _delays(self, since: int, now_s: int, models: tuple[str, ...]) -> dict[tuple, dict[int, float]]:
         minutes = "intDiv(conversion_ms - touch_ms, 60000)"
         rows = self.ch.execute(
             f"""
             SELECT advertiser_id, model, event, {delay_group_sql(minutes)} AS d, sum(sign * credit) AS c
             FROM {self.db}.credits
             WHERE touch_kind = 'click' AND touch_time >= toDateTime(%(since)s) AND touch_time <= toDateTime(%(now)s)
-              AND conversion_ms >= touch_ms AND credit != 0
+              AND model IN %(models)s AND conversion_ms >= touch_ms AND credit != 0
             GROUP BY advertiser_id, model, event, d""",
-            {"since": since, "now": now_s})
+            {"since": since, "now": now_s, "models": models})  # only the models feeds use
         out: dict[tuple, dict[int, float]] = {}
         for adv, model, event, d, c in rows:
             out.setdefault((adv, model, event), {})[int(d)] = c
