@@ -23,6 +23,7 @@ import orjson
 import redis
 from clickhouse_driver import Client
 
+from attribution.delays import REFRESH_S, DelayCurves
 from attribution.erasure import Eraser, due_every
 from attribution.retention import Retention
 from attribution import models, store
@@ -236,6 +237,8 @@ class Attributor:
         self._erasure_due = due_every(1.0)
         self.retention = Retention(settings, r, ch, database)
         self._retention_check_due = due_every(600.0)  # is the daily run due? (asked of Redis)
+        self.delay_curves = DelayCurves(r, ch, database)
+        self._delays_due = due_every(REFRESH_S)
         self._candidates_sql = (f"INSERT INTO {database}.attribution_candidates "
                                 f"({', '.join(CANDIDATE_COLUMN_NAMES)}) VALUES")
         self._credits_sql = f"INSERT INTO {database}.credit_input ({', '.join(CREDIT_INPUT_COLUMN_NAMES)}) VALUES"
@@ -292,6 +295,7 @@ class Attributor:
             return True  # the tick stopped unacknowledged; the new holder reclaims its notices
         self._prune_if_due()
         self._retention_if_due()
+        self._delays_if_due()
         if self._erasure_due():
             retry(self.eraser.step, errors=NETWORK_ERRORS, on_failure=self._storage_failed,
                   backoff=Backoff(cap=self.settings.retry.backoff_cap_s), stop=self.stop)
@@ -313,6 +317,15 @@ class Attributor:
                     client.execute(f"ALTER TABLE {db}.feed_changes DROP PARTITION {int(partition)}")
         except NETWORK_ERRORS as exc:
             log.warning("could not prune the feed's change log (%s); will retry", exc)
+
+    def _delays_if_due(self) -> None:
+        """Once a minute: the delay curves the optimizer feed's estimates read (off its request path)."""
+        if not self._delays_due():
+            return
+        try:
+            self.delay_curves.refresh()
+        except NETWORK_ERRORS as exc:
+            log.warning("could not refresh the conversion delay curves (%s); will retry", exc)
 
     def _retention_if_due(self) -> None:
         """Once a day: rows past each advertiser's retention, and buffer entries past their maximum age."""

@@ -95,6 +95,12 @@ def erasure_work(request_id: str) -> str:
     return f"{PREFIX}erasure:{request_id}:work"
 
 
+def delay_curves(advertiser_id: str) -> str:
+    """Hash event -> JSON curve of conversion delays (attribution/delays.py), refreshed every minute by
+    the attributor and read by the optimizer feed's ``estimate=true``; expires a day after the last refresh."""
+    return f"{PREFIX}delays:{advertiser_id}"
+
+
 # -- shards of the event stream ---------------------------------------------------------------
 
 #: The shared keys above that move into the ``{ct}`` slot on a cluster (by their name here).

@@ -29,6 +29,7 @@ from pixel.registry import settings_of
 from reporting.auth import require
 from reporting.context import api_services
 from reporting import money
+from reporting.delay_estimates import Estimator
 from reporting.finite_json import finite_or_none
 from reporting.params import choice, digits, listed, whole
 
@@ -53,6 +54,7 @@ class FeedQuery:
     bucket: str
     cursor: int | None
     limit: int
+    estimate: bool = False
 
     @classmethod
     def from_args(cls, args) -> FeedQuery:
@@ -65,7 +67,8 @@ class FeedQuery:
         level = choice(args, "level", tuple(LEVELS), "ad")
         bucket = choice(args, "bucket", tuple(BUCKETS), "hour")
         return cls(events, level, bucket, _cursor(args.get("cursor")),
-                   whole(args, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT))
+                   whole(args, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
+                   choice(args, "estimate", ("true", "false"), "false") == "true")
 
 
 def _cursor(text: str | None) -> int | None:
@@ -137,23 +140,29 @@ def optimizer_conversions():
     pipe.get(keys.FEED_WATERMARK)
     pipe.hget(keys.ADVERTISERS, advertiser)
     pipe.hget(keys.EXCHANGE_RATES_VERSION, advertiser)
+    if query.estimate:
+        pipe.hmget(keys.delay_curves(advertiser), list(query.events))
     try:
-        raw_watermark, raw_advertiser, rates_version = pipe.execute()
+        raw_watermark, raw_advertiser, rates_version, *raw_curves = pipe.execute()
     except redis.RedisError as exc:
         raise BufferUnavailable("the feed's state is unavailable; retry later") from exc
     watermark = int(raw_watermark or 0)
     settings = settings_of(orjson.loads(raw_advertiser) if raw_advertiser else None)
     # Values are converted when read, so an answer kept from before a rate posting is stale.
     key = (advertiser, query, watermark, orjson.dumps(settings, option=orjson.OPT_SORT_KEYS), rates_version)
+    estimator = None
+    if query.estimate:
+        estimator = Estimator.from_raw(query.events, raw_curves[0], settings, time.time())
+        key += estimator.cache_key()  # ages move with the clock: the answer is kept a minute at most
     ch = svc.clickhouse.get()
     body = _answers.get(key, lambda: Feed(ch, svc.database, advertiser, settings, query,
-                                          svc.settings.limits.max_event_age_s).read(watermark))
+                                          svc.settings.limits.max_event_age_s, estimator).read(watermark))
     return jsonify(body)
 
 
 class Feed:
     def __init__(self, ch, db: str, advertiser_id: str, settings: dict, query: FeedQuery,
-                 late_s: int = 7 * 86_400) -> None:
+                 late_s: int = 7 * 86_400, estimator: Estimator | None = None) -> None:
         self.ch = ch
         self.db = db
         self.advertiser = advertiser_id
@@ -162,6 +171,7 @@ class Feed:
         self.levels = LEVELS[query.level]
         self.size = BUCKETS[query.bucket]
         self.late_s = late_s  # how old an event may arrive (MAX_EVENT_AGE_S)
+        self.estimator = estimator
 
     def read(self, watermark: int) -> dict:
         since_s = None
@@ -178,12 +188,15 @@ class Feed:
             changed = self._changes(cursor, watermark, since_s)
             changed, upto, more = self._page(changed, watermark)
             rows = self._rows(changed)
-        return {"rows": rows, "currency": self.settings["currency"], "next_cursor": str(upto), "has_more": more,
+        body = {"rows": rows, "currency": self.settings["currency"], "next_cursor": str(upto), "has_more": more,
                 "complete_through": self._complete_through(upto),
                 "attribution": {"model": self.settings["model"],
                                 "click_window_days": self.settings["click_window_days"],
                                 "view_window_days": self.settings["view_window_days"],
                                 "counting": self.settings["counting"]}}
+        if self.estimator is not None:
+            body["estimates"] = self.estimator.describe(self.q.events)
+        return body
 
     def _bucket_sql(self) -> str:
         return "toUInt32(touch_minute)" if self.q.bucket == "minute" else "toUInt32(toStartOfHour(touch_minute))"
@@ -243,6 +256,8 @@ class Feed:
                        conversion_value=finite_or_none(round(value, 6) + 0.0),
                        unconverted_conversions=round(unconverted, 6) + 0.0,
                        revision=changed[key])
+            if self.estimator is not None:
+                row.update(self.estimator.fields(event, head[0], self.size, row["conversions"]))
             rows.append(row)
         return rows
 
