@@ -12,7 +12,8 @@ Freshness: a real collector, sink and attributor; conversions are posted at a st
 each one's delay from the collector accepting it to its attributed row being stored is measured.
 Shared: as throughput, over one advertiser per partition (``CLICKTRAIL_ATTRIBUTION_PARTITIONS``),
 timed with 1 and then 2 attributor processes side by side on the same data (what the attributors
-wrote is emptied between the runs), with the attributors' own CPU time from /proc.
+wrote is emptied between the runs; pairs of runs alternate), with the attributors' own CPU time
+from /proc.
 """
 
 from __future__ import annotations
@@ -226,7 +227,8 @@ def _advertisers(partitions: int) -> list[str]:
             for p in range(partitions)]
 
 
-def _shared_run(ch, r, env: dict, notices: dict[str, list[bytes]], processes: int, partitions: int, batch: int) -> dict:
+def _shared_run(ch, r, env: dict, notices: dict[str, list[bytes]], processes: int, partitions: int, batch: int,
+                clickhouse_pid: int = 0) -> dict:
     """Time ``processes`` attributors over the notices (advertiser -> encoded notices)."""
     from pixel import records
 
@@ -248,6 +250,7 @@ def _shared_run(ch, r, env: dict, notices: dict[str, list[bytes]], processes: in
         time.sleep(0.05)
     time.sleep(1.0)  # past their first (empty) reads
     cpu = sum(_cpu_s(p.pid) for p in procs)
+    ch_cpu = _cpu_s(clickhouse_pid) if clickhouse_pid else 0.0
     started = time.perf_counter()
     pipe = r.pipeline(transaction=False)
     for adv, encoded in notices.items():
@@ -258,13 +261,15 @@ def _shared_run(ch, r, env: dict, notices: dict[str, list[bytes]], processes: in
         time.sleep(0.02)
     elapsed = time.perf_counter() - started
     cpu = sum(_cpu_s(p.pid) for p in procs) - cpu
+    ch_cpu = _cpu_s(clickhouse_pid) - ch_cpu if clickhouse_pid else float("nan")
     for proc in procs:
         proc.terminate()
         proc.wait()
     attributed = ch.execute(f"SELECT uniqExact((advertiser_id, event_id)) FROM {DB}.credits")[0][0]
     doubled = ch.execute(f"SELECT count() FROM (SELECT advertiser_id, event_id, model, sum(sign) AS s "
                          f"FROM {DB}.credits GROUP BY advertiser_id, event_id, model HAVING s != 1)")[0][0]
-    return {"processes": processes, "attributed": attributed, "doubled": doubled, "seconds": elapsed, "cpu_s": cpu}
+    return {"processes": processes, "attributed": attributed, "doubled": doubled, "seconds": elapsed, "cpu_s": cpu,
+            "ch_cpu_s": ch_cpu}
 
 
 def shared(args) -> None:
@@ -283,17 +288,23 @@ def shared(args) -> None:
         fill_click_cache(r, per_clicks, now, adv)
         keys_ = fill_conversions(ch, pixel_id, per_conversions, per_clicks, adv)
         notices[adv] = [orjson.dumps(keys_[start:start + 5000]) for start in range(0, len(keys_), 5000)]
-    runs = [_shared_run(ch, r, env, notices, k, args.partitions, args.batch) for k in (1, 2)]
+    load = os.getloadavg()[0]
+    # Alternated (1, 2, 1, 2, ...): the first run also warms ClickHouse's caches.
+    runs = [_shared_run(ch, r, env, notices, k, args.partitions, args.batch, args.clickhouse_pid)
+            for _ in range(args.rounds) for k in (1, 2)]
     print(f"\n{args.partitions} partitions, {args.clicks:,} clicks stored, click cache filled; "
-          f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+          f"load average before: {load:.1f} on {os.cpu_count()} cores")
     print("| attributor processes | conversions attributed | not exactly once | seconds | conversions/s | "
-          "attributors' CPU s | CPU ms per 1,000 conversions |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+          "attributors' CPU s | ClickHouse server CPU s | CPU us per conversion (attributors + ClickHouse) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for run in runs:
+        per = (run["cpu_s"] + run["ch_cpu_s"]) * 1e6 / max(run["attributed"], 1)
         print(f"| {run['processes']} | {run['attributed']:,} | {run['doubled']} | {run['seconds']:.1f} | "
-              f"{run['attributed'] / run['seconds']:,.0f} | {run['cpu_s']:.1f} | "
-              f"{run['cpu_s'] * 1e6 / max(run['attributed'], 1):,.0f} |")
-    print(f"speed-up with 2: {runs[0]['seconds'] / runs[1]['seconds']:.2f}x")
+              f"{run['attributed'] / run['seconds']:,.0f} | {run['cpu_s']:.1f} | {run['ch_cpu_s']:.1f} | "
+              f"{run['cpu_s'] * 1e6 / max(run['attributed'], 1):,.0f} + "
+              f"{run['ch_cpu_s'] * 1e6 / max(run['attributed'], 1):,.0f} = {per:,.0f} |")
+    one, two = (sum(run["seconds"] for run in runs if run["processes"] == k) for k in (1, 2))
+    print(f"speed-up with 2 (total seconds of the 1-process runs over the 2-process ones): {one / two:.2f}x")
     if not args.keep:
         r.flushdb()
 
@@ -317,6 +328,9 @@ def main() -> None:
     s.add_argument("--clicks", type=int, default=1_000_000)
     s.add_argument("--conversions", type=int, default=200_000)
     s.add_argument("--batch", type=int, default=config.DEFAULTS["ATTRIBUTOR_BATCH"])
+    s.add_argument("--rounds", type=int, default=2, help="pairs of runs (1 then 2 processes)")
+    s.add_argument("--clickhouse-pid", type=int, default=0,
+                   help="also count this ClickHouse server's CPU time (local server; shared: noisy)")
     s.add_argument("--keep", action="store_true", help="keep the Redis database afterwards")
     args = parser.parse_args()
     if args.what == "throughput" and args.reuse and args.no_cache:

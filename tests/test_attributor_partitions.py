@@ -19,6 +19,7 @@ from clicktrail import keys
 from pixel import records, registry
 from tests.attribution_world import DAY, HOUR, World, sha
 from tests.conftest import Tenant, where
+from tests.test_feed import _poll
 
 PARTITIONS = 4
 
@@ -155,15 +156,6 @@ class Poller:
                 return
 
 
-def _poll(world: World, cursor: str | None) -> dict:
-    query = {"event": "CompletePayment", "level": "ad", "bucket": "hour"}
-    if cursor is not None:
-        query["cursor"] = cursor
-    resp = world.api.get("/v1/optimizer/conversions", query_string=query, headers=world.optimizer)
-    assert resp.status_code == 200, resp.json
-    return resp.json
-
-
 def _bucket(row: dict) -> tuple:
     return row["bucket_start"], row["campaign_id"], row["adgroup_id"], row["ad_id"], row["event"]
 
@@ -176,6 +168,26 @@ def fresh_view(world: World) -> dict:
     poller = Poller(world)
     poller.poll()
     return poller.view
+
+
+def assert_feeds_whole(pollers: list[Poller], ch, db) -> None:
+    """The view each poller built by following its cursors is the whole truth: a watermark past
+    a stamp not yet stored would have let a change slip behind the cursor for good."""
+    for poller in pollers:
+        poller.poll()
+        assert poller.view == fresh_view(poller.world)
+        assert sum(f[2] for f in poller.view.values()) == credited(ch, db, poller.world) > 0
+
+
+def start_two(worlds: list[World], spawn, r, sink, **overrides) -> tuple:
+    """Clicks of every advertiser stored, then two attributors started and sharing the partitions."""
+    for w in worlds:
+        feed_clicks(w, 10)
+    sink.drain()
+    first = spawn.start("attributor", "--log-level", "WARNING", **overrides)
+    second = spawn.start("attributor", "--log-level", "WARNING", **overrides)
+    wait_for("two attributors holding two partitions each", lambda: shared_by(r, [first, second]))
+    return first, second
 
 
 def test_an_advertisers_notices_go_to_its_partitions_stream(worlds, r, sink):
@@ -195,12 +207,7 @@ def test_an_advertisers_notices_go_to_its_partitions_stream(worlds, r, sink):
 
 def test_two_attributors_share_the_partitions_and_attribute_each_conversion_once(worlds, spawn, r, ch, ch_database,
                                                                                   sink, attributor):
-    for w in worlds:
-        feed_clicks(w, 10)
-    sink.drain()
-    first = spawn.start("attributor", "--log-level", "WARNING")
-    second = spawn.start("attributor", "--log-level", "WARNING")
-    wait_for("two attributors holding two partitions each", lambda: shared_by(r, [first, second]))
+    first, second = start_two(worlds, spawn, r, sink)
     pollers = [Poller(w) for w in worlds]
     conversions: set[tuple] = set()
     for round_ in range(6):  # conversions keep coming while both attribute, and the feed is polled
@@ -213,22 +220,12 @@ def test_two_attributors_share_the_partitions_and_attribute_each_conversion_once
     assert shared_by(r, [first, second])  # nobody took another's share meanwhile
     assert_attributed_once(ch, ch_database, conversions)
     assert stored_credits(ch, ch_database) == expected_credits(attributor, conversions)
-    for poller in pollers:
-        poller.poll()
-        # The cursor-following view is the whole truth: a watermark past an unstored stamp would
-        # have let a change slip behind the cursor for good.
-        assert poller.view == fresh_view(poller.world)
-        assert sum(f[2] for f in poller.view.values()) == credited(ch, ch_database, poller.world) > 0
+    assert_feeds_whole(pollers, ch, ch_database)
 
 
 def test_killing_one_attributor_mid_run_hands_its_partitions_to_the_other(worlds, spawn, r, ch, ch_database, sink,
                                                                           attributor):
-    for w in worlds:
-        feed_clicks(w, 10)
-    sink.drain()
-    first = spawn.start("attributor", "--log-level", "WARNING", ATTRIBUTOR_BATCH=1)
-    second = spawn.start("attributor", "--log-level", "WARNING", ATTRIBUTOR_BATCH=1)
-    wait_for("two attributors holding two partitions each", lambda: shared_by(r, [first, second]))
+    first, second = start_two(worlds, spawn, r, sink, ATTRIBUTOR_BATCH=1)
     victim_parts = [n for n, holder in holders(r).items() if holder.endswith(f"-{first.pid}")]
     pollers = [Poller(w) for w in worlds]
     conversions: set[tuple] = set()
@@ -246,10 +243,7 @@ def test_killing_one_attributor_mid_run_hands_its_partitions_to_the_other(worlds
     assert set(victim_parts) <= {n for n, h in holders(r).items() if h.endswith(f"-{second.pid}")}
     assert_attributed_once(ch, ch_database, conversions)
     assert stored_credits(ch, ch_database) == expected_credits(attributor, conversions)
-    for poller in pollers:
-        poller.poll()
-        assert poller.view == fresh_view(poller.world)
-        assert sum(f[2] for f in poller.view.values()) == credited(ch, ch_database, poller.world) > 0
+    assert_feeds_whole(pollers, ch, ch_database)
 
 
 def test_an_attributor_with_another_partition_count_waits_for_the_old_ones(settings, r):
