@@ -276,3 +276,40 @@ def test_a_notice_left_on_another_partitions_stream_moves_to_its_own(worlds, r, 
     assert ch.execute(f"SELECT count() FROM {ch_database}.credits")[0][0] == 0  # not by partition 0's holder
     attributor.settle()
     assert_attributed_once(ch, ch_database, conversions)
+
+
+def test_the_feed_reads_the_watermark_of_the_advertisers_partition(worlds, r):
+    """An advertiser's cursor follows its own partition's writer, never another partition's."""
+    now = time.time_ns() // 1_000_000
+    r.set(keys.feed_watermark(0), now + 1_000)
+    r.set(keys.feed_watermark(2), now + 5_000)
+    assert _poll(worlds[2], str(now))["next_cursor"] == str(now + 5_000)
+    assert _poll(worlds[0], str(now))["next_cursor"] == str(now + 1_000)
+    assert _poll(worlds[1], str(now))["next_cursor"] == str(now)  # partition 1 has published nothing yet
+
+
+def test_an_erasure_is_done_by_its_advertisers_partition_holder_and_stamped_there(worlds, r, ch, ch_database, sink,
+                                                                                  attributor):
+    from pixel import erasure
+
+    w = worlds[2]
+    feed_clicks(w, 4)
+    convert(w, 0, 4)
+    w.settle()
+    published = {n: int(r.get(keys.feed_watermark(n)) or 0) for n in range(PARTITIONS)}
+    assert published[2] > 0 and published[0] == 0  # the tick published in partition 2 only
+    rid = erasure.submit(r, w.tenant.advertiser, {"email": [sha("u1@example.com")]}, "test")
+    for _ in range(3):
+        attributor.eraser.step(lambda adv: attributor._partition_of(adv).index in {0, 1, 3})
+    assert erasure.load_work(r, rid)["phase"] == "new"  # not the business of other partitions' holders
+    deadline = time.monotonic() + 60
+    while erasure.audit(r, w.tenant.advertiser, rid)["status"] != erasure.DONE:
+        assert time.monotonic() < deadline, erasure.load_work(r, rid)
+        attributor.eraser.step(lambda adv: attributor._partition_of(adv).index == 2)
+        time.sleep(0.1)
+    # Its cancels were stamped after the partition's last tick, and published in its watermark.
+    assert int(r.get(keys.feed_watermark(2))) > published[2]
+    assert not r.get(keys.feed_watermark(0))
+    left = {row[0] for row in ch.execute(f"SELECT DISTINCT event_id FROM {ch_database}.credits "
+                                         "WHERE advertiser_id = %(a)s", {"a": w.tenant.advertiser})}
+    assert "conv-1" not in left and left  # the person's conversion (u1) is gone, the others stay
