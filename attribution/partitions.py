@@ -47,8 +47,8 @@ class Partition:
         return cls(index, keys.attribution_stream(index), keys.attributor_lease(index), keys.feed_watermark(index))
 
 
-def share(index: int, count: int, rank: int, live: int) -> bool:
-    """Whether partition ``index`` of ``count`` belongs to the attributor of ``rank`` among ``live``."""
+def share(index: int, rank: int, live: int) -> bool:
+    """Whether partition ``index`` belongs to the attributor of ``rank`` among ``live`` ones."""
     return live > 0 and index % live == rank
 
 
@@ -78,7 +78,7 @@ class Membership:
         if blocked:
             return set()
         rank = live.index(self.name)
-        return {n for n in range(self.count) if share(n, self.count, rank, len(live))}
+        return {n for n in range(self.count) if share(n, rank, len(live))}
 
     def hold(self, partition: Partition) -> bool:
         """Take or renew a partition's lease; False while another attributor holds it."""

@@ -49,7 +49,7 @@ ATTRIBUTOR_GROUP = "attributor"
 ATTRIBUTOR_LEASE = PREFIX + "attributor:lease"
 
 #: Hash attributor name -> ``<expires ms>:<partitions>``: the live attributors, each of which
-#: works on the partitions ``n`` with ``n % live == its rank`` (see attribution/members.py).
+#: works on the partitions ``n`` with ``n % live == its rank`` (see attribution/partitions.py).
 ATTRIBUTORS = PREFIX + "attributors"
 
 #: Recent clicks by click id, ``ct:click:<advertiser>:<click id>`` -> JSON, expiring 29 days after
