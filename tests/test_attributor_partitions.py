@@ -19,6 +19,7 @@ from clicktrail import keys
 from pixel import records, registry
 from tests.attribution_world import DAY, HOUR, World, sha
 from tests.conftest import Tenant, where
+from tests.test_chaos import wait_for
 from tests.test_feed import _poll
 
 PARTITIONS = 4
@@ -75,15 +76,6 @@ def idle(r) -> bool:
         if r.xlen(stream) or (r.exists(stream) and r.xpending(stream, keys.ATTRIBUTOR_GROUP)["pending"]):
             return False
     return True
-
-
-def wait_for(what: str, check, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout:.0f}s")
 
 
 def holders(r) -> dict[int, str]:
