@@ -27,8 +27,9 @@ from attribution.delays import REFRESH_S, DelayCurves
 from attribution.erasure import Eraser, due_every
 from attribution.retention import Retention
 from attribution import models, store
+from attribution.partitions import Membership, Partition
 from pixel.touchpoints import Touch
-from clicktrail import clickhouse, cluster, keys, redis_client, scripting
+from clicktrail import clickhouse, cluster, keys, redis_client
 from clicktrail.backoff import Backoff, retry
 from clicktrail.config import Settings
 from clicktrail.clickhouse import NETWORK_ERRORS
@@ -203,11 +204,6 @@ def _touch_part(t: models.Candidate) -> tuple:
     return (t.kind, t.touch_id, t.touch_ms // 1000, t.touch_ms, t.campaign_id, t.adgroup_id, t.ad_id, t.matched_by)
 
 
-# Take the lease if free or ours (and re-arm its expiry); give it back if still ours.
-_LEASE_LUA = scripting.source("lease_take")
-_RELEASE_LUA = scripting.source("lease_release")
-
-
 def _redis_failed(exc: BaseException, delay: float) -> None:
     log.warning("Redis unavailable (%s); retrying in %.1fs", exc, delay)
 
@@ -231,9 +227,14 @@ class Attributor:
         self.heartbeat = Heartbeat(settings.paths.heartbeat_file)
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.revisions_written = 0
-        self._lease_script = r.register_script(_LEASE_LUA)
-        self._release_script = r.register_script(_RELEASE_LUA)
-        self.eraser = Eraser(r, ch, database, self._stamp, self._publish, settings.stream.shards)
+        count = settings.attributor.partitions
+        self.partitions = [Partition.of(n) for n in range(count)]
+        self.members = Membership(r, self.name, count, int(settings.attributor.lease_s * 1000))
+        #: Partitions whose lease this process holds (between ticks of the run loop).
+        self.owned: set[int] = set()
+        #: The partition the tick at hand works on: its lease, stamps and watermark.
+        self._current = self.partitions[0]
+        self.eraser = Eraser(r, ch, database, self._stamp_for, self._publish_for, settings.stream.shards)
         self._erasure_due = due_every(1.0)
         self.retention = Retention(settings, r, ch, database)
         self._retention_check_due = due_every(600.0)  # is the daily run due? (asked of Redis)
@@ -244,23 +245,33 @@ class Attributor:
         self._credits_sql = f"INSERT INTO {database}.credit_input ({', '.join(CREDIT_INPUT_COLUMN_NAMES)}) VALUES"
         self._marks_sql = (f"INSERT INTO {database}.feed_changes (advertiser_id, written_ms, model, event, "
                            "touch_minute, campaign_id, adgroup_id, ad_id) VALUES")
-        #: Time stamp of the last tick's writes; every later write is stamped after it.
-        self.written_ms = 0
         self._next_prune = 0.0
 
+    @property
+    def written_ms(self) -> int:
+        """Time stamp of the current partition's last writes; every later write is stamped after it."""
+        return self._current.written_ms
+
     def ensure_group(self) -> None:
-        redis_client.ensure_group(self.redis, keys.ATTRIBUTION_STREAM, keys.ATTRIBUTOR_GROUP)
+        for part in self.partitions:
+            redis_client.ensure_group(self.redis, part.stream, keys.ATTRIBUTOR_GROUP)
+
+    def _partition_of(self, advertiser_id: str) -> Partition:
+        return self.partitions[records.notice_partition(advertiser_id, len(self.partitions))]
 
     def run(self) -> None:
-        """Attribute while this process holds the attributor lease; stand by while another does.
+        """Attribute the partitions whose leases this process holds; stand by while it holds none.
 
-        Two attributors working at once could both restate one conversion and write two different
-        copies of the same revision; the lease makes a second one a hot standby instead, which
-        takes over (with the notices the first left pending) once the lease lapses.
+        Two attributors working on one partition at once could both restate one conversion and
+        write two different copies of the same revision; a partition's lease gives it one writer,
+        and the live attributors share the partitions (attribution/partitions.py). With one
+        partition, a second attributor is a hot standby, which takes over (with the notices the
+        first left pending) once the lease lapses.
         """
         retry_until_stopped("Redis", self.ensure_group, self.stop)  # Redis may be down or starting
         gc.freeze()  # what start-up built lives as long as the process: never scan it again
-        log.info("attributor %s reading %s", self.name, keys.ATTRIBUTION_STREAM)
+        log.info("attributor %s reading %d partition(s) of %s", self.name, len(self.partitions),
+                 keys.ATTRIBUTION_STREAM)
         leading = False
 
         def lead_once() -> None:
@@ -276,30 +287,51 @@ class Attributor:
                 retry(lead_once, errors=(redis.ConnectionError, redis.TimeoutError), stop=self.stop,
                       backoff=Backoff(cap=self.settings.retry.backoff_cap_s), on_failure=_redis_failed)
         finally:
-            self._release_lease()
+            self._release_leases()
         log.info("attributor %s stopped: %d revisions written", self.name, self.revisions_written)
 
     def _lead_once(self, leading: bool) -> bool:
-        """One tick if this process holds the lease, else a short wait; return whether it leads."""
-        if not self._hold_lease():
+        """One tick over the partitions this process holds, else a short wait; return whether it holds any."""
+        self._rebalance()
+        if not self.owned:
             if leading:
-                log.warning("attributor %s lost the lease; standing by", self.name)
+                log.warning("attributor %s holds no partition; standing by", self.name)
             self.stop.wait(self.settings.attributor.lease_s / 3)
             return False
-        if not leading:
-            log.info("attributor %s holds the lease", self.name)
-            self.written_ms = 0  # stamp after whatever the previous holder published
         try:
-            self.tick()
+            self.tick(partitions=self.owned)
         except LeaseLost:
             return True  # the tick stopped unacknowledged; the new holder reclaims its notices
-        self._prune_if_due()
-        self._retention_if_due()
-        self._delays_if_due()
+        # The jobs that must run once, not once per attributor: on the holder of partition 0.
+        if 0 in self.owned:
+            self._prune_if_due()
+            self._retention_if_due()
+            self._delays_if_due()
+        # Erasures restate credits: each is done by its advertiser's partition's holder.
         if self._erasure_due():
-            retry(self.eraser.step, errors=NETWORK_ERRORS, on_failure=self._storage_failed,
-                  backoff=Backoff(cap=self.settings.retry.backoff_cap_s), stop=self.stop)
+            owned = set(self.owned)
+            retry(lambda: self.eraser.step(lambda adv: self._partition_of(adv).index in owned), errors=NETWORK_ERRORS,
+                  on_failure=self._storage_failed, backoff=Backoff(cap=self.settings.retry.backoff_cap_s),
+                  stop=self.stop)
         return True
+
+    def _rebalance(self) -> None:
+        """Between ticks: give back the partitions no longer ours, take (or renew) those that are."""
+        wanted = self.members.wanted()
+        for index in sorted(self.owned - wanted):
+            self.members.give_back(self.partitions[index])
+            log.info("attributor %s gave partition %d back", self.name, index)
+        held = set()
+        for index in sorted(wanted):
+            part = self.partitions[index]
+            if self.members.hold(part):
+                held.add(index)
+                if index not in self.owned:
+                    log.info("attributor %s holds partition %d", self.name, index)
+                    part.written_ms = 0  # stamp after whatever the previous holder published
+            elif index in self.owned:
+                log.warning("attributor %s lost partition %d", self.name, index)
+        self.owned = held
 
     def _prune_if_due(self) -> None:
         """Drop days of the feed's change log no cursor may still need (18.16 has no TTL)."""
@@ -339,29 +371,56 @@ class Attributor:
         log.info("retention applied: %s", done)
 
     def _hold_lease(self) -> bool:
-        """Take or renew the lease; False while another attributor holds it."""
-        lease_ms = int(self.settings.attributor.lease_s * 1000)
-        return bool(self._lease_script(keys=[keys.ATTRIBUTOR_LEASE], args=[self.name, lease_ms]))
+        """Take or renew the current partition's lease (and say we live: a long tick must not
+        look dead to the others); False while another attributor holds it."""
+        self.members.wanted()
+        return self.members.hold(self._current)
 
-    def _release_lease(self) -> None:
+    def _release_leases(self) -> None:
         try:
-            self._release_script(keys=[keys.ATTRIBUTOR_LEASE], args=[self.name])
+            for index in sorted(self.owned):
+                self.members.give_back(self.partitions[index])
+            self.members.leave()
         except redis.RedisError:
-            pass  # it lapses by itself
+            pass  # they lapse by themselves
+        self.owned = set()
 
-    def tick(self, block_ms: int = 500) -> int:
-        """Process one batch of notices (its own and any a dead attributor left); return how many."""
-        notices = self._pending_of_others() or self._read(block_ms)
+    def tick(self, block_ms: int = 500, partitions: set[int] | None = None) -> int:
+        """Process a batch of notices per partition (all, or those given): any a dead attributor
+        left, else new ones, waiting up to ``block_ms`` for some; return how many."""
+        parts = self.partitions if partitions is None else [self.partitions[n] for n in sorted(partitions)]
+        done = 0
+        for part in parts:
+            done += self._tick_partition(part, self._pending_of_others(part))
+        if done:
+            return done
+        for part, notices in self._read(parts, block_ms):
+            done += self._tick_partition(part, notices)
+        return done
+
+    def _tick_partition(self, part: Partition, notices: list) -> int:
         if not notices:
             return 0
-        retry(lambda: self.attribute(notices), errors=NETWORK_ERRORS, on_failure=self._storage_failed,
-              backoff=Backoff(cap=self.settings.retry.backoff_cap_s))
+        self._current = part
+        # A notice of another partition (written before the partition count changed) moves to
+        # its partition's stream, in the MULTI that acknowledges it here: its advertiser keeps one writer.
+        count = len(self.partitions)
+        moved = [(entry_id, fields) for entry_id, fields in notices
+                 if records.notice_partition(fields[records.ADVERTISER].decode(), count) != part.index]
+        mine = [notice for notice in notices if notice not in moved] if moved else notices
+        if mine:
+            retry(lambda: self.attribute(mine), errors=NETWORK_ERRORS, on_failure=self._storage_failed,
+                  backoff=Backoff(cap=self.settings.retry.backoff_cap_s))
         ids = [entry_id for entry_id, _ in notices]
         pipe = self.redis.pipeline(transaction=True)
-        pipe.xack(keys.ATTRIBUTION_STREAM, keys.ATTRIBUTOR_GROUP, *ids)
-        pipe.xdel(keys.ATTRIBUTION_STREAM, *ids)
-        # Everything stamped up to written_ms is now stored: the optimizer feed may serve it.
-        pipe.set(keys.FEED_WATERMARK, self.written_ms)
+        for _, fields in moved:
+            pipe.xadd(records.notice_stream(fields[records.ADVERTISER].decode(), count), fields,
+                      maxlen=1_000_000, approximate=True)
+        pipe.xack(part.stream, keys.ATTRIBUTOR_GROUP, *ids)
+        pipe.xdel(part.stream, *ids)
+        if part.written_ms:
+            # Everything stamped up to written_ms is now stored: the optimizer feed may serve it.
+            self.members.publish(part, part.written_ms, client=pipe)
         pipe.execute()
         return len(notices)
 
@@ -370,19 +429,29 @@ class Attributor:
         for client in (self.ch, self.writer, self.loader):
             client.disconnect()
 
-    def _stamp(self) -> int:
-        """A write time after every earlier one, even across attributors with skewed clocks.
+    def _stamp(self, part: Partition | None = None) -> int:
+        """A write time after every earlier one of the partition, even across attributors with
+        skewed clocks.
 
-        The feed's cursors compare these stamps, so they must only grow.
+        The feed's cursors compare these stamps (of one advertiser, so of one partition), so they must only grow.
         """
-        if not self.written_ms:
-            self.written_ms = int(self.redis.get(keys.FEED_WATERMARK) or 0)
-        self.written_ms = max(time.time_ns() // 1_000_000, self.written_ms + 1)
-        return self.written_ms
+        part = part or self._current
+        if not part.written_ms:
+            part.written_ms = int(self.redis.get(part.watermark) or 0)
+        part.written_ms = max(time.time_ns() // 1_000_000, part.written_ms + 1)
+        return part.written_ms
 
-    def _read(self, block_ms: int) -> list:
+    def _stamp_for(self, advertiser_id: str) -> int:
+        return self._stamp(self._partition_of(advertiser_id))
+
+    def _publish_for(self, advertiser_id: str, stamp_ms: int) -> None:
+        self.members.publish(self._partition_of(advertiser_id), stamp_ms)
+
+    def _read(self, parts: list[Partition], block_ms: int) -> list[tuple[Partition, list]]:
+        """New notices of the partitions, in one call that waits for the first to come."""
+        by_stream = {part.stream: part for part in parts}
         try:
-            reply = self.redis.xreadgroup(keys.ATTRIBUTOR_GROUP, self.name, {keys.ATTRIBUTION_STREAM: ">"},
+            reply = self.redis.xreadgroup(keys.ATTRIBUTOR_GROUP, self.name, dict.fromkeys(by_stream, ">"),
                                           count=self.settings.attributor.batch, block=block_ms)
         except redis.ResponseError as exc:
             # The stream lost (NOGROUP) or deleted while we waited on it (UNBLOCKED): start again.
@@ -390,11 +459,11 @@ class Attributor:
                 raise
             self.ensure_group()
             return []
-        return reply[0][1] if reply else []
+        return [(by_stream[stream.decode()], entries) for stream, entries in reply or ()]
 
-    def _pending_of_others(self) -> list:
-        """Notices a dead attributor read but never acknowledged."""
-        claimed = self.redis.xautoclaim(keys.ATTRIBUTION_STREAM, keys.ATTRIBUTOR_GROUP, self.name,
+    def _pending_of_others(self, part: Partition) -> list:
+        """Notices of the partition a dead attributor read but never acknowledged."""
+        claimed = self.redis.xautoclaim(part.stream, keys.ATTRIBUTOR_GROUP, self.name,
                                         min_idle_time=self.settings.stream.claim_idle_ms, start_id="0-0",
                                         count=self.settings.attributor.batch)
         return [(entry_id, fields) for entry_id, fields in claimed[1] if fields]
@@ -616,5 +685,6 @@ class Attributor:
             self._publish(publish_ms)
 
     def _publish(self, stamp_ms: int) -> None:
-        """Everything stamped up to ``stamp_ms`` is stored: let the optimizer feed serve it."""
-        self.redis.set(keys.FEED_WATERMARK, stamp_ms)
+        """Everything of the current partition stamped up to ``stamp_ms`` is stored: let the
+        optimizer feed serve it."""
+        self.members.publish(self._current, stamp_ms)

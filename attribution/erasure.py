@@ -1,7 +1,7 @@
 """The eraser: removes one person's data of one advertiser, in steps that survive a crash.
 
-It runs inside the attributor (between ticks, while it holds the lease), because it restates
-credits, of which the attributor must stay the one writer. Each request goes through:
+It runs inside the attributor (between ticks, while it holds the lease of the advertiser's
+partition), because it restates credits, of which the attributor must stay the one writer. Each request goes through:
 
 1. ``buffers``: events of the person still queued in Redis (the event stream, the dead letters)
    are taken out; an entry that also holds other people's events is put back without them.
@@ -48,14 +48,16 @@ _IDENTITY_KINDS = {"email": "email", "phone": "phone", "external_id": "external_
 
 
 class Eraser:
-    def __init__(self, r: redis.Redis, ch: Client, db: str, stamp: Callable[[], int],
-                 publish: Callable[[int], None], shards: int = 1) -> None:
+    def __init__(self, r: redis.Redis, ch: Client, db: str, stamp: Callable[[str], int],
+                 publish: Callable[[str, int], None], shards: int = 1) -> None:
         self.redis = r
         # Every stream a person's queued events may wait in: each shard's, and the dead letters.
         self.queues = (*keys.event_streams(shards), keys.DEAD_LETTER_STREAM)
         self.ch = ch
         self.db = db
-        self._stamp = stamp  # the attributor's: write times the feed's cursors can order
+        # The attributor's, by advertiser: write times the feed's cursors can order, in the
+        # sequence of the advertiser's partition.
+        self._stamp = stamp
         self._publish = publish
         self._credits_sql = (f"INSERT INTO {db}.credit_input ({', '.join(CREDIT_INPUT_COLUMN_NAMES)}) VALUES")
         self._stored_in: list[tuple[Client, str]] | None = None
@@ -67,13 +69,16 @@ class Eraser:
             self._stored_in = cluster.local_clients(self.ch, self.db)
         return self._stored_in
 
-    def step(self) -> int:
-        """Move every queued request one step on; return how many were queued."""
+    def step(self, owns: Callable[[str], bool] | None = None) -> int:
+        """Move every queued request (of the advertisers ``owns`` says yes to) one step on; return
+        how many were queued."""
         ids = erasure.queued(self.redis, BATCH)
-        works = {rid: work for rid in ids if (work := erasure.load_work(self.redis, rid)) is not None}
-        for rid in ids:
-            if rid not in works:  # its work is gone: finished by an earlier holder that died at the end
+        loaded = {rid: erasure.load_work(self.redis, rid) for rid in ids}
+        for rid, work in loaded.items():
+            if work is None:  # its work is gone: finished by an earlier holder that died at the end
                 self.redis.zrem(keys.ERASURE_QUEUE, rid)
+        works = {rid: work for rid, work in loaded.items()
+                 if work is not None and (owns is None or owns(work["advertiser_id"]))}
         for phase, advance in (("new", self._buffers), ("buffered", self._collect), ("collected", self._restate)):
             for rid, work in works.items():
                 if work["phase"] == phase:
@@ -207,11 +212,11 @@ class Eraser:
         revisions = {tuple(row[:4]): row[4] for row in live}
         if not revisions:
             return
-        now_ms = self._stamp()
+        now_ms = self._stamp(adv)
         rows = store.cancel_rows(self.ch, self.db, revisions, now_ms)
         if rows:
             self.ch.execute(self._credits_sql, columns(rows), columnar=True)
-        self._publish(now_ms)
+        self._publish(adv, now_ms)
 
     def _step_done(self, rid: str, step: str) -> bool:
         return bool(self.ch.execute(f"SELECT count() FROM {self.db}.erasure_steps WHERE request_id = %(r)s "

@@ -2,6 +2,7 @@
 
     python bench/attribution_bench.py throughput [--clicks 10000000] [--conversions 200000]
     python bench/attribution_bench.py freshness [--rate 100] [--seconds 30]
+    python bench/attribution_bench.py shared [--partitions 4] [--clicks 1000000] [--conversions 200000]
 
 Uses its own ClickHouse database (ct_bench_attr) and Redis database (4); both are wiped first.
 Throughput: clicks and conversions are generated inside ClickHouse (INSERT ... SELECT), the
@@ -9,11 +10,16 @@ attributor is told about the conversions as the sink would tell it (notices of u
 keys), and a real `clicktrail attributor` process is timed until every notice is processed.
 Freshness: a real collector, sink and attributor; conversions are posted at a steady rate and
 each one's delay from the collector accepting it to its attributed row being stored is measured.
+Shared: as throughput, over one advertiser per partition (``CLICKTRAIL_ATTRIBUTION_PARTITIONS``),
+timed with 1 and then 2 attributor processes side by side on the same data (what the attributors
+wrote is emptied between the runs; pairs of runs alternate), with the attributors' own CPU time
+from /proc.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -38,12 +44,14 @@ def setup():
     return ch, r, pixel_id, registry.create_token(r, ADV, ["events"]), env
 
 
-def fill_clicks(ch, n: int, now: int) -> float:
+def fill_clicks(ch, n: int, now: int, adv: str = ADV) -> float:
     started = time.perf_counter()
     # A tenth of the clicks carry a hashed email (cross-device); ids clk-<n>; times over 27 days.
     ch.execute(f"""
-        INSERT INTO {DB}.touchpoints
-        SELECT '{ADV}', 'click', concat('clk-', toString(number)), toDateTime({now} - (number % 2332800)),
+        INSERT INTO {DB}.touchpoints (advertiser_id, kind, touch_id, touch_time, touch_ms, campaign_id, adgroup_id,
+                                      ad_id, browser_id, email_sha256, phone_sha256, external_id_sha256, ip,
+                                      user_agent, source, received_ms, counted)
+        SELECT '{adv}', 'click', concat('clk-', toString(number)), toDateTime({now} - (number % 2332800)),
                ({now} - (number % 2332800)) * 1000,
                concat('cmp-', toString(number % 50)), concat('grp-', toString(number % 500)),
                concat('ad-', toString(number % 5000)), '',
@@ -53,7 +61,7 @@ def fill_clicks(ch, n: int, now: int) -> float:
     return time.perf_counter() - started
 
 
-def fill_click_cache(r, n: int, now: int) -> float:
+def fill_click_cache(r, n: int, now: int, adv: str = ADV) -> float:
     """The same clicks in the click cache, as the redirect and imports would have put them."""
     import hashlib
 
@@ -64,9 +72,9 @@ def fill_click_cache(r, n: int, now: int) -> float:
     pipe = r.pipeline(transaction=False)
     for i in range(n):
         email = hashlib.sha256(str(i % 1_000_000).encode()).hexdigest() if i % 10 == 0 else ""
-        touch = Touch(ADV, "click", f"clk-{i}", (now - i % 2332800) * 1000, f"cmp-{i % 50}", f"grp-{i % 500}",
+        touch = Touch(adv, "click", f"clk-{i}", (now - i % 2332800) * 1000, f"cmp-{i % 50}", f"grp-{i % 500}",
                       f"ad-{i % 5000}", "", email, "", "")
-        pipe.set(click_cache.key(ADV, touch.touch_id), click_cache.value(touch),
+        pipe.set(click_cache.key(adv, touch.touch_id), click_cache.value(touch),
                  ex=click_cache.ttl_s(touch.touch_ms, time.time()))
         if i % 10_000 == 9_999:
             pipe.execute()
@@ -74,21 +82,22 @@ def fill_click_cache(r, n: int, now: int) -> float:
     return time.perf_counter() - started
 
 
-def fill_conversions(ch, pixel_id: str, n: int, clicks: int) -> list[tuple]:
+def fill_conversions(ch, pixel_id: str, n: int, clicks: int, adv: str = ADV) -> list[tuple]:
     """Conversions over the last 6 days; 70% carry a click id, 10% an email, the rest nothing."""
     now = int(time.time())
     ch.execute(f"""
         INSERT INTO {DB}.events (advertiser_id, pixel_id, event, event_id, event_time, event_ms, received_at,
                                  received_ms, source, click_id, email_sha256, browser_id, value, currency,
                                  dedup_version)
-        SELECT '{ADV}', '{pixel_id}', 'CompletePayment', concat('conv-', toString(number)),
+        SELECT '{adv}', '{pixel_id}', 'CompletePayment', concat('conv-', toString(number)),
                toDateTime({now} - (number % 518400)), ({now} - (number % 518400)) * 1000,
                toDateTime({now}), {now} * 1000, 'server',
                if(number % 10 < 7, concat('clk-', toString((number * 7919) % {clicks})), ''),
                if(number % 10 = 7, lower(hex(SHA256(toString(number % 1000000)))), ''),
                concat('b-', toString(number % 100000)), 10, 'USD', 18446744073709551615 - {now} * 1000
         FROM numbers({n})""")
-    return ch.execute(f"SELECT pixel_id, event, event_id, event_ms FROM {DB}.events")
+    return ch.execute(f"SELECT pixel_id, event, event_id, event_ms FROM {DB}.events WHERE advertiser_id = %(a)s",
+                      {"a": adv})
 
 
 def reuse(args):
@@ -204,6 +213,102 @@ def freshness(args) -> None:
     print(f"| {args.rate} | {args.seconds} | {n:,} of {sent:,} | {p50} ms | {p99} ms | {mx} ms |")
 
 
+def _cpu_s(pid: int) -> float:
+    """User and system CPU seconds a process has used so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _advertisers(partitions: int) -> list[str]:
+    """One advertiser per partition: the first bench-<n> that falls in it."""
+    from pixel import records
+
+    return [next(f"bench-{n}" for n in range(10_000) if records.notice_partition(f"bench-{n}", partitions) == p)
+            for p in range(partitions)]
+
+
+def _shared_run(ch, r, env: dict, notices: dict[str, list[bytes]], processes: int, partitions: int, batch: int,
+                clickhouse_pid: int = 0) -> dict:
+    """Time ``processes`` attributors over the notices (advertiser -> encoded notices)."""
+    from pixel import records
+
+    for table in ("attribution_candidates", "credits", "conversion_stats", "feed_changes"):
+        ch.execute(f"TRUNCATE TABLE {DB}.{table}")
+    r.delete(keys.ATTRIBUTORS, *(k for n in range(partitions) for k in (
+        keys.attribution_stream(n), keys.attributor_lease(n), keys.feed_watermark(n))))
+    procs = [subprocess.Popen([sys.executable, "-m", "clicktrail.cli", "attributor", "--log-level", "WARNING"],
+                              env=dict(env, CLICKTRAIL_ATTRIBUTOR_BATCH=str(batch),
+                                       CLICKTRAIL_ATTRIBUTION_PARTITIONS=str(partitions)))
+             for _ in range(processes)]
+    names = {f"-{p.pid}" for p in procs}
+
+    def shared() -> bool:  # every partition held, each process holding its share
+        held = [(r.get(keys.attributor_lease(n)) or b"").decode() for n in range(partitions)]
+        return all(sum(h.endswith(name) for h in held) == partitions // processes for name in names)
+
+    while not shared():
+        time.sleep(0.05)
+    time.sleep(1.0)  # past their first (empty) reads
+    cpu = sum(_cpu_s(p.pid) for p in procs)
+    ch_cpu = _cpu_s(clickhouse_pid) if clickhouse_pid else 0.0
+    started = time.perf_counter()
+    pipe = r.pipeline(transaction=False)
+    for adv, encoded in notices.items():
+        for data in encoded:
+            pipe.xadd(records.notice_stream(adv, partitions), {"a": adv, "k": "c", "d": data})
+    pipe.execute()
+    while any(r.xlen(keys.attribution_stream(n)) for n in range(partitions)):
+        time.sleep(0.02)
+    elapsed = time.perf_counter() - started
+    cpu = sum(_cpu_s(p.pid) for p in procs) - cpu
+    ch_cpu = _cpu_s(clickhouse_pid) - ch_cpu if clickhouse_pid else float("nan")
+    for proc in procs:
+        proc.terminate()
+        proc.wait()
+    attributed = ch.execute(f"SELECT uniqExact((advertiser_id, event_id)) FROM {DB}.credits")[0][0]
+    doubled = ch.execute(f"SELECT count() FROM (SELECT advertiser_id, event_id, model, sum(sign) AS s "
+                         f"FROM {DB}.credits GROUP BY advertiser_id, event_id, model HAVING s != 1)")[0][0]
+    return {"processes": processes, "attributed": attributed, "doubled": doubled, "seconds": elapsed, "cpu_s": cpu,
+            "ch_cpu_s": ch_cpu}
+
+
+def shared(args) -> None:
+    from pixel import registry as reg
+
+    advertisers = _advertisers(args.partitions)
+    ch, r, _, _, env = setup()
+    now = int(time.time())
+    notices: dict[str, list[bytes]] = {}
+    per_clicks, per_conversions = args.clicks // len(advertisers), args.conversions // len(advertisers)
+    print(f"filling {args.clicks:,} clicks and {args.conversions:,} conversions over {len(advertisers)} "
+          f"advertisers, one per partition ...", flush=True)
+    for adv in advertisers:
+        pixel_id = reg.create_pixel(r, adv, ["bench.example"])
+        fill_clicks(ch, per_clicks, now, adv)
+        fill_click_cache(r, per_clicks, now, adv)
+        keys_ = fill_conversions(ch, pixel_id, per_conversions, per_clicks, adv)
+        notices[adv] = [orjson.dumps(keys_[start:start + 5000]) for start in range(0, len(keys_), 5000)]
+    load = os.getloadavg()[0]
+    # Alternated (1, 2, 1, 2, ...): the first run also warms ClickHouse's caches.
+    runs = [_shared_run(ch, r, env, notices, k, args.partitions, args.batch, args.clickhouse_pid)
+            for _ in range(args.rounds) for k in (1, 2)]
+    print(f"\n{args.partitions} partitions, {args.clicks:,} clicks stored, click cache filled; "
+          f"load average before: {load:.1f} on {os.cpu_count()} cores")
+    print("| attributor processes | conversions attributed | not exactly once | seconds | conversions/s | "
+          "attributors' CPU s | ClickHouse server CPU s | CPU us per conversion (attributors + ClickHouse) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for run in runs:
+        per = (run["cpu_s"] + run["ch_cpu_s"]) * 1e6 / max(run["attributed"], 1)
+        print(f"| {run['processes']} | {run['attributed']:,} | {run['doubled']} | {run['seconds']:.1f} | "
+              f"{run['attributed'] / run['seconds']:,.0f} | {run['cpu_s']:.1f} | {run['ch_cpu_s']:.1f} | "
+              f"{run['cpu_s'] * 1e6 / max(run['attributed'], 1):,.0f} + "
+              f"{run['ch_cpu_s'] * 1e6 / max(run['attributed'], 1):,.0f} = {per:,.0f} |")
+    one, two = (sum(run["seconds"] for run in runs if run["processes"] == k) for k in (1, 2))
+    print(f"speed-up with 2 (total seconds of the 1-process runs over the 2-process ones): {one / two:.2f}x")
+    if not args.keep:
+        r.flushdb()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -218,11 +323,20 @@ def main() -> None:
     f = sub.add_parser("freshness")
     f.add_argument("--rate", type=int, default=100, help="conversions per second")
     f.add_argument("--seconds", type=int, default=30)
+    s = sub.add_parser("shared")
+    s.add_argument("--partitions", type=int, default=4)
+    s.add_argument("--clicks", type=int, default=1_000_000)
+    s.add_argument("--conversions", type=int, default=200_000)
+    s.add_argument("--batch", type=int, default=config.DEFAULTS["ATTRIBUTOR_BATCH"])
+    s.add_argument("--rounds", type=int, default=2, help="pairs of runs (1 then 2 processes)")
+    s.add_argument("--clickhouse-pid", type=int, default=0,
+                   help="also count this ClickHouse server's CPU time (local server; shared: noisy)")
+    s.add_argument("--keep", action="store_true", help="keep the Redis database afterwards")
     args = parser.parse_args()
     if args.what == "throughput" and args.reuse and args.no_cache:
         parser.error("--reuse keeps the previous run's click cache; --no-cache needs a fresh run")
     config.load()
-    (throughput if args.what == "throughput" else freshness)(args)
+    {"throughput": throughput, "freshness": freshness, "shared": shared}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -86,10 +86,10 @@ def erase(ch, r) -> None:
     from clicktrail import keys
     from pixel import erasure
 
-    def stamp() -> int:
+    def stamp(advertiser_id: str) -> int:
         return time.time_ns() // 1_000_000
 
-    eraser = Eraser(r, ch, DB, stamp, lambda ms: r.set(keys.FEED_WATERMARK, ms))
+    eraser = Eraser(r, ch, DB, stamp, lambda advertiser_id, ms: r.set(keys.FEED_WATERMARK, ms))
     started = time.perf_counter()
     request_id = erasure.submit(r, ADV, {"email": [PERSON]}, "bench")
     steps = 0

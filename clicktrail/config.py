@@ -130,6 +130,13 @@ class AttributorSettings:
     batch: int = _setting("ATTRIBUTOR_BATCH", 10)  # notices per tick; each names up to a sink batch of conversions
     lease_s: int = _setting("ATTRIBUTOR_LEASE_S", 10)  # a dead attributor's standby takes over after this
     chunk: int = _setting("ATTRIBUTOR_CHUNK", 10_000)  # conversions written (and published to the feed) at a time
+    # Advertisers are split into this many partitions of notices, each attributed by one attributor
+    # at a time; live attributors share them. The sink, imports and the feed read it too.
+    partitions: int = _setting("ATTRIBUTION_PARTITIONS", 1)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.partitions <= 1024:
+            raise ConfigError(f"{ENV_PREFIX}ATTRIBUTION_PARTITIONS must be between 1 and 1024; got {self.partitions}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,12 +48,19 @@ TOKENS = PREFIX + "tokens"
 
 #: Stream of what the attributor must (re)consider, written by the sink in the same MULTI as its
 #: acknowledgements and by imports: fields ``a`` (advertiser), ``k`` (``c`` conversions, ``t``
-#: touchpoints or ``r`` exchange rates posted) and ``d`` (JSON list of keys).
+#: touchpoints or ``r`` exchange rates posted) and ``d`` (JSON list of keys). This is partition 0's;
+#: with ``CLICKTRAIL_ATTRIBUTION_PARTITIONS`` > 1 the others are ``attribution_stream(n)``, and an
+#: advertiser's notices all go to one (``records.notice_partition``).
 ATTRIBUTION_STREAM = PREFIX + "attribution"
 ATTRIBUTOR_GROUP = "attributor"
 
-#: Name of the attributor that may work now (a lease with an expiry); others stand by.
+#: Name of the attributor that may work on partition 0 now (a lease with an expiry); others
+#: stand by or work on other partitions (``attributor_lease(n)``).
 ATTRIBUTOR_LEASE = PREFIX + "attributor:lease"
+
+#: Hash attributor name -> ``<expires ms>:<partitions>``: the live attributors, each of which
+#: works on the partitions ``n`` with ``n % live == its rank`` (see attribution/partitions.py).
+ATTRIBUTORS = PREFIX + "attributors"
 
 #: Recent clicks by click id, ``ct:click:<advertiser>:<click id>`` -> JSON, expiring 29 days after
 #: the click (see pixel/click_cache.py). Untagged in cluster mode too (see above).
@@ -63,7 +70,8 @@ CLICK_CACHE_PREFIX = "ct:click:"
 REJECTED_COUNTS = PREFIX + "stats:rejected"
 
 #: Write time (ms) up to which everything the attributor stamped is stored; the optimizer feed's
-#: cursors never go past it (see reporting/feed.py).
+#: cursors never go past it (see reporting/feed.py). Partition 0's; each partition has its own
+#: (``feed_watermark(n)``), moved only by that partition's one writer.
 FEED_WATERMARK = PREFIX + "feed:watermark"
 
 #: Hash advertiser id -> version (µs) of its latest exchange-rate posting. The optimizer feed keeps
@@ -105,7 +113,8 @@ def delay_curves(advertiser_id: str) -> str:
 
 #: The shared keys above that move into the ``{ct}`` slot on a cluster (by their name here).
 _SHARED = ("DEAD_LETTER_STREAM", "PIXELS", "SOURCES", "ADVERTISERS", "ADVERTISER_DOMAINS", "TOKENS",
-           "ATTRIBUTION_STREAM", "ATTRIBUTOR_LEASE", "REJECTED_COUNTS", "FEED_WATERMARK", "ERASURE_QUEUE")
+           "ATTRIBUTION_STREAM", "ATTRIBUTOR_LEASE", "ATTRIBUTORS", "REJECTED_COUNTS", "FEED_WATERMARK",
+           "ERASURE_QUEUE")
 _cluster = False
 
 
@@ -145,3 +154,24 @@ def use_cluster_layout() -> None:
         names[name] = CLUSTER_PREFIX + names[name].removeprefix("ct:")
     PREFIX = CLUSTER_PREFIX
     EVENTS_STREAM = event_stream(0)
+
+
+def _of_partition(key: str, partition: int) -> str:
+    # Partition 0 keeps the unpartitioned name: one partition is the layout of before partitions,
+    # and partition 0's keys never move when the count changes.
+    return key if partition == 0 else f"{key}:{partition}"
+
+
+def attribution_stream(partition: int) -> str:
+    """The notices of one partition of the advertisers (``ATTRIBUTION_STREAM`` for partition 0)."""
+    return _of_partition(ATTRIBUTION_STREAM, partition)
+
+
+def attributor_lease(partition: int) -> str:
+    """Who may attribute one partition now (``ATTRIBUTOR_LEASE`` for partition 0)."""
+    return _of_partition(ATTRIBUTOR_LEASE, partition)
+
+
+def feed_watermark(partition: int) -> str:
+    """Up to which stamp one partition's writes are stored (``FEED_WATERMARK`` for partition 0)."""
+    return _of_partition(FEED_WATERMARK, partition)

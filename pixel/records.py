@@ -24,10 +24,13 @@ the sink and the attributor already use on their hot paths.
 
 # No ``from __future__ import annotations``: the rows' annotations are read at import time.
 
+import zlib
 from operator import attrgetter
 from typing import Annotated, Any, NamedTuple, NotRequired, TypedDict, get_type_hints
 
 import orjson
+
+from clicktrail.keys import attribution_stream
 
 # -- stream entries ---------------------------------------------------------------------------
 
@@ -336,6 +339,17 @@ touch_key = attrgetter(*TouchKey._fields)
 def encode_notice(advertiser_id: str, kind: str, keys: list[tuple]) -> dict[bytes, bytes]:
     """A notice's stream fields; ``keys`` as ``conversion_key`` or ``touch_key`` make them."""
     return {ADVERTISER: advertiser_id.encode(), KIND: kind.encode(), DATA: orjson.dumps(keys)}
+
+
+def notice_partition(advertiser_id: str, partitions: int) -> int:
+    """The partition of an advertiser's notices: stable across processes, hosts and restarts
+    (CRC-32, not Python's salted ``hash``), so every writer and the feed agree on it."""
+    return zlib.crc32(advertiser_id.encode()) % partitions if partitions > 1 else 0
+
+
+def notice_stream(advertiser_id: str, partitions: int) -> str:
+    """The stream an advertiser's notices go to, out of ``partitions``."""
+    return attribution_stream(notice_partition(advertiser_id, partitions))
 
 
 def decode_notice(fields: dict) -> Notice:

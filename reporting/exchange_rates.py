@@ -91,7 +91,8 @@ def post_rates():
         pipe = svc.redis.pipeline(transaction=False)
         # The feed keeps answers by this version; the attributor marks the buckets whose values changed.
         pipe.hset(keys.EXCHANGE_RATES_VERSION, advertiser, version)
-        pipe.xadd(keys.ATTRIBUTION_STREAM, records.encode_notice(advertiser, records.NOTICE_RATES, _first_days(rates)),
+        pipe.xadd(records.notice_stream(advertiser, svc.settings.attributor.partitions),
+                  records.encode_notice(advertiser, records.NOTICE_RATES, _first_days(rates)),
                   maxlen=1_000_000, approximate=True)
         pipe.execute()
     except redis.RedisError as exc:  # stored, but the optimizer feed would not learn of them

@@ -8,6 +8,12 @@ Cursors are write stamps of the attributor. It publishes a watermark (``keys.FEE
 only after everything stamped up to it is stored, so a poll that reads the changes stamped in
 (cursor, watermark] never misses one and never needs a safety lag. A poll with the cursor at
 the watermark costs one Redis read.
+
+With several partitions of advertisers (``CLICKTRAIL_ATTRIBUTION_PARTITIONS``), each partition
+has one writer at a time, its own sequence of stamps and its own watermark
+(``keys.feed_watermark(n)``); an advertiser's changes are all stamped in its partition's
+sequence, so its polls read its partition's watermark. A partition that is idle never holds
+back another's (which a minimum over all watermarks would).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from attribution.engine import FEED_RETENTION_DAYS
 from clicktrail import keys
 from clicktrail.errors import BadRequest, BufferUnavailable
 from clicktrail.timestamps import utc_iso
+from pixel import records
 from pixel.registry import settings_of
 from reporting.auth import require
 from reporting.context import api_services
@@ -137,7 +144,7 @@ def optimizer_conversions():
     # One round trip: the watermark, the advertiser's settings and its latest exchange-rate posting
     # (an up-to-date poll needs no more).
     pipe = svc.redis.pipeline(transaction=False)
-    pipe.get(keys.FEED_WATERMARK)
+    pipe.get(keys.feed_watermark(records.notice_partition(advertiser, svc.settings.attributor.partitions)))
     pipe.hget(keys.ADVERTISERS, advertiser)
     pipe.hget(keys.EXCHANGE_RATES_VERSION, advertiser)
     if query.estimate:

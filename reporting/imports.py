@@ -16,7 +16,6 @@ from pixel import click_cache, touchpoints
 from reporting.batches import rows_of
 from reporting.context import api_services, json_body
 from reporting.auth import require
-from clicktrail import keys
 from clicktrail.clickhouse import NETWORK_ERRORS
 from clicktrail.inserts import columns, count_once
 from clicktrail.errors import BufferUnavailable, StorageError
@@ -41,7 +40,8 @@ def _store(touches: list[touchpoints.Touch]) -> None:
     try:
         pipe = svc.redis.pipeline(transaction=False)
         click_cache.put(pipe, touches, time.time())
-        pipe.xadd(keys.ATTRIBUTION_STREAM, notice, maxlen=1_000_000, approximate=True)
+        pipe.xadd(records.notice_stream(g.caller.advertiser_id, svc.settings.attributor.partitions), notice,
+                  maxlen=1_000_000, approximate=True)
         pipe.execute()
     except redis.RedisError as exc:
         # Stored but the attributor was not told: ask for a re-post, which is harmless.

@@ -298,9 +298,10 @@ class Sink:
             record.update({b"id": letter.entry_id, b"index": letter.index,
                            b"reason": scrub_opaque(letter.reason, anonymize).encode(), b"consumer": self.name.encode()})
             pipe.xadd(keys.DEAD_LETTER_STREAM, record)
+        partitions = self.settings.attributor.partitions
         for (advertiser, kind), items in _group_notices(notices).items():
             # Capped (approximately) so that a deployment without an attributor cannot fill Redis.
-            pipe.xadd(keys.ATTRIBUTION_STREAM, records.encode_notice(advertiser, kind, items),
+            pipe.xadd(records.notice_stream(advertiser, partitions), records.encode_notice(advertiser, kind, items),
                       maxlen=1_000_000, approximate=True)
         return pipe
 

@@ -66,7 +66,8 @@ def put_conversion(ch, db: str, adv: str, name: str, at: int) -> None:
     head = dict(advertiser_id=adv, pixel_id="P", event="CompletePayment", event_id=event_id,
                 conversion_time=datetime.fromtimestamp(at, timezone.utc), conversion_ms=at * 1000, value=10.0,
                 currency="USD", device_type="pc", os="Linux", browser="Chrome", utm_source="", utm_campaign="",
-                country="", region="", revision=1, content_hash=1, attributed_ms=at * 1000, touch_kind="click", touch_id=click,
+                country="", region="",
+                revision=1, content_hash=1, attributed_ms=at * 1000, touch_kind="click", touch_id=click,
                 touch_time=datetime.fromtimestamp(at - 60, timezone.utc), touch_ms=(at - 60) * 1000,
                 campaign_id="c", adgroup_id="g", ad_id="a", matched_by="click_id", click_window_days=7,
                 view_window_days=1, sign=1, model_names=["last_click"], model_credits=[1.0])
