@@ -418,10 +418,14 @@ class Attributor:
                       maxlen=1_000_000, approximate=True)
         pipe.xack(part.stream, keys.ATTRIBUTOR_GROUP, *ids)
         pipe.xdel(part.stream, *ids)
-        if part.written_ms:
-            # Everything stamped up to written_ms is now stored: the optimizer feed may serve it.
+        # Everything stamped up to written_ms is now stored: the optimizer feed may serve it. In the
+        # same MULTI on one Redis; a cluster's pipelines run no scripts, so there it follows.
+        together = part.written_ms and not redis_client.is_cluster(self.redis)
+        if together:
             self.members.publish(part, part.written_ms, client=pipe)
         pipe.execute()
+        if part.written_ms and not together:
+            self.members.publish(part, part.written_ms)
         return len(notices)
 
     def _storage_failed(self, exc: BaseException, delay: float) -> None:
