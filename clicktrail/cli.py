@@ -122,6 +122,15 @@ def attributor(log_level: str) -> None:
     _run_worker("attributor", Attributor, log_level)
 
 
+@main.command()
+@click.option("--log-level", default="INFO", show_default=True)
+def scheduler(log_level: str) -> None:
+    """Deliver scheduled reports when due (one scheduler leads at a time; others stand by)."""
+    from reporting.scheduler import Scheduler
+
+    _run_worker("scheduler", Scheduler, log_level)
+
+
 def _shard_list(ctx, param, value: str | None) -> list[int] | None:
     """``--shards 0,2``: shard numbers below CLICKTRAIL_STREAM_SHARDS; unset: all of them."""
     if value is None:
@@ -153,7 +162,7 @@ def sink(log_level: str, shards: list[int] | None) -> None:
 @click.option("--no-services", is_flag=True, help="do not start Redis or ClickHouse")
 def up(bind: str, api_bind: str, sinks: int, no_services: bool) -> None:
     """Start everything (local Redis and ClickHouse if none runs, migrations, collector, sinks,
-    attributor, API) until Ctrl-C."""
+    attributor, scheduler, API) until Ctrl-C."""
     from clicktrail import supervisor
 
     _setup_logging()
@@ -164,7 +173,7 @@ def up(bind: str, api_bind: str, sinks: int, no_services: bool) -> None:
 @click.option("--max-age", default=60.0, show_default=True, type=click.FloatRange(min=1),
               help="seconds since the worker's last heartbeat after which it counts as stuck")
 def alive(max_age: float) -> None:
-    """Exit 0 when this container's sink or attributor is working (for a healthcheck), else 1.
+    """Exit 0 when this container's sink, attributor or scheduler is working (for a healthcheck), else 1.
 
     Reads CLICKTRAIL_HEARTBEAT_FILE, which the worker touches while its loop turns.
     """

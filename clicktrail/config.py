@@ -140,6 +140,13 @@ class AttributorSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SchedulerSettings:
+    lease_s: int = _setting("SCHEDULER_LEASE_S", 10)  # a dead scheduler's standby takes over after this
+    # Plain-HTTP webhooks to 127.0.0.1 / localhost only (tests, a receiver on the same host); never elsewhere.
+    allow_http_webhooks: bool = _setting("ALLOW_HTTP_WEBHOOKS", False)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     redis: RedisSettings = RedisSettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
@@ -152,6 +159,7 @@ class Settings:
     retry: RetrySettings = RetrySettings()
     sink: SinkSettings = SinkSettings()
     attributor: AttributorSettings = AttributorSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
 
     def updated(self, overrides: Mapping[str, Any]) -> Settings:
         """A copy with ``overrides`` (keyed by name, as for ``load``) applied and checked the same way."""

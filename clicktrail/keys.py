@@ -92,6 +92,21 @@ RETENTION_LAST_RUN = PREFIX + "retention:last_run"
 #: ``dead`` letters for being older than the buffers' maximum age (see sink/expiry.py).
 EXPIRED_COUNTS = PREFIX + "stats:expired"
 
+#: Hash schedule id -> JSON of a scheduled report (reporting/schedules.py), webhook secret included.
+SCHEDULES = PREFIX + "schedules"
+
+#: Name of the scheduler that runs due schedules now (a lease with an expiry); others stand by.
+SCHEDULER_LEASE = PREFIX + "scheduler:lease"
+
+#: When the leading scheduler last looked for due schedules (ms).
+SCHEDULER_TICK = PREFIX + "scheduler:tick"
+
+
+def schedule_periods(schedule_id: str) -> str:
+    """Hash period (local date of the run) -> JSON ``{"state", "attempts", "error", "at", "retry_at"}``
+    of one schedule's runs: a ``delivered`` period is never delivered again. Deleted with the schedule."""
+    return f"{PREFIX}schedule:{schedule_id}:periods"
+
 
 def erasure_audit(request_id: str) -> str:
     """The audit record of an erasure request (JSON; kept for good, holds no identifier)."""
@@ -114,7 +129,7 @@ def delay_curves(advertiser_id: str) -> str:
 #: The shared keys above that move into the ``{ct}`` slot on a cluster (by their name here).
 _SHARED = ("DEAD_LETTER_STREAM", "PIXELS", "SOURCES", "ADVERTISERS", "ADVERTISER_DOMAINS", "TOKENS",
            "ATTRIBUTION_STREAM", "ATTRIBUTOR_LEASE", "ATTRIBUTORS", "REJECTED_COUNTS", "FEED_WATERMARK",
-           "ERASURE_QUEUE")
+           "ERASURE_QUEUE", "SCHEDULES", "SCHEDULER_LEASE", "SCHEDULER_TICK")
 _cluster = False
 
 

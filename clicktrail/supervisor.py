@@ -204,6 +204,7 @@ def children(*, front: proxy.FrontEnd, bind: str, sinks: int) -> list[Child]:
               health_url=f"http://{front.collector_bind}/healthz"),
         *(Child(f"sink-{i + 1}", ["sink"]) for i in range(sinks)),
         Child("attributor", ["attributor"]),
+        Child("scheduler", ["scheduler"]),
         # On one machine, reports and pollers must never slow collection: the API yields the CPU.
         Child("api", ["api", "--bind", front.api_bind, "--nice", "5"], health_url=f"http://{front.api_bind}/healthz"),
     ]
@@ -276,6 +277,7 @@ def up(settings: config.Settings, *, bind: str, api_bind: str, sinks: int, start
           f"and on {api_bind} in front of the API at {front.api_bind}", flush=True)
     print(f"{'sinks':<11} {sinks} reading the Redis stream into ClickHouse", flush=True)
     print(f"{'attributor':<11} attributing new conversions", flush=True)
+    print(f"{'scheduler':<11} delivering scheduled reports", flush=True)
     print(f"Ready. Register a pixel: {cli} pixel create --advertiser ADV --domain shop.example.com", flush=True)
     print("Press Ctrl-C to stop.", flush=True)
     supervisor.watch()

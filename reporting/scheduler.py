@@ -1,0 +1,164 @@
+"""``clicktrail scheduler``: builds due scheduled reports and posts them to their webhooks.
+
+One scheduler leads at a time (a lease in Redis, like the attributor's); others stand by and take
+over once the leader's lease lapses. Each run is a *period* of a schedule (reporting/schedules.py)
+whose state is kept in Redis: a period is marked ``pending`` before its delivery and ``delivered``
+once the receiver answered 2xx, and a delivered period is never posted again, across restarts. A
+crash between the receiver's answer and the mark (a window of one Redis write) posts the period
+once more on the next run: each post carries ``X-Clicktrail-Delivery`` (schedule and period) for a
+receiver to drop such a repeat. A failed post is retried with backoff, up to ``MAX_ATTEMPTS``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo
+
+import redis
+
+from clicktrail import keys
+from clicktrail.backoff import Backoff, retry
+from clicktrail.config import Settings
+from clicktrail.lifecycle import Heartbeat, StopFlag
+from pixel.registry import advertiser_settings
+from reporting import schedules
+from reporting.reports import Report, _csv
+
+log = logging.getLogger("clicktrail.scheduler")
+
+#: Take the lease when free, renew it when ours: 1 if we lead now.
+_LEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+"""
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+TICK_S = 1.0
+POST_TIMEOUT_S = 30.0
+#: Delays between attempts at one period: from 30 s up to 10 minutes.
+RETRY_BASE_S, RETRY_CAP_S = 30.0, 600.0
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    # A report goes only where its schedule says: a redirect counts as a failed delivery.
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirect)
+
+
+def signature(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, r, ch, database: str, stop: StopFlag, name: str | None = None) -> None:
+        self.settings = settings
+        self.redis = r
+        self.ch = ch
+        self.db = database
+        self.stop = stop
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.heartbeat = Heartbeat(settings.paths.heartbeat_file)
+        self.lease_ms = int(settings.scheduler.lease_s * 1000)
+        self.retry_base_s = RETRY_BASE_S
+
+    def run(self) -> None:
+        log.info("scheduler %s started", self.name)
+        try:
+            while not self.stop.is_set:
+                self.heartbeat.beat()
+                retry(self.tick, errors=(redis.ConnectionError, redis.TimeoutError), stop=self.stop,
+                      backoff=Backoff(cap=self.settings.retry.backoff_cap_s), on_failure=_redis_failed)
+                self.stop.wait(TICK_S)
+        finally:
+            try:
+                self.redis.eval(_RELEASE, 1, keys.SCHEDULER_LEASE, self.name)
+            except redis.RedisError:
+                pass  # it lapses by itself
+        log.info("scheduler %s stopped", self.name)
+
+    def tick(self, now: datetime | None = None) -> int:
+        """Run every due period once, if this process leads; return how many posts it made."""
+        if not self.redis.eval(_LEASE, 1, keys.SCHEDULER_LEASE, self.name, self.lease_ms):
+            return 0
+        now = now or datetime.now(timezone.utc)
+        posted = 0
+        for schedule in schedules.every(self.redis):
+            if self.stop.is_set:
+                break
+            if schedule["paused"]:
+                continue
+            due = schedules.latest_due(schedule, now)
+            if due is not None:
+                posted += self._run_period(schedule, due)
+        self.redis.set(keys.SCHEDULER_TICK, int(now.timestamp() * 1000))
+        return posted
+
+    def _run_period(self, schedule: dict, due: datetime) -> int:
+        period = due.date().isoformat()
+        state = schedules.period_state(self.redis, schedule["id"], period) or {"state": schedules.PENDING,
+                                                                                "attempts": 0}
+        if state["state"] in (schedules.DELIVERED, schedules.FAILED):
+            return 0
+        now_ms = int(time.time() * 1000)
+        if (state.get("retry_at") or 0) > now_ms:
+            return 0
+        schedules.set_period_state(self.redis, schedule["id"], period, {**state, "state": schedules.PENDING})
+        try:
+            self._deliver(schedule, due, period)
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the period is retried, the worker goes on
+            self._failed(schedule, period, state["attempts"] + 1, exc)
+            return 1
+        schedules.set_period_state(self.redis, schedule["id"], period, {
+            "state": schedules.DELIVERED, "attempts": state["attempts"] + 1, "error": None, "at": now_ms})
+        log.info("schedule %s: period %s delivered", schedule["id"], period)
+        return 1
+
+    def _failed(self, schedule: dict, period: str, attempts: int, exc: Exception) -> None:
+        backoff = Backoff(base=self.retry_base_s, cap=RETRY_CAP_S)
+        backoff.failures = attempts - 1
+        gave_up = attempts >= schedules.MAX_ATTEMPTS
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        now_ms = int(time.time() * 1000)
+        schedules.set_period_state(self.redis, schedule["id"], period, {
+            "state": schedules.FAILED if gave_up else schedules.RETRYING, "attempts": attempts, "error": error,
+            "at": now_ms, "retry_at": None if gave_up else now_ms + int(backoff.next_delay() * 1000)})
+        log.warning("schedule %s: period %s attempt %d failed (%s)%s", schedule["id"], period, attempts, error,
+                    "; given up" if gave_up else "; retrying later")
+
+    def _deliver(self, schedule: dict, due: datetime, period: str) -> None:
+        body, content_type = self._build(schedule, due)
+        request = urllib.request.Request(schedule["webhook"]["url"], data=body, method="POST", headers={
+            "Content-Type": content_type, "User-Agent": "clicktrail-scheduler",
+            "X-Clicktrail-Signature": signature(schedule["secret"], body),
+            "X-Clicktrail-Schedule": schedule["id"], "X-Clicktrail-Period": period,
+            "X-Clicktrail-Delivery": f"{schedule['id']}:{period}"})
+        with _opener.open(request, timeout=POST_TIMEOUT_S) as answer:
+            if not 200 <= answer.status < 300:
+                raise RuntimeError(f"the webhook answered {answer.status}")
+
+    def _build(self, schedule: dict, due: datetime) -> tuple[bytes, str]:
+        adv = schedule["advertiser_id"]
+        settings = advertiser_settings(self.redis, adv)
+        zone = ZoneInfo(schedule["report"].get("timezone") or settings["timezone"])
+        query = schedules.query_for(schedule["report"], schedule["range"], schedule["format"], settings,
+                                    due.astimezone(zone).date())
+        built = Report(self.ch, self.db, adv, settings, query).build()
+        if query.format == "csv":
+            return _csv(query, built["rows"], settings["currency"]).get_data(), "text/csv; charset=utf-8"
+        return json.dumps(built, default=str).encode(), "application/json"
+
+
+def _redis_failed(exc: BaseException, delay: float) -> None:
+    log.warning("Redis unreachable (%s); retrying in %.1fs", exc, delay)

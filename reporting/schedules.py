@@ -1,0 +1,216 @@
+"""Scheduled reports: what a schedule is, when its runs fall due, and where they are kept in Redis.
+
+A schedule holds ``/v1/reports`` parameters with a relative ``range`` instead of dates, a time of
+day ``at`` in a ``timezone`` (daily, or weekly on ``weekday``) and a webhook. Each occurrence is a
+*period*, named by its local date; a period's state is kept apart (``keys.schedule_periods``) so
+that a delivered period is never delivered again, whichever scheduler process runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from datetime import date, datetime, timedelta
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
+
+from werkzeug.datastructures import MultiDict
+
+from clicktrail import keys
+from clicktrail.errors import BadRequest
+from reporting import report_query as rq
+
+RANGES = ("today", "yesterday", "last_7_days", "last_14_days", "last_30_days", "this_month")
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+#: Report parameters a schedule may carry (start and end come from ``range``).
+REPORT_PARAMS = ("timezone", "dimensions", "metrics", "model", "click_window", "view_window", "date_basis",
+                 "campaign_ids", "adgroup_ids", "ad_ids", "events", "order_by", "page_size", "include_bots")
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+MAX_URL = 2000
+#: A failed delivery is retried with backoff this many times, then the period is given up.
+MAX_ATTEMPTS = 8
+DELIVERED, FAILED, RETRYING, PENDING = "delivered", "failed", "retrying", "pending"
+
+
+def _text(body: dict, name: str, default: str | None = None) -> str:
+    value = body.get(name, default)
+    if value is None:
+        raise BadRequest("is required", field=name, code="missing_field")
+    if not isinstance(value, str):
+        raise BadRequest("must be a string", field=name, code="invalid_field")
+    return value
+
+
+def _at(text: str) -> tuple[int, int]:
+    hh, sep, mm = text.partition(":")
+    if not (sep and len(hh) == 2 and len(mm) == 2 and hh.isascii() and hh.isdigit() and mm.isascii()
+            and mm.isdigit() and int(hh) < 24 and int(mm) < 60):
+        raise BadRequest("must be a time of day HH:MM, 00:00 to 23:59", field="at", code="invalid_field")
+    return int(hh), int(mm)
+
+
+def _webhook(body: dict, allow_http: bool) -> str:
+    hook = body.get("webhook")
+    if not isinstance(hook, dict) or not isinstance(hook.get("url"), str):
+        raise BadRequest('is required: {"url": "https://..."}', field="webhook", code="missing_field")
+    url = hook["url"]
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        parts.port  # noqa: B018 - a bad port raises here
+    except ValueError:
+        raise BadRequest("is not a URL", field="webhook.url", code="invalid_field") from None
+    local_http = allow_http and parts.scheme == "http" and host in LOCAL_HOSTS
+    if len(url) > MAX_URL or not host or not (parts.scheme == "https" or local_http) or parts.username:
+        raise BadRequest(f"must be an https:// URL of at most {MAX_URL} characters, without credentials",
+                         field="webhook.url", code="invalid_field")
+    return url
+
+
+def _report_params(body: dict, settings: dict) -> dict:
+    params = body.get("report", {})
+    if not isinstance(params, dict):
+        raise BadRequest("must be an object of /v1/reports parameters", field="report", code="invalid_field")
+    for name, value in params.items():
+        if name not in REPORT_PARAMS:
+            raise BadRequest(f"unknown report parameter {name!r}; use any of {', '.join(REPORT_PARAMS)}",
+                             field=f"report.{name}", code="invalid_field")
+        if not isinstance(value, str):
+            raise BadRequest("must be a string, as in the /v1/reports query", field=f"report.{name}",
+                             code="invalid_field")
+    query_for(params, "yesterday", "json", settings, date.today())  # refused now, not at the first run
+    return params
+
+
+def parse(body: object, advertiser_id: str, settings: dict, allow_http: bool) -> dict:
+    """A new schedule from a ``POST /v1/schedules`` body; each refusal names its field."""
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object", field="body", code="invalid_field")
+    unknown = set(body) - {"report", "range", "format", "at", "timezone", "weekday", "webhook", "email"}
+    if unknown:
+        raise BadRequest("unknown field", field=sorted(unknown)[0], code="invalid_field")
+    if "email" in body:
+        raise BadRequest("e-mail delivery is not available yet; use a webhook", field="email", code="unsupported")
+    range_ = _text(body, "range")
+    if range_ not in RANGES:
+        raise BadRequest(f"must be one of {', '.join(RANGES)}", field="range", code="invalid_field")
+    fmt = _text(body, "format", "csv")
+    if fmt not in rq.FORMATS:
+        raise BadRequest(f"must be one of {', '.join(rq.FORMATS)}", field="format", code="invalid_field")
+    at = _text(body, "at")
+    _at(at)
+    zone = _text(body, "timezone", settings["timezone"])
+    if zone not in rq._zones():
+        raise BadRequest("must be an IANA time zone name, e.g. Europe/Berlin", field="timezone",
+                         code="invalid_field")
+    weekday = body.get("weekday")
+    if weekday is not None and weekday not in WEEKDAYS:
+        raise BadRequest(f"must be one of {', '.join(WEEKDAYS)}, or absent for a daily report", field="weekday",
+                         code="invalid_field")
+    url = _webhook(body, allow_http)
+    report = _report_params(body, settings)
+    now = int(time.time() * 1000)
+    return {"id": "sch_" + secrets.token_hex(8), "advertiser_id": advertiser_id, "report": report, "range": range_,
+            "format": fmt, "at": at, "timezone": zone, "weekday": weekday, "webhook": {"url": url},
+            "secret": secrets.token_hex(32), "paused": False, "created_at": now}
+
+
+def query_for(params: dict, range_: str, fmt: str, settings: dict, today: date) -> rq.ReportQuery:
+    """The report query of one run: ``range`` made into dates, ``today`` being the run's local date."""
+    start, end = dates_of(range_, today)
+    args = MultiDict({**params, "start": start.isoformat(), "end": end.isoformat(), "format": fmt})
+    return rq.parse(args, settings)
+
+
+def dates_of(range_: str, today: date) -> tuple[date, date]:
+    if range_ == "today":
+        return today, today
+    if range_ == "yesterday":
+        return today - timedelta(days=1), today - timedelta(days=1)
+    if range_ == "this_month":
+        return today.replace(day=1), today
+    days = int(range_.split("_")[1])  # last_N_days: the N whole days before today
+    return today - timedelta(days=days), today - timedelta(days=1)
+
+
+def latest_due(schedule: dict, now: datetime) -> datetime | None:
+    """The latest occurrence at or before ``now`` (local time), if it falls after the schedule's creation."""
+    zone = ZoneInfo(schedule["timezone"])
+    hh, mm = _at(schedule["at"])
+    local = now.astimezone(zone)
+    for back in range(8):
+        day = local.date() - timedelta(days=back)
+        if schedule["weekday"] and WEEKDAYS[day.weekday()] != schedule["weekday"]:
+            continue
+        due = datetime(day.year, day.month, day.day, hh, mm, tzinfo=zone)
+        if due <= local:
+            # The minute it was created counts: "at" = the current minute runs at once.
+            created_minute = schedule["created_at"] // 60_000 * 60
+            return due if due.timestamp() >= created_minute else None
+    return None
+
+
+def next_due(schedule: dict, now: datetime) -> datetime:
+    zone = ZoneInfo(schedule["timezone"])
+    hh, mm = _at(schedule["at"])
+    local = now.astimezone(zone)
+    for ahead in range(9):
+        day = local.date() + timedelta(days=ahead)
+        if schedule["weekday"] and WEEKDAYS[day.weekday()] != schedule["weekday"]:
+            continue
+        due = datetime(day.year, day.month, day.day, hh, mm, tzinfo=zone)
+        if due > local:
+            return due
+    raise AssertionError("a weekly schedule falls within 8 days")
+
+
+# -- storage --------------------------------------------------------------------------------------
+
+def save(r, schedule: dict) -> None:
+    r.hset(keys.SCHEDULES, schedule["id"], json.dumps(schedule))
+
+
+def load(r, advertiser_id: str, schedule_id: str) -> dict | None:
+    """The schedule if it is this advertiser's: another's is as absent as one that never was."""
+    raw = r.hget(keys.SCHEDULES, schedule_id)
+    schedule = json.loads(raw) if raw else None
+    return schedule if schedule and schedule["advertiser_id"] == advertiser_id else None
+
+
+def every(r) -> list[dict]:
+    return [json.loads(raw) for raw in r.hvals(keys.SCHEDULES)]
+
+
+def delete(r, schedule_id: str) -> None:
+    pipe = r.pipeline(transaction=False)
+    pipe.hdel(keys.SCHEDULES, schedule_id)
+    pipe.delete(keys.schedule_periods(schedule_id))
+    pipe.execute()
+
+
+def period_state(r, schedule_id: str, period: str) -> dict | None:
+    raw = r.hget(keys.schedule_periods(schedule_id), period)
+    return json.loads(raw) if raw else None
+
+
+def set_period_state(r, schedule_id: str, period: str, state: dict) -> None:
+    r.hset(keys.schedule_periods(schedule_id), period, json.dumps(state))
+
+
+def last_run(r, schedule_id: str) -> dict | None:
+    """The latest period's state, with its period."""
+    runs = r.hgetall(keys.schedule_periods(schedule_id))
+    if not runs:
+        return None
+    period = max(runs, key=lambda p: p if isinstance(p, str) else p.decode())
+    return {"period": period if isinstance(period, str) else period.decode(), **json.loads(runs[period])}
+
+
+def public(r, schedule: dict, now: datetime) -> dict:
+    """What the API shows of a schedule: never its secret."""
+    shown = {k: v for k, v in schedule.items() if k not in ("secret", "advertiser_id")}
+    shown["status"] = "paused" if schedule["paused"] else "active"
+    shown["next_run"] = None if schedule["paused"] else next_due(schedule, now).isoformat()
+    shown["last_run"] = last_run(r, schedule["id"])
+    return shown
