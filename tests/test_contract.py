@@ -39,6 +39,7 @@ from clicktrail.lifecycle import StopFlag
 from pixel import erasure, registry
 from pixel.click_urls import make_token
 from pixel.snippet import SDK_VERSION
+from reporting import schedules
 from sink.worker import Sink
 from tests.attribution_world import HOUR, World
 from tests.conftest import ARTIFACTS, CLICKHOUSE_BASE, DATA_TABLES, REDIS_URL, Tenant, where
@@ -118,6 +119,9 @@ def _dicts(container: object, key: str) -> list[dict]:
     return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
 
 
+HOOK = "https://receiver.example/hook"
+
+
 class Contract:
     """The apps, a registered pixel, tokens and one attributed conversion; puts real values into cases."""
 
@@ -128,6 +132,10 @@ class Contract:
         self.events_token = tenant.token
         self.token = registry.create_token(r, tenant.advertiser, ["adserver", "optimizer", "reports", "privacy"])
         self.erasure_id = erasure.submit(r, tenant.advertiser, {"ttp": ["ttp-of-nobody"]}, "contract")
+        self.r = r
+        self.schedule = schedules.parse({"range": "yesterday", "at": "07:00", "webhook": {"url": HOOK}},
+                                        tenant.advertiser, registry.advertiser_settings(r, tenant.advertiser), False)
+        schedules.save(r, self.schedule)
         secret = collector_app.extensions["clicktrail"].settings.site.secret_key
         self.click_token = make_token(secret, tenant.advertiser, "cmp", "cmp-g", "cmp-ad",
                                       f"{self.origin}/landing?x=1#top")
@@ -159,6 +167,13 @@ class Contract:
                             ("version", SDK_VERSION), ("request_id", self.erasure_id)):
             if name in params:
                 params[name] = value
+        if "schedule_id" in params:
+            params["schedule_id"] = self.schedule["id"]
+            schedules.save(self.r, self.schedule)  # again: a DELETE case may have removed it
+        if case.operation.path == "/v1/schedules" and isinstance(body, dict):
+            body.update(at="07:00", webhook={"url": HOOK})
+            body.pop("report", None)
+            body.pop("timezone", None)
         if "name" in params:
             params["name"] = DASHBOARD_FILES[zlib.crc32(repr(case.query).encode()) % len(DASHBOARD_FILES)]
         if case.operation.path.startswith("/e/"):
@@ -302,6 +317,7 @@ def _outage_requests(pixel_id: str, today: date, erasure_id: str) -> dict[str, d
         "GET /v1/pixels/{pixel_id}/diagnostics": {"path_parameters": {"pixel_id": pixel_id}},
         "POST /v1/erasure": {"body": {"user": {"ttp": "ttp-1"}}},
         "GET /v1/erasure/{request_id}": {"path_parameters": {"request_id": erasure_id}},
+        "GET /v1/schedules": {},
     }
 
 
@@ -310,7 +326,7 @@ def _outage_requests(pixel_id: str, today: date, erasure_id: str) -> dict[str, d
 WITHOUT_CLICKHOUSE = {"POST /e/{pixel_id}", "POST /open_api/v1.3/event/track/", "GET /readyz", "GET /v1/advertiser",
                       "GET /v1/optimizer/conversions", "POST /open_api/v1.3/pixel/track/",
                       "POST /open_api/v1.3/pixel/batch/", "POST /v1/erasure",
-                      "GET /v1/erasure/{request_id}"}
+                      "GET /v1/erasure/{request_id}", "GET /v1/schedules"}
 
 
 @pytest.mark.parametrize("down", ["redis", "clickhouse"])
