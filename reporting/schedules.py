@@ -79,7 +79,10 @@ def _report_params(body: dict, settings: dict) -> dict:
         if not isinstance(value, str):
             raise BadRequest("must be a string, as in the /v1/reports query", field=f"report.{name}",
                              code="invalid_field")
-    query_for(params, "yesterday", "json", settings, date.today())  # refused now, not at the first run
+    try:  # refused now, not at the first run
+        query_for(params, "yesterday", "json", settings, date.today())
+    except BadRequest as exc:
+        raise BadRequest(exc.message, field=f"report.{exc.field}", code=exc.code) from None
     return params
 
 
@@ -87,9 +90,11 @@ def parse(body: object, advertiser_id: str, settings: dict, allow_http: bool) ->
     """A new schedule from a ``POST /v1/schedules`` body; each refusal names its field."""
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object", field="body", code="invalid_field")
-    unknown = set(body) - {"report", "range", "format", "at", "timezone", "weekday", "webhook", "email"}
+    known = ("report", "range", "format", "at", "timezone", "weekday", "webhook", "email")
+    unknown = sorted(set(body) - set(known))
     if unknown:
-        raise BadRequest("unknown field", field=sorted(unknown)[0], code="invalid_field")
+        raise BadRequest(f"unknown field {unknown[0]!r}; use any of {', '.join(known[:-1])}", field=unknown[0],
+                         code="invalid_field")
     if "email" in body:
         raise BadRequest("e-mail delivery is not available yet; use a webhook", field="email", code="unsupported")
     range_ = _text(body, "range")

@@ -17,12 +17,14 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, settings as hsettings, strategies as st
 
 from clicktrail import keys
 from pixel import registry
 from reporting import schedules
 from reporting.api import create_app
 from tests.conftest import where
+from tests.test_chaos import wait_for
 
 
 class Receiver:
@@ -79,16 +81,6 @@ def body(url: str, **changes) -> dict:
             "format": "csv", "at": this_minute(), "timezone": "UTC", "webhook": {"url": url}, **changes}
 
 
-def wait_for(condition, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not reached within {timeout} s")
-
-
 def listed(api, headers: dict) -> list[dict]:
     reply = api.get("/v1/schedules", headers=headers)
     assert reply.status_code == 200, reply.get_json()
@@ -104,16 +96,17 @@ def test_delivered_once_signed_across_a_scheduler_kill(settings, r, ch, api, rec
     assert created["status"] == "active" and created["last_run"] is None
 
     first = spawn.start("scheduler", "--log-level", "WARNING", ALLOW_HTTP_WEBHOOKS="true", SCHEDULER_LEASE_S=2)
-    wait_for(lambda: receiver.posts, what="a delivery")
-    run = wait_for(lambda: (listed(api, headers)[0]["last_run"] or {}).get("state") == "delivered"
-                   and listed(api, headers)[0]["last_run"], what="the run recorded as delivered")
+    wait_for("a delivery", lambda: receiver.posts)
+    run = wait_for("the run recorded as delivered",
+                   lambda: (listed(api, headers)[0]["last_run"] or {}).get("state") == "delivered"
+                   and listed(api, headers)[0]["last_run"])
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
 
     restarted = time.time() * 1000
     spawn.start("scheduler", "--log-level", "WARNING", ALLOW_HTTP_WEBHOOKS="true", SCHEDULER_LEASE_S=2)
     # The new scheduler takes the lease once the killed one's lapses, then looks at the schedule again.
-    wait_for(lambda: int(r.get(keys.SCHEDULER_TICK) or 0) > restarted + 3000, what="ticks of the new scheduler")
+    wait_for("ticks of the new scheduler", lambda: int(r.get(keys.SCHEDULER_TICK) or 0) > restarted + 3000)
 
     assert len(receiver.posts) == 1
     sent_headers, sent = receiver.posts[0]
@@ -141,7 +134,7 @@ def test_failed_delivery_is_retried_with_backoff_then_delivered_once(settings, r
         assert worker.tick() == 1
         failed = listed(api, headers)[0]["last_run"]
         assert failed["state"] == "retrying" and "500" in failed["error"] and failed["attempts"] == 1
-        wait_for(lambda: worker.tick() == 1, what="the retry")
+        wait_for("the retry", lambda: worker.tick() == 1)
         for _ in range(3):
             assert worker.tick() == 0  # delivered: never again
         done = listed(api, headers)[0]["last_run"]
@@ -162,7 +155,8 @@ def test_failed_delivery_is_retried_with_backoff_then_delivered_once(settings, r
     ({"webhook": {"url": "http://example.com/hook"}}, "webhook.url"),
     ({"webhook": {"url": "ftp://127.0.0.1/x"}}, "webhook.url"),
     ({"webhook": None}, "webhook"),
-    ({"report": {"metrics": "happiness"}}, "metrics"),
+    ({"report": {"metrics": "happiness"}}, "report.metrics"),
+    ({"report": {"order_by": "-happiness"}}, "report.order_by"),
     ({"report": {"start": "2024-01-01"}}, "report.start"),
     ({"report": {"page_size": 5}}, "report.page_size"),
     ({"email": {"to": "a@example.com"}}, "email"),
@@ -227,3 +221,32 @@ def test_relative_ranges():
     assert schedules.dates_of("yesterday", today) == (date(2026, 3, 9),) * 2
     assert schedules.dates_of("last_7_days", today) == (date(2026, 3, 3), date(2026, 3, 9))
     assert schedules.dates_of("this_month", today) == (date(2026, 3, 1), today)
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                    max_leaves=10)
+FIELDS = st.fixed_dictionaries({}, optional={
+    "report": st.dictionaries(st.sampled_from(schedules.REPORT_PARAMS + ("start", "x")), JSON | st.text(), max_size=3),
+    "range": st.sampled_from(schedules.RANGES) | JSON, "format": st.sampled_from(["csv", "json"]) | JSON,
+    "at": st.from_regex(r"[0-2][0-9]:[0-6][0-9]", fullmatch=True) | JSON,
+    "timezone": st.sampled_from(["UTC", "Asia/Kolkata"]) | JSON, "weekday": st.sampled_from(schedules.WEEKDAYS) | JSON,
+    "webhook": st.fixed_dictionaries({"url": st.sampled_from(["https://x.example/h", "http://127.0.0.1:1/h"])
+                                             | st.text(max_size=30)}) | JSON})
+
+
+@given(body=FIELDS | JSON)
+@hsettings(max_examples=300, deadline=None)
+def test_any_body_is_a_schedule_or_a_refusal_naming_a_field(body):
+    from clicktrail.errors import BadRequest
+    from pixel.registry import settings_of
+
+    try:
+        schedule = schedules.parse(body, "adv-1", settings_of(None), allow_http=True)
+    except BadRequest as exc:
+        assert exc.field is not None and exc.status == 400
+        return
+    now = datetime.now(timezone.utc)
+    assert schedules.next_due(schedule, now) > now
+    due = schedules.latest_due(schedule, now)
+    assert due is None or due <= now
