@@ -90,7 +90,7 @@ class Scheduler:
 
     def tick(self, now: datetime | None = None) -> int:
         """Run every due period once, if this process leads; return how many posts it made."""
-        if not self.redis.eval(_LEASE, 1, keys.SCHEDULER_LEASE, self.name, self.lease_ms):
+        if not self._lead():
             return 0
         now = now or datetime.now(timezone.utc)
         posted = 0
@@ -100,10 +100,17 @@ class Scheduler:
             if schedule["paused"]:
                 continue
             due = schedules.latest_due(schedule, now)
+            # Renewed before each run: slow reports or webhooks must not let a standby take over
+            # (and post the same period) while this one still works.
             if due is not None:
+                if not self._lead():
+                    return posted
                 posted += self._run_period(schedule, due)
         self.redis.set(keys.SCHEDULER_TICK, int(now.timestamp() * 1000))
         return posted
+
+    def _lead(self) -> bool:
+        return bool(self.redis.eval(_LEASE, 1, keys.SCHEDULER_LEASE, self.name, self.lease_ms))
 
     def _run_period(self, schedule: dict, due: datetime) -> int:
         period = due.date().isoformat()

@@ -250,3 +250,17 @@ def test_any_body_is_a_schedule_or_a_refusal_naming_a_field(body):
     assert schedules.next_due(schedule, now) > now
     due = schedules.latest_due(schedule, now)
     assert due is None or due <= now
+
+
+def test_one_scheduler_leads_the_other_stands_by(settings, r, ch, api, ch_database, receiver):
+    from clicktrail import clickhouse
+    from clicktrail.lifecycle import StopFlag
+    from reporting.scheduler import Scheduler
+
+    leader, standby = (Scheduler(settings, r, clickhouse.connect(settings.clickhouse.url), ch_database, StopFlag(),
+                                 name=name) for name in ("first", "second"))
+    assert leader.tick() == 0  # nothing due yet, but it leads now
+    api.post("/v1/schedules", json=body(receiver.url), headers=auth(r, "adv-1"))
+    assert standby.tick() == 0 and receiver.posts == []
+    assert leader.tick() == 1 and len(receiver.posts) == 1
+    assert r.get(keys.SCHEDULER_LEASE) in (b"first", "first")
