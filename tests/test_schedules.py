@@ -89,6 +89,7 @@ def listed(api, headers: dict) -> list[dict]:
 
 def test_delivered_once_signed_across_a_scheduler_kill(settings, r, ch, api, receiver, spawn):
     headers = auth(r, "adv-1")
+    today = datetime.now(timezone.utc).date().isoformat()  # the period of `at` = this minute
     reply = api.post("/v1/schedules", json=body(receiver.url), headers=headers)
     assert reply.status_code == 201, reply.get_json()
     created = reply.get_json()
@@ -114,7 +115,6 @@ def test_delivered_once_signed_across_a_scheduler_kill(settings, r, ch, api, rec
     assert hmac.compare_digest(sent_headers["X-Clicktrail-Signature"], expected)
     assert sent_headers["Content-Type"].startswith("text/csv")
     assert sent.decode().splitlines()[0] == "stat_time_day,clicks,conversions"
-    today = datetime.now(timezone.utc).date().isoformat()
     assert run["period"] == today and run["attempts"] == 1 and run["error"] is None
     assert sent_headers["X-Clicktrail-Delivery"] == f"{sid}:{today}"
 
