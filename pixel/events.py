@@ -496,10 +496,12 @@ def parse_event(raw: Any, index: int, ctx: Context) -> EventRecord | Rejection:
         return exc.rejection(index)
 
 
-def parse_events(rows: list, ctx: Context) -> tuple[list[EventRecord], list[Rejection]]:
+def parse_events(rows: list, ctx: Context, parse=None) -> tuple[list[EventRecord], list[Rejection]]:
+    """Every row through ``parse`` (``parse_event``, or another wire format's): the records and the refusals."""
+    parse = parse or parse_event
     records: list[EventRecord] = []
     rejections: list[Rejection] = []
     for index, raw in enumerate(rows):
-        result = parse_event(raw, index, ctx)
+        result = parse(raw, index, ctx)
         (rejections if isinstance(result, Rejection) else records).append(result)
     return records, rejections

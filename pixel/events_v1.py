@@ -11,7 +11,7 @@ import re
 from datetime import datetime, timezone
 from typing import Any
 
-from pixel.events import Context, InvalidField, Rejection, object_field, parse_event
+from pixel.events import Context, InvalidField, Rejection, object_field, parse_event, parse_events
 from pixel.records import EventRecord
 
 #: ISO 8601 as TikTok documents it ("2024-05-01T10:00:00Z", with or without an offset or
@@ -103,9 +103,4 @@ def parse_event_v1(raw: Any, index: int, ctx: Context) -> EventRecord | Rejectio
 
 
 def parse_events_v1(rows: list, ctx: Context) -> tuple[list[EventRecord], list[Rejection]]:
-    records: list[EventRecord] = []
-    rejections: list[Rejection] = []
-    for index, raw in enumerate(rows):
-        result = parse_event_v1(raw, index, ctx)
-        (rejections if isinstance(result, Rejection) else records).append(result)
-    return records, rejections
+    return parse_events(rows, ctx, parse_event_v1)

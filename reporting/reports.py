@@ -511,13 +511,18 @@ def _sum_touches(values) -> tuple[int, int]:
     return clicks, impressions
 
 
-def _csv(query: rq.ReportQuery, rows: list[dict], currency: str) -> Response:
+def csv_text(query: rq.ReportQuery, rows: list[dict], currency: str) -> str:
+    """A report's rows as CSV (money to the currency's minor unit), as the API and scheduled reports send it."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     columns = list(query.dimensions) + list(query.metrics)
     writer.writerow(columns)
     for row in rows:
         writer.writerow([report_cell(row[c], c, currency) for c in columns])
+    return out.getvalue()
+
+
+def _csv(query: rq.ReportQuery, rows: list[dict], currency: str) -> Response:
     name = f"clicktrail-report-{query.start.isoformat()}-{query.end.isoformat()}.csv"
-    return Response(out.getvalue(), mimetype="text/csv",
+    return Response(csv_text(query, rows, currency), mimetype="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})

@@ -31,7 +31,7 @@ from clicktrail.config import Settings
 from clicktrail.lifecycle import Heartbeat, StopFlag
 from pixel.registry import advertiser_settings
 from reporting import schedules
-from reporting.reports import Report, _csv
+from reporting.reports import Report, csv_text
 
 log = logging.getLogger("clicktrail.scheduler")
 
@@ -163,7 +163,7 @@ class Scheduler:
                                     due.astimezone(zone).date())
         built = Report(self.ch, self.db, adv, settings, query).build()
         if query.format == "csv":
-            return _csv(query, built["rows"], settings["currency"]).get_data(), "text/csv; charset=utf-8"
+            return csv_text(query, built["rows"], settings["currency"]).encode(), "text/csv; charset=utf-8"
         return json.dumps(built, default=str).encode(), "application/json"
 
 
