@@ -11,15 +11,11 @@ receiver to drop such a repeat. A failed post is retried with backoff, up to ``M
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import os
 import socket
 import time
-import urllib.error
-import urllib.request
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
@@ -30,7 +26,7 @@ from clicktrail.backoff import Backoff, retry
 from clicktrail.config import Settings
 from clicktrail.lifecycle import Heartbeat, StopFlag
 from pixel.registry import advertiser_settings
-from reporting import schedules
+from reporting import delivery, schedules
 from reporting.reports import Report, csv_text
 
 log = logging.getLogger("clicktrail.scheduler")
@@ -43,22 +39,8 @@ return 0
 """
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 TICK_S = 1.0
-POST_TIMEOUT_S = 30.0
 #: Delays between attempts at one period: from 30 s up to 10 minutes.
 RETRY_BASE_S, RETRY_CAP_S = 30.0, 600.0
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    # A report goes only where its schedule says: a redirect counts as a failed delivery.
-    def redirect_request(self, *args, **kwargs):
-        return None
-
-
-_opener = urllib.request.build_opener(_NoRedirect)
-
-
-def signature(secret: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 class Scheduler:
@@ -146,14 +128,10 @@ class Scheduler:
 
     def _deliver(self, schedule: dict, due: datetime, period: str) -> None:
         body, content_type = self._build(schedule, due)
-        request = urllib.request.Request(schedule["webhook"]["url"], data=body, method="POST", headers={
-            "Content-Type": content_type, "User-Agent": "clicktrail-scheduler",
-            "X-Clicktrail-Signature": signature(schedule["secret"], body),
-            "X-Clicktrail-Schedule": schedule["id"], "X-Clicktrail-Period": period,
-            "X-Clicktrail-Delivery": f"{schedule['id']}:{period}"})
-        with _opener.open(request, timeout=POST_TIMEOUT_S) as answer:
-            if not 200 <= answer.status < 300:
-                raise RuntimeError(f"the webhook answered {answer.status}")
+        delivery.send(schedule, delivery.Message(
+            body=body, content_type=content_type, subject=f"clicktrail report {schedule['id']} for {period}",
+            delivery_id=f"{schedule['id']}:{period}", secret=schedule["secret"],
+            headers={"X-Clicktrail-Schedule": schedule["id"], "X-Clicktrail-Period": period}))
 
     def _build(self, schedule: dict, due: datetime) -> tuple[bytes, str]:
         adv = schedule["advertiser_id"]

@@ -12,13 +12,13 @@ import json
 import secrets
 import time
 from datetime import date, datetime, timedelta
-from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 from werkzeug.datastructures import MultiDict
 
 from clicktrail import keys
 from clicktrail.errors import BadRequest
+from reporting import delivery
 from reporting import report_query as rq
 
 RANGES = ("today", "yesterday", "last_7_days", "last_14_days", "last_30_days", "this_month")
@@ -26,8 +26,6 @@ WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 #: Report parameters a schedule may carry (start and end come from ``range``).
 REPORT_PARAMS = ("timezone", "dimensions", "metrics", "model", "click_window", "view_window", "date_basis",
                  "campaign_ids", "adgroup_ids", "ad_ids", "events", "order_by", "page_size", "include_bots")
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-MAX_URL = 2000
 #: A failed delivery is retried with backoff this many times, then the period is given up.
 MAX_ATTEMPTS = 8
 DELIVERED, FAILED, RETRYING, PENDING = "delivered", "failed", "retrying", "pending"
@@ -48,24 +46,6 @@ def _at(text: str) -> tuple[int, int]:
             and mm.isdigit() and int(hh) < 24 and int(mm) < 60):
         raise BadRequest("must be a time of day HH:MM, 00:00 to 23:59", field="at", code="invalid_field")
     return int(hh), int(mm)
-
-
-def _webhook(body: dict, allow_http: bool) -> str:
-    hook = body.get("webhook")
-    if not isinstance(hook, dict) or not isinstance(hook.get("url"), str):
-        raise BadRequest('is required: {"url": "https://..."}', field="webhook", code="missing_field")
-    url = hook["url"]
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        parts.port  # noqa: B018 - a bad port raises here
-    except ValueError:
-        raise BadRequest("is not a URL", field="webhook.url", code="invalid_field") from None
-    local_http = allow_http and parts.scheme == "http" and host in LOCAL_HOSTS
-    if len(url) > MAX_URL or not host or not (parts.scheme == "https" or local_http) or parts.username:
-        raise BadRequest(f"must be an https:// URL of at most {MAX_URL} characters, without credentials",
-                         field="webhook.url", code="invalid_field")
-    return url
 
 
 def _report_params(body: dict, settings: dict) -> dict:
@@ -95,8 +75,6 @@ def parse(body: object, advertiser_id: str, settings: dict, allow_http: bool) ->
     if unknown:
         raise BadRequest(f"unknown field {unknown[0]!r}; use any of {', '.join(known[:-1])}", field=unknown[0],
                          code="invalid_field")
-    if "email" in body:
-        raise BadRequest("e-mail delivery is not available yet; use a webhook", field="email", code="unsupported")
     range_ = _text(body, "range")
     if range_ not in RANGES:
         raise BadRequest(f"must be one of {', '.join(RANGES)}", field="range", code="invalid_field")
@@ -113,11 +91,11 @@ def parse(body: object, advertiser_id: str, settings: dict, allow_http: bool) ->
     if weekday is not None and weekday not in WEEKDAYS:
         raise BadRequest(f"must be one of {', '.join(WEEKDAYS)}, or absent for a daily report", field="weekday",
                          code="invalid_field")
-    url = _webhook(body, allow_http)
+    target = delivery.parse(body, allow_http)
     report = _report_params(body, settings)
     now = int(time.time() * 1000)
     return {"id": "sch_" + secrets.token_hex(8), "advertiser_id": advertiser_id, "report": report, "range": range_,
-            "format": fmt, "at": at, "timezone": zone, "weekday": weekday, "webhook": {"url": url},
+            "format": fmt, "at": at, "timezone": zone, "weekday": weekday, **target,
             "secret": secrets.token_hex(32), "paused": False, "created_at": now}
 
 
