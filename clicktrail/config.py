@@ -15,6 +15,7 @@ set it), read only when the new name is unset.
 from __future__ import annotations
 
 import dataclasses
+import email.utils
 import os
 import secrets
 import stat
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clicktrail import smtp_url
 from clicktrail.errors import ConfigError
 
 ENV_PREFIX = "CLICKTRAIL_"
@@ -147,6 +149,23 @@ class SchedulerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MailSettings:
+    """The SMTP server that e-mails scheduled reports and alerts (clicktrail/smtp_url.py has the forms)."""
+
+    # Unset: e-mail delivery is off (a schedule asking for it is refused). Holds a password: kept out of repr.
+    smtp_url: str = _setting("SMTP_URL", "", secret=True)
+    smtp_from: str = _setting("SMTP_FROM", "clicktrail@localhost")  # the From address of every message
+
+    def __post_init__(self) -> None:
+        if self.smtp_url:
+            smtp_url.parse(self.smtp_url)
+        _, address = email.utils.parseaddr(self.smtp_from)
+        if "@" not in address or any(c in self.smtp_from for c in "\r\n"):
+            raise ConfigError(f"{ENV_PREFIX}SMTP_FROM must be an e-mail address (Name <a@b.example> or a@b.example); "
+                              f"got {self.smtp_from!r}")
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     redis: RedisSettings = RedisSettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
@@ -160,6 +179,7 @@ class Settings:
     sink: SinkSettings = SinkSettings()
     attributor: AttributorSettings = AttributorSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    mail: MailSettings = MailSettings()
 
     def updated(self, overrides: Mapping[str, Any]) -> Settings:
         """A copy with ``overrides`` (keyed by name, as for ``load``) applied and checked the same way."""

@@ -1,20 +1,28 @@
 """Where a scheduled report or an alert goes, and how it gets there.
 
-A *delivery* is the part of a schedule or a rule that names its receiver: today ``{"webhook":
-{"url": ...}}``, an HTTPS POST signed with HMAC-SHA256 of the body under the owner's secret
-(``X-Clicktrail-Signature``). Schedules (reporting/schedules.py) and alert rules share this module
-so that both parse, store and send the same way.
+A *delivery* is the part of a schedule or a rule that names its receiver, exactly one of:
+``{"webhook": {"url": ...}}``, an HTTPS POST signed with HMAC-SHA256 of the body under the owner's
+secret (``X-Clicktrail-Signature``); or ``{"email": {"to": [...]}}``, a short text with the body
+attached, through the operator's SMTP server (``CLICKTRAIL_SMTP_URL``, reporting/mail.py).
+Schedules (reporting/schedules.py) and alert rules share this module so that both parse, store
+and send the same way. Both take the mail settings (``settings.mail``): without them, or with no
+SMTP server configured, an e-mail delivery is refused (parse) or fails (send).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import urllib.request
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from clicktrail.config import MailSettings
 from clicktrail.errors import BadRequest
+from reporting import mail
+
+log = logging.getLogger("clicktrail.delivery")
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 MAX_URL = 2000
@@ -34,12 +42,23 @@ class Message:
     delivery_id: str
     secret: str
     headers: dict[str, str] = field(default_factory=dict)
+    #: For e-mail: the message's text (the body goes as an attachment of this name).
+    text: str = ""
+    filename: str = "report"
 
 
-def parse(body: dict, allow_http: bool) -> dict:
-    """The delivery of a create body, as stored: ``{"webhook": {"url": ...}}``. Each refusal names its field."""
+def parse(body: dict, allow_http: bool, mail_settings: MailSettings | None = None) -> dict:
+    """The delivery of a create body, as stored: ``{"webhook": {"url": ...}}`` or ``{"email": {"to": [...]}}``.
+
+    Each refusal names its field. E-mail needs ``mail_settings`` with an SMTP server.
+    """
+    if "email" in body and "webhook" in body:
+        raise BadRequest("give one delivery, webhook or email, not both", field="email", code="invalid_field")
     if "email" in body:
-        raise BadRequest("e-mail delivery is not available yet; use a webhook", field="email", code="unsupported")
+        if mail_settings is None or not mail_settings.smtp_url:
+            raise BadRequest("e-mail delivery needs an SMTP server, and the operator has not configured one "
+                             "(CLICKTRAIL_SMTP_URL); use a webhook", field="email", code="unsupported")
+        return {"email": {"to": mail.recipients(body["email"])}}
     return {"webhook": {"url": _webhook_url(body.get("webhook"), allow_http)}}
 
 
@@ -79,12 +98,31 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 _opener = urllib.request.build_opener(_NoRedirect)
 
 
-def send(owner: dict, message: Message) -> None:
-    """Deliver ``message`` through the channel ``owner`` (a stored schedule or rule) names; raise on failure."""
+def send(owner: dict, message: Message, mail_settings: MailSettings | None = None) -> None:
+    """Deliver ``message`` through the channel ``owner`` (a stored schedule or rule) names; raise on failure.
+
+    A raised error's text names no e-mail address (it is stored as the run's ``error``).
+    """
     if owner.get("webhook"):
         _post(owner["webhook"]["url"], message)
+    elif owner.get("email"):
+        _mail(owner["email"]["to"], message, mail_settings)
     else:
         raise RuntimeError(f"no delivery channel among {', '.join(CHANNELS)}")
+
+
+def _mail(to: list[str], message: Message, mail_settings: MailSettings | None) -> None:
+    if mail_settings is None or not mail_settings.smtp_url:
+        raise mail.DeliveryFailed("no SMTP server is configured (CLICKTRAIL_SMTP_URL)")
+    msg = mail.compose(to, mail_settings.smtp_from, subject=message.subject, text=message.text or message.subject,
+                       attachment=message.body, content_type=message.content_type, filename=message.filename,
+                       delivery_id=message.delivery_id,
+                       headers={"X-Clicktrail-Signature": signature(message.secret, message.body),
+                                **message.headers})
+    refused = mail.send(mail_settings.smtp_url, msg, to)
+    if refused:
+        log.warning("delivery %s: the SMTP server refused %d of %d recipients", message.delivery_id, refused,
+                    len(to))
 
 
 def _post(url: str, message: Message) -> None:

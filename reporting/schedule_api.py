@@ -37,7 +37,7 @@ def create_schedule():
     svc = api_services()
     settings = advertiser_settings(svc.redis, g.caller.advertiser_id)
     schedule = schedules.parse(json_body(), g.caller.advertiser_id, settings,
-                               svc.settings.scheduler.allow_http_webhooks)
+                               svc.settings.scheduler.allow_http_webhooks, svc.settings.mail)
     schedules.save(svc.redis, schedule)
     # The secret is shown this once: the receiver checks X-Clicktrail-Signature with it.
     return jsonify({**schedules.public(svc.redis, schedule, _now()), "secret": schedule["secret"]}), 201
@@ -54,6 +54,9 @@ def list_schedules():
 
 def _set_paused(schedule_id: str, paused: bool):
     schedule = _owned(schedule_id)
+    if schedule["paused"] and not paused:
+        # Periods that fell while it was paused are not caught up: a pause means none is sent.
+        schedule["resumed_at"] = int(_now().timestamp() * 1000)
     schedule["paused"] = paused
     r = api_services().redis
     schedules.save(r, schedule)

@@ -1,4 +1,4 @@
-"""``clicktrail scheduler``: builds due scheduled reports and posts them to their webhooks.
+"""``clicktrail scheduler``: builds due scheduled reports and delivers them (webhook or e-mail).
 
 One scheduler leads at a time (a lease in Redis, like the attributor's); others stand by and take
 over once the leader's lease lapses. Each run is a *period* of a schedule (reporting/schedules.py)
@@ -6,7 +6,9 @@ whose state is kept in Redis: a period is marked ``pending`` before its delivery
 once the receiver answered 2xx, and a delivered period is never posted again, across restarts. A
 crash between the receiver's answer and the mark (a window of one Redis write) posts the period
 once more on the next run: each post carries ``X-Clicktrail-Delivery`` (schedule and period) for a
-receiver to drop such a repeat. A failed post is retried with backoff, up to ``MAX_ATTEMPTS``.
+receiver to drop such a repeat (an e-mail's Message-ID is derived from the same id). A failed
+delivery is retried with backoff, up to ``MAX_ATTEMPTS``. Periods missed while no scheduler ran
+are delivered too, oldest first (``schedules.due_periods``).
 """
 
 from __future__ import annotations
@@ -81,11 +83,13 @@ class Scheduler:
                 break
             if schedule["paused"]:
                 continue
-            due = schedules.latest_due(schedule, now)
-            # Renewed before each run: slow reports or webhooks must not let a standby take over
-            # (and post the same period) while this one still works.
-            if due is not None:
-                if not self._lead():
+            states = schedules.period_states(self.redis, schedule["id"])
+            for due in schedules.due_periods(schedule, now, after=schedules.last_delivered(states)):
+                if states.get(due.date().isoformat(), {}).get("state") in (schedules.DELIVERED, schedules.FAILED):
+                    continue
+                # Renewed before each run: slow reports or webhooks must not let a standby take over
+                # (and post the same period) while this one still works.
+                if self.stop.is_set or not self._lead():
                     return posted
                 posted += self._run_period(schedule, due)
         self.redis.set(keys.SCHEDULER_TICK, int(now.timestamp() * 1000))
@@ -127,13 +131,18 @@ class Scheduler:
                     "; given up" if gave_up else "; retrying later")
 
     def _deliver(self, schedule: dict, due: datetime, period: str) -> None:
-        body, content_type = self._build(schedule, due)
+        body, content_type, query = self._build(schedule, due)
+        extension = "csv" if query.format == "csv" else "json"
+        text = (f"The clicktrail report of schedule {schedule['id']} for the period {period} "
+                f"({schedule['range']}: {query.start.isoformat()} to {query.end.isoformat()}, "
+                f"time zone {query.timezone}) is attached as {extension.upper()}.\n")
         delivery.send(schedule, delivery.Message(
             body=body, content_type=content_type, subject=f"clicktrail report {schedule['id']} for {period}",
             delivery_id=f"{schedule['id']}:{period}", secret=schedule["secret"],
-            headers={"X-Clicktrail-Schedule": schedule["id"], "X-Clicktrail-Period": period}))
+            headers={"X-Clicktrail-Schedule": schedule["id"], "X-Clicktrail-Period": period},
+            text=text, filename=f"clicktrail-{schedule['id']}-{period}.{extension}"), self.settings.mail)
 
-    def _build(self, schedule: dict, due: datetime) -> tuple[bytes, str]:
+    def _build(self, schedule: dict, due: datetime):
         adv = schedule["advertiser_id"]
         settings = advertiser_settings(self.redis, adv)
         zone = ZoneInfo(schedule["report"].get("timezone") or settings["timezone"])
@@ -141,8 +150,8 @@ class Scheduler:
                                     due.astimezone(zone).date())
         built = Report(self.ch, self.db, adv, settings, query).build()
         if query.format == "csv":
-            return csv_text(query, built["rows"], settings["currency"]).encode(), "text/csv; charset=utf-8"
-        return json.dumps(built, default=str).encode(), "application/json"
+            return csv_text(query, built["rows"], settings["currency"]).encode(), "text/csv; charset=utf-8", query
+        return json.dumps(built, default=str).encode(), "application/json", query
 
 
 def _redis_failed(exc: BaseException, delay: float) -> None:

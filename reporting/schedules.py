@@ -1,9 +1,12 @@
 """Scheduled reports: what a schedule is, when its runs fall due, and where they are kept in Redis.
 
 A schedule holds ``/v1/reports`` parameters with a relative ``range`` instead of dates, a time of
-day ``at`` in a ``timezone`` (daily, or weekly on ``weekday``) and a webhook. Each occurrence is a
-*period*, named by its local date; a period's state is kept apart (``keys.schedule_periods``) so
-that a delivered period is never delivered again, whichever scheduler process runs it.
+day ``at`` in a ``timezone`` (daily, or weekly on ``weekday``) and a delivery (a webhook or e-mail,
+reporting/delivery.py). Each occurrence is a *period*, named by its local date; a period's state
+is kept apart (``keys.schedule_periods``) so that a delivered period is never delivered again,
+whichever scheduler process runs it. Periods missed while no scheduler ran are caught up, oldest
+first, back to the last delivered one but at most ``MAX_CATCH_UP`` of them and never from before
+the schedule was made or last resumed (a pause means: nothing is sent for those periods).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from zoneinfo import ZoneInfo
 from werkzeug.datastructures import MultiDict
 
 from clicktrail import keys
+from clicktrail.config import MailSettings
 from clicktrail.errors import BadRequest
 from reporting import delivery
 from reporting import report_query as rq
@@ -28,6 +32,8 @@ REPORT_PARAMS = ("timezone", "dimensions", "metrics", "model", "click_window", "
                  "campaign_ids", "adgroup_ids", "ad_ids", "events", "order_by", "page_size", "include_bots")
 #: A failed delivery is retried with backoff this many times, then the period is given up.
 MAX_ATTEMPTS = 8
+#: Periods missed while no scheduler ran that are still delivered, the latest ones.
+MAX_CATCH_UP = 7
 DELIVERED, FAILED, RETRYING, PENDING = "delivered", "failed", "retrying", "pending"
 
 
@@ -66,14 +72,15 @@ def _report_params(body: dict, settings: dict) -> dict:
     return params
 
 
-def parse(body: object, advertiser_id: str, settings: dict, allow_http: bool) -> dict:
+def parse(body: object, advertiser_id: str, settings: dict, allow_http: bool,
+          mail_settings: MailSettings | None = None) -> dict:
     """A new schedule from a ``POST /v1/schedules`` body; each refusal names its field."""
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object", field="body", code="invalid_field")
     known = ("report", "range", "format", "at", "timezone", "weekday", "webhook", "email")
     unknown = sorted(set(body) - set(known))
     if unknown:
-        raise BadRequest(f"unknown field {unknown[0]!r}; use any of {', '.join(known[:-1])}", field=unknown[0],
+        raise BadRequest(f"unknown field {unknown[0]!r}; use any of {', '.join(known)}", field=unknown[0],
                          code="invalid_field")
     range_ = _text(body, "range")
     if range_ not in RANGES:
@@ -91,7 +98,7 @@ def parse(body: object, advertiser_id: str, settings: dict, allow_http: bool) ->
     if weekday is not None and weekday not in WEEKDAYS:
         raise BadRequest(f"must be one of {', '.join(WEEKDAYS)}, or absent for a daily report", field="weekday",
                          code="invalid_field")
-    target = delivery.parse(body, allow_http)
+    target = delivery.parse(body, allow_http, mail_settings)
     report = _report_params(body, settings)
     now = int(time.time() * 1000)
     return {"id": "sch_" + secrets.token_hex(8), "advertiser_id": advertiser_id, "report": report, "range": range_,
@@ -119,19 +126,33 @@ def dates_of(range_: str, today: date) -> tuple[date, date]:
 
 def latest_due(schedule: dict, now: datetime) -> datetime | None:
     """The latest occurrence at or before ``now`` (local time), if it falls after the schedule's creation."""
+    due = due_periods(schedule, now, limit=1)
+    return due[-1] if due else None
+
+
+def due_periods(schedule: dict, now: datetime, after: str | None = None,
+                limit: int = MAX_CATCH_UP) -> list[datetime]:
+    """Occurrences at or before ``now``, oldest first: the latest ``limit``, none from before the
+    schedule was made or last resumed, and none on or before the period ``after`` (a local date)."""
     zone = ZoneInfo(schedule["timezone"])
     hh, mm = _at(schedule["at"])
     local = now.astimezone(zone)
-    for back in range(8):
+    # The minute it was created (or resumed) counts: "at" = the current minute runs at once.
+    floor = max(schedule["created_at"], schedule.get("resumed_at") or 0) // 60_000 * 60
+    found: list[datetime] = []
+    step_days = 7 if schedule["weekday"] else 1
+    for back in range(limit * step_days + 7):
         day = local.date() - timedelta(days=back)
+        if len(found) == limit or (after is not None and day.isoformat() <= after):
+            break
         if schedule["weekday"] and WEEKDAYS[day.weekday()] != schedule["weekday"]:
             continue
         due = datetime(day.year, day.month, day.day, hh, mm, tzinfo=zone)
+        if due.timestamp() < floor:
+            break
         if due <= local:
-            # The minute it was created counts: "at" = the current minute runs at once.
-            created_minute = schedule["created_at"] // 60_000 * 60
-            return due if due.timestamp() >= created_minute else None
-    return None
+            found.append(due)
+    return found[::-1]
 
 
 def next_due(schedule: dict, now: datetime) -> datetime:
@@ -181,6 +202,16 @@ def set_period_state(r, schedule_id: str, period: str, state: dict) -> None:
     r.hset(keys.schedule_periods(schedule_id), period, json.dumps(state))
 
 
+def period_states(r, schedule_id: str) -> dict[str, dict]:
+    return {(p if isinstance(p, str) else p.decode()): json.loads(v)
+            for p, v in r.hgetall(keys.schedule_periods(schedule_id)).items()}
+
+
+def last_delivered(states: dict[str, dict]) -> str | None:
+    delivered = [period for period, state in states.items() if state["state"] == DELIVERED]
+    return max(delivered) if delivered else None
+
+
 def last_run(r, schedule_id: str) -> dict | None:
     """The latest period's state, with its period."""
     runs = r.hgetall(keys.schedule_periods(schedule_id))
@@ -192,7 +223,7 @@ def last_run(r, schedule_id: str) -> dict | None:
 
 def public(r, schedule: dict, now: datetime) -> dict:
     """What the API shows of a schedule: never its secret."""
-    shown = {k: v for k, v in schedule.items() if k not in ("secret", "advertiser_id")}
+    shown = {k: v for k, v in schedule.items() if k not in ("secret", "advertiser_id", "resumed_at")}
     shown["status"] = "paused" if schedule["paused"] else "active"
     shown["next_run"] = None if schedule["paused"] else next_due(schedule, now).isoformat()
     shown["last_run"] = last_run(r, schedule["id"])

@@ -33,7 +33,7 @@ def other_value(name: str, default):
         return str(default + 7), default + 7
     if isinstance(default, float):
         return str(default + 0.25), default + 0.25
-    value = {"SECRET_KEY": "f" * 40}.get(name, f"{default}-other" if default else "something")
+    value = {"SECRET_KEY": "f" * 40, "SMTP_URL": "smtp://mail.example:2525"}.get(name, f"{default}-other" if default else "something")
     return value, value
 
 
