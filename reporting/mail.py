@@ -26,7 +26,7 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 #: A plain ASCII addr-spec: dot-atom local part, a domain with a dot and a letters-only top level.
 _ADDRESS = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@(?:{_LABEL}\.)+[A-Za-z]{{2,63}}")
 #: Anything that looks like an address, in text that came back from a server.
-_ANY_ADDRESS = re.compile(r"[^\s<>\"',;:()\[\]]+@[^\s<>\"',;:()\[\]]+")
+_ANY_ADDRESS = re.compile(r"[^\s<>\",;:()\[\]]+@[^\s<>\",;:()\[\]]+")
 
 
 class DeliveryFailed(RuntimeError):

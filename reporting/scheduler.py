@@ -28,7 +28,7 @@ from clicktrail.backoff import Backoff, retry
 from clicktrail.config import Settings
 from clicktrail.lifecycle import Heartbeat, StopFlag
 from pixel.registry import advertiser_settings
-from reporting import delivery, schedules
+from reporting import delivery, mail, schedules
 from reporting.reports import Report, csv_text
 
 log = logging.getLogger("clicktrail.scheduler")
@@ -122,7 +122,8 @@ class Scheduler:
         backoff = Backoff(base=self.retry_base_s, cap=RETRY_CAP_S)
         backoff.failures = attempts - 1
         gave_up = attempts >= schedules.MAX_ATTEMPTS
-        error = f"{type(exc).__name__}: {exc}"[:500]
+        # Stored and logged: an SMTP server's answer often quotes the recipient, which stays out of both.
+        error = mail.redacted(f"{type(exc).__name__}: {exc}")[:500]
         now_ms = int(time.time() * 1000)
         schedules.set_period_state(self.redis, schedule["id"], period, {
             "state": schedules.FAILED if gave_up else schedules.RETRYING, "attempts": attempts, "error": error,
