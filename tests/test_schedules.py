@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http.server
+import json
 import os
 import signal
 import threading
@@ -264,3 +265,52 @@ def test_one_scheduler_leads_the_other_stands_by(settings, r, ch, api, ch_databa
     assert standby.tick() == 0 and receiver.posts == []
     assert leader.tick() == 1 and len(receiver.posts) == 1
     assert r.get(keys.SCHEDULER_LEASE) in (b"first", "first")
+
+
+def test_missed_periods_are_caught_up_oldest_first_each_once(settings, r, ch, api, ch_database, receiver):
+    from clicktrail import clickhouse
+    from clicktrail.lifecycle import StopFlag
+    from reporting.scheduler import Scheduler
+
+    reply = api.post("/v1/schedules", json=body(receiver.url, at="07:00", range="yesterday", format="json"),
+                     headers=auth(r, "adv-1"))
+    sid = reply.get_json()["id"]
+    made = schedules.load(r, "adv-1", sid)
+    made["created_at"] = int(datetime(2026, 3, 1, 12, tzinfo=timezone.utc).timestamp() * 1000)
+    schedules.save(r, made)  # as if made weeks ago, and no scheduler ran since
+    worker = Scheduler(settings, r, clickhouse.connect(settings.clickhouse.url), ch_database, StopFlag(),
+                       name="test-scheduler")
+    periods = lambda: [headers["X-Clicktrail-Period"] for headers, _ in receiver.posts]  # noqa: E731
+
+    # Down since March 1st: the last 7 periods, oldest first.
+    assert worker.tick(now=datetime(2026, 3, 20, 8, tzinfo=timezone.utc)) == schedules.MAX_CATCH_UP
+    assert periods() == [f"2026-03-{day}" for day in range(14, 21)]
+    assert worker.tick(now=datetime(2026, 3, 20, 8, 1, tzinfo=timezone.utc)) == 0
+    # Down three days (and back before 07:00 on the fourth): the three missed, not the coming one.
+    assert worker.tick(now=datetime(2026, 3, 23, 6, 59, tzinfo=timezone.utc)) == 2
+    assert periods()[7:] == ["2026-03-21", "2026-03-22"]
+    assert worker.tick(now=datetime(2026, 3, 23, 7, tzinfo=timezone.utc)) == 1
+    # Nothing from before the last delivered period, even if its record is gone.
+    r.hdel(keys.schedule_periods(sid), "2026-03-18")
+    assert worker.tick(now=datetime(2026, 3, 23, 9, tzinfo=timezone.utc)) == 0
+    assert len(receiver.posts) == 10 and len(set(periods())) == 10
+    # Each report is the one of its own period: yesterday of 2026-03-14 is the 13th.
+    first = json.loads(receiver.posts[0][1])["query"]
+    assert (first["start"], first["end"]) == ("2026-03-13", "2026-03-13")
+    assert listed(api, auth(r, "adv-1"))[0]["last_run"]["period"] == "2026-03-23"
+
+
+def test_due_periods_respect_creation_resumption_and_weekdays():
+    at = lambda *a: datetime(*a, tzinfo=timezone.utc)  # noqa: E731
+    ms = lambda d: int(d.timestamp() * 1000)  # noqa: E731
+    daily = {"timezone": "UTC", "at": "07:00", "weekday": None, "created_at": ms(at(2026, 3, 1, 12))}
+    now = at(2026, 3, 5, 8)
+    assert [d.day for d in schedules.due_periods(daily, now)] == [2, 3, 4, 5]  # not March 1st: made after 07:00
+    assert [d.day for d in schedules.due_periods(daily, now, after="2026-03-03")] == [4, 5]
+    # Resumed on the 4th at 09:00: what fell while it was paused is not sent.
+    assert [d.day for d in schedules.due_periods({**daily, "resumed_at": ms(at(2026, 3, 4, 9))}, now)] == [5]
+    weekly = {**daily, "weekday": "mon", "created_at": ms(at(2025, 1, 1))}
+    mondays = schedules.due_periods(weekly, at(2026, 3, 23, 7))
+    assert len(mondays) == schedules.MAX_CATCH_UP and all(d.weekday() == 0 for d in mondays)
+    assert mondays[-1] == at(2026, 3, 23, 7) and mondays[0] == at(2026, 2, 9, 7)
+    assert schedules.latest_due(weekly, at(2026, 3, 23, 6, 59)) == at(2026, 3, 16, 7)
