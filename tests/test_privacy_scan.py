@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 import orjson
 import pytest
 
+from clicktrail import keys
 from collector import create_app
 from pixel.click_urls import make_token
 from pixel.records import entry_fields
@@ -127,13 +128,28 @@ def queue_as_an_older_collector(r, tenant) -> None:
     r.xadd("ct:events", entry_fields(tenant.advertiser, [valid]))
 
 
+def without_recipients(raw: bytes) -> bytes:
+    """A schedule's (or rule's) JSON without its ``email.to``: the one place an address may be kept.
+
+    Those are the advertiser's own staff, set by its operator to receive reports (docs/operations.md,
+    "Privacy"), never a tracked person; every other field of the object is still scanned.
+    """
+    owner = json.loads(raw)
+    if isinstance(owner.get("email"), dict):
+        owner["email"] = {k: v for k, v in owner["email"].items() if k != "to"}
+    return json.dumps(owner).encode()
+
+
 def redis_text(r) -> dict[str, str]:
-    """Every key of the test's Redis database with all it holds, as text."""
+    """Every key of the test's Redis database with all it holds, as text (recipients of e-mail deliveries aside)."""
+    holders = {getattr(keys, name) for name in keys.RECIPIENT_HOLDERS}
     out = {}
     for key in r.scan_iter("*"):
         kind = r.type(key).decode()
         if kind == "string":
             parts = [r.get(key)]
+        elif kind == "hash" and key.decode() in holders:
+            parts = [b for k, v in r.hgetall(key).items() for b in (k, without_recipients(v))]
         elif kind == "hash":
             parts = [b for pair in r.hgetall(key).items() for b in pair]
         elif kind == "list":
@@ -159,11 +175,23 @@ def string_columns(ch, db) -> list[tuple[str, str, str]]:
         {"db": db})
 
 
+def schedule_reports_by_email(r, tenant, settings) -> None:
+    """A scheduled report e-mailed to the advertiser's staff: their addresses are kept, as they must be."""
+    from pixel.registry import settings_of
+    from reporting import schedules
+
+    mail_settings = settings.updated({"SMTP_URL": "smtp://127.0.0.1:25"}).mail
+    body = {"range": "yesterday", "at": "07:00", "email": {"to": ["ana@shop.example", "ops@shop.example"]}}
+    schedules.save(r, schedules.parse(body, tenant.advertiser, settings_of(None), False, mail_settings))
+
+
 def test_no_raw_email_phone_or_ip_reaches_redis_or_any_column(collector, tenant, settings, r, sink, attributor, ch,
                                                                ch_database):
+    schedule_reports_by_email(r, tenant, settings)
     send_every_case(collector, tenant, settings)
     queued = redis_text(r)
     assert queued["ct:events"].count('"event_id"') == 5  # the five events, then the click
+    assert r.hlen(keys.SCHEDULES) == 1 and "ana@shop.example" in r.hvals(keys.SCHEDULES)[0].decode()
     assert {k: leaks(v) for k, v in queued.items() if leaks(v)} == {}
 
     queue_as_an_older_collector(r, tenant)
@@ -199,6 +227,17 @@ def test_no_raw_email_phone_or_ip_reaches_redis_or_any_column(collector, tenant,
     assert {rows[e]["ip"] for e in ("e-server", "e-v1", "e-old-valid")} == {"203.0.113.0"}
     (touch_ip,), = ch.execute(f"SELECT ip FROM {ch_database}.touchpoints")
     assert touch_ip == "203.0.113.0"
+
+
+def test_recipients_are_allowed_at_email_to_of_a_schedule_and_nowhere_else(r):
+    staff = {"id": "sch_1", "email": {"to": ["ana@shop.example"]}}
+    r.hset(keys.SCHEDULES, "sch_1", json.dumps(staff))
+    assert {k: leaks(v) for k, v in redis_text(r).items() if leaks(v)} == {}
+    # A tracked person's address anywhere else, in that hash too, is caught.
+    r.hset(keys.SCHEDULES, "sch_2", json.dumps({**staff, "id": "sch_2", "report": {"events": "jane@example.com"}}))
+    r.hset(keys.schedule_periods("sch_1"), "2026-03-01", json.dumps({"error": "550 <ana@shop.example> refused"}))
+    found = {k: leaks(v) for k, v in redis_text(r).items() if leaks(v)}
+    assert found == {keys.SCHEDULES: ["e@example.com"], keys.schedule_periods("sch_1"): ["a@shop.example"]}
 
 
 def test_with_anonymisation_off_the_ip_is_kept_but_addresses_are_still_hashed(settings, r, tenant, sink, ch,
