@@ -362,6 +362,7 @@
       table.dataset.state = 'empty';
     });
     showUnconverted(null);
+    clearSchedules();
     clear($('explanation'));
     $('download-csv').disabled = true;
     clearError();
@@ -387,6 +388,7 @@
     state.sort = {breakdown: {key: 'spend', dir: 'descending'}, daily: {key: 'day', dir: 'ascending'}};
     setCurrency(typeof settings.currency === 'string' ? settings.currency : '');
     fillEvents([]);
+    loadSchedules(advertiser);
     loadPixels(advertiser).catch((err) => {
       showError(err, 'Could not show the pixels');
       return [];
@@ -1077,6 +1079,96 @@
     const sel = window.getSelection();
     sel.removeAllRanges();
     sel.addRange(range);
+  }
+
+  // ---- scheduled reports ---------------------------------------------------------------------------
+
+  const RANGE_LABELS = {today: 'Today', yesterday: 'Yesterday', last_7_days: 'Last 7 days',
+    last_14_days: 'Last 14 days', last_30_days: 'Last 30 days', this_month: 'This month'};
+  const WEEKDAY_LABELS = {mon: 'Monday', tue: 'Tuesday', wed: 'Wednesday', thu: 'Thursday', fri: 'Friday',
+    sat: 'Saturday', sun: 'Sunday'};
+  const RUN_LABELS = {delivered: 'delivered', retrying: 'failed, retrying', failed: 'failed, given up',
+    pending: 'in progress'};
+
+  function clearSchedules() {
+    const host = clear($('schedules'));
+    host.dataset.state = 'empty';
+  }
+
+  /** Lists the advertiser's schedules (read only); an error stays inside this section. */
+  async function loadSchedules(advertiser) {
+    const host = clear($('schedules'));
+    host.dataset.state = 'loading';
+    host.append(el('p', {class: 'hint', text: 'Loading scheduled reports\u2026'}));
+    let body;
+    try {
+      body = await api('/v1/schedules');
+    } catch (err) {
+      if (state.advertiser !== advertiser) return;
+      clear(host).append(el('p', {class: 'error-inline', text: 'Could not load the scheduled reports: ' + describe(err)}));
+      host.dataset.state = 'error';
+      if (err instanceof ApiError && err.status === 401) handle(err);
+      return;
+    }
+    if (state.advertiser !== advertiser) return; // signed out meanwhile
+    clear(host);
+    const list = Array.isArray(body.schedules) ? body.schedules : [];
+    if (!list.length) {
+      host.append(el('p', {class: 'hint', text: 'No scheduled report yet.'}));
+    } else {
+      host.append(scrollBox(scheduleTable(list), 'Table of scheduled reports'));
+    }
+    host.dataset.state = 'ready';
+  }
+
+  function scheduleTable(list) {
+    const heads = ['Report', 'When', 'Delivered to', 'Status', 'Next run', 'Last run'];
+    const table = el('table', {id: 'schedule-table', class: 'schedules'}, [
+      el('caption', {class: 'visually-hidden', text: 'Scheduled reports, oldest first'}),
+      el('thead', null, [el('tr', null, heads.map((h) => el('th', {scope: 'col', text: h})))])]);
+    const tbody = el('tbody');
+    list.forEach((s) => {
+      const status = s.status === 'paused' ? 'paused' : 'active';
+      tbody.append(el('tr', {data: {scheduleId: String(s.id), status: status}}, [
+        el('th', {scope: 'row', text: scheduleReport(s)}),
+        el('td', {text: scheduleWhen(s)}),
+        el('td', {text: scheduleTarget(s)}),
+        el('td', null, [el('span', {class: 'badge ' + status, text: status === 'paused' ? 'Paused' : 'Active'})]),
+        el('td', {text: s.next_run ? timeIn(s.next_run, s.timezone) : DASH}),
+        el('td', {class: 'last-run', data: {state: (s.last_run && s.last_run.state) || 'none'}}, scheduleLastRun(s)),
+      ]));
+    });
+    table.append(tbody);
+    return table;
+  }
+
+  function scheduleReport(s) {
+    const metrics = s.report && typeof s.report.metrics === 'string' ? ' \u00b7 ' + s.report.metrics : '';
+    return (RANGE_LABELS[s.range] || String(s.range)) + ' (' + String(s.format || 'csv').toUpperCase() + ')' + metrics;
+  }
+
+  function scheduleWhen(s) {
+    const day = s.weekday ? 'Every ' + (WEEKDAY_LABELS[s.weekday] || String(s.weekday)) : 'Daily';
+    return day + ' at ' + String(s.at) + ' ' + String(s.timezone);
+  }
+
+  function scheduleTarget(s) {
+    if (s.email && Array.isArray(s.email.to)) return 'E-mail: ' + s.email.to.join(', ');
+    if (s.webhook && typeof s.webhook.url === 'string') {
+      let host = s.webhook.url;
+      try { host = new URL(s.webhook.url).host; } catch (e) { /* shown as given */ }
+      return 'Webhook: ' + host;
+    }
+    return DASH;
+  }
+
+  function scheduleLastRun(s) {
+    const run = s.last_run;
+    if (!run) return ['never yet'];
+    const what = RUN_LABELS[run.state] || String(run.state);
+    const parts = [String(run.period) + ': ' + what + (run.attempts > 1 ? ' (' + run.attempts + ' attempts)' : '')];
+    if (run.error) parts.push(el('br'), el('span', {class: 'hint', text: String(run.error)}));
+    return parts;
   }
 
   // ---- wiring --------------------------------------------------------------------------------------
