@@ -72,6 +72,7 @@ def test_scheduled_reports_are_listed_with_their_state(settings, r, api_base, pa
     assert page.get_by_role("region", name="Table of scheduled reports").is_visible()  # it scrolls, by keyboard too
     assert page.get_by_role("heading", name="Scheduled reports").is_visible()
     ARTIFACTS.mkdir(exist_ok=True)
+    page.wait_for_selector("#breakdown[data-state=ready]", timeout=20_000)  # the page above has its final height
     page.locator("#schedules-card").screenshot(path=str(ARTIFACTS / "dashboard-schedules.png"))
     assert "secret" not in json.dumps(schedule_rows(page))
 
