@@ -190,3 +190,15 @@ def test_any_recipient_list_is_accepted_whole_or_refused_naming_a_field(to):
         parsed = email.message_from_bytes(msg.as_bytes(), policy=email.policy.default)
         assert [a.addr_spec for a in parsed["To"].addresses] == [address]
         assert mail.redacted(f"550 <{address}> no") == "550 <<address>> no"
+
+
+def test_the_readmes_email_example_is_accepted(settings, r):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("By e-mail instead", 1)[1]
+    example = section.split("```json\n", 1)[1].split("```", 1)[0]
+    api = api_for(settings, "smtp://127.0.0.1:25")
+    reply = api.post("/v1/schedules", data=example, content_type="application/json", headers=auth(r, "adv-1"))
+    assert reply.status_code == 201, reply.get_json()
+    assert reply.get_json()["email"] == {"to": ["ana@shop.example", "growth@shop.example"]}
