@@ -22,8 +22,8 @@ from tests.test_dashboard_browser import api_base, page, sign_in  # noqa: F401 -
 pytestmark = pytest.mark.browser
 
 
-def schedule_rows(page) -> list[list[str]]:
-    return page.evaluate("""() => Array.from(document.querySelectorAll('#schedule-table tbody tr'))
+def schedule_rows(pg) -> list[list[str]]:
+    return pg.evaluate("""() => Array.from(document.querySelectorAll('#schedule-table tbody tr'))
         .map((tr) => Array.from(tr.children).map((c) => c.innerText.trim()))""")
 
 
