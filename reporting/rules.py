@@ -216,7 +216,8 @@ def public(r, rule: dict) -> dict:
     shown["status"] = "paused" if rule["paused"] else "active"
     shown["state"] = PAUSED if rule["paused"] else st["state"]
     shown["since"] = _iso(rule["paused_at"] if rule["paused"] else st["since"])
-    shown["value"], shown["previous"] = st["value"], st["previous"]
+    for name in ("value", "note", "previous", "previous_note", "error"):
+        shown[name] = st.get(name)  # note: why a value is null ("spend without conversions", "no spend")
     shown["last_evaluated"] = _iso(st["evaluated_at"])
     shown["window_start"], shown["window_end"] = _iso(st["window_start"]), _iso(st["window_end"])
     shown["last_notification"] = st["last_notification"]

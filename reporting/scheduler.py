@@ -28,8 +28,8 @@ from clicktrail.config import Settings
 from clicktrail.lifecycle import Heartbeat, StopFlag
 from pixel.registry import advertiser_settings
 from reporting import delivery, schedules
-from reporting.rule_runner import RuleRunner
 from reporting.reports import Report, csv_text
+from reporting.rule_runner import RuleRunner
 
 log = logging.getLogger("clicktrail.scheduler")
 

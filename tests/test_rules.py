@@ -213,7 +213,8 @@ def test_cpa_of_a_campaign_fires_on_spend_without_conversions_and_resolves(world
     (fired,) = notes(receiver)
     # 100 spent and no conversion: a CPA above any threshold, shown as no value with why.
     assert fired["state"] == "firing" and fired["value"] is None and fired["value_note"] == "spend without conversions"
-    assert shown(api, world.auth, rule["id"])["state"] == "firing"
+    state = shown(api, world.auth, rule["id"])
+    assert (state["state"], state["value"], state["note"]) == ("firing", None, "spend without conversions")
 
     world.convert("a1", now - 3 * HOUR, ttclid="kA1")
     world.convert("a2", now - 3 * HOUR, ttclid="kA2")
