@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.server
 import json
 import math
 import os
 import signal
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings as hsettings, strategies as st
 
-from clicktrail import clickhouse, keys
+from clicktrail import clickhouse, keys, services
 from clicktrail.lifecycle import StopFlag
 from pixel import registry
 from reporting import rule_eval, rules
@@ -157,6 +159,93 @@ def test_scheduler_killed_between_evaluations_repeats_and_loses_nothing(r, ch, a
              lambda: at(shown(api, headers, rule["id"])["last_evaluated"]) > at(notes(receiver)[1]["evaluated_at"]))
     assert [n["state"] for n in notes(receiver)] == ["firing", "resolved"]
     assert [h["X-Clicktrail-Delivery"] for h, _ in receiver.posts] == [f"{rule['id']}:1", f"{rule['id']}:2"]
+
+
+class HangingReceiver(Receiver):
+    """A webhook that records each POST and, for the first, never answers until ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.posts: list[tuple[dict, bytes]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.posts.append((dict(self.headers), body))
+                if len(outer.posts) == 1:
+                    outer.release.wait(60)
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                except OSError:
+                    pass  # the scheduler that asked is dead
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.release.set()
+        super().close()
+
+
+def test_scheduler_killed_during_a_notification_sends_it_again_with_the_same_id(r, ch, api, tenant, spawn):
+    receiver = HangingReceiver()
+    try:
+        headers = auth(r, tenant.advertiser)
+        rule = silent_pixel_rule(api, headers, tenant.pixel_id, receiver.url)
+        env = {"ALLOW_HTTP_WEBHOOKS": "true", "SCHEDULER_LEASE_S": 2, "RULE_INTERVAL_S": 1}
+        first = spawn.start("scheduler", "--log-level", "WARNING", **env)
+        wait_for("the firing notification, unanswered", lambda: receiver.posts)
+        assert shown(api, headers, rule["id"])["last_notification"]["status"] == "pending"
+        os.killpg(first.pid, signal.SIGKILL)  # before the receiver's answer: was it delivered? Unknown.
+        first.wait()
+        receiver.release.set()
+
+        spawn.start("scheduler", "--log-level", "WARNING", **env)
+        wait_for("the notification sent again", lambda: len(receiver.posts) >= 2)
+        wait_for("it recorded as delivered",
+                 lambda: shown(api, headers, rule["id"])["last_notification"]["status"] == "delivered")
+        first_sent, again = receiver.posts[0], receiver.posts[1]
+        assert first_sent[1] == again[1]  # the same body, so the same signature
+        assert first_sent[0]["X-Clicktrail-Delivery"] == again[0]["X-Clicktrail-Delivery"] == f"{rule['id']}:1"
+        evaluated = at(shown(api, headers, rule["id"])["last_evaluated"])
+        wait_for("later evaluations", lambda: at(shown(api, headers, rule["id"])["last_evaluated"]) > evaluated)
+        assert len(receiver.posts) == 2 and shown(api, headers, rule["id"])["state"] == "firing"
+    finally:
+        receiver.close()
+
+
+def test_a_rule_not_evaluated_keeps_its_state_and_says_why(settings, r, ch, api, tenant, worker, receiver,
+                                                          ch_database):
+    headers = auth(r, tenant.advertiser)
+    rule = silent_pixel_rule(api, headers, tenant.pixel_id, receiver.url)
+    t0 = datetime.now(timezone.utc)
+    assert worker.tick(t0) == 1
+    down = Scheduler(settings, r, clickhouse.connect(f"clickhouse://127.0.0.1:{services.free_port()}/{ch_database}"),
+                     ch_database, StopFlag(), name=worker.name)
+    assert down.tick(t0 + MINUTE) == 0
+    state = shown(api, headers, rule["id"])
+    assert state["state"] == "firing" and state["error"] and at(state["last_evaluated"]) == t0.replace(
+        microsecond=t0.microsecond // 1000 * 1000)
+    assert len(receiver.posts) == 1
+    assert worker.tick(t0 + 2 * MINUTE) == 0  # ClickHouse back, still silent: still firing, nothing sent
+    assert shown(api, headers, rule["id"])["error"] is None
+
+
+def test_an_advertiser_holds_at_most_100_rules(r, api, receiver):
+    headers = auth(r, "adv-1")
+    for _ in range(rules.MAX_RULES):
+        rules.save(r, rules.parse(r, valid(receiver.url), "adv-1", allow_http=True))
+    reply = api.post("/v1/rules", json=valid(receiver.url), headers=headers)
+    assert reply.status_code == 400 and reply.get_json()["error"]["field"] == "body"
+    assert "at most 100" in reply.get_json()["error"]["message"]
+    assert len(api.get("/v1/rules", headers=headers).get_json()["rules"]) == rules.MAX_RULES
 
 
 def test_a_failed_notification_is_retried_with_the_same_id_and_body(r, ch, api, tenant, worker):
