@@ -125,7 +125,7 @@ def attributor(log_level: str) -> None:
 @main.command()
 @click.option("--log-level", default="INFO", show_default=True)
 def scheduler(log_level: str) -> None:
-    """Deliver scheduled reports when due (one scheduler leads at a time; others stand by)."""
+    """Deliver due scheduled reports and evaluate alert rules (one scheduler leads at a time; others stand by)."""
     from reporting.scheduler import Scheduler
 
     _run_worker("scheduler", Scheduler, log_level)

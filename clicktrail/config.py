@@ -146,6 +146,8 @@ class SchedulerSettings:
     lease_s: int = _setting("SCHEDULER_LEASE_S", 10)  # a dead scheduler's standby takes over after this
     # Plain-HTTP webhooks to 127.0.0.1 / localhost only (tests, a receiver on the same host); never elsewhere.
     allow_http_webhooks: bool = _setting("ALLOW_HTTP_WEBHOOKS", False)
+    # Each alert rule is evaluated this often (its queries run then; the scheduler itself ticks every second).
+    rule_interval_s: int = _setting("RULE_INTERVAL_S", 60)
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +314,9 @@ def load(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] 
     shards = _SPECS["STREAM_SHARDS"].where
     if not 1 <= values[shards] <= 1024:
         raise ConfigError(f"{ENV_PREFIX}STREAM_SHARDS must be between 1 and 1024, not {values[shards]}")
+    interval = _SPECS["RULE_INTERVAL_S"].where
+    if not 1 <= values[interval] <= 3600:
+        raise ConfigError(f"{ENV_PREFIX}RULE_INTERVAL_S must be between 1 and 3600, not {values[interval]}")
     return _build(values)
 
 

@@ -100,13 +100,22 @@ SCHEDULES = PREFIX + "schedules"
 #: reports go to: the advertiser's own staff, configured by the operator, not tracked people. The
 #: only place a raw address may be kept (tests/test_privacy_scan.py allows it there and nowhere
 #: else); add a new owner of e-mail deliveries here.
-RECIPIENT_HOLDERS = ("SCHEDULES",)
+RECIPIENT_HOLDERS = ("SCHEDULES", "RULES")
 
 #: Name of the scheduler that runs due schedules now (a lease with an expiry); others stand by.
 SCHEDULER_LEASE = PREFIX + "scheduler:lease"
 
 #: When the leading scheduler last looked for due schedules (ms).
 SCHEDULER_TICK = PREFIX + "scheduler:tick"
+
+#: Hash rule id -> JSON of an alert rule (reporting/rules.py), webhook secret included.
+RULES = PREFIX + "rules"
+
+#: Hash rule id -> JSON ``{"state", "since", "value", "previous", "evaluated_at", "window_start",
+#: "window_end", "transitions", "outbox", "last_notification"}``: where each rule stands and the
+#: transition notifications not yet delivered (reporting/rule_runner.py). Written only by compare-
+#: and-set with ``RULES`` (one slot on a cluster), so a deleted rule's state is never written back.
+RULE_STATES = PREFIX + "rule_states"
 
 
 def schedule_periods(schedule_id: str) -> str:
@@ -136,7 +145,7 @@ def delay_curves(advertiser_id: str) -> str:
 #: The shared keys above that move into the ``{ct}`` slot on a cluster (by their name here).
 _SHARED = ("DEAD_LETTER_STREAM", "PIXELS", "SOURCES", "ADVERTISERS", "ADVERTISER_DOMAINS", "TOKENS",
            "ATTRIBUTION_STREAM", "ATTRIBUTOR_LEASE", "ATTRIBUTORS", "REJECTED_COUNTS", "FEED_WATERMARK",
-           "ERASURE_QUEUE", "SCHEDULES", "SCHEDULER_LEASE", "SCHEDULER_TICK")
+           "ERASURE_QUEUE", "SCHEDULES", "SCHEDULER_LEASE", "SCHEDULER_TICK", "RULES", "RULE_STATES")
 _cluster = False
 
 

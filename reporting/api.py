@@ -39,7 +39,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
         database=clickhouse.database_of(url),
     )
     from reporting import (conversions, costs, dashboard, diagnostics, erasure, exchange_rates, explain, feed,
-                           imports, reports, schedule_api)
+                           imports, reports, rule_api, schedule_api)
 
     app.register_blueprint(imports.bp)
     app.register_blueprint(explain.bp)
@@ -52,6 +52,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(erasure.bp)
     app.register_blueprint(dashboard.bp)
     app.register_blueprint(schedule_api.bp)
+    app.register_blueprint(rule_api.bp)
 
     @app.get("/healthz")
     def healthz():

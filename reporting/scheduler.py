@@ -1,4 +1,5 @@
-"""``clicktrail scheduler``: builds due scheduled reports and delivers them (webhook or e-mail).
+"""``clicktrail scheduler``: builds due scheduled reports and delivers them (webhook or e-mail), and
+evaluates alert rules (reporting/rule_runner.py).
 
 One scheduler leads at a time (a lease in Redis, like the attributor's); others stand by and take
 over once the leader's lease lapses. Each run is a *period* of a schedule (reporting/schedules.py)
@@ -30,6 +31,7 @@ from clicktrail.lifecycle import Heartbeat, StopFlag
 from pixel.registry import advertiser_settings
 from reporting import delivery, mail, schedules
 from reporting.reports import Report, csv_text
+from reporting.rule_runner import RuleRunner
 
 log = logging.getLogger("clicktrail.scheduler")
 
@@ -56,6 +58,7 @@ class Scheduler:
         self.heartbeat = Heartbeat(settings.paths.heartbeat_file)
         self.lease_ms = int(settings.scheduler.lease_s * 1000)
         self.retry_base_s = RETRY_BASE_S
+        self.rules = RuleRunner(r, ch, database, stop, settings.scheduler.rule_interval_s, settings.mail)
 
     def run(self) -> None:
         log.info("scheduler %s started", self.name)
@@ -73,7 +76,8 @@ class Scheduler:
         log.info("scheduler %s stopped", self.name)
 
     def tick(self, now: datetime | None = None) -> int:
-        """Run every due period once, if this process leads; return how many posts it made."""
+        """Run every due period once and the alert rules due, if this process leads; return how many
+        posts (reports and notifications) it made."""
         if not self._lead():
             return 0
         now = now or datetime.now(timezone.utc)
@@ -92,6 +96,7 @@ class Scheduler:
                 if self.stop.is_set or not self._lead():
                     return posted
                 posted += self._run_period(schedule, due)
+        posted += self.rules.tick(now, self._lead)
         self.redis.set(keys.SCHEDULER_TICK, int(now.timestamp() * 1000))
         return posted
 

@@ -39,7 +39,7 @@ from clicktrail.lifecycle import StopFlag
 from pixel import erasure, registry
 from pixel.click_urls import make_token
 from pixel.snippet import SDK_VERSION
-from reporting import schedules
+from reporting import rules, schedules
 from sink.worker import Sink
 from tests.attribution_world import HOUR, World
 from tests.conftest import ARTIFACTS, CLICKHOUSE_BASE, DATA_TABLES, REDIS_URL, Tenant, where
@@ -136,6 +136,9 @@ class Contract:
         self.schedule = schedules.parse({"range": "yesterday", "at": "07:00", "webhook": {"url": HOOK}},
                                         tenant.advertiser, registry.advertiser_settings(r, tenant.advertiser), False)
         schedules.save(r, self.schedule)
+        self.rule = rules.parse(r, {"metric": "conversions", "window": "24h", "condition": {"op": "<", "threshold": 1},
+                                    "webhook": {"url": HOOK}}, tenant.advertiser, False)
+        rules.save(r, self.rule)
         secret = collector_app.extensions["clicktrail"].settings.site.secret_key
         self.click_token = make_token(secret, tenant.advertiser, "cmp", "cmp-g", "cmp-ad",
                                       f"{self.origin}/landing?x=1#top")
@@ -170,6 +173,12 @@ class Contract:
         if "schedule_id" in params:
             params["schedule_id"] = self.schedule["id"]
             schedules.save(self.r, self.schedule)  # again: a DELETE case may have removed it
+        if "rule_id" in params:
+            params["rule_id"] = self.rule["id"]
+            rules.save(self.r, self.rule)  # again: a DELETE case may have removed it
+        if case.operation.path == "/v1/rules" and isinstance(body, dict):
+            body.update(webhook={"url": HOOK})
+            body.pop("scope", None)  # a generated pixel id is never this advertiser's
         if case.operation.path == "/v1/schedules" and isinstance(body, dict):
             body.update(at="07:00", webhook={"url": HOOK})
             body.pop("report", None)
@@ -318,6 +327,7 @@ def _outage_requests(pixel_id: str, today: date, erasure_id: str) -> dict[str, d
         "POST /v1/erasure": {"body": {"user": {"ttp": "ttp-1"}}},
         "GET /v1/erasure/{request_id}": {"path_parameters": {"request_id": erasure_id}},
         "GET /v1/schedules": {},
+        "GET /v1/rules": {},
     }
 
 
@@ -326,7 +336,7 @@ def _outage_requests(pixel_id: str, today: date, erasure_id: str) -> dict[str, d
 WITHOUT_CLICKHOUSE = {"POST /e/{pixel_id}", "POST /open_api/v1.3/event/track/", "GET /readyz", "GET /v1/advertiser",
                       "GET /v1/optimizer/conversions", "POST /open_api/v1.3/pixel/track/",
                       "POST /open_api/v1.3/pixel/batch/", "POST /v1/erasure",
-                      "GET /v1/erasure/{request_id}", "GET /v1/schedules"}
+                      "GET /v1/erasure/{request_id}", "GET /v1/schedules", "GET /v1/rules"}
 
 
 @pytest.mark.parametrize("down", ["redis", "clickhouse"])

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 import os
 import signal
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -202,3 +203,41 @@ def test_the_readmes_email_example_is_accepted(settings, r):
     reply = api.post("/v1/schedules", data=example, content_type="application/json", headers=auth(r, "adv-1"))
     assert reply.status_code == 201, reply.get_json()
     assert reply.get_json()["email"] == {"to": ["ana@shop.example", "growth@shop.example"]}
+
+
+def test_an_alert_rule_emails_each_transition_once(settings, r, ch, ch_database, tenant):
+    """A rule delivered by e-mail: one message when it fires (the notification attached), none while it holds."""
+    with SmtpServer() as smtp:
+        api, headers = api_for(settings, smtp.url), auth(r, tenant.advertiser)
+        reply = api.post("/v1/rules", headers=headers, json={
+            "name": "shop pixel silent", "metric": "event_count", "event": "PageView", "window": "1h",
+            "scope": {"pixel_id": tenant.pixel_id}, "condition": {"op": "==", "threshold": 0},
+            "email": {"to": TEAM}})
+        assert reply.status_code == 201, reply.get_json()
+        rule = reply.get_json()
+        assert rule["email"] == {"to": TEAM} and "webhook" not in rule
+        worker = Scheduler(settings.updated({"SMTP_URL": smtp.url, "SMTP_FROM": FROM}), r,
+                           clickhouse.connect(settings.clickhouse.url), ch_database, StopFlag(), name="test-scheduler")
+        t0 = datetime.now(timezone.utc)
+        assert worker.tick(t0) == 1
+        assert worker.tick(t0 + timedelta(seconds=61)) == 0  # still silent: no second message
+        ((rcpts, msg),) = smtp.received
+        assert sorted(rcpts) == sorted(TEAM)
+        assert "shop pixel silent" in msg["Subject"] and "firing" in msg["Subject"]
+        assert msg["X-Clicktrail-Delivery"] == f"{rule['id']}:1"
+        assert "is firing" in msg.get_body(("plain",)).get_content()
+        (attachment,) = msg.iter_attachments()
+        notice = json.loads(attachment.get_content())
+        assert notice["rule_id"] == rule["id"] and notice["state"] == "firing" and notice["value"] == 0
+    shown_ = api.get(f"/v1/rules/{rule['id']}", headers=headers).get_json()
+    assert shown_["state"] == "firing" and shown_["last_notification"]["status"] == "delivered"
+
+
+def test_an_emailed_rule_is_refused_while_no_smtp_server_is_configured(settings, r, tenant):
+    api = create_app(where(settings)).test_client()
+    reply = api.post("/v1/rules", headers=auth(r, tenant.advertiser), json={
+        "metric": "conversions", "window": "24h", "condition": {"op": "<", "threshold": 1},
+        "email": {"to": TEAM}})
+    assert reply.status_code == 400
+    error = reply.get_json()["error"]
+    assert error["field"] == "email" and "CLICKTRAIL_SMTP_URL" in error["message"]

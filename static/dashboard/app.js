@@ -356,6 +356,7 @@
     $('who').hidden = true;
     $('token').value = '';
     ['chart', 'conversions', 'pixels', 'f-event'].forEach((id) => clear($(id)));
+    clear($('rules'));
     ['breakdown', 'daily'].forEach((id) => {
       const table = $(id);
       [table.tHead, table.tBodies[0], table.tFoot].forEach((part) => part && clear(part));
@@ -387,6 +388,7 @@
     $('f-date-basis').value = 'touch';
     state.sort = {breakdown: {key: 'spend', dir: 'descending'}, daily: {key: 'day', dir: 'ascending'}};
     setCurrency(typeof settings.currency === 'string' ? settings.currency : '');
+    loadRules();
     fillEvents([]);
     loadSchedules(advertiser);
     loadPixels(advertiser).catch((err) => {
@@ -1169,6 +1171,82 @@
     const parts = [String(run.period) + ': ' + what + (run.attempts > 1 ? ' (' + run.attempts + ' attempts)' : '')];
     if (run.error) parts.push(el('br'), el('span', {class: 'hint', text: String(run.error)}));
     return parts;
+  }
+
+  // ---- alert rules ---------------------------------------------------------------------------------
+
+  const RULE_METRICS = {event_count: 'events', conversions: 'Conversions', conversion_value: 'Conversion value',
+    cpa: 'CPA', clicks: 'Clicks', spend: 'Spend', roas: 'ROAS'};
+  const RULE_STATES = {ok: 'OK', firing: 'Firing', paused: 'Paused'};
+
+  /** "PageView events of pixel P1", "CPA of campaign A", "Conversions (Purchase) of the advertiser". */
+  function ruleWatches(rule) {
+    const scope = rule.scope || {};
+    const level = Object.keys(scope)[0];
+    const where = level ? level.replace(/_id$/, '').replace('adgroup', 'ad group') + ' ' + scope[level]
+      : 'the advertiser';
+    const what = rule.metric === 'event_count' ? rule.event + ' events'
+      : (RULE_METRICS[rule.metric] || rule.metric) + (rule.event ? ' (' + rule.event + ')' : '');
+    return what + ' of ' + where + ', last ' + rule.window;
+  }
+
+  function ruleCondition(c) {
+    if (!c) return DASH;
+    if (c.change) return (c.change === 'fall' ? 'falls' : 'rises') + ' by ' + c.percent + '% or more vs the window before';
+    return c.op + ' ' + c.threshold;
+  }
+
+  function ruleValue(rule) {
+    if (isNum(rule.value)) return String(Math.round(rule.value * 1e6) / 1e6);
+    return rule.note ? DASH + ' (' + rule.note + ')' : DASH;
+  }
+
+  function ruleNotification(n, tz) {
+    if (!n) return 'none yet';
+    const what = (n.state === 'firing' ? 'Firing' : 'Resolved') + ' notice ' + n.status;
+    return what + (n.error ? ' (' + n.error + ')' : '') + (n.at ? ', ' + timeIn(new Date(n.at).toISOString(), tz) : '');
+  }
+
+  /** The advertiser's rules with where each stands (GET /v1/rules). */
+  async function loadRules() {
+    const host = clear($('rules'));
+    const advertiser = state.advertiser;
+    let body;
+    try {
+      body = await api('/v1/rules');
+    } catch (err) {
+      if (state.advertiser !== advertiser) return;
+      host.append(el('p', {class: 'error-inline', text: 'Could not load the alert rules: ' + describe(err)}));
+      if (err instanceof ApiError && err.status === 401) handle(err);
+      return;
+    }
+    if (state.advertiser !== advertiser) return; // signed out meanwhile
+    const list = body.rules || [];
+    if (!list.length) {
+      host.append(el('p', {class: 'hint', text: 'No alert rules yet.'}));
+      return;
+    }
+    const tz = $('f-timezone').value.trim();
+    const heads = ['Rule', 'Watches', 'Condition', 'State', 'Last value', 'Last evaluated', 'Last notification'];
+    const table = el('table', {id: 'rules-table', class: 'rules'}, [
+      el('caption', {class: 'visually-hidden', text: 'Alert rules and their state'}),
+      el('thead', null, [el('tr', null, heads.map((h) => el('th', {scope: 'col', text: h})))])]);
+    const tbody = el('tbody');
+    list.forEach((rule) => {
+      const label = RULE_STATES[rule.state] || String(rule.state);
+      const since = rule.since ? ' since ' + timeIn(rule.since, tz) : '';
+      tbody.append(el('tr', {data: {ruleId: String(rule.id), state: String(rule.state)}}, [
+        el('th', {scope: 'row', class: 'name', text: rule.name}),
+        el('td', {class: 'name', text: ruleWatches(rule)}),
+        el('td', {class: 'name', text: ruleCondition(rule.condition)}),
+        el('td', {class: 'name rule-' + rule.state}, [el('strong', {text: label}), document.createTextNode(since)]),
+        el('td', {class: 'num', text: ruleValue(rule)}),
+        el('td', {class: 'name', text: rule.last_evaluated ? timeIn(rule.last_evaluated, tz) : 'not yet'}),
+        el('td', {class: 'name', text: ruleNotification(rule.last_notification, tz)}),
+      ]));
+    });
+    table.append(tbody);
+    host.append(scrollBox(table, 'Alert rules'));
   }
 
   // ---- wiring --------------------------------------------------------------------------------------
