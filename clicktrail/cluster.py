@@ -31,10 +31,11 @@ ADVERTISER_KEY = "cityHash64(advertiser_id)"
 #: own local table, which is right because every table is sharded by advertiser.
 REQUIRED_SETTINGS = {"insert_distributed_sync": "1", "distributed_product_mode": "local"}
 #: What every node must also set where the tables are replicated (docs/scaling.md, "Replicas"):
-#: no dropping of an inserted block because an earlier one had the same bytes. ReplicatedMergeTree
-#: would drop it, and so also a materialized view's block that merely equals an earlier one (two
-#: clicks on one ad in one minute, inserted apart, give the same touch_stats row): a single server
-#: keeps both, and a sink's retried batch is already folded by the Replacing tables.
+#: no dropping of an inserted block because an earlier one had the same bytes, as a single server
+#: never drops one. The tables inserted into directly are Replacing ones, so a sink's retried batch
+#: folds anyway; dedup would only cost a ZooKeeper write per block, and on servers that also dedup
+#: the views' blocks (deduplicate_blocks_in_dependent_materialized_views) it would drop one of
+#: two equal rows of a view's table (two clicks on one ad in one minute, stored apart).
 REPLICATED_SETTINGS = {"insert_deduplicate": "0"}
 #: Where replicated tables keep their coordination state in ZooKeeper; {shard} and {replica}
 #: are the node's macros.
