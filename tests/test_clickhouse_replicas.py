@@ -160,7 +160,8 @@ def test_a_sinks_retried_batch_is_folded_and_equal_view_rows_both_count(replicas
         f"SELECT event_id FROM {DB}_local.events_unique WHERE advertiser_id = 'adv-retry'")} == set(sent)
 
     # Two clicks on one ad in one minute, stored by two inserts: their touch_stats rows are
-    # byte-equal, and ReplicatedMergeTree's block dedup would keep only the first.
+    # byte-equal, and must both count on both replicas, as on one server (insert_deduplicate=0:
+    # servers that dedup the views' blocks would keep only the first).
     from reporting.api import create_app
 
     api = create_app({"REDIS_URL": settings.redis.url, "CLICKHOUSE_URL": settings.clickhouse.url,
