@@ -132,9 +132,7 @@ class EventBuffer:
         status = result[0].decode()
         if status == "ok":
             if records and self._wait_replicas and len(result) > 3 and result[3] < self._wait_replicas:
-                raise BufferUnavailable(
-                    f"the event buffer's replicas did not confirm the events in time "
-                    f"({result[3]} of {self._wait_replicas}); retry later", code="buffer_unavailable")
+                raise self._unconfirmed(result[3])
             return Appended(result[1].decode(), result[2].decode())
         if status in _SOURCE_ERRORS:
             raise _SOURCE_ERRORS[status](pixel_id, result[1].decode(), event_sources, id_field)
@@ -181,11 +179,8 @@ class EventBuffer:
                 # The same socket as the write (a thread's line per node): WAIT counts its writes.
                 return [*result[:3], self._route.call(stream, self._wait, _loader(_APPEND_STREAM_LUA))]
         elif self._wait_replicas:
-            # One connection of the node's own for the write and its WAIT.
-            pipe = self._client.get_node_from_key(stream).redis_connection.pipeline(transaction=False)
-            self._stream_script(keys=[stream], args=entry, client=pipe)
-            pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
-            status, acked = pipe.execute()
+            status, acked = self._with_wait(self._client.get_node_from_key(stream).redis_connection,
+                                            self._stream_script, [stream], entry)
             return [*result[:3], acked] if status[0] == b"ok" else status
         else:
             status = self._stream_script(keys=[stream], args=entry)
@@ -210,6 +205,18 @@ class EventBuffer:
             return [*result[:3], line.call(self._wait)]
         return result
 
+    def _with_wait(self, client: redis.Redis, script, script_keys: list, args: list) -> tuple[list, int]:
+        """``script`` then WAIT in one pipeline: one connection, so WAIT counts the script's writes."""
+        pipe = client.pipeline(transaction=False)
+        script(keys=script_keys, args=args, client=pipe)
+        pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
+        status, acked = pipe.execute()
+        return status, acked
+
+    def _unconfirmed(self, acked: int) -> BufferUnavailable:
+        return BufferUnavailable(f"the event buffer's replicas did not confirm the events in time "
+                                 f"({acked} of {self._wait_replicas}); retry later", code="buffer_unavailable")
+
     def _send(self, line: SocketLine | ConnectionLine, packed: bytes) -> list:
         try:
             return line.call(packed)
@@ -228,6 +235,8 @@ class EventBuffer:
         before_queue([record], self._privacy)
         args = [advertiser_id, landing_host, self._max_len, 1, encode_records([record]), cache_value, cache_ttl_s]
         stream = self.streams[self.shard_of(advertiser_id, [{"ttp": record.get("touch_id")}])]
+        # Not waited for (CLICKTRAIL_REDIS_WAIT_REPLICAS): a visitor's browser never retries a
+        # redirect, so an unconfirmed click could only lose its click id from the landing URL.
         try:
             if self._cluster:
                 status = self._cluster_click(stream, args, cache_key)

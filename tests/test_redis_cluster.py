@@ -400,16 +400,3 @@ def test_with_wait_a_master_killed_after_a_burst_loses_no_acknowledged_event(
         load.stop()
         cluster.start_node(port)
 
-
-def test_with_wait_and_too_few_replicas_the_collector_answers_503_with_retry_after(settings, r, tenant):
-    """The shared test Redis has no replica: WAIT 1 times out, so nothing is acknowledged."""
-    from collector import create_app
-
-    app = create_app({"REDIS_URL": settings.redis.url, "CLICKHOUSE_URL": settings.clickhouse.url,
-                      "DATA_DIR": settings.paths.data_dir, "REDIS_WAIT_REPLICAS": 1, "REDIS_WAIT_TIMEOUT_MS": 20})
-    resp = app.test_client().post(f"/e/{tenant.pixel_id}", json=batch("w", 2, "browser-w"), headers=ORIGIN)
-    assert resp.status_code == 503, resp.data
-    assert resp.headers["Retry-After"] == str(settings.limits.retry_after_s)
-    assert resp.json["error"]["code"] == "buffer_unavailable" and "replicas" in resp.json["error"]["message"]
-    # Redis has the entry all the same: the client's retry makes a copy, which the sink folds.
-    assert r.xlen("ct:events") == 1
