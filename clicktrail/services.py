@@ -51,6 +51,22 @@ def _binary(name: str, package: str) -> str:
     raise ServiceError(f"{name} is not installed; install Debian's {package} package (make up does it)")
 
 
+def is_alive(pid: int) -> bool:
+    """True while process ``pid`` runs. A zombie is dead: a daemon's parent is the machine's init,
+    which (in a container especially) may reap it only later."""
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True  # no /proc (not Linux): the signal said it exists
+
+
 @dataclass
 class Server:
     """A server we started: where it listens and how to stop it."""
@@ -80,9 +96,7 @@ class Server:
             return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if not is_alive(pid):
                 return
             time.sleep(0.1)
         os.kill(pid, signal.SIGKILL)
@@ -224,6 +238,7 @@ def ensure_clickhouse(url: str, data_dir: Path, *, http_port: int | None = None,
         raise ServiceError(f"no ClickHouse listening at {host}:{port}, and clicktrail only starts local ones")
     for sub in ("data", "tmp", "log", "user_files", "format_schemas"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
+    _forget_stale_pid(server)
     config = folder / "config.xml"
     profile, extra = "", ""
     if cluster:
@@ -238,6 +253,14 @@ def ensure_clickhouse(url: str, data_dir: Path, *, http_port: int | None = None,
     _wait(lambda: _clickhouse_answers(host, port), f"ClickHouse on port {port}", 60)
     server.started = True
     return server
+
+
+def _forget_stale_pid(server: Server) -> None:
+    """Remove the pid file a killed server left (crash, SIGKILL, power): ClickHouse 18.16 refuses
+    to start as a daemon while its pid file exists, whatever process it names."""
+    pid = server.pid()
+    if pid is not None and not is_alive(pid):
+        server.pid_file.unlink(missing_ok=True)
 
 
 def _clickhouse_answers(host: str, port: int) -> bool:
@@ -299,14 +322,21 @@ def ensure_zookeeper(port: int, data_dir: Path) -> Server:
     with open(folder / "zookeeper.log", "ab") as log:
         # A session of its own, so it outlives the command that started it, like a daemon.
         proc = subprocess.Popen(
-            [_binary("java", "default-jre-headless"), "-Xmx256m", "-XX:+UseSerialGC",
-             f"-Dzookeeper.log.dir={folder}", "-cp", str(ZOOKEEPER_JAR),
+            [_binary("java", "default-jre-headless"), "-Xmx256m", "-XX:+UseSerialGC", "-Dorg.slf4j.simpleLogger.defaultLogLevel=info",
+             f"-Dzookeeper.log.dir={folder}", "-cp", _zookeeper_classpath(),
              "org.apache.zookeeper.server.ZooKeeperServerMain", str(config)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=folder, start_new_session=True)
     server.pid_file.write_text(f"{proc.pid}\n")
     _wait(lambda: _zookeeper_answers(port), f"ZooKeeper on port {port}", 60)
     server.started = True
     return server
+
+
+def _zookeeper_classpath() -> str:
+    # Debian's jar has no logger bound: add a simple one (to stderr, so zookeeper.log) when present.
+    simple = [Path("/usr/share/java/maven3-slf4j-provider.jar"), Path("/usr/share/java/maven-shared-utils.jar")]
+    return ":".join([str(ZOOKEEPER_JAR), *(str(jar) for jar in simple if jar.exists())] if all(
+        jar.exists() for jar in simple) else [str(ZOOKEEPER_JAR)])
 
 
 def _zookeeper_answers(port: int) -> bool:
