@@ -159,14 +159,17 @@ def sink(log_level: str, shards: list[int] | None) -> None:
 @click.option("--bind", default="127.0.0.1:8080", show_default=True, help="collector HOST:PORT")
 @click.option("--api-bind", default="127.0.0.1:8081", show_default=True, help="API HOST:PORT")
 @click.option("--sinks", default=1, show_default=True, type=int, help="sink processes")
+@click.option("--attributors", default=1, show_default=True, type=click.IntRange(min=1),
+              help="attributor processes, sharing CLICKTRAIL_ATTRIBUTION_PARTITIONS")
 @click.option("--no-services", is_flag=True, help="do not start Redis or ClickHouse")
-def up(bind: str, api_bind: str, sinks: int, no_services: bool) -> None:
+def up(bind: str, api_bind: str, sinks: int, attributors: int, no_services: bool) -> None:
     """Start everything (local Redis and ClickHouse if none runs, migrations, collector, sinks,
-    attributor, scheduler, API) until Ctrl-C."""
+    attributors, scheduler, API) until Ctrl-C."""
     from clicktrail import supervisor
 
     _setup_logging()
-    supervisor.up(_settings(), bind=bind, api_bind=api_bind, sinks=sinks, start_services=not no_services)
+    supervisor.up(_settings(), bind=bind, api_bind=api_bind, sinks=sinks, attributors=attributors,
+                  start_services=not no_services)
 
 
 @main.command()

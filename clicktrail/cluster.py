@@ -30,10 +30,17 @@ ADVERTISER_KEY = "cityHash64(advertiser_id)"
 #: them), and a subquery over a Distributed table inside a distributed query reads the shard's
 #: own local table, which is right because every table is sharded by advertiser.
 REQUIRED_SETTINGS = {"insert_distributed_sync": "1", "distributed_product_mode": "local"}
+#: What every node must also set where the tables are replicated (docs/scaling.md, "Replicas"):
+#: no dropping of an inserted block because an earlier one had the same bytes, as a single server
+#: never drops one. The tables inserted into directly are Replacing ones, so a sink's retried batch
+#: folds anyway; dedup would only cost a ZooKeeper write per block, and on servers that also dedup
+#: the views' blocks (deduplicate_blocks_in_dependent_materialized_views) it would drop one of
+#: two equal rows of a view's table (two clicks on one ad in one minute, stored apart).
+REPLICATED_SETTINGS = {"insert_deduplicate": "0"}
 #: Where replicated tables keep their coordination state in ZooKeeper; {shard} and {replica}
 #: are the node's macros.
 REPLICA_PATH = "/clickhouse/tables/{{shard}}/{db}/{table}"
-_ENGINE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+)\.(\w+) \((?:.|\n)*\) ENGINE = (\w*MergeTree)(?:\(([^)]*)\))?")
+_ENGINE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+)\.(\w+) \((?:.|\n)*\) ENGINE = (\w*MergeTree)(?:\(((?:[^()]|\([^()]*\))*)\))?")
 
 
 def local_database(db: str) -> str:
@@ -53,7 +60,9 @@ class Node:
         parts = urlsplit(like)
         credentials = parts.netloc.rpartition("@")[0]
         netloc = f"{credentials}@" if credentials else ""
-        return urlunsplit((parts.scheme, f"{netloc}{self.host}:{self.port}", parts.path, parts.query, ""))
+        # Other nodes to fail over to (alt_hosts) would send this node's statements elsewhere.
+        query = "&".join(p for p in parts.query.split("&") if p and not p.startswith("alt_hosts="))
+        return urlunsplit((parts.scheme, f"{netloc}{self.host}:{self.port}", parts.path, query, ""))
 
 
 def nodes(client: Client, cluster: str) -> list[Node]:
@@ -69,21 +78,28 @@ def migrate(url: str, db: str, cluster: str) -> list[schema.Migration]:
     """Create or upgrade ``db`` on every node of ``cluster``; return the migrations applied now."""
     found = nodes(connect(url, database="default"), cluster)
     clients = [connect(node.url(url), database="default") for node in found]
-    for node, client in zip(found, clients):
-        _check_settings(client, node)
-    applied: list[schema.Migration] = []
-    for client in clients:
-        rewrite = _replicated if _has_zookeeper(client) else None
-        applied = schema.migrate(client, local_database(db), rewrite=rewrite) or applied
+    replicated = [_has_zookeeper(client) for client in clients]
+    for node, client, zookeeper in zip(found, clients, replicated):
+        _check_settings(client, node, {**REQUIRED_SETTINGS, **(REPLICATED_SETTINGS if zookeeper else {})})
+    applied: dict[int, schema.Migration] = {}
+    # One migration at a time on every node: a replica created after another replica's ALTERs
+    # would find the table in ZooKeeper too different from its CREATE and refuse it. The ALTERs
+    # of a replicated table reach the other replicas through ZooKeeper, which is why a migration
+    # skips a column that is already there.
+    for migration in schema.MIGRATIONS:
+        for client, zookeeper in zip(clients, replicated):
+            done = schema.migrate(client, local_database(db), rewrite=_replicated if zookeeper else None,
+                                  until=migration.version)
+            applied.update((m.version, m) for m in done)
     for client in clients:
         create_distributed(client, db, cluster)
-    return applied
+    return [applied[v] for v in sorted(applied)]
 
 
-def _check_settings(client: Client, node: Node) -> None:
-    names = tuple(REQUIRED_SETTINGS)
+def _check_settings(client: Client, node: Node, required: dict[str, str]) -> None:
+    names = tuple(required)
     current = dict(client.execute("SELECT name, value FROM system.settings WHERE name IN %(n)s", {"n": names}))
-    wrong = {name: want for name, want in REQUIRED_SETTINGS.items() if current.get(name) != want}
+    wrong = {name: want for name, want in required.items() if current.get(name) != want}
     if wrong:
         raise ConfigError(f"ClickHouse at {node.host}:{node.port} must set "
                           + ", ".join(f"{k}={v}" for k, v in wrong.items())

@@ -41,6 +41,11 @@ class RedisSettings:
     # redis+cluster://host:port,host:port/ (rediss+cluster:// with TLS); see docs/scaling.md.
     url: str = _setting("REDIS_URL", "redis://127.0.0.1:6379/0")
     timeout_ms: int = _setting("REDIS_TIMEOUT_MS", 100)  # a slow Redis answers 503 after this, never hangs a worker
+    # With N > 0 the collector answers 2xx only once N replicas of the master that took the
+    # events confirm them (Redis WAIT), else 503 with Retry-After: an acknowledged event survives
+    # a master's crash (docs/scaling.md). Keep the timeout below REDIS_TIMEOUT_MS.
+    wait_replicas: int = _setting("REDIS_WAIT_REPLICAS", 0)
+    wait_timeout_ms: int = _setting("REDIS_WAIT_TIMEOUT_MS", 50)
 
 
 @dataclass(frozen=True, slots=True)

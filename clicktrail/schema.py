@@ -146,10 +146,12 @@ def applied_versions(client: Client, db: str) -> set[int]:
     return {v for (v,) in client.execute(f"SELECT DISTINCT version FROM {db}.schema_migrations")}
 
 
-def migrate(client: Client, db: str, *, rewrite: Callable[[str], str] | None = None) -> list[Migration]:
+def migrate(client: Client, db: str, *, rewrite: Callable[[str], str] | None = None,
+            until: int | None = None) -> list[Migration]:
     """Apply every migration not yet applied, in order; return those applied now.
 
-    ``rewrite`` changes each statement before it is sent (a cluster's replicated engines).
+    ``rewrite`` changes each statement before it is sent (a cluster's replicated engines);
+    ``until`` stops after that version (a cluster's replicas take each migration in turn).
     """
     features = server_features(client)
     if is_cluster_database(client, db):
@@ -158,7 +160,7 @@ def migrate(client: Client, db: str, *, rewrite: Callable[[str], str] | None = N
     done = applied_versions(client, db)
     applied = []
     for migration in MIGRATIONS:
-        if migration.version in done:
+        if migration.version in done or (until is not None and migration.version > until):
             continue
         for statement in migration.statements(db, features):
             statement = rewrite(statement) if rewrite else statement

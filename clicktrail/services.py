@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from clicktrail.cluster import REQUIRED_SETTINGS
+from clicktrail.cluster import REPLICATED_SETTINGS, REQUIRED_SETTINGS
 from clicktrail.errors import ServiceError
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1", ""}
@@ -51,6 +51,22 @@ def _binary(name: str, package: str) -> str:
     raise ServiceError(f"{name} is not installed; install Debian's {package} package (make up does it)")
 
 
+def is_alive(pid: int) -> bool:
+    """True while process ``pid`` runs. A zombie is dead: a daemon's parent is the machine's init,
+    which (in a container especially) may reap it only later."""
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True  # no /proc (not Linux): the signal said it exists
+
+
 @dataclass
 class Server:
     """A server we started: where it listens and how to stop it."""
@@ -80,9 +96,7 @@ class Server:
             return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if not is_alive(pid):
                 return
             time.sleep(0.1)
         os.kill(pid, signal.SIGKILL)
@@ -153,24 +167,63 @@ _CLICKHOUSE_CONFIG = """<?xml version="1.0"?>
 
 @dataclass(frozen=True)
 class ClusterLayout:
-    """A ClickHouse cluster of one-replica shards on this machine: a name and each shard's TCP port."""
+    """A ClickHouse cluster on this machine: a name and each node's TCP port.
+
+    The ports are taken ``replicas`` at a time, one shard each: ``(a, b, c, d)`` with two replicas
+    is shard 1 on a and b, shard 2 on c and d. With ``zookeeper`` (the port of a ZooKeeper on
+    this machine, see ensure_zookeeper) every node gets the ZooKeeper and its own ``{shard}`` and
+    ``{replica}`` macros, so ``migrate --cluster`` makes the tables replicated.
+    """
 
     name: str
     ports: tuple[int, ...]
     #: What every node's default profile sets: what clicktrail.cluster requires (tests leave it out).
     settings: tuple[tuple[str, str], ...] = tuple(REQUIRED_SETTINGS.items())
+    replicas: int = 1
+    zookeeper: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.replicas < 1 or len(self.ports) % self.replicas:
+            raise ServiceError(f"{len(self.ports)} ports cannot make shards of {self.replicas} replicas")
+        if self.replicas > 1 and self.zookeeper is None:
+            raise ServiceError("replicas need a ZooKeeper: without one every replica would be a table of its own")
+
+    def shards(self) -> list[tuple[int, ...]]:
+        return [self.ports[i:i + self.replicas] for i in range(0, len(self.ports), self.replicas)]
 
     def profile(self) -> str:
-        return "".join(f"<{name}>{value}</{name}>" for name, value in self.settings)
+        settings = dict(self.settings)
+        if self.zookeeper is not None and self.settings:
+            settings.update(REPLICATED_SETTINGS)
+        return "".join(f"<{name}>{value}</{name}>" for name, value in settings.items())
 
     def remote_servers(self) -> str:
-        shards = "".join(f"<shard><replica><host>127.0.0.1</host><port>{port}</port></replica></shard>"
-                         for port in self.ports)
+        # With replicated tables a Distributed insert writes one replica and ZooKeeper copies it to
+        # the others (internal_replication); without, it would write every replica itself.
+        internal = "<internal_replication>true</internal_replication>" if self.zookeeper is not None else ""
+        shards = "".join(
+            f"<shard>{internal}"
+            + "".join(f"<replica><host>127.0.0.1</host><port>{port}</port></replica>" for port in shard)
+            + "</shard>" for shard in self.shards())
         return f"  <remote_servers><{self.name}>{shards}</{self.name}></remote_servers>\n"
+
+    def node_config(self, port: int, interserver_port: int) -> str:
+        """The cluster's part of the config of the node on ``port``."""
+        extra = self.remote_servers()
+        if self.zookeeper is None:
+            return extra
+        shard = next(n for n, ports in enumerate(self.shards(), 1) if port in ports)
+        return extra + (
+            f"  <zookeeper><node><host>127.0.0.1</host><port>{self.zookeeper}</port></node>"
+            "<session_timeout_ms>10000</session_timeout_ms></zookeeper>\n"
+            f"  <macros><shard>{shard}</shard><replica>127.0.0.1-{port}</replica></macros>\n"
+            # Replicas fetch parts from each other over this port; each node needs its own.
+            f"  <interserver_http_host>127.0.0.1</interserver_http_host>\n"
+            f"  <interserver_http_port>{interserver_port}</interserver_http_port>\n")
 
 
 def ensure_clickhouse(url: str, data_dir: Path, *, http_port: int | None = None,
-                      cluster: ClusterLayout | None = None) -> Server:
+                      cluster: ClusterLayout | None = None, interserver_port: int | None = None) -> Server:
     """Use the ClickHouse at ``url``, or start one there with the project's own config and data folder.
 
     With ``cluster``, the server started knows that cluster (``remote_servers``) and has the
@@ -185,8 +238,11 @@ def ensure_clickhouse(url: str, data_dir: Path, *, http_port: int | None = None,
         raise ServiceError(f"no ClickHouse listening at {host}:{port}, and clicktrail only starts local ones")
     for sub in ("data", "tmp", "log", "user_files", "format_schemas"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
+    _forget_stale_pid(server)
     config = folder / "config.xml"
-    profile, extra = (cluster.profile(), cluster.remote_servers()) if cluster else ("", "")
+    profile, extra = "", ""
+    if cluster:
+        profile, extra = cluster.profile(), cluster.node_config(port, interserver_port or free_port())
     config.write_text(_CLICKHOUSE_CONFIG.format(folder=folder, tcp_port=port, http_port=http_port or free_port(),
                                                 profile=profile, extra=extra))
     subprocess.run(
@@ -197,6 +253,14 @@ def ensure_clickhouse(url: str, data_dir: Path, *, http_port: int | None = None,
     _wait(lambda: _clickhouse_answers(host, port), f"ClickHouse on port {port}", 60)
     server.started = True
     return server
+
+
+def _forget_stale_pid(server: Server) -> None:
+    """Remove the pid file a killed server left (crash, SIGKILL, power): ClickHouse 18.16 refuses
+    to start as a daemon while its pid file exists, whatever process it names."""
+    pid = server.pid()
+    if pid is not None and not is_alive(pid):
+        server.pid_file.unlink(missing_ok=True)
 
 
 def _clickhouse_answers(host: str, port: int) -> bool:
@@ -212,10 +276,73 @@ def _clickhouse_answers(host: str, port: int) -> bool:
 
 
 def ensure_clickhouse_cluster(layout: ClusterLayout, data_dir: Path, *, any_http_port: bool = False) -> list[Server]:
-    """Start (or use) one ClickHouse per shard of ``layout`` on this machine, each knowing the cluster.
+    """Start (or use) one ClickHouse per node of ``layout`` on this machine, each knowing the cluster,
+    after the layout's ZooKeeper if it has one (last in the list returned).
 
-    Each one's HTTP port is its TCP port + 1, or any free port with ``any_http_port``.
+    Each one's HTTP port is its TCP port + 1 and its interserver port (replicas) TCP port + 2,
+    or any free ports with ``any_http_port``.
     """
+    keeper = []
+    if layout.zookeeper is not None:
+        keeper = [ensure_zookeeper(layout.zookeeper, data_dir / layout.name)]
     return [ensure_clickhouse(f"clickhouse://127.0.0.1:{port}/default", data_dir / layout.name,
-                              http_port=free_port() if any_http_port else port + 1, cluster=layout)
-            for port in layout.ports]
+                              http_port=free_port() if any_http_port else port + 1, cluster=layout,
+                              interserver_port=free_port() if any_http_port else port + 2)
+            for port in layout.ports] + keeper
+
+
+_ZOOKEEPER_CONFIG = """# Written by clicktrail (clicktrail/services.py); a standalone ZooKeeper for replicated tables.
+tickTime=500
+initLimit=10
+syncLimit=5
+dataDir={folder}/data
+clientPort={port}
+clientPortAddress=127.0.0.1
+# The admin web server would take port 8080; the four-letter "ruok" is how we see it is up.
+admin.enableServer=false
+4lw.commands.whitelist=ruok,srvr,mntr
+autopurge.snapRetainCount=3
+autopurge.purgeInterval=1
+"""
+ZOOKEEPER_JAR = Path("/usr/share/java/zookeeper.jar")
+
+
+def ensure_zookeeper(port: int, data_dir: Path) -> Server:
+    """Use the ZooKeeper on ``port``, or start a standalone one with our own config and data folder
+    (Debian's ``zookeeper`` package: its jar, never its /etc/zookeeper service)."""
+    folder = (data_dir / f"zookeeper-{port}").resolve()
+    server = Server("zookeeper", "127.0.0.1", port, folder / "zookeeper.pid", started=False)
+    if is_listening("127.0.0.1", port):
+        return server
+    if not ZOOKEEPER_JAR.exists():
+        raise ServiceError("ZooKeeper is not installed; install Debian's zookeeper package (scripts/bootstrap --test)")
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    config = folder / "zoo.cfg"
+    config.write_text(_ZOOKEEPER_CONFIG.format(folder=folder, port=port))
+    with open(folder / "zookeeper.log", "ab") as log:
+        # A session of its own, so it outlives the command that started it, like a daemon.
+        proc = subprocess.Popen(
+            [_binary("java", "default-jre-headless"), "-Xmx256m", "-XX:+UseSerialGC", "-Dorg.slf4j.simpleLogger.defaultLogLevel=info",
+             f"-Dzookeeper.log.dir={folder}", "-cp", _zookeeper_classpath(),
+             "org.apache.zookeeper.server.ZooKeeperServerMain", str(config)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=folder, start_new_session=True)
+    server.pid_file.write_text(f"{proc.pid}\n")
+    _wait(lambda: _zookeeper_answers(port), f"ZooKeeper on port {port}", 60)
+    server.started = True
+    return server
+
+
+def _zookeeper_classpath() -> str:
+    # Debian's jar has no logger bound: add a simple one (to stderr, so zookeeper.log) when present.
+    simple = [Path("/usr/share/java/maven3-slf4j-provider.jar"), Path("/usr/share/java/maven-shared-utils.jar")]
+    return ":".join([str(ZOOKEEPER_JAR), *(str(jar) for jar in simple if jar.exists())] if all(
+        jar.exists() for jar in simple) else [str(ZOOKEEPER_JAR)])
+
+
+def _zookeeper_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+            conn.sendall(b"ruok")
+            return conn.recv(4) == b"imok"
+    except OSError:
+        return False

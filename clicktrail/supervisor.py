@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from clicktrail import clickhouse, config, proxy, redis_client, schema, services
 from clicktrail.backoff import Backoff
+from clicktrail.errors import ConfigError
 from clicktrail.lifecycle import StopFlag, retry_until_stopped
 
 log = logging.getLogger("clicktrail.up")
@@ -194,7 +195,7 @@ def _answers(url: str) -> bool:
         return False
 
 
-def children(*, front: proxy.FrontEnd, bind: str, sinks: int) -> list[Child]:
+def children(*, front: proxy.FrontEnd, bind: str, sinks: int, attributors: int = 1) -> list[Child]:
     """What ``up`` runs, in stop order; one line per part."""
     return [
         # nginx on the public --bind and --api-bind buffers every request; the collector and the
@@ -203,7 +204,8 @@ def children(*, front: proxy.FrontEnd, bind: str, sinks: int) -> list[Child]:
         Child("collector", ["collector", "--bind", front.collector_bind], env=front.collector_env,
               health_url=f"http://{front.collector_bind}/healthz"),
         *(Child(f"sink-{i + 1}", ["sink"]) for i in range(sinks)),
-        Child("attributor", ["attributor"]),
+        *(Child("attributor" if attributors == 1 else f"attributor-{i + 1}", ["attributor"])
+          for i in range(attributors)),
         Child("scheduler", ["scheduler"]),
         # On one machine, reports and pollers must never slow collection: the API yields the CPU.
         Child("api", ["api", "--bind", front.api_bind, "--nice", "5"], health_url=f"http://{front.api_bind}/healthz"),
@@ -261,9 +263,26 @@ def command_name() -> str:
     return own if relative.startswith("..") else relative  # a path with a slash runs as written
 
 
-def up(settings: config.Settings, *, bind: str, api_bind: str, sinks: int, start_services: bool) -> None:
+def check_attributors(settings: config.Settings, attributors: int) -> None:
+    """Refuse more attributors than partitions: the extra ones could only stand by.
+
+    ``up`` does not choose the count itself: every process must agree on it, and lowering it
+    later means draining partitions first (docs/scaling.md), so it is the user's setting.
+    """
+    partitions = settings.attributor.partitions
+    if attributors > partitions:
+        raise ConfigError(
+            f"--attributors {attributors} needs {config.ENV_PREFIX}ATTRIBUTION_PARTITIONS of at least {attributors} "
+            f"(it is {partitions}): each partition has one attributor at a time. Set it for every process "
+            f"(e.g. {config.ENV_PREFIX}ATTRIBUTION_PARTITIONS={max(16, attributors)}, room to add attributors "
+            "later; changing it means a drain, see docs/scaling.md)")
+
+
+def up(settings: config.Settings, *, bind: str, api_bind: str, sinks: int, start_services: bool,
+       attributors: int = 1) -> None:
+    check_attributors(settings, attributors)
     front = proxy.front_end(settings, bind, api_bind)
-    supervisor = Supervisor(children(front=front, bind=bind, sinks=sinks))
+    supervisor = Supervisor(children(front=front, bind=bind, sinks=sinks, attributors=attributors))
     supervisor.install_signals()  # first, so a Ctrl-C while waiting for a server stops at once
     if not _prepare(settings, start_services, supervisor.stop_flag):
         sys.exit(0)
@@ -276,7 +295,11 @@ def up(settings: config.Settings, *, bind: str, api_bind: str, sinks: int, start
     print(f"{'proxy':<11} nginx on {bind} in front of the collector at {front.collector_bind}, "
           f"and on {api_bind} in front of the API at {front.api_bind}", flush=True)
     print(f"{'sinks':<11} {sinks} reading the Redis stream into ClickHouse", flush=True)
-    print(f"{'attributor':<11} attributing new conversions", flush=True)
+    if attributors == 1:
+        print(f"{'attributor':<11} attributing new conversions", flush=True)
+    else:
+        print(f"{'attributors':<11} {attributors} sharing {settings.attributor.partitions} partitions "
+              f"(attributor-1 to attributor-{attributors})", flush=True)
     print(f"{'scheduler':<11} delivering scheduled reports", flush=True)
     print(f"Ready. Register a pixel: {cli} pixel create --advertiser ADV --domain shop.example.com", flush=True)
     print("Press Ctrl-C to stop.", flush=True)

@@ -32,7 +32,8 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     svc = app.extensions["clicktrail"] = Services(
         settings=settings,
         buffer=EventBuffer(client, settings.stream.max_len, settings.limits.retry_after_s, settings.stream.shards,
-                           open_locator(settings.geo.database), settings.privacy),
+                           open_locator(settings.geo.database), settings.privacy,
+                           wait_replicas=settings.redis.wait_replicas, wait_timeout_ms=settings.redis.wait_timeout_ms),
         redis=client,
         stream_metrics=StreamCollector(client, keys.event_streams(settings.stream.shards), keys.SINK_GROUP,
                                        keys.DEAD_LETTER_STREAM),

@@ -10,6 +10,10 @@ stream, in order, while a busy pixel's browsers spread over all of them. On a Re
 registry lives in one hash slot and each shard in its own, and a Lua call may touch one slot
 only: there the same script checks the request in the registry's slot (with no events to add),
 then ``append_stream.lua`` adds the entry in the shard's slot: two calls (docs/scaling.md).
+
+With ``wait_replicas`` (``CLICKTRAIL_REDIS_WAIT_REPLICAS``), the entry's master is then asked
+``WAIT`` on the connection that wrote it: the request is acknowledged only once that many
+replicas hold the entry, so a master that crashes afterwards loses nothing acknowledged.
 """
 
 from __future__ import annotations
@@ -47,8 +51,12 @@ class EventBuffer:
     """The collector's handle on the stream."""
 
     def __init__(self, client: redis.Redis, max_len: int, retry_after_s: int, shards: int = 1,
-                 locate: Locator = no_locator, privacy: PrivacySettings = PrivacySettings()) -> None:
+                 locate: Locator = no_locator, privacy: PrivacySettings = PrivacySettings(), *,
+                 wait_replicas: int = 0, wait_timeout_ms: int = 50) -> None:
         self._client = client
+        self._wait_replicas = wait_replicas
+        self._wait_timeout_ms = wait_timeout_ms
+        self._wait = command(b"WAIT", str(wait_replicas).encode(), str(wait_timeout_ms).encode())
         self._locate = locate
         self._privacy = privacy
         self._local = threading.local()
@@ -123,6 +131,8 @@ class EventBuffer:
             ) from exc
         status = result[0].decode()
         if status == "ok":
+            if records and self._wait_replicas and len(result) > 3 and result[3] < self._wait_replicas:
+                raise self._unconfirmed(result[3])
             return Appended(result[1].decode(), result[2].decode())
         if status in _SOURCE_ERRORS:
             raise _SOURCE_ERRORS[status](pixel_id, result[1].decode(), event_sources, id_field)
@@ -165,6 +175,13 @@ class EventBuffer:
         if self._route:
             status = self._route.call(stream, _packed(self._stream_heads[shard], 1, entry),
                                       _loader(_APPEND_STREAM_LUA))
+            if status[0] == b"ok" and self._wait_replicas:
+                # The same socket as the write (a thread's line per node): WAIT counts its writes.
+                return [*result[:3], self._route.call(stream, self._wait, _loader(_APPEND_STREAM_LUA))]
+        elif self._wait_replicas:
+            status, acked = self._with_wait(self._client.get_node_from_key(stream).redis_connection,
+                                            self._stream_script, [stream], entry)
+            return [*result[:3], acked] if status[0] == b"ok" else status
         else:
             status = self._stream_script(keys=[stream], args=entry)
         return result if status[0] == b"ok" else status
@@ -178,11 +195,27 @@ class EventBuffer:
         line = self._line()
         packed = _packed(self._heads[shard], 5, args)  # the stream and the four _registry_keys
         try:
-            return self._send(line, packed)
+            result = self._send(line, packed)
         except redis.ConnectionError:  # (a timeout is not one: it fails at once, the line closed)
             # A connection kept across a Redis restart fails on first use; one fresh attempt tells
             # a stale socket from a Redis that is really down (refused at once, so still fast).
-            return self._send(line, packed)
+            result = self._send(line, packed)
+        if self._wait_replicas and result[0] == b"ok" and args[5]:
+            # On the line that wrote: WAIT counts the replicas that have this connection's writes.
+            return [*result[:3], line.call(self._wait)]
+        return result
+
+    def _with_wait(self, client: redis.Redis, script, script_keys: list, args: list) -> tuple[list, int]:
+        """``script`` then WAIT in one pipeline: one connection, so WAIT counts the script's writes."""
+        pipe = client.pipeline(transaction=False)
+        script(keys=script_keys, args=args, client=pipe)
+        pipe.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
+        status, acked = pipe.execute()
+        return status, acked
+
+    def _unconfirmed(self, acked: int) -> BufferUnavailable:
+        return BufferUnavailable(f"the event buffer's replicas did not confirm the events in time "
+                                 f"({acked} of {self._wait_replicas}); retry later", code="buffer_unavailable")
 
     def _send(self, line: SocketLine | ConnectionLine, packed: bytes) -> list:
         try:
@@ -202,6 +235,8 @@ class EventBuffer:
         before_queue([record], self._privacy)
         args = [advertiser_id, landing_host, self._max_len, 1, encode_records([record]), cache_value, cache_ttl_s]
         stream = self.streams[self.shard_of(advertiser_id, [{"ttp": record.get("touch_id")}])]
+        # Not waited for (CLICKTRAIL_REDIS_WAIT_REPLICAS): a visitor's browser never retries a
+        # redirect, so an unconfirmed click could only lose its click id from the landing URL.
         try:
             if self._cluster:
                 status = self._cluster_click(stream, args, cache_key)

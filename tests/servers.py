@@ -123,18 +123,48 @@ class PrivateClickHouse:
 
 
 class PrivateClickHouseCluster:
-    """Two ClickHouse servers of the test's own, the two shards of cluster ``name`` (docs/scaling.md)."""
+    """ClickHouse servers of the test's own, the nodes of cluster ``name`` (docs/scaling.md): ``shards``
+    shards of ``replicas`` replicas; replicas come with a ZooKeeper of the test's own."""
 
-    def __init__(self, name: str = "ct_test", shards: int = 2, **layout) -> None:
+    def __init__(self, name: str = "ct_test", shards: int = 2, replicas: int = 1, **layout) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="ct-chcluster-"))
-        self.layout = services.ClusterLayout(name, tuple(services.free_port() for _ in range(shards)), **layout)
+        if replicas > 1:
+            layout.setdefault("zookeeper", services.free_port())
+        self.layout = services.ClusterLayout(name, tuple(services.free_port() for _ in range(shards * replicas)),
+                                             replicas=replicas, **layout)
         self.base_url = f"clickhouse://127.0.0.1:{self.layout.ports[0]}/default"
-        self.servers: list[services.Server] = []
+        # Fixed per node, so a node started again is the same replica at the same addresses.
+        self.aside = {port: (services.free_port(), services.free_port()) for port in self.layout.ports}
+        self.servers: dict[int, services.Server] = {}
+        self.zookeeper: services.Server | None = None
 
     def start(self) -> None:
-        self.servers = services.ensure_clickhouse_cluster(self.layout, self.folder, any_http_port=True)
+        if self.layout.zookeeper is not None:
+            self.zookeeper = services.ensure_zookeeper(self.layout.zookeeper, self.folder)
+        for port in self.layout.ports:
+            self.start_node(port)
+
+    def start_node(self, port: int) -> None:
+        http_port, interserver_port = self.aside[port]
+        self.servers[port] = services.ensure_clickhouse(f"clickhouse://127.0.0.1:{port}/default", self.folder,
+                                                        http_port=http_port, cluster=self.layout,
+                                                        interserver_port=interserver_port)
+
+    def kill_node(self, port: int) -> None:
+        """SIGKILL the node on ``port``: no flush, no goodbye to ZooKeeper."""
+        pid = self.servers[port].pid()
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while services.is_listening("127.0.0.1", port) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def cleanup(self) -> None:
-        for server in self.servers:
-            server.stop(timeout=30)
+        from concurrent.futures import ThreadPoolExecutor
+
+        # A replicated node can take half a minute to shut down cleanly; its data is thrown away.
+        with ThreadPoolExecutor(len(self.servers) or 1) as pool:
+            list(pool.map(lambda server: server.stop(timeout=0 if self.layout.zookeeper else 30),
+                          self.servers.values()))
+        if self.zookeeper is not None:
+            self.zookeeper.stop()
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -230,7 +230,8 @@ def test_an_unknown_cluster_is_named(ch_cluster):
 
 def test_with_zookeeper_a_migration_table_becomes_replicated():
     """Where the node has a ZooKeeper, each MergeTree table gets its replica path and the {replica}
-    macro before its own engine arguments (no ZooKeeper on this machine: the DDL is what is checked)."""
+    macro before its own engine arguments (the DDL as text; run on a real ZooKeeper in
+    tests/test_clickhouse_replicas.py)."""
     statements = schema.MIGRATIONS[0].statements("ct_local", server_features_of_1816())
     created = cluster._replicated(statements[0])
     assert "ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/ct_local/events', '{replica}', " \

@@ -12,6 +12,8 @@ inspecting it would see them.
 from __future__ import annotations
 
 import http.client
+import os
+import signal
 import shutil
 import subprocess
 import sys
@@ -369,3 +371,32 @@ def test_the_shard_count_is_checked_and_sinks_take_only_existing_shards(settings
                           env=env_for(settings, STREAM_SHARDS=4), capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "shard numbers go from 0 to 3 (CLICKTRAIL_STREAM_SHARDS=4)" in done.stderr
+
+
+def test_with_wait_a_master_killed_after_a_burst_loses_no_acknowledged_event(
+        spawn, settings, on_cluster, cluster, cr, ch, ch_database):
+    """CLICKTRAIL_REDIS_WAIT_REPLICAS=1: a 200 means the shard's replica holds the events, so a
+    master SIGKILLed (no time to hand anything over) loses none of them in the failover."""
+    waiting = {**on_cluster, "REDIS_WAIT_REPLICAS": 1, "REDIS_WAIT_TIMEOUT_MS": 500}
+    pixel_id = cli(settings, "pixel", "create", "--advertiser", "adv-wait", "--domain", "shop.example", **waiting)
+    load = Load(spawn.collector(**waiting), pixel_id)
+    load.start()
+    wait_for("a burst accepted", lambda: len(load.accepted) >= 300)
+    port = master_of(cr, STREAMS[1])
+    os.kill(cluster.server(port).pid(), signal.SIGKILL)
+    try:
+        before = len(load.accepted)
+        promoted = wait_for("a replica promoted", lambda: _promoted(cluster, port, STREAMS[1]))
+        wait_for("events accepted after the failover", lambda: len(load.accepted) >= before + 300)
+        load.stop()
+        assert promoted != port
+        spawn.sink(**waiting)
+        # Stored may hold more: events written whose WAIT timed out in the crash were answered
+        # 503 (the client retries them), never acknowledged.
+        wait_for("every acknowledged event stored",
+                 lambda: load.accepted <= stored_ids(ch, ch_database, "adv-wait"))
+        assert load.refused > 0  # the crash was felt: some requests were refused, none lost
+    finally:
+        load.stop()
+        cluster.start_node(port)
+

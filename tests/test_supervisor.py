@@ -6,9 +6,12 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
+import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from contextlib import contextmanager
 
 from clicktrail.supervisor import Child, Supervisor
@@ -102,3 +105,63 @@ def test_a_child_that_cannot_even_be_started_is_retried_and_the_others_run(caplo
     failures = [r.getMessage() for r in caplog.records if r.getMessage().startswith("missing could not be started")]
     assert len(failures) >= 2, failures
     assert steady.poll() is not None
+
+
+def test_up_runs_n_attributors_that_share_the_partitions_and_restarts_a_killed_one(settings, r, ch_database):
+    """`clicktrail up --attributors 2`: two real attributor processes hold the partitions between them
+    (attribution/partitions.py); one SIGKILLed is restarted by the supervisor and takes its share again."""
+    from clicktrail import keys, services
+    from tests.conftest import ROOT
+    from tests.servers import env_for
+
+    port, api_port = services.free_port(), services.free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "clicktrail.cli", "up", "--bind", f"127.0.0.1:{port}",
+                             "--api-bind", f"127.0.0.1:{api_port}", "--attributors", "2"], cwd=ROOT,
+                            env=env_for(settings, ATTRIBUTION_PARTITIONS=4), stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+
+    def holders() -> dict[int, str]:
+        return {n: (r.get(keys.attributor_lease(n)) or b"").decode() for n in range(4)}
+
+    def attributor_pids() -> set[int]:
+        return {int(name.decode().rsplit("-", 1)[1]) for name in r.hkeys(keys.ATTRIBUTORS)}
+
+    def wait(what: str, check, seconds: float = 60):
+        deadline = time.monotonic() + seconds
+        while not check():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.1)
+
+    try:
+        lines = []
+        while not lines or not (lines[-1].startswith("Press Ctrl-C") or not lines[-1]):
+            lines.append(proc.stdout.readline())
+        assert "attributors 2 sharing 4 partitions (attributor-1 to attributor-2)\n" in lines
+        wait("two attributors holding two partitions each",
+             lambda: len(attributor_pids()) == 2 and sorted(Counter(holders().values()).values()) == [2, 2])
+        first = attributor_pids()
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        # Restarted (a new process); once the dead one's entry lapses, the live two share again.
+        wait("the killed attributor restarted", lambda: len(attributor_pids() - first) == 1)
+        wait("the partitions shared by the live two again",
+             lambda: victim not in attributor_pids() and len(attributor_pids()) == 2
+             and set(holders().values()) == {n.decode() for n in r.hkeys(keys.ATTRIBUTORS)}
+             and sorted(Counter(holders().values()).values()) == [2, 2])
+        assert victim not in attributor_pids()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 0
+    assert "stopped attributor-1" in rest and "stopped attributor-2" in rest
+
+
+def test_up_refuses_more_attributors_than_partitions(settings):
+    from tests.conftest import ROOT
+    from tests.servers import env_for
+
+    done = subprocess.run([sys.executable, "-m", "clicktrail.cli", "up", "--attributors", "3", "--no-services"],
+                          cwd=ROOT, env=env_for(settings, ATTRIBUTION_PARTITIONS=2), capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2
+    assert "--attributors 3 needs CLICKTRAIL_ATTRIBUTION_PARTITIONS of at least 3 (it is 2)" in done.stderr
