@@ -18,7 +18,8 @@ them into a new database. Printed: CPU seconds (user+system) of the collector's
 processes per request, of the Redis servers per request (all nodes summed, cluster-bus chatter
 included) and of the one holding the registry, of the sink per event (its start-up included), of
 Redis while the sink drains, per event, and of the ClickHouse servers (all of them) while it drains,
-per event (the servers are the bench's own, so that is their work: inserts, merges, every view).
+per event, less what they spent per second while idle just before (the servers are the bench's
+own, so that is their work: inserts, every view, the merges that happen meanwhile).
 
 The load generator runs on the same machine, so requests/s here say little; CPU per request is the
 figure to read (docs/scaling.md).
@@ -117,6 +118,11 @@ def measure(name: str, url: str, shards: int, redis_pids: list[int], registry_pi
         collector_cpu, redis_cpu = cpu([collector.pid], "tree") - collector_before, cpu(redis_pids) - redis_before
         registry_cpu = cpu([registry_pid]) - registry_before
         queued = inspect()
+        # The ClickHouse servers' own background work (merges, system logs) while idle, as a rate
+        # to take out of what they spend while the sink drains.
+        ch_idle_before, idle_started = cpu([s.pid() for s in ch_servers]), time.perf_counter()
+        time.sleep(3)
+        ch_idle_rate = (cpu([s.pid() for s in ch_servers]) - ch_idle_before) / (time.perf_counter() - idle_started)
         sink = subprocess.Popen([sys.executable, "-m", "clicktrail.cli", "sink", "--log-level", "WARNING"], env=env,
                                 cwd=CODE, start_new_session=True)
         redis_before, ch_before = cpu(redis_pids), cpu([s.pid() for s in ch_servers])
@@ -125,7 +131,7 @@ def measure(name: str, url: str, shards: int, redis_pids: list[int], registry_pi
             time.sleep(0.05)
         drain_s = time.perf_counter() - started
         sink_cpu, redis_sink_cpu = cpu([sink.pid], "tree"), cpu(redis_pids) - redis_before
-        ch_cpu = cpu([s.pid() for s in ch_servers]) - ch_before
+        ch_cpu = max(0.0, cpu([s.pid() for s in ch_servers]) - ch_before - ch_idle_rate * drain_s)
         sink.terminate()
         sink.wait(30)
         stored = ch.execute(f"SELECT count() FROM {db}.events")[0][0]
