@@ -514,9 +514,12 @@ class Attributor:
             for n, chunk in enumerate(chunks):
                 loaded = loading.result()
                 loading = self._loading.submit(self._load, chunks[n + 1]) if n + 1 < len(chunks) else None
-                if n:
+                if n or self.owned:
                     # A long tick renews the lease as it goes: a standby must never take over, and
-                    # restate the same conversions, while this one is still writing.
+                    # restate the same conversions, while this one is still writing. A leading
+                    # attributor checks before its first chunk too: it renews its leases once per
+                    # turn over all its partitions, so by the time it writes one partition the
+                    # turn may have outlasted that lease and another attributor taken it over.
                     if not self._hold_lease():
                         raise LeaseLost(f"attributor {self.name} lost the lease during a tick")
                     now_ms = self._stamp()

@@ -80,6 +80,11 @@ def test_killed_between_its_two_inserts_the_rerun_completes_the_revision(world, 
     spawn.start("attributor", "--log-level", "WARNING")  # reclaims the dead one's notices
     assert wait_idle(r)
     assert stored(ch, ch_database) == expected(world.attributor, keys)
+    # The dead one's candidates and the rerun's are one revision: an explanation lists each touchpoint once.
+    for _, _, _, event_id in keys:
+        answer = world.api.get(f"/v1/conversions/{event_id}/attribution", headers=world.auth)
+        touches = [t["touch_id"] for c in answer.json["conversions"] for t in c["touchpoints"]]
+        assert touches and len(touches) == len(set(touches)), (event_id, touches)
 
 
 def test_sigkill_at_random_points_changes_nothing(world, spawn, r, ch, ch_database):
@@ -147,3 +152,20 @@ def test_a_tick_that_loses_its_lease_stops_unacknowledged_and_the_next_holder_fi
     revisions = ch.execute(f"SELECT event_id, max(revision), sum(sign) FROM {ch_database}.credits "
                            f"WHERE event_id LIKE 'c%' AND model = 'last_click' GROUP BY event_id ORDER BY event_id")
     assert [tuple(row) for row in revisions] == [(f"c{i}", 1, 1) for i in range(5)]  # each once, never restated
+
+
+def test_a_leading_attributor_whose_turn_outlasted_its_lease_writes_nothing(world, r, ch, ch_database):
+    """A leading attributor renews its leases once per turn over its partitions; before writing a
+    partition's first chunk it checks that lease again, so a turn that outlasted it (and let another
+    attributor take the partition) writes nothing there."""
+    from clicktrail import keys
+    from clicktrail.errors import LeaseLost
+
+    world.unattributed_conversions(3, chunk=10)  # one chunk
+    attributor = world.attributor
+    attributor.owned = {0}  # it held partition 0 when its turn began...
+    r.set(keys.ATTRIBUTOR_LEASE, "another")  # ...and the turn outlasted the lease
+    with pytest.raises(LeaseLost):
+        attributor.tick(block_ms=10, partitions={0})
+    assert ch.execute(f"SELECT count() FROM {ch_database}.credits WHERE event_id LIKE 'c%'")[0][0] == 0
+    assert r.xpending(keys.ATTRIBUTION_STREAM, keys.ATTRIBUTOR_GROUP)["pending"] > 0  # left for the holder
