@@ -173,9 +173,13 @@ def test_bot_traffic_is_left_out_until_included_and_the_choice_survives_a_reload
     assert page.locator("#bots-note").is_hidden()
     assert urlsplit(page.url).fragment == ""
 
-    # Signing out puts the filter back to its default.
-    page.get_by_role("checkbox", name="Include bot traffic").check()
+    # A link to #bots=include opened in the signed-in tab (no reload) includes them again.
+    page.evaluate("window.location.hash = 'bots=include'")
     wait_bots(page, "included")
+    assert page.get_by_role("checkbox", name="Include bot traffic").is_checked()
+    assert totals_row(page) == WITH_BOTS_TOTAL
+
+    # Signing out puts the filter back to its default.
     page.click("#sign-out")
     sign_in(page, api_base, bot_shop.reports)
     wait_bots(page, "excluded")
@@ -199,6 +203,7 @@ def test_conversions_by_country_sort_like_the_other_tables_and_fit_a_phone(bot_s
     # Most conversions first (ties by name), the sorted heading marked for screen readers.
     assert country_rows(page) == PEOPLE_COUNTRIES
     assert country_total(page) == ["Total", "4", "95.00", "100.00%"]
+    assert page.inner_text("#countries-status").startswith("2 countries and conversions of no known country, ")
     assert table.locator("thead th[aria-sort]").evaluate_all(
         "ths => ths.map((th) => [th.dataset.key, th.getAttribute('aria-sort')])") == [["conversions", "descending"]]
 

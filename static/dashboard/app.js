@@ -850,9 +850,10 @@
       table.dataset.state = 'ready';
       table.dataset.bots = q.include_bots ? 'included' : 'excluded';
       table.dataset.range = q.start + '_' + q.end;
-      $('countries-status').textContent = (state.countries.length === 1 ? '1 country' : state.countries.length +
-        ' countries') + ', ' + q.start + ' to ' + q.end + ', ' + q.events +
-        (q.include_bots ? ', bot traffic included.' : '.');
+      const known = state.countries.filter((c) => c.country).length;
+      const unknown = state.countries.length > known ? ' and conversions of no known country' : '';
+      $('countries-status').textContent = (known === 1 ? '1 country' : known + ' countries') + unknown + ', ' +
+        q.start + ' to ' + q.end + ', ' + q.events + (q.include_bots ? ', bot traffic included.' : '.');
     } catch (err) {
       if (seq !== state.countrySeq) return;
       table.dataset.state = 'error';
@@ -1240,7 +1241,6 @@
   const RUN_LABELS = {delivered: 'delivered', retrying: 'failed, retrying', failed: 'failed, given up',
     pending: 'in progress'};
 
-
   /** The schedules section's content (read only). */
   function schedulesContent(body) {
     const list = Array.isArray(body.schedules) ? body.schedules : [];
@@ -1369,8 +1369,9 @@
 
   // ---- live sections: alert rules and scheduled reports are read again while the page is in view ---
   //
-  // One timer per section, started when a read ends (so reads never overlap or stack up), none while
-  // the tab is hidden, all dropped on sign-out. A read shows nothing until its answer is in: the old
+  // One timer per section, set again whenever a read ends (so timers never stack up, however often
+  // "Refresh" is pressed; the newest read's answer wins), none while the tab is hidden, all dropped on
+  // sign-out. A read shows nothing until its answer is in: the old
   // table stays meanwhile, and is left untouched when nothing changed (no flicker, no lost scroll).
 
   const LIVE = {
@@ -1415,6 +1416,7 @@
   function clearLive(name) {
     const host = clear($(name));
     host.dataset.state = 'empty';
+    host.removeAttribute('aria-busy');
     $(name + '-updated').textContent = '';
     $(name + '-news').textContent = '';
   }
@@ -1533,8 +1535,7 @@
     // A link or an edited address with #bots=include (or without it) while signed in.
     window.addEventListener('hashchange', () => {
       if (!state.advertiser || hashState().bots === $('f-bots').checked) return;
-      $('f-bots').checked = hashState().bots; // kept in the URL: a reload or a shared link keeps it
-    showBots($('f-bots').checked);
+      $('f-bots').checked = hashState().bots;
       botsChanged();
     });
     Object.keys(LIVE).forEach((name) => {
