@@ -145,6 +145,10 @@ def test_bot_traffic_is_left_out_until_included_and_the_choice_survives_a_reload
     assert "bot traffic excluded" in page.inner_text("#status")
     assert country_rows(page) == PEOPLE_COUNTRIES
     assert daily_sums(page) == [2, 4, 95]
+    # The bot's order is listed among the recent conversions as a bot's, not as organic.
+    bot_order = page.locator("button.conversion[data-event-id='bot-nl'] .what")
+    assert bot_order.inner_text() == ("CompletePayment, value 50.00 USD \u00b7 a bot's, counted only with "
+                                      "bot traffic included")
 
     # Included: every figure is asked for again with include_bots=true, and the page says so.
     toggle.check()

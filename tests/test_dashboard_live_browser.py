@@ -9,7 +9,7 @@ sign-out. Screenshot: test-artifacts/dashboard-live-rules.png.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -71,7 +71,7 @@ def test_rules_and_schedules_refresh_without_a_reload(settings, r, ch, ch_databa
         schedule = made.get_json()["id"]
         worker = Scheduler(settings, r, clickhouse.connect(settings.clickhouse.url), ch_database, StopFlag(),
                            name="test-scheduler")
-        t0 = datetime.now(timezone.utc)
+        t0 = datetime.now(UTC)
         assert worker.tick(t0) == 1  # the pixel is silent: the rule fires
 
         page.add_init_script(COUNT_READS)
@@ -80,7 +80,7 @@ def test_rules_and_schedules_refresh_without_a_reload(settings, r, ch, ch_databa
         row = page.locator(f"#rules-table tr[data-rule-id='{rule['id']}']")
         row.and_(page.locator("[data-state=firing]")).wait_for(timeout=20_000)
         page.wait_for_selector("#schedules[data-state=ready]", timeout=20_000)
-        page.clock.pause_at(datetime.now(timezone.utc) + timedelta(seconds=2))  # from here, time moves when told
+        page.clock.pause_at(datetime.now(UTC) + timedelta(seconds=2))  # from here, time moves when told
         page.evaluate("window.__sameDocument = true")  # gone if the page were loaded again
         assert reads(page) == (1, 1)
         assert page.locator("#rules-updated").inner_text().startswith("Updated ")

@@ -1030,7 +1030,9 @@
       const rows = (body.rows || []).filter((row) => !q.events || row.event === q.events);
       if (!rows.length) list.append(el('li', {class: 'hint', text: 'No conversions in this range.'}));
       rows.forEach((row) => {
-        const where = row.campaign_id ? 'campaign ' + row.campaign_id + (row.ad_id ? ', ad ' + row.ad_id : '') +
+        // A bot's conversion is credited to nothing here (not organic): reports count it with bot traffic.
+        const where = row.matched_by === 'bot' ? "a bot's, counted only with bot traffic included"
+          : row.campaign_id ? 'campaign ' + row.campaign_id + (row.ad_id ? ', ad ' + row.ad_id : '') +
           (row.touch_kind ? ' (' + row.touch_kind + ')' : '') : 'organic';
         // In the event's own currency when the API names it; unlabelled otherwise (never a guess).
         const value = isNum(row.value) ? ', value ' + amount(row.value, row.currency) : '';
