@@ -728,7 +728,7 @@ def test_a_phone_wide_screen_never_scrolls_sideways_and_tables_scroll_in_their_b
         # The names stay in view while the numbers scroll: the first column is as far left after scrolling.
         name_x = page.evaluate("() => document.querySelector('#breakdown tbody th.name').getBoundingClientRect().x")
         page.screenshot(path=str(ARTIFACTS / "dashboard-390.png"), full_page=True)
-        for section in ("filters", "over-time", "numbers", "recent", "pixels-card"):
+        for section in ("filters", "over-time", "numbers", "countries", "recent", "pixels-card"):
             page.locator(f"#{section}").screenshot(path=str(ARTIFACTS / f"dashboard-390-{section}.png"))
         # Scrolled to its end, the cue moves to the other side.
         page.evaluate("""() => { const wrap = document.querySelector('#breakdown').closest('.table-wrap');

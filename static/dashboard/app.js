@@ -31,6 +31,14 @@
   const SVG = 'http://www.w3.org/2000/svg';
   const DASH = '\u2014';
   const FIRST_DAY = '1970-01-01'; // the API's first day
+  /** The country table's metric columns: only conversions have a country (their event's client IP). */
+  const COUNTRY_COLUMNS = [
+    {key: 'conversions', label: 'Conversions', kind: 'count'},
+    {key: 'conversion_value', label: 'Value', kind: 'money'},
+    {key: 'share', label: 'Share of conversions', kind: 'percent'},
+  ];
+  /** Alert rules and scheduled reports are read again this often while the page is in view. */
+  const LIVE_EVERY_MS = 60000;
 
   const state = {
     token: null,
@@ -44,10 +52,20 @@
     totals: null,
     previous: null, // {start, end, totals} of the period before, or null
     days: [], // {day, metrics} of every day of the range, in date order
-    sort: {breakdown: {key: 'spend', dir: 'descending'}, daily: {key: 'day', dir: 'ascending'}},
+    sort: defaultSort(),
+    countrySeq: 0,
+    countries: [], // {country, name, metrics} of the country table
+    countryTotals: null,
+    // the live sections: each one's timer, when its last read began, its read counter, what it shows
+    live: {timer: {}, at: {}, seq: {rules: 0, schedules: 0}, shown: {rules: null, schedules: null}},
     currency: '',
     unconvertedMetric: true, // false once the server refused the metric
   };
+
+  function defaultSort() {
+    return {breakdown: {key: 'spend', dir: 'descending'}, daily: {key: 'day', dir: 'ascending'},
+      'by-country': {key: 'conversions', dir: 'descending'}};
+  }
 
   // ---- DOM helpers ---------------------------------------------------------------------------------
 
@@ -343,6 +361,10 @@
     state.seq++;
     state.convSeq++;
     state.explainSeq++;
+    state.countrySeq++;
+    stopLive();
+    state.countries = [];
+    state.countryTotals = null;
     state.collapsed.clear();
     state.table = [];
     state.tree = [];
@@ -356,14 +378,18 @@
     $('who').hidden = true;
     $('token').value = '';
     ['chart', 'conversions', 'pixels', 'f-event'].forEach((id) => clear($(id)));
-    clear($('rules'));
-    ['breakdown', 'daily'].forEach((id) => {
+    clearLive('rules');
+    $('f-bots').checked = false; // every filter back to its default, as on a first sign-in
+    setHashState({bots: false});
+    showBots(false);
+    $('countries-status').textContent = '';
+    ['breakdown', 'daily', 'by-country'].forEach((id) => {
       const table = $(id);
       [table.tHead, table.tBodies[0], table.tFoot].forEach((part) => part && clear(part));
       table.dataset.state = 'empty';
     });
     showUnconverted(null);
-    clearSchedules();
+    clearLive('schedules');
     clear($('explanation'));
     $('download-csv').disabled = true;
     clearError();
@@ -386,11 +412,12 @@
     $('f-click-window').value = String(isNum(settings.click_window_days) ? settings.click_window_days : 7);
     $('f-view-window').value = String(isNum(settings.view_window_days) ? settings.view_window_days : 1);
     $('f-date-basis').value = 'touch';
-    state.sort = {breakdown: {key: 'spend', dir: 'descending'}, daily: {key: 'day', dir: 'ascending'}};
+    state.sort = defaultSort();
+    $('f-bots').checked = hashState().bots; // kept in the URL: a reload or a shared link keeps it
+    showBots($('f-bots').checked);
     setCurrency(typeof settings.currency === 'string' ? settings.currency : '');
-    loadRules();
     fillEvents([]);
-    loadSchedules(advertiser);
+    refreshLive(advertiser);
     loadPixels(advertiser).catch((err) => {
       showError(err, 'Could not show the pixels');
       return [];
@@ -419,6 +446,7 @@
     state.currency = /^[A-Z]{3}$/.test(currency) ? currency : '';
     renderHead('breakdown', {key: 'name', label: 'Campaign / ad group / ad'});
     renderHead('daily', {key: 'day', label: 'Day'});
+    renderHead('by-country', {key: 'country', label: 'Country'}, COUNTRY_COLUMNS);
     renderChart();
   }
 
@@ -444,12 +472,45 @@
       click_window: $('f-click-window').value,
       view_window: $('f-view-window').value,
       date_basis: $('f-date-basis').value,
+      include_bots: $('f-bots').checked ? 'true' : undefined, // left out: the API's default, bots excluded
     };
   }
 
   function reloadAll() {
     loadNumbers();
+    loadCountries();
     loadConversions();
+  }
+
+  // ---- bot traffic: a filter kept in the URL (#bots=include), so a reload or a shared link keeps it -----
+
+  function hashState() {
+    const params = new URLSearchParams(window.location.hash.replace(/^#/, ''));
+    return {bots: params.get('bots') === 'include'};
+  }
+
+  function setHashState(wanted) {
+    const params = new URLSearchParams(window.location.hash.replace(/^#/, ''));
+    if (wanted.bots) params.set('bots', 'include');
+    else params.delete('bots');
+    const hash = params.toString();
+    // replaceState: the filter is not a page of its own for Back, and no hashchange fires.
+    history.replaceState(history.state, '', window.location.pathname + window.location.search + (hash ? '#' + hash : ''));
+  }
+
+  /** Says in the page, not only in the checkbox, that the numbers count bots. */
+  function showBots(included) {
+    const note = $('bots-note');
+    note.hidden = !included;
+    note.textContent = included ? 'Bot traffic is included: the numbers, the chart and the countries below ' +
+      'count the clicks and conversions of crawlers, headless browsers and scripts too.' : '';
+  }
+
+  function botsChanged() {
+    const included = $('f-bots').checked;
+    setHashState({bots: included});
+    showBots(included);
+    reloadAll();
   }
 
   // ---- numbers: loading ----------------------------------------------------------------------------
@@ -492,6 +553,7 @@
         table.dataset.state = 'ready';
         table.dataset.model = q.model;
         table.dataset.range = q.start + '_' + q.end;
+        table.dataset.bots = q.include_bots ? 'included' : 'excluded';
         table.removeAttribute('aria-busy');
       });
       $('download-csv').disabled = false;
@@ -500,7 +562,8 @@
         '), ' + q.events + ', ' + (resolved.model || q.model).replace(/_/g, ' ') + ', ' +
         (resolved.click_window !== undefined ? resolved.click_window : q.click_window) + '-day click / ' +
         (resolved.view_window !== undefined ? resolved.view_window : q.view_window) + '-day view window' +
-        (state.previous ? '; compared with ' + state.previous.start + ' to ' + state.previous.end : '') + '.';
+        (state.previous ? '; compared with ' + state.previous.start + ' to ' + state.previous.end : '') +
+        (q.include_bots ? '; bot traffic included' : '; bot traffic excluded') + '.';
     } catch (err) {
       if (seq !== state.seq) return;
       tables.forEach((table) => {
@@ -571,9 +634,9 @@
 
   /** The header row of a sortable table: each heading a button (keyboard and screen reader),
    *  the sorted one with aria-sort. Built once; later calls only relabel it. */
-  function renderHead(id, first) {
+  function renderHead(id, first, metrics) {
     const table = $(id);
-    const columns = [{key: first.key, label: first.label, name: true}].concat(COLUMNS);
+    const columns = [{key: first.key, label: first.label, name: true}].concat(metrics || COLUMNS);
     if (!table.tHead.rows.length) {
       const tr = el('tr');
       columns.forEach((c) => {
@@ -604,12 +667,11 @@
   function sortBy(id, key) {
     const sort = state.sort[id];
     if (sort.key === key) sort.dir = sort.dir === 'ascending' ? 'descending' : 'ascending';
-    else state.sort[id] = {key: key, dir: key === 'name' || key === 'day' ? 'ascending' : 'descending'};
+    else state.sort[id] = {key: key, dir: ['name', 'day', 'country'].indexOf(key) >= 0 ? 'ascending' : 'descending'};
     markSorted(id);
-    if (id === 'breakdown') renderBreakdown();
-    else renderDaily();
+    ({breakdown: renderBreakdown, daily: renderDaily, 'by-country': renderCountries})[id]();
     const th = $(id).querySelector('thead th[data-key="' + key + '"]');
-    $('sort-status').textContent = (id === 'daily' ? 'Days' : 'Rows') + ' sorted by ' +
+    $('sort-status').textContent = ({daily: 'Days', 'by-country': 'Countries'}[id] || 'Rows') + ' sorted by ' +
       th.querySelector('.label').textContent + ', ' + state.sort[id].dir + '.';
   }
 
@@ -740,6 +802,93 @@
     });
   }
 
+  // ---- conversions by country ---------------------------------------------------------------------
+
+  let regionNames = null;
+
+  /** "Netherlands (NL)" for a code, in the browser's own words; "Unknown" for none. */
+  function countryName(code) {
+    if (!code) return 'Unknown';
+    if (regionNames === null) {
+      try {
+        regionNames = new Intl.DisplayNames(['en'], {type: 'region'});
+      } catch (e) {
+        regionNames = false;
+      }
+    }
+    let name = '';
+    try {
+      name = regionNames ? regionNames.of(code) : '';
+    } catch (e) {
+      name = ''; // not a region code the browser knows: shown as the API gave it
+    }
+    return name && name !== code ? name + ' (' + code + ')' : code;
+  }
+
+  /** Conversions and their value by the converting event's country, for the selection above.
+   *  Its own request and error: a failure here leaves the other numbers standing. */
+  async function loadCountries() {
+    const seq = ++state.countrySeq;
+    const q = query();
+    const table = $('by-country');
+    table.dataset.state = 'loading';
+    table.setAttribute('aria-busy', 'true');
+    try {
+      const result = await report(Object.assign({}, q, {dimensions: 'country', metrics: 'conversions,conversion_value'}));
+      if (seq !== state.countrySeq) return; // a newer selection is on its way
+      const total = result.totals && isNum(result.totals.conversions) ? result.totals.conversions
+        : result.rows.reduce((sum, row) => sum + (isNum(row.conversions) ? row.conversions : 0), 0);
+      const value = result.totals && isNum(result.totals.conversion_value) ? result.totals.conversion_value
+        : result.rows.reduce((sum, row) => sum + (isNum(row.conversion_value) ? row.conversion_value : 0), 0);
+      state.countries = result.rows.map((row) => {
+        const code = typeof row.country === 'string' ? row.country : '';
+        return {country: code, name: countryName(code), metrics: {conversions: row.conversions,
+          conversion_value: row.conversion_value, share: divide(row.conversions, total)}};
+      });
+      state.countryTotals = {conversions: total, conversion_value: value, share: total > 0 ? 1 : null};
+      renderCountries();
+      table.dataset.state = 'ready';
+      table.dataset.bots = q.include_bots ? 'included' : 'excluded';
+      table.dataset.range = q.start + '_' + q.end;
+      const known = state.countries.filter((c) => c.country).length;
+      const unknown = state.countries.length > known ? ' and conversions of no known country' : '';
+      $('countries-status').textContent = (known === 1 ? '1 country' : known + ' countries') + unknown + ', ' +
+        q.start + ' to ' + q.end + ', ' + q.events + (q.include_bots ? ', bot traffic included.' : '.');
+    } catch (err) {
+      if (seq !== state.countrySeq) return;
+      table.dataset.state = 'error';
+      state.countries = [];
+      state.countryTotals = null;
+      renderCountries();
+      $('countries-status').textContent = 'Could not load conversions by country: ' + describe(err);
+      if (err instanceof ApiError && err.status === 401) handle(err);
+    } finally {
+      if (seq === state.countrySeq) table.removeAttribute('aria-busy');
+    }
+  }
+
+  function renderCountries() {
+    const table = $('by-country');
+    const body = clear(table.tBodies[0]);
+    const foot = clear(table.tFoot);
+    const sort = state.sort['by-country'];
+    const order = comparator(sort.key, sort.dir, (c) => c.name, (c, key) => (key === 'country' ? c.name : c.metrics[key]));
+    const row = (name, metrics, data) => {
+      const tr = el('tr', {data: data}, [el('th', {scope: 'row', class: 'name', text: name})]);
+      return cellsRow(tr, COUNTRY_COLUMNS.map((c) => FORMATS[c.kind](metrics[c.key])));
+    };
+    state.countries.slice().sort(order).forEach((c) => body.append(row(c.name, c.metrics, {country: c.country})));
+    if (!state.countries.length) {
+      body.append(el('tr', {class: 'empty'}, [el('td', {colspan: COUNTRY_COLUMNS.length + 1,
+        text: table.dataset.state === 'error' ? DASH : 'No conversions for this selection.'})]));
+    }
+    if (state.countryTotals) {
+      const tr = row('Total', state.countryTotals, {level: 'total'});
+      tr.classList.add('totals');
+      foot.append(tr);
+    }
+  }
+
   // ---- CSV (what the table shows, built here) ------------------------------------------------------
 
   function csvCell(value) {
@@ -766,7 +915,7 @@
     const url = URL.createObjectURL(blob);
     const safe = (s) => String(s).replace(/[^A-Za-z0-9_.-]+/g, '-');
     const name = 'clicktrail-' + safe(state.advertiser ? state.advertiser.advertiser_id : 'report') + '-' +
-      q.start + '_' + q.end + '-' + safe(q.events) + '-' + q.model + '.csv';
+      q.start + '_' + q.end + '-' + safe(q.events) + '-' + q.model + (q.include_bots ? '-with-bots' : '') + '.csv';
     const a = el('a', {href: url, download: name, hidden: true});
     document.body.append(a);
     a.click();
@@ -881,7 +1030,9 @@
       const rows = (body.rows || []).filter((row) => !q.events || row.event === q.events);
       if (!rows.length) list.append(el('li', {class: 'hint', text: 'No conversions in this range.'}));
       rows.forEach((row) => {
-        const where = row.campaign_id ? 'campaign ' + row.campaign_id + (row.ad_id ? ', ad ' + row.ad_id : '') +
+        // A bot's conversion is credited to nothing here (not organic): reports count it with bot traffic.
+        const where = row.matched_by === 'bot' ? "a bot's, counted only with bot traffic included"
+          : row.campaign_id ? 'campaign ' + row.campaign_id + (row.ad_id ? ', ad ' + row.ad_id : '') +
           (row.touch_kind ? ' (' + row.touch_kind + ')' : '') : 'organic';
         // In the event's own currency when the API names it; unlabelled otherwise (never a guess).
         const value = isNum(row.value) ? ', value ' + amount(row.value, row.currency) : '';
@@ -1092,35 +1243,11 @@
   const RUN_LABELS = {delivered: 'delivered', retrying: 'failed, retrying', failed: 'failed, given up',
     pending: 'in progress'};
 
-  function clearSchedules() {
-    const host = clear($('schedules'));
-    host.dataset.state = 'empty';
-  }
-
-  /** Lists the advertiser's schedules (read only); an error stays inside this section. */
-  async function loadSchedules(advertiser) {
-    const host = clear($('schedules'));
-    host.dataset.state = 'loading';
-    host.append(el('p', {class: 'hint', text: 'Loading scheduled reports\u2026'}));
-    let body;
-    try {
-      body = await api('/v1/schedules');
-    } catch (err) {
-      if (state.advertiser !== advertiser) return;
-      clear(host).append(el('p', {class: 'error-inline', text: 'Could not load the scheduled reports: ' + describe(err)}));
-      host.dataset.state = 'error';
-      if (err instanceof ApiError && err.status === 401) handle(err);
-      return;
-    }
-    if (state.advertiser !== advertiser) return; // signed out meanwhile
-    clear(host);
+  /** The schedules section's content (read only). */
+  function schedulesContent(body) {
     const list = Array.isArray(body.schedules) ? body.schedules : [];
-    if (!list.length) {
-      host.append(el('p', {class: 'hint', text: 'No scheduled report yet.'}));
-    } else {
-      host.append(scrollBox(scheduleTable(list), 'Table of scheduled reports'));
-    }
-    host.dataset.state = 'ready';
+    if (!list.length) return el('p', {class: 'hint', text: 'No scheduled report yet.'});
+    return scrollBox(scheduleTable(list), 'Table of scheduled reports');
   }
 
   function scheduleTable(list) {
@@ -1207,25 +1334,10 @@
     return what + (n.error ? ' (' + n.error + ')' : '') + (n.at ? ', ' + timeIn(new Date(n.at).toISOString(), tz) : '');
   }
 
-  /** The advertiser's rules with where each stands (GET /v1/rules). */
-  async function loadRules() {
-    const host = clear($('rules'));
-    const advertiser = state.advertiser;
-    let body;
-    try {
-      body = await api('/v1/rules');
-    } catch (err) {
-      if (state.advertiser !== advertiser) return;
-      host.append(el('p', {class: 'error-inline', text: 'Could not load the alert rules: ' + describe(err)}));
-      if (err instanceof ApiError && err.status === 401) handle(err);
-      return;
-    }
-    if (state.advertiser !== advertiser) return; // signed out meanwhile
-    const list = body.rules || [];
-    if (!list.length) {
-      host.append(el('p', {class: 'hint', text: 'No alert rules yet.'}));
-      return;
-    }
+  /** The rules section's content: each rule with where it stands (GET /v1/rules). */
+  function rulesContent(body) {
+    const list = Array.isArray(body.rules) ? body.rules : [];
+    if (!list.length) return el('p', {class: 'hint', text: 'No alert rules yet.'});
     const tz = $('f-timezone').value.trim();
     const heads = ['Rule', 'Watches', 'Condition', 'State', 'Last value', 'Last evaluated', 'Last notification'];
     const table = el('table', {id: 'rules-table', class: 'rules'}, [
@@ -1246,7 +1358,145 @@
       ]));
     });
     table.append(tbody);
-    host.append(scrollBox(table, 'Alert rules'));
+    return scrollBox(table, 'Alert rules');
+  }
+
+  /** What a screen reader is told when the rules change on a refresh: each rule whose state moved. */
+  function rulesNews(before, after) {
+    const was = new Map((before.rules || []).map((rule) => [String(rule.id), rule.state]));
+    const moved = (after.rules || []).filter((rule) => was.has(String(rule.id)) && was.get(String(rule.id)) !== rule.state)
+      .map((rule) => 'rule ' + rule.name + ' is now ' + (RULE_STATES[rule.state] || String(rule.state)));
+    return moved.length ? 'Alert rules updated: ' + moved.join('; ') + '.' : 'Alert rules updated.';
+  }
+
+  // ---- live sections: alert rules and scheduled reports are read again while the page is in view ---
+  //
+  // One timer per section, set again whenever a read ends (so timers never stack up, however often
+  // "Refresh" is pressed; the newest read's answer wins), none while the tab is hidden, all dropped on
+  // sign-out. A read shows nothing until its answer is in: the old
+  // table stays meanwhile, and is left untouched when nothing changed (no flicker, no lost scroll).
+
+  const LIVE = {
+    rules: {path: '/v1/rules', what: 'alert rules', content: rulesContent, news: rulesNews},
+    schedules: {path: '/v1/schedules', what: 'scheduled reports', content: schedulesContent,
+      news: () => 'Scheduled reports updated.'},
+  };
+
+  function refreshLive(advertiser) {
+    return Promise.all(Object.keys(LIVE).map((name) => refreshSection(name, advertiser)));
+  }
+
+  async function refreshSection(name, advertiser) {
+    const live = state.live;
+    clearTimeout(live.timer[name]);
+    live.timer[name] = null;
+    live.at[name] = Date.now();
+    await loadLive(name, advertiser);
+    planSection(name, advertiser);
+  }
+
+  /** The next read of a section, LIVE_EVERY_MS after the last one began (at least a second from now). */
+  function planSection(name, advertiser) {
+    const live = state.live;
+    clearTimeout(live.timer[name]);
+    live.timer[name] = null;
+    if (state.advertiser !== advertiser || document.visibilityState === 'hidden') return;
+    const wait = Math.max(1000, live.at[name] + LIVE_EVERY_MS - Date.now());
+    live.timer[name] = setTimeout(() => refreshSection(name, advertiser), wait);
+  }
+
+  function stopLive() {
+    const live = state.live;
+    Object.keys(LIVE).forEach((name) => {
+      clearTimeout(live.timer[name]);
+      live.timer[name] = null;
+      live.seq[name]++; // an answer on its way is dropped
+      live.shown[name] = null;
+    });
+  }
+
+  function clearLive(name) {
+    const host = clear($(name));
+    host.dataset.state = 'empty';
+    host.removeAttribute('aria-busy');
+    $(name + '-updated').textContent = '';
+    $(name + '-news').textContent = '';
+  }
+
+  function onVisibility() {
+    const advertiser = state.advertiser;
+    if (!advertiser) return;
+    Object.keys(LIVE).forEach((name) => {
+      if (document.visibilityState === 'hidden') {
+        clearTimeout(state.live.timer[name]);
+        state.live.timer[name] = null;
+      } else if (Date.now() - state.live.at[name] >= LIVE_EVERY_MS) {
+        refreshSection(name, advertiser); // back in view after a while: read now
+      } else {
+        planSection(name, advertiser);
+      }
+    });
+  }
+
+  /** Reads one section and shows it; an answer older than one asked for since is dropped, and an
+   *  error on a refresh keeps what was shown (saying so), as the error stays inside the section. */
+  async function loadLive(name, advertiser) {
+    const spec = LIVE[name];
+    const live = state.live;
+    const host = $(name);
+    const seq = ++live.seq[name];
+    const current = () => state.advertiser === advertiser && seq === live.seq[name];
+    if (host.dataset.state === 'empty') {
+      host.dataset.state = 'loading';
+      host.replaceChildren(el('p', {class: 'hint', text: 'Loading ' + spec.what + '\u2026'}));
+    }
+    host.setAttribute('aria-busy', 'true');
+    let body;
+    try {
+      body = await api(spec.path);
+    } catch (err) {
+      if (!current()) return;
+      host.removeAttribute('aria-busy');
+      if (host.dataset.state === 'ready') {
+        $(name + '-updated').textContent = 'Could not refresh the ' + spec.what + ' at ' + timeNow() + ': ' +
+          describe(err) + '. Shown as of ' + live.shown[name].at + '.';
+      } else {
+        host.replaceChildren(el('p', {class: 'error-inline', text: 'Could not load the ' + spec.what + ': ' +
+          describe(err)}));
+        host.dataset.state = 'error';
+      }
+      if (err instanceof ApiError && err.status === 401) handle(err);
+      return;
+    }
+    if (!current()) return; // signed out, or a newer read is on its way
+    host.removeAttribute('aria-busy');
+    const signature = JSON.stringify(body) + '\u0000' + $('f-timezone').value.trim();
+    const before = live.shown[name];
+    if (!before || before.signature !== signature || host.dataset.state !== 'ready') {
+      replaceKeeping(host, spec.content(body));
+      if (before) $(name + '-news').textContent = spec.news(before.body, body);
+    }
+    live.shown[name] = {signature: signature, body: body, at: timeNow()};
+    host.dataset.state = 'ready';
+    $(name + '-updated').textContent = 'Updated ' + live.shown[name].at + '; read again every minute while this page is in view.';
+  }
+
+  /** The time now, as the page shows times (the report's time zone). */
+  function timeNow() {
+    return timeIn(new Date().toISOString(), $('f-timezone').value.trim());
+  }
+
+  /** Puts `fresh` in place of what `host` holds, keeping the table's sideways scroll and the focus. */
+  function replaceKeeping(host, fresh) {
+    const oldWrap = host.querySelector('.table-wrap');
+    const hadFocus = oldWrap !== null && oldWrap.contains(document.activeElement);
+    const left = oldWrap ? oldWrap.scrollLeft : 0;
+    host.replaceChildren(fresh);
+    const wrap = host.querySelector('.table-wrap');
+    if (wrap) {
+      wrap.scrollLeft = left;
+      if (hadFocus) wrap.focus({preventScroll: true});
+    }
   }
 
   // ---- wiring --------------------------------------------------------------------------------------
@@ -1283,6 +1533,19 @@
       applyPreset(); // "today" of the new zone
       reloadAll();
     });
+    $('f-bots').addEventListener('change', botsChanged);
+    // A link or an edited address with #bots=include (or without it) while signed in.
+    window.addEventListener('hashchange', () => {
+      if (!state.advertiser || hashState().bots === $('f-bots').checked) return;
+      $('f-bots').checked = hashState().bots;
+      botsChanged();
+    });
+    Object.keys(LIVE).forEach((name) => {
+      $(name + '-refresh').addEventListener('click', () => {
+        if (state.advertiser) refreshSection(name, state.advertiser);
+      });
+    });
+    document.addEventListener('visibilitychange', onVisibility);
     $('chart-metric').addEventListener('change', renderChart);
     document.querySelectorAll('.table-wrap').forEach(watchOverflow);
     if (typeof Intl.supportedValuesOf === 'function') {
