@@ -684,7 +684,13 @@ class Attributor:
 
     def _insert(self, candidate_rows: list[tuple], credit_rows: list[tuple], publish_ms: int) -> None:
         # Candidates first, credits last: the current revision is read from credits, so a crash
-        # between the two inserts leaves the revision unwritten, and the re-run writes it.
+        # between the two inserts leaves the revision unwritten, and the re-run writes it. The
+        # re-run may compute another result (a touchpoint arrived or changed meanwhile, or the
+        # windows did): the revision's number then holds the orphan's candidates beside the
+        # re-run's. Every reader takes candidates by (revision, content hash) of the current
+        # credits row, which names the re-run's alone: cheaper than any write-side cure (a third
+        # insert to mark a revision complete, or deleting the orphan, 18.16's ALTER DELETE being
+        # a rewrite of whole parts), and the hot path writes nothing more.
         if credit_rows:
             self.writer.execute(self._candidates_sql, columns(candidate_rows), columnar=True)
             self.writer.execute(self._credits_sql, columns(credit_rows), columnar=True)

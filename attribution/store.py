@@ -253,7 +253,11 @@ def order_members(ch: Client, db: str, orders: set[tuple]) -> dict[tuple, list[t
 
 
 def sharing_clicks(ch: Client, db: str, clicks: set[tuple]) -> set[tuple]:
-    """Conversions (keys) that have one of the (advertiser, event, click id) among their candidates."""
+    """Conversions (keys) that have one of the (advertiser, event, click id) among their candidates.
+
+    Any revision's candidates, even a half-written revision's (see ``Attributor._insert``): a key
+    too many is only decided again, with the same result, never credited from these rows.
+    """
     if not clicks:
         return set()
     rows = ch.execute(

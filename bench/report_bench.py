@@ -52,10 +52,11 @@ def _click_time(number: str, now: int) -> str:
 def fill(ch, pixel_id: str, events: int, clicks: int, now: int) -> None:
     ct = _click_time("number", now)
     ch.execute(f"""
-        INSERT INTO {DB}.touchpoints
+        INSERT INTO {DB}.touchpoints (advertiser_id, kind, touch_id, touch_time, touch_ms, campaign_id, adgroup_id,
+                                      ad_id, source, received_ms, counted)
         SELECT '{ADV}', 'click', concat('clk-', toString(number)), toDateTime({ct}), {ct} * 1000,
                concat('cmp-', toString(number % {CAMPAIGNS})), concat('grp-', toString(number % {ADGROUPS})),
-               concat('ad-', toString(number % {ADS})), '', '', '', '', '', '', 'import', {now} * 1000, 1
+               concat('ad-', toString(number % {ADS})), 'import', {now} * 1000, 1
         FROM numbers({clicks})""")
     k = f"((intDiv(number, 20) * 7919) % {clicks})"
     conv_t = f"least({_click_time(k, now)} + number % 259200, {now} - 1)"

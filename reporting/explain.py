@@ -22,14 +22,16 @@ def _latest(table: str, columns: list[str], advertiser_id: str, event_id: str) -
         f"""
         SELECT {', '.join(columns)} FROM {db}.{table}
         WHERE advertiser_id = %(adv)s AND event_id = %(eid)s
-          AND (pixel_id, event, revision) IN (
-            SELECT pixel_id, event, max(revision) FROM {db}.credits
-            WHERE advertiser_id = %(adv)s AND event_id = %(eid)s GROUP BY pixel_id, event)""",
+          AND (pixel_id, event, revision, content_hash) IN (
+            SELECT pixel_id, event, max(revision), argMax(content_hash, revision) FROM {db}.credits
+            WHERE advertiser_id = %(adv)s AND event_id = %(eid)s AND sign = 1 GROUP BY pixel_id, event)""",
         {"adv": advertiser_id, "eid": event_id},
     )
-    # A revision written twice is one: an attributor that died between its two inserts left the
-    # candidates, and the next one wrote the same revision again, the copies differing only in
-    # when they were written (attributed_ms, which the explanation does not show).
+    # An attributor that died between its two inserts left candidates of a revision it never
+    # credited, and the re-run wrote that revision again. Rows are taken by the content hash of the
+    # current credits, so a re-run whose result differed (a touchpoint arrived or changed, the
+    # windows changed) shows nothing of the orphan; one that computed the same result wrote the
+    # same rows, differing only in when they were written (attributed_ms, not shown): one is kept.
     written = columns.index("attributed_ms")
     unique = {row[:written] + row[written + 1:]: dict(zip(columns, row)) for row in rows}
     return list(unique.values())

@@ -290,7 +290,15 @@ class Report:
         return money.valued_sql(inner, aliases, self.db), params
 
     def _candidates_sql(self) -> tuple[str, dict]:
-        """Each conversion's latest revision: its fields, suppression reason and candidate touches."""
+        """Each conversion's latest revision: its fields, suppression reason and candidate touches.
+
+        Candidates are joined to the current credits row by (revision, content hash), never by
+        revision alone: an attributor that died between its two inserts left candidates of a
+        revision it never credited, and when the re-run's result differs (a touchpoint arrived or
+        changed, the windows changed) the same revision number holds two sets of candidates.
+        Only the set with the hash the credits carry is the result; the orphan is ignored by
+        construction, at no cost to the attributor (see ``attribution.engine.Attributor._insert``).
+        """
         # A conversion credited to a touch inside the report may come up to the longest window later.
         later = models.MAX_CLICK_WINDOW_MS // 1000 if self.q.date_basis == "touch" else 0
         sql = f"""
@@ -299,26 +307,28 @@ class Report:
                    c.utm_campaign AS utm_campaign, c.country AS country, c.region AS region, s.reason AS reason,
                    c.touches AS touches
             FROM (
-              SELECT pixel_id, event, event_id, revision, any(conversion_ms) AS conversion_ms, any(value) AS value,
-                     any(currency) AS currency, any(device_type) AS device_type, any(os) AS os,
+              SELECT pixel_id, event, event_id, revision, content_hash, any(conversion_ms) AS conversion_ms,
+                     any(value) AS value, any(currency) AS currency, any(device_type) AS device_type, any(os) AS os,
                      any(browser) AS browser, any(utm_source) AS utm_source, any(utm_campaign) AS utm_campaign,
                      any(country) AS country, any(region) AS region,
                      groupArray((touch_kind, touch_id, touch_ms, campaign_id, adgroup_id, ad_id, matched_by)) AS touches
-              FROM (SELECT DISTINCT pixel_id, event, event_id, revision, conversion_ms, value, currency, device_type,
-                                    os, browser, utm_source, utm_campaign, country, region, touch_kind, touch_id,
-                                    touch_ms, campaign_id, adgroup_id, ad_id, matched_by
+              FROM (SELECT DISTINCT pixel_id, event, event_id, revision, content_hash, conversion_ms, value, currency,
+                                    device_type, os, browser, utm_source, utm_campaign, country, region, touch_kind,
+                                    touch_id, touch_ms, campaign_id, adgroup_id, ad_id, matched_by
                     FROM {self.db}.attribution_candidates
                     WHERE advertiser_id = %(adv)s AND conversion_time >= toDateTime(%(lo)s)
                       AND conversion_time < toDateTime(%(hi)s))
-              GROUP BY pixel_id, event, event_id, revision
+              GROUP BY pixel_id, event, event_id, revision, content_hash
             ) AS c
             ANY INNER JOIN (
-              SELECT pixel_id, event, event_id, max(r) AS revision, argMax(matched_by, r) AS reason
-              FROM (SELECT pixel_id, event, event_id, revision AS r, matched_by FROM {self.db}.credits
+              SELECT pixel_id, event, event_id, max(r) AS revision, argMax(h, r) AS content_hash,
+                     argMax(matched_by, r) AS reason
+              FROM (SELECT pixel_id, event, event_id, revision AS r, content_hash AS h, matched_by
+                    FROM {self.db}.credits
                     WHERE advertiser_id = %(adv)s AND sign = 1 AND conversion_time >= toDateTime(%(lo)s)
                       AND conversion_time < toDateTime(%(hi)s))
               GROUP BY pixel_id, event, event_id
-            ) AS s USING (pixel_id, event, event_id, revision)"""
+            ) AS s USING (pixel_id, event, event_id, revision, content_hash)"""
         return sql, {"adv": self.adv, "lo": self.lo, "hi": self.hi + later}
 
     def _recomputed_in_clickhouse(self, bots_only: bool = False) -> dict[tuple, tuple[float, float, float]]:

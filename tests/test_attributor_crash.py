@@ -3,10 +3,12 @@
 import random
 import signal
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from attribution.models import MODELS
+from pixel import registry
 from tests.attribution_world import DAY, HOUR, World, sha
 
 
@@ -169,3 +171,92 @@ def test_a_leading_attributor_whose_turn_outlasted_its_lease_writes_nothing(worl
         attributor.tick(block_ms=10, partitions={0})
     assert ch.execute(f"SELECT count() FROM {ch_database}.credits WHERE event_id LIKE 'c%'")[0][0] == 0
     assert r.xpending(keys.ATTRIBUTION_STREAM, keys.ATTRIBUTOR_GROUP)["pending"] > 0  # left for the holder
+
+
+# ---- a half-written revision, then the world changes before the re-run ---------------------------
+
+def _new_click_wins(world, r):
+    """A click on campaign B, later than A's, reaches the same person: it takes the last-click credit."""
+    world.click("k2", world.now - HOUR, "B", user={"email": sha("jane@example.com")})
+
+
+def _click_window_shortened(world, r):
+    """The advertiser's click window goes from 7 days to 1: the 2-day-old click no longer counts."""
+    registry.update_settings(r, world.tenant.advertiser, click_window_days=1)
+
+
+def _click_corrected(world, r):
+    """The ad server posts click k1 again, with its campaign corrected (the latest copy counts)."""
+    world.click("k1", world.now - 2 * DAY, "A2", user={"email": sha("jane@example.com")})
+
+
+#: What changes between the dying attributor's first insert and the re-run, and what the re-run's
+#: result is: the explanation's touchpoints (id: campaign, last-click credit, linear credit), the
+#: feed's conversions per campaign under the advertiser's model (last click), and a report under
+#: other windows than the advertiser's (its query, and its conversions per campaign).
+CHANGES = {
+    "a_new_click_wins": (
+        _new_click_wins,
+        {"k1": ("A", 0.0, 0.5), "k2": ("B", 1.0, 0.5)},
+        {"B": 1.0},
+        ({"click_window": "28", "model": "linear"}, {"A": 0.5, "B": 0.5})),
+    "the_click_window_changes": (
+        _click_window_shortened,
+        {"k1": ("A", 0.0, 0.0)},
+        {},
+        ({"click_window": "7", "model": "linear"}, {"A": 1.0})),
+    "a_click_is_corrected": (
+        _click_corrected,
+        {"k1": ("A2", 1.0, 1.0)},
+        {"A2": 1.0},
+        ({"click_window": "28", "model": "linear"}, {"A2": 1.0})),
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_a_half_written_revision_never_shows_once_the_rerun_differs(world, spawn, r, ch, ch_database, change):
+    """Killed between its two inserts, the attributor leaves candidates of a revision it never
+    credited; the world changes before the re-run, which writes that revision again with another
+    result. Explanations, reports under other windows and the feed show the re-run's result alone."""
+    alter, touchpoints, feed, (report_params, report) = CHANGES[change]
+    jane = {"email": sha("jane@example.com")}
+    world.click("k1", world.now - 2 * DAY, "A", user=jane)
+    world.convert("c1", world.now - 60, email="jane@example.com")
+    world.sink.drain()
+    dying = spawn.start("attributor", "--log-level", "WARNING", failpoint="attributor_between_inserts")
+    assert dying.wait(timeout=60) == -signal.SIGKILL
+    orphan = ch.execute(f"SELECT DISTINCT campaign_id FROM {ch_database}.attribution_candidates")
+    assert orphan == [("A",)] and not ch.execute(f"SELECT count() FROM {ch_database}.credits")[0][0]
+
+    alter(world, r)
+    world.sink.drain()
+    spawn.start("attributor", "--log-level", "WARNING")  # reclaims the dead one's notices
+    assert wait_idle(r)
+    deadline = time.monotonic() + 30  # the last notice is acknowledged once its revision is stored
+    while time.monotonic() < deadline and not ch.execute(f"SELECT count() FROM {ch_database}.credits")[0][0]:
+        time.sleep(0.1)
+
+    answer = world.api.get("/v1/conversions/c1/attribution", headers=world.auth)
+    assert answer.status_code == 200, answer.json
+    (conversion,) = answer.json["conversions"]
+    assert conversion["revision"] == 1  # the revision the dead one began, written whole by the re-run
+    assert {t["touch_id"]: (t["campaign_id"], t["credit"]["last_click"], t["credit"]["linear"])
+            for t in conversion["touchpoints"]} == touchpoints
+    assert len(conversion["touchpoints"]) == len(touchpoints)  # each touchpoint once
+
+    day = datetime.fromtimestamp(world.now, timezone.utc).date()
+    span = {"start": (day - timedelta(days=3)).isoformat(), "end": day.isoformat(), "dimensions": "campaign_id",
+            "metrics": "conversions", "date_basis": "conversion"}
+    body = world.api.get("/v1/reports", query_string={**span, **report_params}, headers=world.auth).json
+    settings = registry.advertiser_settings(r, world.tenant.advertiser)
+    assert body["query"]["click_window"] != settings["click_window_days"]  # recomputed from the candidates
+    assert {row["campaign_id"]: row["conversions"] for row in body["rows"] if row["conversions"]} == report
+
+    optimizer = {"Authorization": f"Bearer {registry.create_token(r, world.tenant.advertiser, ['optimizer'])}"}
+    polled = world.api.get("/v1/optimizer/conversions", headers=optimizer,
+                           query_string={"event": "CompletePayment", "level": "campaign", "bucket": "hour"})
+    assert polled.status_code == 200, polled.json
+    by_campaign: dict = {}
+    for row in polled.json["rows"]:
+        by_campaign[row["campaign_id"]] = by_campaign.get(row["campaign_id"], 0.0) + row["conversions"]
+    assert {c: n for c, n in by_campaign.items() if n} == feed

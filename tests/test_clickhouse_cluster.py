@@ -124,6 +124,13 @@ class System:
                                                                  "level": "ad"}, headers=self.tokens[adv])
                 assert resp.status_code == 200, resp.json
                 out[(adv, model)] = self._anonymous(resp.json)
+            # Other windows than the advertiser's: recomputed from each conversion's candidates of
+            # its current revision (by revision and content hash), a join across the Distributed tables.
+            resp = self.api.get("/v1/reports", query_string={"start": start, "end": end, "model": "linear",
+                                                             "level": "ad", "click_window": "28"},
+                                headers=self.tokens[adv])
+            assert resp.status_code == 200, resp.json
+            out[(adv, "linear, 28-day clicks")] = self._anonymous(resp.json)
         return out
 
     def feed(self) -> dict:
@@ -187,6 +194,7 @@ def test_a_two_shard_cluster_answers_exactly_as_one_server(ch_cluster, own_redis
     day = time.strftime("%Y-%m-%d", time.gmtime(now - 4 * DAY)), time.strftime("%Y-%m-%d", time.gmtime(now))
     reports = single.reports(*day)
     assert any(row for answer in reports.values() for row in answer["rows"])
+    assert all(reports[(adv, "linear, 28-day clicks")]["rows"] for adv in ADVERTISERS)
     assert sharded.reports(*day) == reports
     feed = single.feed()
     assert all(feed[adv] for adv in ADVERTISERS)

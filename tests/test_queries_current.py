@@ -46,12 +46,12 @@ def _touch(kind, touch_id, at, campaign, ad, is_bot=0):
             "import", at * 1000, 1, is_bot)
 
 
-def _conversion(event_id, at, value, touches, credits_by_model, revision=1, currency="USD"):
+def _conversion(event_id, at, value, touches, credits_by_model, revision=1, currency="USD", content_hash=1):
     """Candidate rows and credit rows of one conversion (touches: (kind, id, at, campaign, ad, matched_by))."""
     head = dict(advertiser_id=ADV, pixel_id="P", event="CompletePayment", event_id=event_id, conversion_time=at,
                 conversion_ms=at * 1000, value=value, currency=currency, device_type="pc", os="Linux",
                 browser="Chrome", utm_source="tt", utm_campaign="", country="DE", region="", revision=revision,
-                content_hash=1, attributed_ms=STAMP)
+                content_hash=content_hash, attributed_ms=STAMP)
 
     def part(t):
         kind, touch_id, t_at, campaign, ad, matched = t
@@ -83,6 +83,12 @@ def _fill(client, db, d):
                                                                         "click_id")], {m: [1.0] for m in MODELS})
     _, bot_credits = _conversion("cb", d + 12 * HOUR + 120, 7.0, [("", "", 0, "", "", "bot")],
                                  {m: [0.0] for m in MODELS})
+    # An attributor died between its two inserts of c1's revision 1, whose re-run gave another result:
+    # its candidates (another hash, a click on campaign X) were never credited, and no report counts them.
+    orphan, _ = _conversion("c1", d + 12 * HOUR, 10.0, [("click", "kx", d + 11 * HOUR + 60, "X", "X1", "email")],
+                            {m: [1.0] for m in MODELS}, content_hash=2)
+    client.execute(f"INSERT INTO {db}.attribution_candidates ({', '.join(schema.CANDIDATE_COLUMN_NAMES)}) VALUES",
+                   columns(orphan), columnar=True)
     client.execute(f"INSERT INTO {db}.touchpoints ({', '.join(schema.TOUCH_COLUMN_NAMES)}) VALUES",
                    columns(touches), columnar=True)
     for candidates, credits in (c1, c2, c3, (bot_candidates, bot_credits)):
@@ -135,6 +141,8 @@ def test_reports_agree_across_engines(engines, params):
     answers = {name: Report(client, db, ADV, DEFAULT_SETTINGS, query).build() for name, (client, db) in both.items()}
     assert answers["18.16"]["rows"], answers
     assert answers["current"] == answers["18.16"]
+    # c1's orphaned candidates (a later click, on campaign X) count nowhere: c1's credits do not name them.
+    assert all(row.get("campaign_id") != "X" and row.get("ad_id") != "X1" for row in answers["18.16"]["rows"])
     if "unconverted_conversions" in answers["18.16"]["totals"]:  # EUR 5 at 1.2, GBP 7 with no rate
         assert answers["18.16"]["totals"]["unconverted_conversions"] == 1.0
 
