@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ssl
 import subprocess
-import warnings
 from urllib.parse import quote
 
 import pytest
@@ -23,6 +22,9 @@ from clicktrail.lifecycle import StopFlag
 from reporting.scheduler import Scheduler
 from tests.test_schedule_mail import FROM, SmtpServer, api_for, mail_body
 from tests.test_schedules import auth, listed
+
+# aiosmtpd's warning for auth_require_tls=False, needed for smtps: there, nothing is ever in clear.
+pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
 
 USER, PASSWORD = "reports", "s3cret pass:/@"
 
@@ -82,10 +84,8 @@ def tls_server(kind: str, certs, logins: Logins) -> tuple[SmtpServer, str]:
                           auth_required=True)
         return smtp, f"smtp://{credentials}127.0.0.1:{smtp.port}?starttls=true"
     # aiosmtpd only counts STARTTLS as TLS for auth_require_tls; this socket is TLS from the first byte.
-    with warnings.catch_warnings():  # its warning about AUTH without TLS: here there is nothing but TLS
-        warnings.simplefilter("ignore", UserWarning)
-        smtp = SmtpServer(ssl_context=server_context(certs), authenticator=logins, auth_required=True,
-                          auth_require_tls=False)
+    smtp = SmtpServer(ssl_context=server_context(certs), authenticator=logins, auth_required=True,
+                      auth_require_tls=False)
     return smtp, f"smtps://{credentials}127.0.0.1:{smtp.port}"
 
 
