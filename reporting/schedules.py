@@ -147,7 +147,9 @@ def to_run(schedule: dict, now: datetime, states: dict[str, dict]) -> tuple[list
 def outside_window(state: dict) -> dict:
     """The final state of a stranded period: failed, saying why (and what its last attempt met)."""
     error = f"outside the catch-up window (the latest {MAX_CATCH_UP} periods) before it was delivered; given up"
-    if state.get("error"):
+    if state["state"] == PENDING:  # a scheduler died during its delivery: whether it arrived is unknown
+        error += "; the last attempt was interrupted before its outcome was recorded"
+    elif state.get("error"):
         error += f"; the last attempt failed with {state['error']}"
     return {**state, "state": FAILED, "error": error[:500], "retry_at": None}
 

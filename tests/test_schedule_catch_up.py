@@ -103,3 +103,5 @@ def test_which_periods_run_and_which_are_given_up():
     assert final == {"state": "failed", "attempts": 3, "at": 5, "retry_at": None,
                      "error": "outside the catch-up window (the latest 7 periods) before it was delivered; "
                               "given up; the last attempt failed with E"}
+    interrupted = schedules.outside_window({"state": "pending", "attempts": 1, "error": None})
+    assert interrupted["state"] == "failed" and interrupted["error"].endswith("before its outcome was recorded")
