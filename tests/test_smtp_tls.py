@@ -170,3 +170,16 @@ def test_the_ca_file_is_the_only_trust_and_verification_stays_on(certs):
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
     assert [ca["subject"] for ca in context.get_ca_certs()] == [((("commonName", "clicktrail test CA"),),)]
     assert smtp_url.tls_context().verify_mode == ssl.CERT_REQUIRED
+
+
+def test_a_certificate_for_another_host_name_gets_nothing(certs, settings, r, ch, ch_database):
+    logins = Logins()
+    smtp, url = tls_server("smtps", certs, logins)
+    url = url.replace("@127.0.0.1:", "@localhost:")  # the certificate names 127.0.0.1 only
+    with smtp:
+        api, headers = api_for(settings, url), auth(r, "adv-1")
+        assert api.post("/v1/schedules", json=mail_body(), headers=headers).status_code == 201
+        assert scheduler(settings, r, ch_database, url, SMTP_CA_FILE=str(certs / "ca.pem")).tick() == 1
+    assert logins.tried == [] and smtp.received == []
+    run = listed(api, headers)[0]["last_run"]
+    assert run["state"] == "retrying" and "Hostname mismatch" in run["error"]
