@@ -162,10 +162,15 @@ class MailSettings:
     # Unset: e-mail delivery is off (a schedule asking for it is refused). Holds a password: kept out of repr.
     smtp_url: str = _setting("SMTP_URL", "", secret=True)
     smtp_from: str = _setting("SMTP_FROM", "clicktrail@localhost")  # the From address of every message
+    # Unset: the SMTP server's certificate is verified against the system's CAs. Set: a PEM file of
+    # the CA(s) trusted instead (a private CA). Verification itself is never off.
+    smtp_ca_file: str = _setting("SMTP_CA_FILE", "")
 
     def __post_init__(self) -> None:
         if self.smtp_url:
             smtp_url.parse(self.smtp_url)
+            if self.smtp_ca_file:
+                smtp_url.tls_context(self.smtp_ca_file)  # a wrong path fails at start-up, not at the first report
         _, address = email.utils.parseaddr(self.smtp_from)
         if "@" not in address or any(c in self.smtp_from for c in "\r\n"):
             raise ConfigError(f"{ENV_PREFIX}SMTP_FROM must be an e-mail address (Name <a@b.example> or a@b.example); "

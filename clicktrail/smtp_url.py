@@ -9,16 +9,22 @@ Forms (user and password percent-encoded, both optional)::
 Checked when the settings load, so a typo fails at start-up with the variable's name, not at the
 first report. A password is only sent over TLS: plain ``smtp://`` with credentials is refused
 unless the server is on this machine.
+
+TLS (both forms) always verifies the server's certificate and host name: against the system's CAs,
+or against those of ``CLICKTRAIL_SMTP_CA_FILE`` alone (a private CA). There is no setting that
+turns verification off: a server whose certificate cannot be verified gets nothing.
 """
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from clicktrail.errors import ConfigError
 
 NAME = "CLICKTRAIL_SMTP_URL"
+CA_FILE_NAME = "CLICKTRAIL_SMTP_CA_FILE"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -57,3 +63,13 @@ def parse(url: str) -> SmtpServer:
         raise ConfigError(f"{NAME}: a password would cross the network in clear; use smtps:// or ?starttls=true")
     default_port = 465 if implicit else 587 if starttls else 25
     return SmtpServer(parts.hostname, port or default_port, implicit, starttls, username, password)
+
+
+def tls_context(ca_file: str = "") -> ssl.SSLContext:
+    """The TLS settings of every SMTP connection: certificate and host name checked, against
+    ``ca_file`` if given (and then only it, so a private CA does not widen what else is trusted)."""
+    try:
+        return ssl.create_default_context(cafile=ca_file or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{CA_FILE_NAME} must be a readable PEM file of CA certificates; "
+                          f"{ca_file!r}: {exc}") from None

@@ -119,7 +119,7 @@ def _mail(to: list[str], message: Message, mail_settings: MailSettings | None) -
                        delivery_id=message.delivery_id,
                        headers={"X-Clicktrail-Signature": signature(message.secret, message.body),
                                 **message.headers})
-    refused = mail.send(mail_settings.smtp_url, msg, to)
+    refused = mail.send(mail_settings.smtp_url, msg, to, mail_settings.smtp_ca_file)
     if refused:
         log.warning("delivery %s: the SMTP server refused %d of %d recipients", message.delivery_id, refused,
                     len(to))

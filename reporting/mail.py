@@ -89,21 +89,20 @@ def compose(to: list[str], sender: str, *, subject: str, text: str, attachment: 
     return msg
 
 
-def send(url: str, msg: EmailMessage, to: list[str]) -> int:
+def send(url: str, msg: EmailMessage, to: list[str], ca_file: str = "") -> int:
     """Hand ``msg`` to the SMTP server; raise ``DeliveryFailed`` unless it took it for some recipient.
 
     Returns how many recipients it refused: with some accepted, the message counts as delivered,
-    since a retry would send those a second copy.
+    since a retry would send those a second copy. ``ca_file``: CLICKTRAIL_SMTP_CA_FILE.
     """
     server = smtp_url.parse(url)
     try:
-        return _send(server, msg, to)
+        return _send(server, msg, to, smtp_url.tls_context(ca_file))
     except (smtplib.SMTPException, OSError) as exc:
         raise DeliveryFailed(redacted(f"SMTP {type(exc).__name__}: {exc}")[:500]) from None
 
 
-def _send(server: smtp_url.SmtpServer, msg: EmailMessage, to: list[str]) -> int:
-    tls = ssl.create_default_context()
+def _send(server: smtp_url.SmtpServer, msg: EmailMessage, to: list[str], tls: ssl.SSLContext) -> int:
     if server.implicit_tls:
         client: smtplib.SMTP = smtplib.SMTP_SSL(server.host, server.port, timeout=SEND_TIMEOUT_S, context=tls)
     else:

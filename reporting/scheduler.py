@@ -9,7 +9,8 @@ crash between the receiver's answer and the mark (a window of one Redis write) p
 once more on the next run: each post carries ``X-Clicktrail-Delivery`` (schedule and period) for a
 receiver to drop such a repeat (an e-mail's Message-ID is derived from the same id). A failed
 delivery is retried with backoff, up to ``MAX_ATTEMPTS``. Periods missed while no scheduler ran
-are delivered too, oldest first (``schedules.due_periods``).
+are delivered too, oldest first (``schedules.to_run``); one still retrying when it leaves the
+catch-up window is marked ``failed`` with that reason, so no period waits forever.
 """
 
 from __future__ import annotations
@@ -88,9 +89,10 @@ class Scheduler:
             if schedule["paused"]:
                 continue
             states = schedules.period_states(self.redis, schedule["id"])
-            for due in schedules.due_periods(schedule, now, after=schedules.last_delivered(states)):
-                if states.get(due.date().isoformat(), {}).get("state") in (schedules.DELIVERED, schedules.FAILED):
-                    continue
+            due_now, stranded = schedules.to_run(schedule, now, states)
+            for period in stranded:
+                self._give_up(schedule, period, states[period])
+            for due in due_now:
                 # Renewed before each run: slow reports or webhooks must not let a standby take over
                 # (and post the same period) while this one still works.
                 if self.stop.is_set or not self._lead():
@@ -135,6 +137,12 @@ class Scheduler:
             "at": now_ms, "retry_at": None if gave_up else now_ms + int(backoff.next_delay() * 1000)})
         log.warning("schedule %s: period %s attempt %d failed (%s)%s", schedule["id"], period, attempts, error,
                     "; given up" if gave_up else "; retrying later")
+
+    def _give_up(self, schedule: dict, period: str, state: dict) -> None:
+        final = schedules.outside_window(state)
+        schedules.set_period_state(self.redis, schedule["id"], period, final)
+        log.warning("schedule %s: period %s given up after %d attempts: %s", schedule["id"], period,
+                    final.get("attempts", 0), final["error"])
 
     def _deliver(self, schedule: dict, due: datetime, period: str) -> None:
         body, content_type, query = self._build(schedule, due)

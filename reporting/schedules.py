@@ -6,7 +6,8 @@ reporting/delivery.py). Each occurrence is a *period*, named by its local date; 
 is kept apart (``keys.schedule_periods``) so that a delivered period is never delivered again,
 whichever scheduler process runs it. Periods missed while no scheduler ran are caught up, oldest
 first, back to the last delivered one but at most ``MAX_CATCH_UP`` of them and never from before
-the schedule was made or last resumed (a pause means: nothing is sent for those periods).
+the schedule was made or last resumed (a pause means: nothing is sent for those periods). A period
+still being retried when it leaves that window ends ``failed`` (``to_run``), never stuck ``retrying``.
 """
 
 from __future__ import annotations
@@ -124,6 +125,35 @@ def dates_of(range_: str, today: date) -> tuple[date, date]:
     return today - timedelta(days=days), today - timedelta(days=1)
 
 
+def to_run(schedule: dict, now: datetime, states: dict[str, dict]) -> tuple[list[datetime], list[str]]:
+    """The periods to run now, oldest first, and the *stranded* ones: still unfinished, but no longer
+    in the catch-up window (the latest ``MAX_CATCH_UP`` occurrences since the schedule was made or
+    resumed), which nothing would ever run again.
+
+    A period runs once it is in the window and neither delivered nor failed, and either after the
+    last delivered one (periods missed while no scheduler ran) or already tried (retrying or
+    pending): a retry still due is not dropped because a later period got through first.
+    """
+    window = due_periods(schedule, now)
+    last = last_delivered(states)
+    unfinished = {period for period, state in states.items() if state["state"] in (RETRYING, PENDING)}
+    run = [due for due in window
+           if due.date().isoformat() in unfinished
+           or (due.date().isoformat() not in states and (last is None or due.date().isoformat() > last))]
+    held = {due.date().isoformat() for due in window}
+    return run, sorted(unfinished - held)
+
+
+def outside_window(state: dict) -> dict:
+    """The final state of a stranded period: failed, saying why (and what its last attempt met)."""
+    error = f"outside the catch-up window (the latest {MAX_CATCH_UP} periods) before it was delivered; given up"
+    if state["state"] == PENDING:  # a scheduler died during its delivery: whether it arrived is unknown
+        error += "; the last attempt was interrupted before its outcome was recorded"
+    elif state.get("error"):
+        error += f"; the last attempt failed with {state['error']}"
+    return {**state, "state": FAILED, "error": error[:500], "retry_at": None}
+
+
 def latest_due(schedule: dict, now: datetime) -> datetime | None:
     """The latest occurrence at or before ``now`` (local time), if it falls after the schedule's creation."""
     due = due_periods(schedule, now, limit=1)
@@ -214,11 +244,14 @@ def last_delivered(states: dict[str, dict]) -> str | None:
 
 def last_run(r, schedule_id: str) -> dict | None:
     """The latest period's state, with its period."""
-    runs = r.hgetall(keys.schedule_periods(schedule_id))
-    if not runs:
+    return _latest(period_states(r, schedule_id))
+
+
+def _latest(states: dict[str, dict]) -> dict | None:
+    if not states:
         return None
-    period = max(runs, key=lambda p: p if isinstance(p, str) else p.decode())
-    return {"period": period if isinstance(period, str) else period.decode(), **json.loads(runs[period])}
+    period = max(states)
+    return {"period": period, **states[period]}
 
 
 def public(r, schedule: dict, now: datetime) -> dict:
@@ -226,5 +259,8 @@ def public(r, schedule: dict, now: datetime) -> dict:
     shown = {k: v for k, v in schedule.items() if k not in ("secret", "advertiser_id", "resumed_at")}
     shown["status"] = "paused" if schedule["paused"] else "active"
     shown["next_run"] = None if schedule["paused"] else next_due(schedule, now).isoformat()
-    shown["last_run"] = last_run(r, schedule["id"])
+    states = period_states(r, schedule["id"])
+    shown["last_run"] = _latest(states)
+    # A period given up is shown even once later periods got through: last_run alone would hide it.
+    shown["last_failure"] = _latest({p: state for p, state in states.items() if state["state"] == FAILED})
     return shown

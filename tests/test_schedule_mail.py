@@ -35,15 +35,25 @@ TEAM = ["ana@shop.example", "marketing.team+daily@shop.example"]
 
 
 class SmtpServer:
-    """A local SMTP server that keeps every message it accepts; ``refuse`` answers RCPT with that reply."""
+    """A local SMTP server that keeps every message it accepts; ``refuse`` answers RCPT with that reply.
 
-    def __init__(self, port: int | None = None, refuse: str = "") -> None:
+    ``options`` go to aiosmtpd's Controller (``tls_context``, ``ssl_context``, ``authenticator``...).
+    ``mail_over_tls`` has, for each MAIL command received, whether the session was encrypted then.
+    """
+
+    def __init__(self, port: int | None = None, refuse: str = "", **options) -> None:
         self.port = port or services.free_port()
         self.url = f"smtp://127.0.0.1:{self.port}"
         self.received: list[tuple[list[str], email.message.EmailMessage]] = []
+        self.mail_over_tls: list[bool] = []
         outer = self
 
         class Handler:
+            async def handle_MAIL(self, server, session, envelope, address, mail_options):
+                outer.mail_over_tls.append(server.transport.get_extra_info("ssl_object") is not None)
+                envelope.mail_from = address
+                return "250 OK"
+
             async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
                 if refuse:
                     return refuse
@@ -55,7 +65,7 @@ class SmtpServer:
                 outer.received.append((list(envelope.rcpt_tos), parsed))
                 return "250 Message accepted for delivery"
 
-        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port, **options)
 
     def __enter__(self) -> SmtpServer:
         self.controller.start()
