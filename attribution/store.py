@@ -136,7 +136,8 @@ def conversions_touched_by(ch: Client, db: str, touches: set[tuple]) -> tuple[di
         f"""
         SELECT advertiser_id, kind, touch_id, min(touch_ms), any(browser_id), any(email_sha256),
                any(phone_sha256), any(external_id_sha256), argMax(campaign_id, received_ms),
-               argMax(adgroup_id, received_ms), argMax(ad_id, received_ms), argMax(is_bot, received_ms)
+               argMax(adgroup_id, received_ms), argMax(ad_id, received_ms), argMax(is_bot, received_ms),
+               argMax(source, received_ms)
         FROM {db}.touchpoints
         WHERE (advertiser_id, kind, touch_id) IN (SELECT advertiser_id, kind, touch_id FROM _touches)
         GROUP BY advertiser_id, kind, touch_id""",
@@ -151,8 +152,29 @@ def conversions_touched_by(ch: Client, db: str, touches: set[tuple]) -> tuple[di
     carried = _events_with(ch, db, clicks, ("click",), since)
     browsers = {(row[0], row[5]) for row in carried if row[5]} | {(row[0], row[4]) for row in found if row[4]}
     ident = browsers | {(row[0], v) for row in found for v in row[5:8] if v}
+    ident |= _further_values(ch, db, {(row[0], row[1], row[2]) for row in found if row[12] == "import"}, since)
     rows = carried + _events_with(ch, db, ident, ("browser", "email", "phone", "external_id"), since)
     return {tuple(row[:4]): row[4] for row in rows}, buckets
+
+
+def _further_values(ch: Client, db: str, imported: set[tuple], since_s: int) -> set[tuple[str, str]]:
+    """(advertiser, identity) of every identifier value of the imported touchpoints (the further
+    ones are only in touch_identities), so a conversion carrying only a later value is restated.
+
+    touch_identities is ordered by identity, not touchpoint: this reads the advertisers' rows
+    since the oldest touchpoint. Only imports carry further values, so only imports pay for it.
+    """
+    if not imported:
+        return set()
+    rows = ch.execute(
+        f"""
+        SELECT DISTINCT advertiser_id, kind, touch_id, identity FROM {db}.touch_identities
+        WHERE advertiser_id IN (SELECT DISTINCT advertiser_id FROM _touches)
+          AND touch_time >= toDateTime({max(since_s, 0)}) AND identity_kind IN ('email', 'phone', 'external_id')
+          AND touch_id IN (SELECT touch_id FROM _touches)""",
+        external_tables=[_table("_touches", ["advertiser_id", "kind", "touch_id"], imported)],
+    )
+    return {(adv, identity) for adv, kind, touch_id, identity in rows if (adv, kind, touch_id) in imported}
 
 
 def browser_click_ids(ch: Client, db: str, conversions: list[Conversion]) -> dict[tuple, list[tuple[str, int]]]:
@@ -194,15 +216,22 @@ def load_touches(ch: Client, db: str, conversions: list[Conversion],
     wanted = {(adv, "click", click) for adv, click in clicks}
     ident = {(c.advertiser_id, v) for c in conversions for v in (c.browser_id, *c.emails, *c.phones, *c.external_ids)
              if v}
+    # Per touchpoint, the identities it is indexed by that the conversions carry: an imported
+    # touchpoint's further values are only there (``Touch.more``), not in its columns.
+    linked: dict[tuple, set[tuple[str, str]]] = {}
     if ident:
-        wanted |= {(adv, kind, touch_id) for adv, identity, kind, touch_id in ch.execute(
-            f"SELECT DISTINCT advertiser_id, identity, kind, touch_id FROM {db}.touch_identities "
+        for adv, identity, identity_kind, kind, touch_id in ch.execute(
+            f"SELECT DISTINCT advertiser_id, identity, identity_kind, kind, touch_id FROM {db}.touch_identities "
             "WHERE advertiser_id IN (SELECT DISTINCT advertiser_id FROM _ids) "
             "AND identity IN (SELECT value FROM _ids)",
             external_tables=[_table("_ids", ["advertiser_id", "value"], ident)],
-        ) if (adv, identity) in ident}
+        ):
+            if (adv, identity) in ident:
+                linked.setdefault((adv, kind, touch_id), set()).add((identity_kind, identity))
+    wanted |= set(linked)
     known = {(t.advertiser_id, t.kind, t.touch_id) for t in cached}
     wanted -= known
+    cached = [_with_more(t, linked) for t in cached]
     if not wanted:
         return cached
     fields = ["touch_ms", "campaign_id", "adgroup_id", "ad_id", "browser_id", "email_sha256", "phone_sha256",
@@ -218,7 +247,22 @@ def load_touches(ch: Client, db: str, conversions: list[Conversion],
         GROUP BY advertiser_id, kind, touch_id""",
         external_tables=[_table("_wanted", ["advertiser_id", "kind", "touch_id"], wanted)],
     )
-    return cached + [Touch._make(row) for row in rows if (row[0], row[1], row[2]) in wanted]
+    return cached + [_with_more(Touch(*row), linked) for row in rows if (row[0], row[1], row[2]) in wanted]
+
+
+def _with_more(touch: Touch, linked: dict[tuple, set[tuple[str, str]]]) -> Touch:
+    """``touch`` with the identities it was found by that its columns do not hold, as ``Touch.more``."""
+    found = linked.get((touch.advertiser_id, touch.kind, touch.touch_id))
+    if not found:
+        return touch
+    own = {("browser", touch.browser_id), ("email", touch.email), ("phone", touch.phone),
+           ("external_id", touch.external_id)}
+    more = tuple(sorted(pair for pair in found - own if pair[0] in MULTI_VALUED))
+    return touch._replace(more=more) if more else touch
+
+
+#: Identity kinds a touchpoint may hold several values of (imported ones: pixel/touchpoints.py).
+MULTI_VALUED = ("email", "phone", "external_id")
 
 
 def same_order(ch: Client, db: str, conversions: list[Conversion]) -> dict[tuple, list[tuple[int, int, str]]]:

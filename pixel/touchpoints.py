@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from pixel.events import InvalidField, Rejection
-from pixel.hashing import hash_identifier
+from pixel.events import InvalidField, Rejection, identifier_values
 from pixel.records import TouchRow
 
 #: Touchpoints as old as the longest click window are accepted.
@@ -43,18 +42,22 @@ def _time(row: dict, field: str, now_s: float) -> int:
     return int(value * 1000)
 
 
+#: The identifiers a touchpoint may carry several values of: as events take them (a string or a
+#: list of at most ``MAX_IDENTIFIER_VALUES``), so a person's several addresses tie alike either way.
+IDENTIFIER_KINDS = ("email", "phone", "external_id")
+
+
 def _user(row: dict) -> dict:
     user = row.get("user") or {}
     if not isinstance(user, dict):
         raise InvalidField("user", "must be an object")
-    out = {}
-    for kind in ("email", "phone", "external_id"):
-        value = user.get(kind)
-        if value is None or value == "":
-            continue
-        if not isinstance(value, str):
-            raise InvalidField(f"user.{kind}", "must be a string (SHA-256 hex)")
-        out[kind] = hash_identifier(kind, value)  # raw values are hashed here, never stored
+    out: dict = {"more": []}
+    for kind in IDENTIFIER_KINDS:
+        # Hashed by the events' own rules (raw values here, never stored), repeats dropped.
+        values = identifier_values(user.get(kind), f"user.{kind}", kind)
+        out[kind] = values[0] if values else ""
+        # The first value fills the column (as for events); the others go to touch_identities.
+        out["more"] += [(kind, value) for value in values[1:]]
     ttp = user.get("ttp")
     if ttp is not None and (not isinstance(ttp, str) or len(ttp) > 256):
         raise InvalidField("user.ttp", "must be a string of at most 256 characters")
@@ -75,6 +78,10 @@ class Touch(NamedTuple):
     phone: str
     external_id: str
     is_bot: int = 0  # a bot's click (pixel.bots): a touchpoint only for a bot's own conversions
+    #: Identities beyond the single columns, as (kind, SHA-256 hex) with kind email, phone or
+    #: external_id: an imported touchpoint's further values, kept in touch_identities only (the
+    #: touchpoints table has one column per kind), and read back from there by the attributor.
+    more: tuple = ()
 
     def row(self, received_ms: int, counted: bool = True) -> TouchRow:
         """The touchpoints table's row of an imported touchpoint; ``counted`` is false for a copy of a stored id."""
@@ -85,6 +92,11 @@ class Touch(NamedTuple):
             phone_sha256=self.phone, external_id_sha256=self.external_id, ip="", country="", region="", user_agent="",
             source="import", received_ms=received_ms, counted=int(counted), is_bot=self.is_bot,
         )
+
+    def identity_rows(self) -> list[tuple]:
+        """Rows of touch_identities for the further values (the first ones go there through its view)."""
+        return [(self.advertiser_id, value, kind, self.kind, self.touch_id, self.touch_ms // 1000)
+                for kind, value in self.more]
 
 
 def parse_rows(collection: str, rows: list, advertiser_id: str, now_s: float) -> tuple[list[Touch], list[Rejection]]:
@@ -98,7 +110,7 @@ def parse_rows(collection: str, rows: list, advertiser_id: str, now_s: float) ->
             touches.append(Touch(
                 advertiser_id, kind, _id(row, id_field), _time(row, time_field, now_s),
                 _id(row, "campaign_id"), _id(row, "adgroup_id"), _id(row, "ad_id"), user["browser_id"],
-                user.get("email", ""), user.get("phone", ""), user.get("external_id", ""),
+                user["email"], user["phone"], user["external_id"], more=tuple(user["more"]),
             ))
         except InvalidField as exc:
             rejections.append(exc.rejection(index))

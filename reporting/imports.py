@@ -23,6 +23,8 @@ from clicktrail.schema import TOUCH_COLUMN_NAMES
 from pixel import records
 
 bp = Blueprint("imports", __name__)
+#: touch_identities' columns, as ``Touch.identity_rows`` gives them.
+IDENTITY_COLUMNS = ("advertiser_id", "identity", "identity_kind", "kind", "touch_id", "touch_time")
 
 
 def _store(touches: list[touchpoints.Touch]) -> None:
@@ -31,6 +33,11 @@ def _store(touches: list[touchpoints.Touch]) -> None:
     sql = f"INSERT INTO {svc.database}.touchpoints ({', '.join(TOUCH_COLUMN_NAMES)}) VALUES"
     try:
         ch = svc.clickhouse.get()
+        # Further identifier values first (touch_identities' view indexes only the columns): once
+        # the touchpoint is stored, every value it was sent with finds it.
+        more = [row for t in touches for row in t.identity_rows()]
+        if more:
+            ch.execute(f"INSERT INTO {svc.database}.touch_identities ({', '.join(IDENTITY_COLUMNS)}) VALUES", more)
         rows = count_once(ch, svc.database, [t.row(now_ms) for t in touches])
         ch.execute(sql, columns(rows), columnar=True)
     except NETWORK_ERRORS as exc:

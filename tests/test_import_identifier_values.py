@@ -1,0 +1,138 @@
+"""Imported clicks and impressions take every value of ``email``, ``phone`` and ``external_id`` as
+events do (tests/test_identifier_values.py): a string or a list of at most 10, raw values hashed by
+the events' own rules, hashes taken as sent, repeats dropped; a conversion carrying any one value is
+attributed to the touchpoint, whichever of the two arrives first.
+
+Real API, sink, attributor and ClickHouse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pixel.events import MAX_IDENTIFIER_VALUES
+from tests.attribution_world import World
+from tests.conftest import query_dicts
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def click(click_id: str, user: dict, at: int | None = None) -> dict:
+    return {"click_id": click_id, "click_time": at or int(time.time()) - 60, "campaign_id": "cmp",
+            "adgroup_id": "grp", "ad_id": "ad", "user": user}
+
+
+def identities(ch, db: str, touch_id: str) -> set[tuple[str, str]]:
+    rows = ch.execute(f"SELECT DISTINCT identity_kind, identity FROM {db}.touch_identities WHERE touch_id = %(t)s "
+                      "AND identity_kind IN ('email', 'phone', 'external_id')", {"t": touch_id})
+    return {tuple(row) for row in rows}
+
+
+def test_a_click_with_two_emails_is_credited_to_a_conversion_carrying_only_the_second(
+        client, api_client, tenant, sink, attributor, r, ch, ch_database):
+    world = World(client, api_client, tenant, sink, attributor, r, ch, ch_database)
+    world.click("clk-two", world.now - 3600, "spring",
+                user={"email": ["Home@Example.com", "work@example.com", " home@example.com"]})
+    world.click("clk-other", world.now - 1800, "autumn", user={"email": "someone@example.com"})
+    world.convert("conv-work", world.now, email="WORK@example.com ")
+    world.settle()
+    assert world.credits("conv-work") == {"clk-two": 1.0}
+    assert [(row["matched_by"], row["campaign_id"]) for row in world.latest("conv-work")] == [("email", "spring")]
+    # The column keeps the first value; every value, the repeat dropped, is an identity.
+    row = query_dicts(ch, f"SELECT email_sha256 FROM {ch_database}.touchpoints WHERE touch_id = 'clk-two'")[0]
+    assert row["email_sha256"] == sha("home@example.com")
+    assert identities(ch, ch_database, "clk-two") == {("email", sha("home@example.com")),
+                                                      ("email", sha("work@example.com"))}
+
+
+def test_a_conversion_stored_first_is_restated_when_a_click_lists_its_phone_later(
+        client, api_client, tenant, sink, attributor, r, ch, ch_database):
+    world = World(client, api_client, tenant, sink, attributor, r, ch, ch_database)
+    world.convert("conv-phone", world.now, phone="+33 6 12 34 56 78")
+    world.convert("conv-ext", world.now, external_id="crm-2")
+    world.settle()
+    assert world.credits("conv-phone") == {"organic": 1.0}
+    # Raw, formatted and pre-hashed values mixed; the number the conversion carries is the third.
+    world.click("clk-phones", world.now - 600, "summer",
+                user={"phone": ["+1 650 555 1212", sha("+442071234567").upper(), 33612345678]})
+    world.impression("imp-ext", world.now - 300, "winter", user={"external_id": [sha("crm-1"), "crm-2"]})
+    world.settle()
+    assert world.credits("conv-phone") == {"clk-phones": 1.0}
+    assert world.latest("conv-phone")[0]["matched_by"] == "phone"
+    assert world.credits("conv-ext") == {"imp-ext": 1.0}
+    assert world.latest("conv-ext")[0]["matched_by"] == "external_id"
+    assert identities(ch, ch_database, "clk-phones") == {
+        ("phone", sha("+16505551212")), ("phone", sha("+442071234567")), ("phone", sha("+33612345678"))}
+
+
+def test_limits_and_bad_items_are_refused_naming_the_field(api_client, r, tenant, ch, ch_database, attributor):
+    from pixel import registry
+
+    auth = {"Authorization": f"Bearer {registry.create_token(r, tenant.advertiser, ['adserver'])}"}
+    eleven = [f"u{i}@example.com" for i in range(MAX_IDENTIFIER_VALUES + 1)]
+    rows = [click("ten", {"email": eleven[:MAX_IDENTIFIER_VALUES], "phone": ["+336", "+336"]}),
+            click("eleven", {"email": eleven}),
+            click("nested", {"phone": [["+336"]]}),
+            click("object", {"external_id": [{"id": 1}]}),
+            click("bool", {"external_id": [True]}),
+            click("long", {"email": ["a" * 300]})]
+    resp = api_client.post("/v1/clicks", json={"clicks": rows}, headers=auth)
+    assert resp.status_code == 200
+    assert resp.json == {"accepted": 1, "rejected": [
+        {"index": 1, "field": "user.email", "rule": "must hold at most 10 values"},
+        {"index": 2, "field": "user.phone", "rule": "must be a string or a list of strings"},
+        {"index": 3, "field": "user.external_id", "rule": "must be a string or a list of strings"},
+        {"index": 4, "field": "user.external_id", "rule": "must be a string"},
+        {"index": 5, "field": "user.email", "rule": "must be at most 256 characters"},
+    ]}
+    assert identities(ch, ch_database, "ten") == ({("email", sha(e)) for e in eleven[:MAX_IDENTIFIER_VALUES]}
+                                                  | {("phone", sha("+336"))})
+    # A batch of refusals only is a 400, each named.
+    impression = {"impression_id": "i", "impression_time": int(time.time()), "campaign_id": "c", "adgroup_id": "g",
+                  "ad_id": "a", "user": {"phone": eleven}}
+    resp = api_client.post("/v1/impressions", json={"impressions": [impression]}, headers=auth)
+    assert resp.status_code == 400
+    assert resp.json["rejected"] == [{"index": 0, "field": "user.phone", "rule": "must hold at most 10 values"}]
+    # Nothing raw stored anywhere the import writes.
+    stored = json.dumps(ch.execute(f"SELECT * FROM {ch_database}.touchpoints")
+                        + ch.execute(f"SELECT * FROM {ch_database}.touch_identities"), default=str)
+    assert "example.com" not in stored and "+336" not in stored
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
+                    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=30)
+                    | st.sampled_from(["a@example.com", sha("x"), sha("x").upper(), "+33 6 12", ""]),
+                    lambda inner: st.lists(inner, max_size=12) | st.dictionaries(st.text(max_size=5), inner, max_size=2),
+                    max_leaves=14)
+
+
+def _is_hash(value: str) -> bool:
+    return len(value) == 64 and value == value.lower() and int(value, 16) >= 0
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(email=JSON, phone=JSON, external_id=JSON)
+def test_any_identifier_shape_is_stored_as_hashes_or_refused_naming_the_field(api_client, r, tenant, ch, ch_database,
+                                                                              email, phone, external_id):
+    from pixel import registry
+
+    auth = {"Authorization": f"Bearer {registry.create_token(r, tenant.advertiser, ['adserver'])}"}
+    touch_id = hashlib.sha256(repr((email, phone, external_id)).encode()).hexdigest()[:20]
+    row = click(touch_id, {"email": email, "phone": phone, "external_id": external_id})
+    resp = api_client.post("/v1/clicks", json={"clicks": [row]}, headers=auth)
+    assert resp.status_code in (200, 400), resp.data
+    if resp.status_code == 400:
+        (rejected,) = resp.json["rejected"]
+        assert rejected["field"] in ("user.email", "user.phone", "user.external_id") and rejected["rule"], rejected
+        return
+    values = identities(ch, ch_database, touch_id)
+    assert all(_is_hash(value) for _, value in values)
+    for kind in ("email", "phone", "external_id"):
+        assert len([v for k, v in values if k == kind]) <= MAX_IDENTIFIER_VALUES
