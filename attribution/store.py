@@ -251,13 +251,20 @@ def load_touches(ch: Client, db: str, conversions: list[Conversion],
 
 
 def _with_more(touch: Touch, linked: dict[tuple, set[tuple[str, str]]]) -> Touch:
-    """``touch`` with the identities it was found by that its columns do not hold, as ``Touch.more``."""
+    """``touch`` with the identities it was found by that its columns do not hold, as ``Touch.more``.
+
+    touch_identities keeps every value any copy of the touchpoint was sent with, and cannot tell
+    which the latest copy still carries (touchpoints has one column per kind). A kind whose column
+    is empty in the latest copy was sent with no value at all: its links are an earlier copy's,
+    and are dropped. (A value replaced among several stays linked: see docs/attribution.md.)
+    """
     found = linked.get((touch.advertiser_id, touch.kind, touch.touch_id))
     if not found:
         return touch
     own = {("browser", touch.browser_id), ("email", touch.email), ("phone", touch.phone),
            ("external_id", touch.external_id)}
-    more = tuple(sorted(pair for pair in found - own if pair[0] in MULTI_VALUED))
+    carried = {kind for kind in MULTI_VALUED if getattr(touch, kind)}
+    more = tuple(sorted(pair for pair in found - own if pair[0] in carried))
     return touch._replace(more=more) if more else touch
 
 

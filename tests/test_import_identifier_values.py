@@ -72,6 +72,19 @@ def test_a_conversion_stored_first_is_restated_when_a_click_lists_its_phone_late
         ("phone", sha("+16505551212")), ("phone", sha("+442071234567")), ("phone", sha("+33612345678"))}
 
 
+def test_a_reposted_click_without_emails_no_longer_earns_by_its_old_ones(client, api_client, tenant, sink, attributor,
+                                                                        r, ch, ch_database):
+    """The latest copy wins: an identifier it sends no value of unlinks every value sent before."""
+    world = World(client, api_client, tenant, sink, attributor, r, ch, ch_database)
+    world.click("clk-fixed", world.now - 3600, "spring", user={"email": ["a@example.com", "b@example.com"]})
+    world.click("clk-fixed", world.now - 3600, "spring", user={"phone": "+33 6 12 34 56 78"})
+    world.convert("conv-b", world.now, email="b@example.com")
+    world.convert("conv-phone", world.now, phone="+33612345678")
+    world.settle()
+    assert world.credits("conv-b") == {"organic": 1.0}
+    assert world.credits("conv-phone") == {"clk-fixed": 1.0}
+
+
 def test_limits_and_bad_items_are_refused_naming_the_field(api_client, r, tenant, ch, ch_database, attributor):
     from pixel import registry
 
