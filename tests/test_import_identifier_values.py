@@ -12,10 +12,10 @@ import hashlib
 import json
 import time
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from pixel.events import MAX_IDENTIFIER_VALUES
+from pixel.events import MAX_IDENTIFIER_VALUES, identifier_values
 from tests.attribution_world import World
 from tests.conftest import query_dicts
 
@@ -124,6 +124,11 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
                     | st.sampled_from(["a@example.com", sha("x"), sha("x").upper(), "+33 6 12", ""]),
                     lambda inner: st.lists(inner, max_size=12) | st.dictionaries(st.text(max_size=5), inner, max_size=2),
                     max_leaves=14)
+#: Mostly what an ad server may send (strings, numbers, lists of them, up to two past the limit),
+#: sometimes any JSON at all.
+VALUE = (st.none() | st.text(max_size=30) | st.integers(0, 10**16)
+         | st.sampled_from(["a@example.com", " A@Example.com", sha("x"), sha("x").upper(), "+33 6 12", ""]))
+IDENTIFIER = VALUE | st.lists(VALUE, max_size=MAX_IDENTIFIER_VALUES + 2) | JSON
 
 
 def _is_hash(value: str) -> bool:
@@ -131,7 +136,7 @@ def _is_hash(value: str) -> bool:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(email=JSON, phone=JSON, external_id=JSON)
+@given(email=IDENTIFIER, phone=IDENTIFIER, external_id=IDENTIFIER)
 def test_any_identifier_shape_is_stored_as_hashes_or_refused_naming_the_field(api_client, r, tenant, ch, ch_database,
                                                                               email, phone, external_id):
     from pixel import registry
@@ -141,11 +146,37 @@ def test_any_identifier_shape_is_stored_as_hashes_or_refused_naming_the_field(ap
     row = click(touch_id, {"email": email, "phone": phone, "external_id": external_id})
     resp = api_client.post("/v1/clicks", json={"clicks": [row]}, headers=auth)
     assert resp.status_code in (200, 400), resp.data
+    event(f"status {resp.status_code}")
     if resp.status_code == 400:
         (rejected,) = resp.json["rejected"]
         assert rejected["field"] in ("user.email", "user.phone", "user.external_id") and rejected["rule"], rejected
         return
     values = identities(ch, ch_database, touch_id)
     assert all(_is_hash(value) for _, value in values)
-    for kind in ("email", "phone", "external_id"):
-        assert len([v for k, v in values if k == kind]) <= MAX_IDENTIFIER_VALUES
+    for kind, sent in (("email", email), ("phone", phone), ("external_id", external_id)):
+        stored = [v for k, v in values if k == kind]
+        assert len(stored) <= MAX_IDENTIFIER_VALUES
+        # Every value the events' rules make of what was sent, and only those.
+        assert set(stored) == set(identifier_values(sent, kind, kind))
+
+
+def test_erasure_by_a_clicks_second_email_removes_the_click(client, api_client, tenant, sink, attributor, r, ch,
+                                                            ch_database):
+    from pixel import registry
+
+    world = World(client, api_client, tenant, sink, attributor, r, ch, ch_database)
+    world.click("clk-jane", world.now - 600, user={"email": ["home@example.com", "jane.work@example.com"]})
+    world.click("clk-else", world.now - 600, user={"email": ["someone@example.com", "else@example.com"]})
+    auth = {"Authorization": "Bearer " + registry.create_token(r, tenant.advertiser, ["privacy"])}
+    reply = api_client.post("/v1/erasure", json={"user": {"email": sha("jane.work@example.com")}}, headers=auth)
+    assert reply.status_code == 202, reply.get_json()
+    request_id = reply.get_json()["request_id"]
+    for _ in range(100):
+        attributor.eraser.step()
+        record = api_client.get(f"/v1/erasure/{request_id}", headers=auth).get_json()
+        if record["status"] == "done":
+            break
+        time.sleep(0.2)
+    assert record["status"] == "done" and record["rows"]["touchpoints"] == 1, record
+    assert ch.execute(f"SELECT DISTINCT touch_id FROM {ch_database}.touchpoints") == [("clk-else",)]
+    assert ch.execute(f"SELECT DISTINCT touch_id FROM {ch_database}.touch_identities") == [("clk-else",)]
