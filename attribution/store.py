@@ -137,7 +137,7 @@ def conversions_touched_by(ch: Client, db: str, touches: set[tuple]) -> tuple[di
         SELECT advertiser_id, kind, touch_id, min(touch_ms), any(browser_id), any(email_sha256),
                any(phone_sha256), any(external_id_sha256), argMax(campaign_id, received_ms),
                argMax(adgroup_id, received_ms), argMax(ad_id, received_ms), argMax(is_bot, received_ms),
-               argMax(source, received_ms)
+               argMax(source, received_ms), max(touch_ms)
         FROM {db}.touchpoints
         WHERE (advertiser_id, kind, touch_id) IN (SELECT advertiser_id, kind, touch_id FROM _touches)
         GROUP BY advertiser_id, kind, touch_id""",
@@ -152,25 +152,27 @@ def conversions_touched_by(ch: Client, db: str, touches: set[tuple]) -> tuple[di
     carried = _events_with(ch, db, clicks, ("click",), since)
     browsers = {(row[0], row[5]) for row in carried if row[5]} | {(row[0], row[4]) for row in found if row[4]}
     ident = browsers | {(row[0], v) for row in found for v in row[5:8] if v}
-    ident |= _further_values(ch, db, {(row[0], row[1], row[2]) for row in found if row[12] == "import"}, since)
+    imported = [row for row in found if row[12] == "import"]
+    if imported:
+        ident |= _further_values(ch, db, {tuple(row[:3]) for row in imported},
+                                 min(row[3] for row in imported) // 1000, max(row[13] for row in imported) // 1000)
     rows = carried + _events_with(ch, db, ident, ("browser", "email", "phone", "external_id"), since)
     return {tuple(row[:4]): row[4] for row in rows}, buckets
 
 
-def _further_values(ch: Client, db: str, imported: set[tuple], since_s: int) -> set[tuple[str, str]]:
+def _further_values(ch: Client, db: str, imported: set[tuple], first_s: int, last_s: int) -> set[tuple[str, str]]:
     """(advertiser, identity) of every identifier value of the imported touchpoints (the further
     ones are only in touch_identities), so a conversion carrying only a later value is restated.
 
-    touch_identities is ordered by identity, not touchpoint: this reads the advertisers' rows
-    since the oldest touchpoint. Only imports carry further values, so only imports pay for it.
+    touch_identities is ordered by identity, not touchpoint: this reads the advertisers' rows of
+    the months the touchpoints fall in. Only imports carry further values, so only imports pay.
     """
-    if not imported:
-        return set()
     rows = ch.execute(
         f"""
         SELECT DISTINCT advertiser_id, kind, touch_id, identity FROM {db}.touch_identities
         WHERE advertiser_id IN (SELECT DISTINCT advertiser_id FROM _touches)
-          AND touch_time >= toDateTime({max(since_s, 0)}) AND identity_kind IN ('email', 'phone', 'external_id')
+          AND touch_time BETWEEN toDateTime({max(first_s, 0)}) AND toDateTime({max(last_s, 0)})
+          AND identity_kind IN ('email', 'phone', 'external_id')
           AND touch_id IN (SELECT touch_id FROM _touches)""",
         external_tables=[_table("_touches", ["advertiser_id", "kind", "touch_id"], imported)],
     )
