@@ -1,4 +1,8 @@
-"""Validation of imported touchpoints (ad server clicks and impressions)."""
+"""Validation of imported touchpoints (ad server clicks and impressions).
+
+Identifiers are taken as events take them (``pixel.events.identifier_values``): one value or a
+list, hashed by the same rules, so a click and a conversion naming one person hash alike.
+"""
 
 from __future__ import annotations
 

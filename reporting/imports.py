@@ -3,6 +3,8 @@
 Rows go straight into ClickHouse (an import is not a hot path, and a 200 then means stored),
 then the attributor is told, so conversions that arrived before their click are restated.
 Re-posting a row is harmless: the latest copy of a touchpoint id replaces the earlier one.
+A row's ``user.email``/``phone``/``external_id`` may each be a list (pixel/touchpoints.py): the
+first value fills the touchpoint's column, the others are written to touch_identities here.
 """
 
 from __future__ import annotations
