@@ -60,7 +60,7 @@ def _user(row: dict) -> dict:
         # Hashed by the events' own rules (raw values here, never stored), repeats dropped.
         values = identifier_values(user.get(kind), f"user.{kind}", kind)
         out[kind] = values[0] if values else ""
-        # The first value fills the column (as for events); the others go to touch_identities.
+        # The first value fills the column (as for events); every value goes to the list column.
         out["more"] += [(kind, value) for value in values[1:]]
     ttp = user.get("ttp")
     if ttp is not None and (not isinstance(ttp, str) or len(ttp) > 256):
@@ -83,9 +83,14 @@ class Touch(NamedTuple):
     external_id: str
     is_bot: int = 0  # a bot's click (pixel.bots): a touchpoint only for a bot's own conversions
     #: Identities beyond the single columns, as (kind, SHA-256 hex) with kind email, phone or
-    #: external_id: an imported touchpoint's further values, kept in touch_identities only (the
-    #: touchpoints table has one column per kind), and read back from there by the attributor.
+    #: external_id: an imported touchpoint's further values, stored in the list columns
+    #: (emails_sha256..., migration 14) after the first, and read back from the latest copy's.
     more: tuple = ()
+
+    def values(self, kind: str) -> list[str]:
+        """Every value of an identifier kind (email, phone, external_id), the column's first."""
+        first = getattr(self, kind)
+        return ([first] if first else []) + [value for k, value in self.more if k == kind]
 
     def row(self, received_ms: int, counted: bool = True) -> TouchRow:
         """The touchpoints table's row of an imported touchpoint; ``counted`` is false for a copy of a stored id."""
@@ -93,14 +98,10 @@ class Touch(NamedTuple):
             advertiser_id=self.advertiser_id, kind=self.kind, touch_id=self.touch_id,
             touch_time=self.touch_ms // 1000, touch_ms=self.touch_ms, campaign_id=self.campaign_id,
             adgroup_id=self.adgroup_id, ad_id=self.ad_id, browser_id=self.browser_id, email_sha256=self.email,
-            phone_sha256=self.phone, external_id_sha256=self.external_id, ip="", country="", region="", user_agent="",
+            phone_sha256=self.phone, external_id_sha256=self.external_id, emails_sha256=self.values("email"),
+            phones_sha256=self.values("phone"), external_ids_sha256=self.values("external_id"), ip="", country="", region="", user_agent="",
             source="import", received_ms=received_ms, counted=int(counted), is_bot=self.is_bot,
         )
-
-    def identity_rows(self) -> list[tuple]:
-        """Rows of touch_identities for the further values (the first ones go there through its view)."""
-        return [(self.advertiser_id, value, kind, self.kind, self.touch_id, self.touch_ms // 1000)
-                for kind, value in self.more]
 
 
 def parse_rows(collection: str, rows: list, advertiser_id: str, now_s: float) -> tuple[list[Touch], list[Rejection]]:

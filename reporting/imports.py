@@ -4,7 +4,8 @@ Rows go straight into ClickHouse (an import is not a hot path, and a 200 then me
 then the attributor is told, so conversions that arrived before their click are restated.
 Re-posting a row is harmless: the latest copy of a touchpoint id replaces the earlier one.
 A row's ``user.email``/``phone``/``external_id`` may each be a list (pixel/touchpoints.py): the
-first value fills the touchpoint's column, the others are written to touch_identities here.
+first value fills the touchpoint's single column, every value its list column (emails_sha256...),
+which a view indexes into touch_identities.
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ from clicktrail.schema import TOUCH_COLUMN_NAMES
 from pixel import records
 
 bp = Blueprint("imports", __name__)
-#: touch_identities' columns, as ``Touch.identity_rows`` gives them.
-IDENTITY_COLUMNS = ("advertiser_id", "identity", "identity_kind", "kind", "touch_id", "touch_time")
 
 
 def _store(touches: list[touchpoints.Touch]) -> None:
@@ -35,11 +34,6 @@ def _store(touches: list[touchpoints.Touch]) -> None:
     sql = f"INSERT INTO {svc.database}.touchpoints ({', '.join(TOUCH_COLUMN_NAMES)}) VALUES"
     try:
         ch = svc.clickhouse.get()
-        # Further identifier values first (touch_identities' view indexes only the columns): once
-        # the touchpoint is stored, every value it was sent with finds it.
-        more = [row for t in touches for row in t.identity_rows()]
-        if more:
-            ch.execute(f"INSERT INTO {svc.database}.touch_identities ({', '.join(IDENTITY_COLUMNS)}) VALUES", more)
         rows = count_once(ch, svc.database, [t.row(now_ms) for t in touches])
         ch.execute(sql, columns(rows), columnar=True)
     except NETWORK_ERRORS as exc:
