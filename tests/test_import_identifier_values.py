@@ -85,6 +85,54 @@ def test_a_reposted_click_without_emails_no_longer_earns_by_its_old_ones(client,
     assert world.credits("conv-phone") == {"clk-fixed": 1.0}
 
 
+def _repost(world: World, touch: str, touch_id: str, at: int, user: dict) -> None:
+    # A later copy: a few ms on, so its received_ms (which decides the latest copy) is later.
+    time.sleep(0.005)
+    getattr(world, touch)(touch_id, at, "spring", user=user)
+
+
+def test_a_corrected_email_unlinks_the_old_one_when_the_click_comes_first(client, api_client, tenant, sink,
+                                                                          attributor, r, ch, ch_database):
+    """The latest copy decides which values link a touchpoint: a value a re-post no longer lists
+    ties nothing, though touch_identities still names it."""
+    world = World(client, api_client, tenant, sink, attributor, r, ch, ch_database)
+    world.click("clk-one", world.now - 3600, "spring", user={"email": "a@example.com"})
+    _repost(world, "click", "clk-one", world.now - 3600, {"email": "b@example.com"})
+    world.impression("imp-list", world.now - 3000, "spring", user={"email": ["c@example.com", "d@example.com"]})
+    _repost(world, "impression", "imp-list", world.now - 3000, {"email": ["c@example.com", "e@example.com"]})
+    for event_id, email in (("conv-a", "a"), ("conv-b", "b"), ("conv-d", "d"), ("conv-e", "e")):
+        world.convert(event_id, world.now, email=f"{email}@example.com")
+    world.settle()
+    assert world.credits("conv-a") == {"organic": 1.0}
+    assert world.credits("conv-b") == {"clk-one": 1.0}
+    assert world.credits("conv-d") == {"organic": 1.0}
+    assert world.credits("conv-e") == {"imp-list": 1.0}
+    # The lists hold the latest copy's values, first value first.
+    rows = ch.execute(f"SELECT argMax(emails_sha256, received_ms) FROM {ch_database}.touchpoints "
+                      "WHERE touch_id = 'imp-list'")
+    assert rows[0][0] == [sha("c@example.com"), sha("e@example.com")]
+
+
+def test_a_corrected_email_unlinks_the_old_one_when_the_conversions_come_first(client, api_client, tenant, sink,
+                                                                               attributor, r, ch, ch_database):
+    world = World(client, api_client, tenant, sink, attributor, r, ch, ch_database)
+    for event_id, email in (("conv-a", "a"), ("conv-b", "b"), ("conv-d", "d"), ("conv-e", "e")):
+        world.convert(event_id, world.now, email=f"{email}@example.com")
+    world.settle()
+    world.click("clk-one", world.now - 3600, "spring", user={"email": "a@example.com"})
+    world.impression("imp-list", world.now - 3000, "spring", user={"email": ["c@example.com", "d@example.com"]})
+    world.settle()
+    assert world.credits("conv-a") == {"clk-one": 1.0}
+    assert world.credits("conv-d") == {"imp-list": 1.0}
+    _repost(world, "click", "clk-one", world.now - 3600, {"email": "b@example.com"})
+    _repost(world, "impression", "imp-list", world.now - 3000, {"email": ["c@example.com", "e@example.com"]})
+    world.settle()
+    assert world.credits("conv-a") == {"organic": 1.0}
+    assert world.credits("conv-b") == {"clk-one": 1.0}
+    assert world.credits("conv-d") == {"organic": 1.0}
+    assert world.credits("conv-e") == {"imp-list": 1.0}
+
+
 def test_limits_and_bad_items_are_refused_naming_the_field(api_client, r, tenant, ch, ch_database, attributor):
     from pixel import registry
 
