@@ -164,7 +164,7 @@ def traffic(system: System, now: int) -> None:
     for n, adv in enumerate(ADVERTISERS):
         t = now - 6 * HOUR - n * 600
         # Reported late: a click before c1 restates it (through the second of its emails: further
-        # values are written to touch_identities by the import itself); a new conversion on an old click.
+        # values are indexed from touchpoints' lists by a view on the shard); a new conversion on an old click.
         system.touch(adv, "click", f"{adv}-k4", t - HOUR, "E",
                      {"email": [sha(f"jane{n}.old@example.com"), sha(f"jane{n}@example.com")]})
         system.convert(adv, f"{adv}-c5", t + 240, 2.0 + n, ttclid=f"{adv}-k2")

@@ -245,6 +245,10 @@ def test_no_raw_email_phone_or_ip_reaches_redis_or_any_column(collector, api_cli
                                              "WHERE touch_id = 'c-import' AND identity_kind != 'browser'")} == {
         ("email", sha("jane.work@example.com")), ("email", JANE), ("phone", sha("+16505551212")), ("phone", PHONE),
         ("external_id", sha("crm-jane"))}
+    lists = query_dicts(ch, f"SELECT emails_sha256, phones_sha256 FROM {ch_database}.touchpoints "
+                            "WHERE touch_id = 'c-import'")
+    assert lists == [{"emails_sha256": [sha("jane.work@example.com"), JANE],
+                      "phones_sha256": [sha("+16505551212"), PHONE]}]
 
 
 def test_recipients_are_allowed_at_email_to_of_a_schedule_and_nowhere_else(r):
