@@ -228,3 +228,19 @@ def test_erasure_by_a_clicks_second_email_removes_the_click(client, api_client, 
     assert record["status"] == "done" and record["rows"]["touchpoints"] == 1, record
     assert ch.execute(f"SELECT DISTINCT touch_id FROM {ch_database}.touchpoints") == [("clk-else",)]
     assert ch.execute(f"SELECT DISTINCT touch_id FROM {ch_database}.touch_identities") == [("clk-else",)]
+
+
+def test_an_imported_click_in_the_click_cache_keeps_its_further_values(r):
+    """The attributor takes clicks named by click id from the cache: a cached import keeps every value."""
+    from pixel import click_cache
+    from pixel.touchpoints import Touch
+
+    now = int(time.time())
+    plain = Touch("adv-cache", "click", "k-plain", now * 1000, "c", "g", "a", "", sha("a"), "", "")
+    listed = plain._replace(touch_id="k-listed", more=(("email", sha("b")), ("phone", sha("p2"))))
+    pipe = r.pipeline(transaction=False)
+    click_cache.put(pipe, [plain, listed], now)
+    pipe.execute()
+    found, missing = click_cache.get(r, {("adv-cache", "k-plain"), ("adv-cache", "k-listed"), ("adv-cache", "nope")})
+    assert sorted(found) == [listed, plain] and missing == {("adv-cache", "nope")}
+    assert listed.values("email") == [sha("a"), sha("b")] and listed.values("phone") == [sha("p2")]
