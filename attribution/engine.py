@@ -66,6 +66,8 @@ class TouchIndex:
                 value = getattr(t, kind)
                 if value:
                     self.by_identity.setdefault(kind, {}).setdefault((t.advertiser_id, value), []).append(t)
+            for kind, value in t.more:  # an imported touchpoint's further values: each ties alike
+                self.by_identity.setdefault(kind, {}).setdefault((t.advertiser_id, value), []).append(t)
         self._identity_indexes = [(k, self.by_identity[k]) for k in _IDENTITY_KINDS if k in self.by_identity]
 
     def candidates(self, conv: store.Conversion, browser_clicks: dict) -> list[models.Candidate]:

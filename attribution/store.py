@@ -132,11 +132,14 @@ def conversions_touched_by(ch: Client, db: str, touches: set[tuple]) -> tuple[di
     """
     if not touches:
         return {}, []
+    # Every value any copy of a touchpoint carried (groupUniqArrayArray over the lists): a
+    # conversion tied by a value a re-post took away is restated too, and so untied.
     found = ch.execute(
         f"""
-        SELECT advertiser_id, kind, touch_id, min(touch_ms), any(browser_id), any(email_sha256),
-               any(phone_sha256), any(external_id_sha256), argMax(campaign_id, received_ms),
-               argMax(adgroup_id, received_ms), argMax(ad_id, received_ms), argMax(is_bot, received_ms)
+        SELECT advertiser_id, kind, touch_id, min(touch_ms), groupUniqArray(browser_id),
+               groupUniqArrayArray(arrayConcat(emails_sha256, phones_sha256, external_ids_sha256)),
+               argMax(campaign_id, received_ms), argMax(adgroup_id, received_ms), argMax(ad_id, received_ms),
+               argMax(is_bot, received_ms)
         FROM {db}.touchpoints
         WHERE (advertiser_id, kind, touch_id) IN (SELECT advertiser_id, kind, touch_id FROM _touches)
         GROUP BY advertiser_id, kind, touch_id""",
@@ -145,12 +148,12 @@ def conversions_touched_by(ch: Client, db: str, touches: set[tuple]) -> tuple[di
     if not found:
         return {}, []
     # A bot's click changes no bucket of the feed (it is counted nowhere), only conversions of bots.
-    buckets = [(row[0], row[3], row[8], row[9], row[10]) for row in found if not row[11]]
+    buckets = [(row[0], row[3], row[6], row[7], row[8]) for row in found if not row[9]]
     since = min(row[3] for row in found) // 1000
     clicks = {(row[0], row[2]) for row in found if row[1] == "click"}
     carried = _events_with(ch, db, clicks, ("click",), since)
-    browsers = {(row[0], row[5]) for row in carried if row[5]} | {(row[0], row[4]) for row in found if row[4]}
-    ident = browsers | {(row[0], v) for row in found for v in row[5:8] if v}
+    browsers = {(row[0], row[5]) for row in carried if row[5]} | {(row[0], v) for row in found for v in row[4] if v}
+    ident = browsers | {(row[0], v) for row in found for v in row[5] if v}
     rows = carried + _events_with(ch, db, ident, ("browser", "email", "phone", "external_id"), since)
     return {tuple(row[:4]): row[4] for row in rows}, buckets
 
@@ -195,6 +198,8 @@ def load_touches(ch: Client, db: str, conversions: list[Conversion],
     ident = {(c.advertiser_id, v) for c in conversions for v in (c.browser_id, *c.emails, *c.phones, *c.external_ids)
              if v}
     if ident:
+        # touch_identities holds every value any copy of a touchpoint was stored with: it says
+        # which touchpoints to read; the latest copy's own values (below) say which still tie.
         wanted |= {(adv, kind, touch_id) for adv, identity, kind, touch_id in ch.execute(
             f"SELECT DISTINCT advertiser_id, identity, kind, touch_id FROM {db}.touch_identities "
             "WHERE advertiser_id IN (SELECT DISTINCT advertiser_id FROM _ids) "
@@ -206,7 +211,7 @@ def load_touches(ch: Client, db: str, conversions: list[Conversion],
     if not wanted:
         return cached
     fields = ["touch_ms", "campaign_id", "adgroup_id", "ad_id", "browser_id", "email_sha256", "phone_sha256",
-              "external_id_sha256", "is_bot"]
+              "external_id_sha256", "is_bot", "emails_sha256", "phones_sha256", "external_ids_sha256"]
     picked = ", ".join(f"argMax({f}, received_ms)" for f in fields)
     # Flat IN on each key column, then the exact pairs in Python: ClickHouse 18.16 evaluates a
     # tuple IN several times slower than IN on one column.
@@ -218,7 +223,20 @@ def load_touches(ch: Client, db: str, conversions: list[Conversion],
         GROUP BY advertiser_id, kind, touch_id""",
         external_tables=[_table("_wanted", ["advertiser_id", "kind", "touch_id"], wanted)],
     )
-    return cached + [Touch._make(row) for row in rows if (row[0], row[1], row[2]) in wanted]
+    return cached + [_touch(row) for row in rows if (row[0], row[1], row[2]) in wanted]
+
+
+def _touch(row: tuple) -> Touch:
+    """A touchpoint from its latest copy's row, whose last three columns are its identifier lists
+    (migration 14): the values past each single column's become ``Touch.more``."""
+    touch = Touch(*row[:-3])
+    more = tuple((kind, value) for kind, values in zip(_MULTI_VALUED, row[-3:])
+                 for value in values if value != getattr(touch, kind))
+    return touch._replace(more=more) if more else touch
+
+
+#: Identity kinds a touchpoint may hold several values of, in the order of its list columns.
+_MULTI_VALUED = ("email", "phone", "external_id")
 
 
 def same_order(ch: Client, db: str, conversions: list[Conversion]) -> dict[tuple, list[tuple[int, int, str]]]:

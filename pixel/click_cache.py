@@ -26,8 +26,15 @@ def key(advertiser_id: str, click_id: str) -> str:
 
 
 def value(t: Touch) -> bytes:
-    return orjson.dumps([t.touch_ms, t.campaign_id, t.adgroup_id, t.ad_id, t.browser_id, t.email, t.phone,
-                         t.external_id, t.is_bot])
+    fields = [t.touch_ms, t.campaign_id, t.adgroup_id, t.ad_id, t.browser_id, t.email, t.phone, t.external_id,
+              t.is_bot]
+    # An imported click's further identifier values (a list of [kind, value]), only when it has
+    # some: a redirect's click (the hot path) keeps its short entry.
+    return orjson.dumps(fields + [t.more] if t.more else fields)
+
+
+#: Values of an entry without further identifier values (``value``).
+_PLAIN = 9
 
 
 def ttl_s(touch_ms: int, now_s: float) -> int:
@@ -61,7 +68,8 @@ def get(r: redis.Redis, wanted: set[tuple[str, str]]) -> tuple[list[Touch], set[
     hits = [(pair, raw) for pair, raw in zip(ordered, raws) if raw is not None]
     values = orjson.loads(b"[" + b",".join(raw for _, raw in hits) + b"]") if hits else []
     # Touch(...), not Touch._make: entries written before is_bot was added have one value less.
-    found = [Touch(advertiser, "click", click_id, *value)
+    found = [Touch(advertiser, "click", click_id, *value) if len(value) <= _PLAIN
+             else Touch(advertiser, "click", click_id, *value[:_PLAIN], more=tuple(map(tuple, value[_PLAIN])))
              for ((advertiser, click_id), _), value in zip(hits, values)]
     missing = {pair for pair, raw in zip(ordered, raws) if raw is None}
     return found, missing

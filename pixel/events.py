@@ -227,9 +227,11 @@ def _server_time(raw: dict, ctx: Context) -> tuple[int, int]:
     return client_ms, corrected
 
 
-def _identifiers(value: Any, field: str, kind: str) -> list[str]:
+def identifier_values(value: Any, field: str, kind: str) -> list[str]:
     """Every value of an identifier (one, or a list as the Events API and Meta allow), each hashed
     (raw values are hashed here, hashed ones lower-cased), in the order sent, without repeats.
+    Events and imported touchpoints (pixel/touchpoints.py) both take them through here: one set of
+    rules, so a value hashes alike on both sides of a match.
 
     Empty values (``None``, "") are skipped; more than ``MAX_IDENTIFIER_VALUES`` items are refused,
     as is any item that is not a string (or a number: phone numbers are sent as numbers).
@@ -300,7 +302,7 @@ def _user(user: dict, record: dict, prefix: str) -> None:
         field = f"{prefix}.{key}"
         if key in _USER_ID_ALIASES:
             kind = _USER_ID_ALIASES[key]
-            _add_identifiers(record, kind, _identifiers(value, field, kind), field)
+            _add_identifiers(record, kind, identifier_values(value, field, kind), field)
         elif key in ("ttclid", "ttp", "locale", "lead_id"):
             text = _string(value, field, MAX_SHORT)
             if key in ("ttclid", "ttp"):

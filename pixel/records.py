@@ -271,6 +271,11 @@ class TouchRow(NamedTuple):
     email_sha256: Annotated[str, _col(TEXT, "email")]
     phone_sha256: Annotated[str, _col(TEXT, "phone")]
     external_id_sha256: Annotated[str, _col(TEXT, "external_id")]
+    # Every value of each identifier, the first (the column above) included (migration 14): an
+    # imported touchpoint may carry several; a redirect's click one at most.
+    emails_sha256: Annotated[list, _col("Array(String)", "email")]
+    phones_sha256: Annotated[list, _col("Array(String)", "phone")]
+    external_ids_sha256: Annotated[list, _col("Array(String)", "external_id")]
     ip: Annotated[str, _col(TEXT, "ip")]
     country: Annotated[str, _col(LC, "country")]  # added by migration 13; "" for imports
     region: Annotated[str, _col(LC, "region")]

@@ -1,12 +1,15 @@
-"""Validation of imported touchpoints (ad server clicks and impressions)."""
+"""Validation of imported touchpoints (ad server clicks and impressions).
+
+Identifiers are taken as events take them (``pixel.events.identifier_values``): one value or a
+list, hashed by the same rules, so a click and a conversion naming one person hash alike.
+"""
 
 from __future__ import annotations
 
 import math
 from typing import NamedTuple
 
-from pixel.events import InvalidField, Rejection
-from pixel.hashing import hash_identifier
+from pixel.events import InvalidField, Rejection, identifier_values
 from pixel.records import TouchRow
 
 #: Touchpoints as old as the longest click window are accepted.
@@ -43,18 +46,22 @@ def _time(row: dict, field: str, now_s: float) -> int:
     return int(value * 1000)
 
 
+#: The identifiers a touchpoint may carry several values of: as events take them (a string or a
+#: list of at most ``MAX_IDENTIFIER_VALUES``), so a person's several addresses tie alike either way.
+IDENTIFIER_KINDS = ("email", "phone", "external_id")
+
+
 def _user(row: dict) -> dict:
     user = row.get("user") or {}
     if not isinstance(user, dict):
         raise InvalidField("user", "must be an object")
-    out = {}
-    for kind in ("email", "phone", "external_id"):
-        value = user.get(kind)
-        if value is None or value == "":
-            continue
-        if not isinstance(value, str):
-            raise InvalidField(f"user.{kind}", "must be a string (SHA-256 hex)")
-        out[kind] = hash_identifier(kind, value)  # raw values are hashed here, never stored
+    out: dict = {"more": []}
+    for kind in IDENTIFIER_KINDS:
+        # Hashed by the events' own rules (raw values here, never stored), repeats dropped.
+        values = identifier_values(user.get(kind), f"user.{kind}", kind)
+        out[kind] = values[0] if values else ""
+        # The first value fills the column (as for events); every value goes to the list column.
+        out["more"] += [(kind, value) for value in values[1:]]
     ttp = user.get("ttp")
     if ttp is not None and (not isinstance(ttp, str) or len(ttp) > 256):
         raise InvalidField("user.ttp", "must be a string of at most 256 characters")
@@ -75,6 +82,15 @@ class Touch(NamedTuple):
     phone: str
     external_id: str
     is_bot: int = 0  # a bot's click (pixel.bots): a touchpoint only for a bot's own conversions
+    #: Identities beyond the single columns, as (kind, SHA-256 hex) with kind email, phone or
+    #: external_id: an imported touchpoint's further values, stored in the list columns
+    #: (emails_sha256..., migration 14) after the first, and read back from the latest copy's.
+    more: tuple = ()
+
+    def values(self, kind: str) -> list[str]:
+        """Every value of an identifier kind (email, phone, external_id), the column's first."""
+        first = getattr(self, kind)
+        return ([first] if first else []) + [value for k, value in self.more if k == kind]
 
     def row(self, received_ms: int, counted: bool = True) -> TouchRow:
         """The touchpoints table's row of an imported touchpoint; ``counted`` is false for a copy of a stored id."""
@@ -82,7 +98,8 @@ class Touch(NamedTuple):
             advertiser_id=self.advertiser_id, kind=self.kind, touch_id=self.touch_id,
             touch_time=self.touch_ms // 1000, touch_ms=self.touch_ms, campaign_id=self.campaign_id,
             adgroup_id=self.adgroup_id, ad_id=self.ad_id, browser_id=self.browser_id, email_sha256=self.email,
-            phone_sha256=self.phone, external_id_sha256=self.external_id, ip="", country="", region="", user_agent="",
+            phone_sha256=self.phone, external_id_sha256=self.external_id, emails_sha256=self.values("email"),
+            phones_sha256=self.values("phone"), external_ids_sha256=self.values("external_id"), ip="", country="", region="", user_agent="",
             source="import", received_ms=received_ms, counted=int(counted), is_bot=self.is_bot,
         )
 
@@ -98,7 +115,7 @@ def parse_rows(collection: str, rows: list, advertiser_id: str, now_s: float) ->
             touches.append(Touch(
                 advertiser_id, kind, _id(row, id_field), _time(row, time_field, now_s),
                 _id(row, "campaign_id"), _id(row, "adgroup_id"), _id(row, "ad_id"), user["browser_id"],
-                user.get("email", ""), user.get("phone", ""), user.get("external_id", ""),
+                user["email"], user["phone"], user["external_id"], more=tuple(user["more"]),
             ))
         except InvalidField as exc:
             rejections.append(exc.rejection(index))

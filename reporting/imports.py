@@ -3,6 +3,9 @@
 Rows go straight into ClickHouse (an import is not a hot path, and a 200 then means stored),
 then the attributor is told, so conversions that arrived before their click are restated.
 Re-posting a row is harmless: the latest copy of a touchpoint id replaces the earlier one.
+A row's ``user.email``/``phone``/``external_id`` may each be a list (pixel/touchpoints.py): the
+first value fills the touchpoint's single column, every value its list column (emails_sha256...),
+which a view indexes into touch_identities.
 """
 
 from __future__ import annotations

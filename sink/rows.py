@@ -263,6 +263,8 @@ class RowBuilder:
         """A touchpoint row (clicks recorded by the redirect)."""
         ip = _str(r.get("ip"), "ip")
         touch_ms = _ms(r["touch_ms"], "touch_ms")
+        email, phone = _str(r.get("email"), "email"), _str(r.get("phone"), "phone")
+        external_id = _str(r.get("external_id"), "external_id")
         return TouchRow(
             advertiser_id=advertiser,
             kind=_str(r["kind"], "kind"),
@@ -273,9 +275,13 @@ class RowBuilder:
             adgroup_id=_str(r["adgroup_id"], "adgroup_id"),
             ad_id=_str(r["ad_id"], "ad_id"),
             browser_id=_str(r.get("browser_id"), "browser_id"),
-            email_sha256=_str(r.get("email"), "email"),
-            phone_sha256=_str(r.get("phone"), "phone"),
-            external_id_sha256=_str(r.get("external_id"), "external_id"),
+            email_sha256=email,
+            phone_sha256=phone,
+            external_id_sha256=external_id,
+            # A redirect's click carries one value at most: a list of it, or none.
+            emails_sha256=[email] if email else [],
+            phones_sha256=[phone] if phone else [],
+            external_ids_sha256=[external_id] if external_id else [],
             ip=(anonymize_ip(ip) if self._anonymize else ip) if ip else "",
             country=_str(r.get("country"), "country"),
             region=_str(r.get("region"), "region"),

@@ -170,8 +170,10 @@ def traffic(system: System, now: int) -> None:
     system.settle()
     for n, adv in enumerate(ADVERTISERS):
         t = now - 6 * HOUR - n * 600
-        # Reported late: a click before c1 restates it; a new conversion on an old click.
-        system.touch(adv, "click", f"{adv}-k4", t - HOUR, "E", {"email": sha(f"jane{n}@example.com")})
+        # Reported late: a click before c1 restates it (through the second of its emails: further
+        # values are indexed from touchpoints' lists by a view on the shard); a new conversion on an old click.
+        system.touch(adv, "click", f"{adv}-k4", t - HOUR, "E",
+                     {"email": [sha(f"jane{n}.old@example.com"), sha(f"jane{n}@example.com")]})
         system.convert(adv, f"{adv}-c5", t + 240, 2.0 + n, ttclid=f"{adv}-k2")
     system.settle()
 
@@ -190,6 +192,8 @@ def test_a_two_shard_cluster_answers_exactly_as_one_server(ch_cluster, own_redis
     assert sharded.event_counts() == counts
     credits = single.credits()
     assert {(adv, model) for adv, _, model, *_ in credits} == {(a, m) for a in ADVERTISERS for m in MODELS}
+    # c1 went to the late click k4, tied by its second email only.
+    assert {(a, f"{a}-c1", "last_click", "click", f"{a}-k4", 1.0) for a in ADVERTISERS} <= set(credits)
     assert sharded.credits() == credits
     day = time.strftime("%Y-%m-%d", time.gmtime(now - 4 * DAY)), time.strftime("%Y-%m-%d", time.gmtime(now))
     reports = single.reports(*day)
@@ -203,7 +207,8 @@ def test_a_two_shard_cluster_answers_exactly_as_one_server(ch_cluster, own_redis
     # Each advertiser's rows live on one shard, and the advertisers are spread over both.
     homes: dict[str, set[int]] = {adv: set() for adv in ADVERTISERS}
     for shard, (node, db) in enumerate(cluster.local_clients(sharded.ch, sharded.db)):
-        for table in ("events", "touchpoints", "credits", "conversion_stats", "feed_changes", "event_identities"):
+        for table in ("events", "touchpoints", "credits", "conversion_stats", "feed_changes", "event_identities",
+                      "touch_identities"):
             for (adv,) in node.execute(f"SELECT DISTINCT advertiser_id FROM {db}.{table}"):
                 homes[adv].add(shard)
     assert all(len(shards) == 1 for shards in homes.values()), homes

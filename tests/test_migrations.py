@@ -266,3 +266,28 @@ def test_touchpoints_stored_before_migration_11_count_as_before_and_bots_apart_a
     assert [tuple(r) for r in flags] == [("curl-1", 1), ("old-1", 0), ("person-1", 0)]
     assert client.execute(f"SELECT sum(touches) FROM {db}.touch_stats")[0][0] == 2
     assert client.execute(f"SELECT sum(touches) FROM {db}.bot_touch_stats")[0][0] == 1
+
+
+def test_touchpoints_stored_before_migration_14_read_their_identifiers_as_lists_and_new_values_are_indexed(
+        server, monkeypatch):
+    """Migration 14 adds the touchpoints' identifier lists: a row already stored reads its single
+    value as a list of one; a row stored after it has every value of its lists in touch_identities, once."""
+    client, prefix = server
+    db = f"{prefix}_touch_ids"
+    columns = ("advertiser_id, kind, touch_id, touch_time, touch_ms, campaign_id, adgroup_id, ad_id, received_ms, "
+               "counted, email_sha256, external_id_sha256")
+    _upgrade_with_a_row(client, db, monkeypatch, 14,
+                        f"INSERT INTO {{db}}.touchpoints ({columns}) SELECT 'adv-1', 'click', 'old-1', "
+                        "toDateTime('2026-01-01 00:00:00', 'UTC'), 1767225600000, 'c', 'g', 'a', 1, 1, 'e-old', 'x-old'")
+    client.execute(f"INSERT INTO {db}.touchpoints ({columns}, emails_sha256, phone_sha256, phones_sha256) "
+                   "SELECT 'adv-1', 'click', 'new-1', toDateTime('2026-01-02 00:00:00', 'UTC'), 1767312000000, 'c', "
+                   "'g', 'a', 2, 1, 'e1', '', ['e1', 'e2', 'e3'], 'p1', ['p1']")
+    rows = client.execute(f"SELECT touch_id, email_sha256, emails_sha256, phones_sha256, external_ids_sha256 "
+                          f"FROM {db}.touchpoints ORDER BY touch_id")
+    assert [tuple(r) for r in rows] == [("new-1", "e1", ["e1", "e2", "e3"], ["p1"], []),
+                                        ("old-1", "e-old", ["e-old"], [], ["x-old"])]
+    found = client.execute(f"SELECT touch_id, identity_kind, identity FROM {db}.touch_identities "
+                           f"ORDER BY touch_id, identity_kind, identity")
+    assert [tuple(r) for r in found] == [("new-1", "email", "e1"), ("new-1", "email", "e2"), ("new-1", "email", "e3"),
+                                         ("new-1", "phone", "p1"), ("old-1", "email", "e-old"),
+                                         ("old-1", "external_id", "x-old")]

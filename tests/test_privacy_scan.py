@@ -112,6 +112,18 @@ def send_every_case(collector, tenant, settings) -> None:
     assert click.status_code == 302
 
 
+def import_clicks_with_raw_lists(api_client, r, tenant) -> None:
+    """An ad server's import naming the person by several raw addresses and numbers (hashed on intake)."""
+    from pixel import registry
+
+    auth = {"Authorization": f"Bearer {registry.create_token(r, tenant.advertiser, ['adserver'])}"}
+    row = {"click_id": "c-import", "click_time": now_ms() // 1000 - 60, "campaign_id": "cmp-1", "adgroup_id": "grp-1",
+           "ad_id": "ad-1", "user": {"email": ["jane.work@example.com", "Jane@Example.com"],
+                                     "phone": ["+1 650 555 1212", "+33 6 12 34 56 78"], "external_id": "crm-jane"}}
+    resp = api_client.post("/v1/clicks", json={"clicks": [row]}, headers=auth)
+    assert resp.status_code == 200 and resp.json == {"accepted": 1, "rejected": []}, resp.json
+
+
 def queue_as_an_older_collector(r, tenant) -> None:
     """Entries queued raw before the collector scrubbed: a poison one, one that does not decode, a valid one."""
     now = now_ms()
@@ -185,10 +197,11 @@ def schedule_reports_by_email(r, tenant, settings) -> None:
     schedules.save(r, schedules.parse(body, tenant.advertiser, settings_of(None), False, mail_settings))
 
 
-def test_no_raw_email_phone_or_ip_reaches_redis_or_any_column(collector, tenant, settings, r, sink, attributor, ch,
-                                                               ch_database):
+def test_no_raw_email_phone_or_ip_reaches_redis_or_any_column(collector, api_client, tenant, settings, r, sink,
+                                                               attributor, ch, ch_database):
     schedule_reports_by_email(r, tenant, settings)
     send_every_case(collector, tenant, settings)
+    import_clicks_with_raw_lists(api_client, r, tenant)
     queued = redis_text(r)
     assert queued["ct:events"].count('"event_id"') == 5  # the five events, then the click
     assert r.hlen(keys.SCHEDULES) == 1 and "ana@shop.example" in r.hvals(keys.SCHEDULES)[0].decode()
@@ -225,8 +238,17 @@ def test_no_raw_email_phone_or_ip_reaches_redis_or_any_column(collector, tenant,
     assert orjson.loads(rows["e-gif"]["extra"]) == {"email": JANE, "phone": PHONE}
     assert rows["e-server"]["email_sha256"] == JANE and rows["e-meta"]["ip"] == "2001:db8:abcd::"
     assert {rows[e]["ip"] for e in ("e-server", "e-v1", "e-old-valid")} == {"203.0.113.0"}
-    (touch_ip,), = ch.execute(f"SELECT ip FROM {ch_database}.touchpoints")
+    (touch_ip,), = ch.execute(f"SELECT ip FROM {ch_database}.touchpoints WHERE source = 'redirect'")
     assert touch_ip == "203.0.113.0"
+    # The imported click's every value, as hashes only, the person's second address among them.
+    assert {tuple(row) for row in ch.execute(f"SELECT identity_kind, identity FROM {ch_database}.touch_identities "
+                                             "WHERE touch_id = 'c-import' AND identity_kind != 'browser'")} == {
+        ("email", sha("jane.work@example.com")), ("email", JANE), ("phone", sha("+16505551212")), ("phone", PHONE),
+        ("external_id", sha("crm-jane"))}
+    lists = query_dicts(ch, f"SELECT emails_sha256, phones_sha256 FROM {ch_database}.touchpoints "
+                            "WHERE touch_id = 'c-import'")
+    assert lists == [{"emails_sha256": [sha("jane.work@example.com"), JANE],
+                      "phones_sha256": [sha("+16505551212"), PHONE]}]
 
 
 def test_recipients_are_allowed_at_email_to_of_a_schedule_and_nowhere_else(r):

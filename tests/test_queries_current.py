@@ -42,8 +42,8 @@ def _day_start(days_ago: int) -> int:
 
 
 def _touch(kind, touch_id, at, campaign, ad, is_bot=0):
-    return (ADV, kind, touch_id, at, at * 1000, campaign, f"{campaign}-g", ad, "", "e", "", "", "", "", "", "",
-            "import", at * 1000, 1, is_bot)
+    return (ADV, kind, touch_id, at, at * 1000, campaign, f"{campaign}-g", ad, "", "e", "", "", ["e"], [], [], "", "",
+            "", "", "import", at * 1000, 1, is_bot)
 
 
 def _conversion(event_id, at, value, touches, credits_by_model, revision=1, currency="USD", content_hash=1):
