@@ -66,7 +66,9 @@ def read_token(secret: str, token: str) -> dict:
     try:
         encoded, _, signature = token.partition(".")
         payload = _unb64(encoded)
-        valid = hmac.compare_digest(_unb64(signature), _sign(secret, payload))
+        # Compared as written, not as decoded: base64's last character carries spare bits, so
+        # several spellings decode alike; only the one make_token writes is this URL.
+        valid = _b64(payload) == encoded and hmac.compare_digest(signature.encode(), _b64(_sign(secret, payload)).encode())
     except (ValueError, TypeError):
         valid = False
     if not valid:
