@@ -22,7 +22,7 @@ import time
 from clicktrail import keys
 from clicktrail.errors import BadRequest
 from pixel import sources
-from reporting import delivery
+from reporting import advertiser_objects, delivery
 
 #: ``event_count``: unique events of one name received (the ``events`` table: what pixels and the
 #: Events API delivered). The others are the attributed side, as ``/v1/reports`` computes them.
@@ -148,18 +148,16 @@ def parse(r, body: object, advertiser_id: str, allow_http: bool, mail_settings=N
 # -- storage --------------------------------------------------------------------------------------
 
 def save(r, rule: dict) -> None:
-    r.hset(keys.RULES, rule["id"], json.dumps(rule))
+    advertiser_objects.save(r, keys.RULES, rule)
 
 
 def load(r, advertiser_id: str, rule_id: str) -> dict | None:
-    """The rule if it is this advertiser's: another's is as absent as one that never was."""
-    raw = r.hget(keys.RULES, rule_id)
-    rule = json.loads(raw) if raw else None
-    return rule if rule and rule["advertiser_id"] == advertiser_id else None
+    """The rule if it is this advertiser's (reporting/advertiser_objects.py)."""
+    return advertiser_objects.load(r, keys.RULES, advertiser_id, rule_id)
 
 
 def every(r) -> list[dict]:
-    return [json.loads(raw) for raw in r.hvals(keys.RULES)]
+    return advertiser_objects.every(r, keys.RULES)
 
 
 def owned(r, advertiser_id: str) -> list[dict]:

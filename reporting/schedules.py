@@ -23,7 +23,7 @@ from werkzeug.datastructures import MultiDict
 from clicktrail import keys
 from clicktrail.config import MailSettings
 from clicktrail.errors import BadRequest
-from reporting import delivery
+from reporting import advertiser_objects, delivery
 from reporting import report_query as rq
 
 RANGES = ("today", "yesterday", "last_7_days", "last_14_days", "last_30_days", "this_month")
@@ -202,18 +202,16 @@ def next_due(schedule: dict, now: datetime) -> datetime:
 # -- storage --------------------------------------------------------------------------------------
 
 def save(r, schedule: dict) -> None:
-    r.hset(keys.SCHEDULES, schedule["id"], json.dumps(schedule))
+    advertiser_objects.save(r, keys.SCHEDULES, schedule)
 
 
 def load(r, advertiser_id: str, schedule_id: str) -> dict | None:
-    """The schedule if it is this advertiser's: another's is as absent as one that never was."""
-    raw = r.hget(keys.SCHEDULES, schedule_id)
-    schedule = json.loads(raw) if raw else None
-    return schedule if schedule and schedule["advertiser_id"] == advertiser_id else None
+    """The schedule if it is this advertiser's (reporting/advertiser_objects.py)."""
+    return advertiser_objects.load(r, keys.SCHEDULES, advertiser_id, schedule_id)
 
 
 def every(r) -> list[dict]:
-    return [json.loads(raw) for raw in r.hvals(keys.SCHEDULES)]
+    return advertiser_objects.every(r, keys.SCHEDULES)
 
 
 def delete(r, schedule_id: str) -> None:
