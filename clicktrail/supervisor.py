@@ -300,7 +300,7 @@ def up(settings: config.Settings, *, bind: str, api_bind: str, sinks: int, start
     else:
         print(f"{'attributors':<11} {attributors} sharing {settings.attributor.partitions} partitions "
               f"(attributor-1 to attributor-{attributors})", flush=True)
-    print(f"{'scheduler':<11} delivering scheduled reports", flush=True)
+    print(f"{'scheduler':<11} delivering scheduled reports, evaluating alert rules", flush=True)
     print(f"Ready. Register a pixel: {cli} pixel create --advertiser ADV --domain shop.example.com", flush=True)
     print("Press Ctrl-C to stop.", flush=True)
     supervisor.watch()
